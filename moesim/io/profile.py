@@ -1,0 +1,141 @@
+"""Hardware profiles (hw_profiles/*.yaml) -> ClusterProfile. Every number is `{value: X, source: "..."}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moesim import units
+from moesim.io.strict import Section, build, read_yaml_mapping
+from moesim.spec.errors import SpecError
+from moesim.spec.hardware import (ClusterProfile, ComputeEfficiency, Dtype, EfficiencyCurve, FabricSpec,
+                                  GpuSpec, NodeSpec)
+
+SCHEMA_VERSION = 1
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def resolve_profile(ref: str, relative_to: Path | None = None) -> Path:
+    """A profile reference is a path (ends in .yaml/.yml, relative to the scenario file) or a name in
+    hw_profiles/."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        path = Path(ref)
+        return path if path.is_absolute() or relative_to is None else relative_to / path
+    return PROFILE_DIR / f"{ref}.yaml"
+
+
+def load_profile(path: Path) -> ClusterProfile:
+    data = read_yaml_mapping(path, "hardware profile")
+    try:
+        return _parse(Section(data))
+    except SpecError as err:
+        raise err.with_source(str(path)) from None
+
+
+class _Sourced:
+    """Reads `{value, source}` leaves and remembers each source by key path."""
+
+    def __init__(self) -> None:
+        self.provenance: dict[str, str] = {}
+
+    def leaf(self, sec: Section, key: str, *, unit: str, scale: float = 1.0, min_value: float = 0.0,
+             max_value: float | None = None, integer: bool = False):
+        leaf = sec.section(key)
+        value = leaf.int_("value", min_value=int(min_value), unit=unit) if integer else \
+            leaf.float_("value", min_value=min_value, max_value=max_value, unit=unit)
+        self.provenance[leaf.path] = leaf.str_("source")
+        leaf.finish()
+        return value if integer else value * scale
+
+    def flag(self, sec: Section, key: str) -> bool:
+        leaf = sec.section(key)
+        value = leaf.bool_("value")
+        self.provenance[leaf.path] = leaf.str_("source")
+        leaf.finish()
+        return value
+
+    def curve(self, sec: Section, key: str) -> EfficiencyCurve:
+        leaf = sec.section(key)
+        self.provenance[leaf.path] = leaf.str_("source")
+        if leaf.has("value"):
+            curve = EfficiencyCurve.constant(leaf.float_("value", min_value=1e-6, max_value=1.0,
+                                                         unit="(fraction of peak)"))
+        else:
+            curve = _table(leaf)
+        leaf.finish()
+        return curve
+
+
+def _table(leaf: Section) -> EfficiencyCurve:
+    rows = leaf.raw("table_GFLOP")
+    key = leaf.key_path("table_GFLOP")
+    expected = "a list of [GFLOP, efficiency] pairs with GFLOP increasing and efficiency in (0, 1]"
+    if not isinstance(rows, list) or not rows:
+        raise SpecError(key, rows, expected)
+    points = []
+    for row in rows:
+        ok = isinstance(row, list) and len(row) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        if not ok:
+            raise SpecError(key, row, expected)
+        points.append((float(row[0]) * units.GFLOP, float(row[1])))
+    try:
+        return EfficiencyCurve(tuple(points))
+    except SpecError as err:
+        raise SpecError(key, err.value, expected) from None
+
+
+def _parse(root: Section) -> ClusterProfile:
+    version = root.int_("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SpecError("schema_version", version, f"{SCHEMA_VERSION}")
+    src = _Sourced()
+    name = root.str_("name")
+    status = root.str_("status")
+    root.str_("description", "")
+
+    g = root.section("gpu")
+    peaks_sec = g.section("peak_dense_TFLOPs")
+    peaks = {}
+    for dtype in Dtype:
+        if peaks_sec.has(dtype.value):
+            peaks[dtype] = src.leaf(peaks_sec, dtype.value, unit="TFLOP/s", scale=units.TFLOP, min_value=1e-6)
+    peaks_sec.finish()
+    gpu = build("gpu", GpuSpec, name=g.str_("name"), peak_flop_per_s=peaks,
+                  hbm_bytes=src.leaf(g, "hbm_GB", unit="GB", scale=units.GB, min_value=1e-6),
+                  hbm_bandwidth_bytes_per_s=src.leaf(g, "hbm_bandwidth_GBps", unit="GB/s",
+                                                     scale=units.GB_PER_S, min_value=1e-6))
+    g.finish()
+
+    n = root.section("node")
+    node = build("node", NodeSpec, gpus_per_node=src.leaf(n, "gpus_per_node", unit="GPUs", min_value=1, integer=True),
+                    nvlink_bandwidth_bytes_per_s=src.leaf(n, "nvlink_GBps", unit="GB/s per GPU, one direction",
+                                                          scale=units.GB_PER_S, min_value=1e-6),
+                    nvlink_latency_s=src.leaf(n, "nvlink_latency_us", unit="us", scale=units.US),
+                    nvlink_efficiency=src.leaf(n, "nvlink_efficiency", unit="(fraction)", min_value=1e-6,
+                                               max_value=1.0))
+    n.finish()
+
+    f = root.section("fabric")
+    fabric = build("fabric", FabricSpec, nics_per_node=src.leaf(f, "nics_per_node", unit="NICs", min_value=1, integer=True),
+                        nic_bandwidth_bytes_per_s=src.leaf(f, "nic_Gbps", unit="Gb/s per NIC, one direction",
+                                                           scale=units.GBIT_PER_S, min_value=1e-6),
+                        nic_latency_s=src.leaf(f, "nic_latency_us", unit="us", scale=units.US),
+                        nic_efficiency=src.leaf(f, "nic_efficiency", unit="(fraction)", min_value=1e-6,
+                                                max_value=1.0),
+                        rail_optimized=src.flag(f, "rail_optimized"),
+                        oversubscription=src.leaf(f, "oversubscription", unit="(ratio, >= 1)", min_value=1.0))
+    f.finish()
+
+    c = root.section("compute")
+    efficiency = build("compute", ComputeEfficiency, matmul=src.curve(c, "matmul_efficiency"),
+                                   attention=src.curve(c, "attention_efficiency"),
+                                   tile_rows=src.leaf(c, "expert_tile_rows", unit="rows", min_value=1,
+                                                      integer=True))
+    c.finish()
+    root.finish()
+    return ClusterProfile(name=name, status=status, gpu=gpu, node=node, fabric=fabric, efficiency=efficiency,
+                          provenance=src.provenance)

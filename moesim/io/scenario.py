@@ -1,0 +1,125 @@
+"""Scenario YAML -> Scenario. Strict: unknown keys, wrong types and bad values are one-line SpecErrors
+naming the file and the key path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from moesim.io.profile import available_profiles, load_profile, resolve_profile
+from moesim.io.strict import Section, build, read_yaml_mapping
+from moesim.spec.errors import SpecError
+from moesim.spec.hardware import ClusterSpec, Dtype
+from moesim.spec.layout import ParallelLayout
+from moesim.spec.model import Activation, MoeModelSpec
+from moesim.spec.presets import MODEL_PRESETS
+from moesim.spec.routing import RoutingDistribution, RoutingSpec
+from moesim.spec.scenario import Scenario
+from moesim.spec.simulation import SimulationSpec
+from moesim.spec.training import Optimizer, OptimizerSpec, Recompute, TrainingSpec
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    data = read_yaml_mapping(path, "scenario")
+    try:
+        return parse_scenario(Section(data), default_name=path.stem, base_dir=path.parent)
+    except SpecError as err:
+        raise SpecError(err.key, err.value, err.expected, err.source or str(path)) from None
+
+
+def parse_scenario(root: Section, default_name: str, base_dir: Path) -> Scenario:
+    name = root.str_("name", default_name)
+    cluster = _cluster(root.section("cluster"), base_dir)
+    model = _model(root.section("model"))
+    training = _training(root.section("training"))
+    layout = _layout(root.section("layout"))
+    routing = _routing(root.section("routing", None))
+    simulation = _simulation(root.section("simulation", None))
+    root.finish()
+    return build("", Scenario, name=name, cluster=cluster, model=model, training=training, layout=layout,
+                 routing=routing, simulation=simulation)
+
+
+def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:
+    ref = sec.str_("profile")
+    path = resolve_profile(ref, base_dir)
+    if not path.is_file():
+        raise SpecError(sec.key_path("profile"), ref,
+                        f"a profile name ({', '.join(available_profiles())}) or a path to a profile YAML file")
+    profile = load_profile(path)
+    nodes = sec.int_("nodes", min_value=1, unit="nodes")
+    sec.finish()
+    return build("cluster", ClusterSpec, profile=profile, num_nodes=nodes)
+
+
+_MODEL_INT_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
+                     "dense_ffn_size", "expert_ffn_size", "num_experts", "top_k", "num_shared_experts",
+                     "vocab_size", "first_k_dense", "moe_every")
+
+
+def _model(sec: Section) -> MoeModelSpec:
+    """Either a preset with optional overrides, or every field spelt out."""
+    fields: dict = {}
+    if sec.has("preset"):
+        preset = sec.str_("preset")
+        if preset not in MODEL_PRESETS:
+            raise SpecError(sec.key_path("preset"), preset, f"one of: {', '.join(MODEL_PRESETS)}")
+        fields = dataclasses.asdict(MODEL_PRESETS[preset])
+        fields["activation"] = MODEL_PRESETS[preset].activation
+    for key in _MODEL_INT_FIELDS:
+        if sec.has(key) or key not in fields:
+            default = {"first_k_dense": 0, "moe_every": 1, "num_shared_experts": 0, "dense_ffn_size": 0}.get(key)
+            fields[key] = sec.int_(key, default) if default is not None else sec.int_(key)
+    if sec.has("head_dim") or "head_dim" not in fields:  # default: hidden_size / num_attention_heads
+        fields["head_dim"] = sec.int_("head_dim", max(1, fields["hidden_size"] // fields["num_attention_heads"]))
+    if sec.has("activation") or "activation" not in fields:
+        fields["activation"] = sec.enum_("activation", Activation)
+    fields["name"] = sec.str_("name", fields.get("name", "custom"))
+    fields["source"] = sec.str_("source", fields.get("source", "scenario file"))
+    sec.finish()
+    return build("model", MoeModelSpec, **fields)
+
+
+def _training(sec: Section) -> TrainingSpec:
+    opt_sec = sec.section("optimizer", None)
+    optimizer = build("training.optimizer", OptimizerSpec,
+                      name=opt_sec.enum_("name", Optimizer, Optimizer.ADAM),
+                      state_bytes_per_param=opt_sec.float_("state_bytes_per_param", 12.0, min_value=0,
+                                                           unit="bytes per parameter"),
+                      distributed=opt_sec.bool_("distributed", False))
+    opt_sec.finish()
+    spec = build("training", TrainingSpec,
+                 global_batch_size=sec.int_("global_batch_size", min_value=1, unit="sequences"),
+                 seq_len=sec.int_("seq_len", min_value=1, unit="tokens"),
+                 micro_batch_size=sec.int_("micro_batch_size", min_value=1, unit="sequences"),
+                 dtype=sec.enum_("dtype", Dtype, Dtype.BF16),
+                 grad_dtype=sec.enum_("grad_dtype", Dtype, Dtype.FP32),
+                 optimizer=optimizer,
+                 recompute=sec.enum_("recompute", Recompute, Recompute.NONE))
+    sec.finish()
+    return spec
+
+
+def _layout(sec: Section) -> ParallelLayout:
+    degrees = {key: sec.int_(key, 1, min_value=1) for key in ("tp", "pp", "dp", "ep", "etp")}
+    sec.finish()
+    return build("layout", ParallelLayout, **degrees)
+
+
+def _routing(sec: Section) -> RoutingSpec:
+    spec = build("routing", RoutingSpec,
+                 distribution=sec.enum_("distribution", RoutingDistribution, RoutingDistribution.BALANCED),
+                 zipf_s=sec.float_("zipf_s", 0.0, min_value=0.0, max_value=10.0),
+                 seed=sec.int_("seed", None, min_value=0) if sec.has("seed") else None)
+    sec.finish()
+    return spec
+
+
+def _simulation(sec: Section) -> SimulationSpec:
+    spec = build("simulation", SimulationSpec,
+                 steps=sec.int_("steps", 3, min_value=1),
+                 warmup_steps=sec.int_("warmup_steps", 0, min_value=0),
+                 seed=sec.int_("seed", 0, min_value=0))
+    sec.finish()
+    return spec

@@ -1,0 +1,37 @@
+"""The one exception type for bad user input. It renders as ONE line: where, what, what is allowed."""
+
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """Invalid input. `key` is a dotted key path, `value` the offending value, `expected` what is allowed
+    (with its unit). `source` (a file path) is filled in by io/ when the input came from a file."""
+
+    def __init__(self, key: str, value: object, expected: str, source: str | None = None):
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.source = source
+        super().__init__(self.one_line())
+
+    def with_source(self, source: str, prefix: str = "") -> "SpecError":
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return SpecError(key, self.value, self.expected, self.source or source)
+
+    def one_line(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        key = self.key or "<top level>"
+        value = repr(self.value)
+        if len(value) > 80:
+            value = value[:77] + "..."
+        text = f"{where}{key}: got {value}; expected {self.expected}"
+        return " ".join(text.split())  # never more than one line, whatever the value holds
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
+def require(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise SpecError unless `ok`. Used by __post_init__ validators."""
+    if not ok:
+        raise SpecError(key, value, expected)

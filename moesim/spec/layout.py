@@ -1,0 +1,75 @@
+"""Parallel layout with Megatron-core semantics.
+
+Dense layers use tp x dp x pp; expert layers re-fold the same tp x dp ranks of a pipeline stage as
+etp x ep x edp ("MoE parallel folding"). Rank order follows Megatron: tp innermost, then dp, then pp;
+inside a stage, expert ranks are etp innermost, then ep, then edp. Sequence parallelism is on whenever
+tp > 1 (Megatron requires it for MoE with tensor parallelism), so each rank routes seq/tp tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.spec.errors import require
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: int = 1
+    etp: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("tp", "pp", "dp", "ep", "etp"):
+            value = getattr(self, key)
+            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        require(self.ranks_per_stage % (self.ep * self.etp) == 0, "ep", self.ep,
+                f"ep x etp ({self.ep} x {self.etp}) must divide tp x dp ({self.ranks_per_stage})")
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.dp * self.pp
+
+    @property
+    def ranks_per_stage(self) -> int:
+        return self.tp * self.dp
+
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel degree: replicas of each expert shard inside a stage."""
+        return self.ranks_per_stage // (self.ep * self.etp)
+
+    def _grid(self) -> np.ndarray:
+        return np.arange(self.world_size).reshape(self.pp, self.dp, self.tp)
+
+    def _expert_grid(self) -> np.ndarray:
+        return np.arange(self.world_size).reshape(self.pp, self.edp, self.ep, self.etp)
+
+    # Each *_groups() returns an int array whose last axis lists one group's ranks in group order.
+    def tp_groups(self) -> np.ndarray:  # [pp, dp, tp]
+        return self._grid()
+
+    def dp_groups(self) -> np.ndarray:  # [pp, tp, dp]
+        return self._grid().transpose(0, 2, 1)
+
+    def ep_groups(self) -> np.ndarray:  # [pp, edp, etp, ep]
+        return self._expert_grid().transpose(0, 1, 3, 2)
+
+    def edp_groups(self) -> np.ndarray:  # [pp, ep, etp, edp]
+        return self._expert_grid().transpose(0, 2, 3, 1)
+
+    def etp_groups(self) -> np.ndarray:  # [pp, edp, ep, etp]
+        return self._expert_grid()
+
+    def stage_of(self, rank: int) -> int:
+        return rank // self.ranks_per_stage
+
+    def ep_rank_of(self, rank: int) -> int:
+        return (rank % self.ranks_per_stage) // self.etp % self.ep
+
+    def stage_ranks(self, stage: int) -> np.ndarray:
+        return np.arange(stage * self.ranks_per_stage, (stage + 1) * self.ranks_per_stage)

@@ -1,0 +1,67 @@
+"""A scenario composes the specs and checks the constraints that span several of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.spec.errors import require
+from moesim.spec.hardware import ClusterSpec
+from moesim.spec.layout import ParallelLayout
+from moesim.spec.model import MoeModelSpec
+from moesim.spec.routing import RoutingSpec
+from moesim.spec.simulation import SimulationSpec
+from moesim.spec.training import TrainingSpec
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    cluster: ClusterSpec
+    model: MoeModelSpec
+    training: TrainingSpec
+    layout: ParallelLayout
+    routing: RoutingSpec
+    simulation: SimulationSpec
+
+    def __post_init__(self) -> None:
+        lay, mod, tr = self.layout, self.model, self.training
+        gpus = self.cluster.num_gpus
+        require(lay.world_size == gpus, "layout", f"tp*dp*pp = {lay.tp}*{lay.dp}*{lay.pp} = {lay.world_size}",
+                f"tp*dp*pp equal to the cluster's GPUs ({self.cluster.num_nodes} nodes x "
+                f"{self.cluster.profile.node.gpus_per_node} = {gpus})")
+        _divides("layout.pp", lay.pp, "model.num_layers", mod.num_layers)
+        _divides("layout.tp", lay.tp, "model.num_attention_heads", mod.num_attention_heads)
+        _divides("layout.tp", lay.tp, "model.num_kv_heads", mod.num_kv_heads)
+        if mod.dense_ffn_size:
+            _divides("layout.tp", lay.tp, "model.dense_ffn_size", mod.dense_ffn_size)
+        _divides("layout.tp", lay.tp, "training.seq_len", tr.seq_len)  # sequence parallelism
+        _divides("layout.ep", lay.ep, "model.num_experts", mod.num_experts)
+        _divides("layout.etp", lay.etp, "model.expert_ffn_size", mod.expert_ffn_size)
+        sequences_per_round = lay.dp * tr.micro_batch_size
+        require(tr.global_batch_size % sequences_per_round == 0, "training.global_batch_size",
+                tr.global_batch_size, f"a multiple of layout.dp x training.micro_batch_size "
+                f"({lay.dp} x {tr.micro_batch_size} = {sequences_per_round}) sequences")
+        self.cluster.profile.gpu.peak(tr.dtype)  # the GPU must have a peak for the training dtype
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches each data-parallel rank runs per step."""
+        return self.training.global_batch_size // (self.layout.dp * self.training.micro_batch_size)
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        """Tokens one tensor-parallel group processes in one micro-batch."""
+        return self.training.micro_batch_size * self.training.seq_len
+
+    @property
+    def tokens_routed_per_rank(self) -> int:
+        """Tokens one rank routes per micro-batch (sequence parallel splits them over tp)."""
+        return self.tokens_per_micro_batch // self.layout.tp
+
+    @property
+    def layers_per_stage(self) -> int:
+        return self.model.num_layers // self.layout.pp
+
+
+def _divides(key: str, value: int, target_key: str, target: int) -> None:
+    require(target % value == 0, key, value, f"a divisor of {target_key} ({target})")
