@@ -1,0 +1,33 @@
+"""moesim: a discrete-event cluster simulator and planner for Mixture-of-Experts training.
+
+Public API (imported lazily, so `import moesim.spec` stays free of simpy and plotting):
+    load_scenario(path) -> Scenario          strict YAML -> frozen specs
+    simulate(scenario) -> SimResult          SimPy simulation of warm-up + measured steps
+    summarize(result) -> dict                step-time percentiles, breakdown, MFU, memory, imbalance
+    write_run(out_dir, result, summary)      summary.json, records.parquet, trace.json, plots (atomic)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_scenario": "moesim.io.scenario",
+    "simulate": "moesim.sim.simulate",
+    "SimResult": "moesim.sim.simulate",
+    "summarize": "moesim.metrics.summary",
+    "write_run": "moesim.io.run_dir",
+    "Scenario": "moesim.spec.scenario",
+    "SpecError": "moesim.spec.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'moesim' has no attribute {name!r}")

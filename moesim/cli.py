@@ -1,0 +1,133 @@
+"""`moesim` command line: argparse -> io -> API -> io. Bad input exits 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from moesim.spec.errors import SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise SpecError("command line", " ".join(sys.argv[1:]), f"valid arguments ({message}); see moesim --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="moesim", description="Simulate and plan Mixture-of-Experts training on GPU clusters.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="simulate a scenario and write its outputs")
+    run.add_argument("scenario", type=Path, help="scenario YAML file")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>)")
+    run.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
+    run.add_argument("--steps", type=int, help="override simulation.steps")
+    run.add_argument("--seed", type=int, help="override simulation.seed")
+    run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
+    val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
+    val.add_argument("scenarios", type=Path, nargs="+")
+    sub.add_parser("list", help="list hardware profiles and model presets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return {"run": _run, "validate": _validate, "list": _list}[args.command](args)
+    except SpecError as err:
+        print(f"moesim: error: {err.one_line()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("moesim: interrupted", file=sys.stderr)
+        return 130
+
+
+def _override(scenario, steps: int | None, seed: int | None):
+    sim = scenario.simulation
+    fields = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    if not fields:
+        return scenario
+    from moesim.spec.simulation import SimulationSpec  # noqa: PLC0415
+
+    try:
+        new_sim = SimulationSpec(**{**dataclasses.asdict(sim), **fields})
+    except SpecError as err:
+        raise SpecError(f"--{err.key}", err.value, err.expected) from None
+    return dataclasses.replace(scenario, simulation=new_sim)
+
+
+def _run(args) -> int:
+    from moesim.io.run_dir import write_run  # noqa: PLC0415 - keep `moesim validate` light
+    from moesim.io.scenario import load_scenario  # noqa: PLC0415
+    from moesim.metrics.summary import summarize  # noqa: PLC0415
+    from moesim.sim.simulate import simulate  # noqa: PLC0415
+
+    scenario = _override(load_scenario(args.scenario), args.steps, args.seed)
+    out = args.out or Path("runs") / scenario.name
+    if not args.no_files:
+        from moesim.io.results import prepare_out_dir  # noqa: PLC0415
+
+        prepare_out_dir(out, args.force)  # fail before simulating, not after
+    t0 = time.perf_counter()
+    result = simulate(scenario)
+    summary = summarize(result)
+    wall_s = time.perf_counter() - t0
+    print(format_summary(summary, wall_s))
+    if not args.no_files:
+        paths = write_run(out, result, summary, force=True)
+        print(f"wrote {len(paths)} files to {out}/: " + ", ".join(p.name for p in paths))
+    return 0
+
+
+def format_summary(s: dict, wall_s: float) -> str:
+    lay = s["layout"]
+    gib = 2**30
+    lines = [
+        f"scenario        {s['scenario']}  ({s['gpus']} GPUs, tp={lay['tp']} pp={lay['pp']} dp={lay['dp']} "
+        f"ep={lay['ep']} etp={lay['etp']}; profile {s['profile']['name']}: {s['profile']['status']})",
+        f"step time       p50 {s['step_time_s']:.4f} s   p95 {s['step_time_p95_s']:.4f} s   "
+        f"p99 {s['step_time_p99_s']:.4f} s   ({s['measured_steps']} measured steps)",
+        f"throughput      {s['tokens_per_s']:,.0f} tokens/s   MFU {100 * s['mfu']:.1f} %",
+        f"routing         expert max/mean {s['expert_load_max_over_mean']:.2f}   "
+        f"GPU max/mean {s['gpu_load_max_over_mean']:.2f}",
+        f"memory          peak {s['peak_memory_bytes_max'] / gib:.1f} GiB of {s['hbm_bytes'] / gib:.1f} GiB"
+        + ("" if s["fits_in_memory"] else "   DOES NOT FIT"),
+        "breakdown (mean over ranks, s/step):",
+    ]
+    total = sum(s["breakdown_s"].values())
+    for bucket, sec in s["breakdown_s"].items():
+        lines.append(f"  {bucket:<16}{sec:10.4f}  {100 * sec / total if total else 0:5.1f} %")
+    lines.append(f"simulated in {wall_s:.2f} s wall")
+    return "\n".join(lines)
+
+
+def _validate(args) -> int:
+    from moesim.io.scenario import load_scenario  # noqa: PLC0415
+
+    for path in args.scenarios:
+        sc = load_scenario(path)
+        print(f"{path}: ok ({sc.name}: {sc.model.name} on {sc.layout.world_size} GPUs)")
+    return 0
+
+
+def _list(args) -> int:
+    from moesim.io.profile import PROFILE_DIR, available_profiles, load_profile  # noqa: PLC0415
+    from moesim.spec.presets import MODEL_PRESETS  # noqa: PLC0415
+
+    print("hardware profiles (hw_profiles/):")
+    for name in available_profiles():
+        prof = load_profile(PROFILE_DIR / f"{name}.yaml")
+        print(f"  {name:<18}{prof.node.gpus_per_node} x {prof.gpu.name}  [{prof.status}]")
+    print("model presets:")
+    for name, m in MODEL_PRESETS.items():
+        print(f"  {name:<18}{m.total_params / 1e9:7.1f} B params, {m.active_params / 1e9:5.1f} B active, "
+              f"{m.num_experts} experts top-{m.top_k}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

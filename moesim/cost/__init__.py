@@ -1,0 +1,1 @@
+"""Pure cost models: specs and sizes in, FLOP / seconds / bytes out."""

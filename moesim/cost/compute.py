@@ -1,0 +1,86 @@
+"""FLOPs and times of the compute ops of one transformer layer on one rank (forward; backward is 2x).
+
+Conventions: a GEMM of [m, k] x [k, n] is 2*m*k*n FLOP. `tokens` is what the rank computes on.
+Sequence parallelism is on when tp > 1, so projections see all tokens of the micro-batch but only 1/tp of
+the weights; the router and experts see the rank's own tokens_routed = tokens / tp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.spec.hardware import ClusterProfile, Dtype, EfficiencyCurve
+from moesim.spec.model import MoeModelSpec
+from moesim.spec.training import Recompute
+
+CAUSAL_FRACTION = 0.5  # causal attention computes half of the score matrix (flash-attention skips masked tiles)
+
+
+@dataclass(frozen=True)
+class AttentionFlop:
+    projections_flop: float  # QKV and output projections (GEMMs)
+    core_flop: float  # QK^T and AV
+
+
+def attention_flop(model: MoeModelSpec, tokens: int, seq_len: int, tp: int) -> AttentionFlop:
+    q_width = model.num_attention_heads * model.head_dim
+    kv_width = 2 * model.num_kv_heads * model.head_dim
+    projections = 2.0 * tokens * model.hidden_size * (q_width + kv_width) + 2.0 * tokens * q_width * model.hidden_size
+    core = 2 * 2.0 * tokens * seq_len * q_width * CAUSAL_FRACTION
+    return AttentionFlop(projections / tp, core / tp)
+
+
+def ffn_flop(model: MoeModelSpec, rows: float | np.ndarray, ffn_size: int, shards: int = 1):
+    """An FFN of width ffn_size on `rows` tokens, its weights split over `shards` ranks."""
+    return 2.0 * rows * model.hidden_size * (ffn_size / shards) * model.activation.ffn_matrices
+
+
+def router_flop(model: MoeModelSpec, tokens_routed: int) -> float:
+    return 2.0 * tokens_routed * model.hidden_size * model.num_experts
+
+
+def lm_head_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
+    return 2.0 * tokens * model.hidden_size * model.vocab_size / tp
+
+
+def padded_rows(rows: np.ndarray, tile_rows: int) -> np.ndarray:
+    """Each expert's rows padded up to a multiple of the GEMM row tile (0 stays 0)."""
+    return -(-np.asarray(rows, dtype=np.int64) // tile_rows) * tile_rows
+
+
+def op_time_s(flop: float | np.ndarray, peak_flop_per_s: float, curve: EfficiencyCurve) -> np.ndarray:
+    """Seconds for ops of the given FLOP counts; efficiency looked up per op. Vectorised."""
+    flop = np.asarray(flop, dtype=np.float64)
+    xs = np.log10([p[0] for p in curve.points])
+    effs = np.array([p[1] for p in curve.points])
+    eff = np.interp(np.log10(np.maximum(flop, 1.0)), xs, effs)
+    return np.where(flop > 0, flop / (peak_flop_per_s * eff), 0.0)
+
+
+def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
+                  etp: int) -> np.ndarray:
+    """Forward time of the routed experts on each rank. rows_per_expert [..., local_experts] holds the rows
+    each local expert computes; each expert's GEMMs are padded to the row tile. Returns [...] seconds."""
+    rows = padded_rows(rows_per_expert, profile.efficiency.tile_rows)
+    flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
+    per_expert = op_time_s(flop, profile.gpu.peak(dtype), profile.efficiency.matmul)
+    return per_expert.sum(axis=-1)
+
+
+def backward_multiplier(recompute: Recompute) -> float:
+    """Backward cost relative to forward: 2x (input and weight gradients), +1 forward when fully recomputed."""
+    return 3.0 if recompute is Recompute.FULL else 2.0
+
+
+def model_flop_per_token(model: MoeModelSpec, seq_len: int) -> float:
+    """Useful forward+backward FLOP per token (no recompute, no padding): the MFU numerator."""
+    attn = attention_flop(model, 1, seq_len, 1)
+    dense_layers = model.num_layers - model.num_moe_layers
+    forward = (model.num_layers * (attn.projections_flop + attn.core_flop)
+               + dense_layers * ffn_flop(model, 1, model.dense_ffn_size)
+               + model.num_moe_layers * ((model.top_k + model.num_shared_experts)
+                                         * ffn_flop(model, 1, model.expert_ffn_size) + router_flop(model, 1))
+               + lm_head_flop(model, 1, 1))
+    return 3.0 * forward

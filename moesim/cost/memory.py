@@ -1,0 +1,206 @@
+"""Peak memory per rank (bytes) of one training step, with Megatron-core semantics.
+
+Weights, gradients and optimizer state follow from the parameters a rank holds; activations follow
+Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models" (arXiv:2205.05198,
+§4), with sequence parallelism whenever tp > 1 so that every stored tensor is split over tp.
+
+Korthikanti's per-layer coefficients (34·s·b·h + 5·a·s²·b bytes, divided by t) assume 2-byte activations,
+1-byte dropout masks, multi-head attention and a GELU MLP of width 4h. Here they are rebuilt from tensor
+shapes so that they hold for any dtype, grouped-query attention and SwiGLU, and they reproduce 34 and 5
+exactly for that reference case (tests check this). Per token the stored tensors are:
+  layer norms     2 inputs of h                                       -> 2h elements       (paper: 4sbh)
+  attention       LN output h (QKV input), Q, K, V, core output q_out
+                  (output-projection input), output dropout mask h    -> h+2q+2kv elements + h mask bytes
+                                                                         (MHA: 5h el. + h -> paper: 11sbh)
+  attention core  per head and key: softmax output, its dropout mask
+                  and dropout output (dropped by SELECTIVE recompute) -> a·s·(2 el. + 1 mask byte) (5as²b)
+  MLP of width F  fc1 input h, then `ffn_matrices` tensors of width F:
+                  GELU: fc1 output and GELU output (2F);
+                  SwiGLU: gate and up (the fused fc1 output, 2F) and
+                  the SwiGLU output (F) = 3F; plus the output mask h  -> h+mF elements + h mask bytes
+                                                                         (GELU, F=4h: 9h el. + h -> 19sbh)
+An MoE layer replaces the MLP by: the LN output h (read by the router and the shared experts, stored once),
+fp32 router logits (num_experts), the shared experts as one MLP of width num_shared·expert_ffn_size without
+their own input, the output mask h, and per expert row held by the rank its input h plus m tensors of width
+expert_ffn_size/etp. Router probs, permutation indices and the prob-weighted unpermute are left out (small or
+transient). Only tensors kept for the backward are counted; transient workspaces are not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from moesim.spec import Dtype, Recompute, Scenario
+
+_MASK_BYTES = 1  # dropout masks are stored as uint8/bool
+_FP32_BYTES = Dtype.FP32.bytes  # router logits and the cross-entropy softmax are kept in fp32
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Peak bytes one rank holds during a step, by kind."""
+
+    weights_bytes: float
+    gradients_bytes: float
+    optimizer_bytes: float
+    activations_bytes: float
+    a2a_buffers_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return (self.weights_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes
+                + self.a2a_buffers_bytes)
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+def stage_params(scenario: Scenario, stage: int) -> tuple[float, float]:
+    """(dense, expert) parameters held by one rank of pipeline stage `stage`."""
+    model, lay = scenario.model, scenario.layout
+    if not 0 <= stage < lay.pp:
+        raise ValueError(f"stage {stage} out of range: the layout has pp = {lay.pp} stages")
+    per_stage = scenario.layers_per_stage
+    shared = model.num_shared_experts * model.ffn_params(model.expert_ffn_size)
+    local_experts = model.num_experts // lay.ep
+    dense = expert = 0.0
+    for layer in range(stage * per_stage, (stage + 1) * per_stage):
+        dense += model.attention_params / lay.tp
+        if model.is_moe_layer(layer):
+            dense += shared / lay.tp + model.router_params  # the router is replicated over tp
+            expert += local_experts * model.ffn_params(model.expert_ffn_size) / lay.etp
+        else:
+            dense += model.ffn_params(model.dense_ffn_size) / lay.tp
+    if stage == 0:
+        dense += model.embedding_params / lay.tp  # vocab-parallel input embedding
+    if stage == lay.pp - 1:
+        dense += model.embedding_params / lay.tp  # untied LM head
+    return dense, expert
+
+
+def activation_bytes_per_layer(scenario: Scenario, moe: bool, expert_rows: float) -> float:
+    """Bytes one rank stores for the backward of one layer and ONE micro-batch (see the module docstring).
+    `expert_rows` (tile-padded, this micro-batch) is used by MoE layers only; it may be a numpy array."""
+    return _layer_bytes(scenario, moe, expert_rows, scenario.training.recompute)
+
+
+def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recompute):
+    model, dtype_bytes = scenario.model, scenario.training.dtype.bytes
+    h = model.hidden_size
+    tokens = scenario.tokens_routed_per_rank  # s·b/t: sequence parallelism splits every tensor over tp
+    if recompute is Recompute.FULL:
+        return tokens * h * dtype_bytes  # only the layer input is kept
+    q_out = model.num_attention_heads * model.head_dim
+    kv_out = model.num_kv_heads * model.head_dim
+    norms = 2 * h * dtype_bytes
+    attention = (h + 2 * q_out + 2 * kv_out) * dtype_bytes + h * _MASK_BYTES
+    total = tokens * (norms + attention)
+    if recompute is Recompute.NONE:  # a/t heads × s² × b scores = a · s · (s·b/t)
+        scores = model.num_attention_heads * scenario.training.seq_len * tokens
+        total += scores * (2 * dtype_bytes + _MASK_BYTES)
+    m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (SwiGLU) or 2 (GELU)
+    if not moe:
+        return total + tokens * ((h + m * model.dense_ffn_size) * dtype_bytes + h * _MASK_BYTES)
+    shared_width = model.num_shared_experts * model.expert_ffn_size
+    per_token = (h + m * shared_width) * dtype_bytes + model.num_experts * _FP32_BYTES + h * _MASK_BYTES
+    per_row = (h + m * model.expert_ffn_size / scenario.layout.etp) * dtype_bytes
+    return total + tokens * per_token + expert_rows * per_row
+
+
+def a2a_buffer_bytes(scenario: Scenario, expert_rows: float) -> float:
+    """Dispatch send (tokens_routed_per_rank·top_k rows) + receive (expert_rows) buffers of width hidden.
+    Permutation buffers are ignored (the permuted tokens are the send buffer)."""
+    send_rows = scenario.tokens_routed_per_rank * scenario.model.top_k
+    return (send_rows + expert_rows) * scenario.model.hidden_size * scenario.training.dtype.bytes
+
+
+def balanced_expert_rows(scenario: Scenario) -> float:
+    """Expert rows one rank gets per micro-batch when routing is perfectly balanced, tile-padded per local
+    expert. An ep group receives what it sends; with etp > 1 every etp shard sees its etp group's rows."""
+    lay = scenario.layout
+    local_experts = scenario.model.num_experts // lay.ep
+    rows = scenario.tokens_routed_per_rank * scenario.model.top_k * lay.etp
+    tile = scenario.cluster.profile.efficiency.tile_rows
+    return float(local_experts * math.ceil(rows / local_experts / tile) * tile)
+
+
+def micro_batches_in_flight(scenario: Scenario, stage: int) -> int:
+    """1F1B: stage s runs pp - s forwards before its first backward (capped by the micro-batch count)."""
+    return min(scenario.layout.pp - stage, scenario.num_micro_batches)
+
+
+def rank_memory(scenario: Scenario, rank: int, expert_rows_per_micro_batch: float) -> MemoryBreakdown:
+    """Peak memory of `rank`, when each micro-batch puts at most `expert_rows_per_micro_batch` (tile-padded)
+    expert rows on it."""
+    lay = scenario.layout
+    if not 0 <= rank < lay.world_size:
+        raise ValueError(f"rank {rank} out of range: world size is {lay.world_size}")
+    if expert_rows_per_micro_batch < 0:
+        raise ValueError(f"expert_rows_per_micro_batch must be >= 0, got {expert_rows_per_micro_batch}")
+    parts = _stage_breakdown(scenario, lay.stage_of(rank), float(expert_rows_per_micro_batch))
+    return MemoryBreakdown(**{k: float(v) for k, v in asdict(parts).items()})
+
+
+def peak_memory_per_rank(scenario: Scenario, expert_rows_per_rank: np.ndarray | None = None) -> np.ndarray:
+    """Total peak bytes per rank, shape [world_size]. `expert_rows_per_rank[r]` is the most (tile-padded)
+    expert rows any micro-batch put on rank r; None means balanced routing."""
+    world = scenario.layout.world_size
+    if expert_rows_per_rank is None:
+        rows = np.full(world, balanced_expert_rows(scenario))
+    else:
+        rows = np.asarray(expert_rows_per_rank, dtype=float)
+        if rows.shape != (world,):
+            raise ValueError(f"expert_rows_per_rank has shape {rows.shape}; expected ({world},)")
+        if np.any(rows < 0) or not np.all(np.isfinite(rows)):
+            raise ValueError(f"expert_rows_per_rank must be finite and >= 0; got min {rows.min()}")
+    out = np.empty(world)
+    for stage in range(scenario.layout.pp):  # ranks of a stage differ only in their expert rows
+        ranks = scenario.layout.stage_ranks(stage)
+        out[ranks] = _stage_breakdown(scenario, stage, rows[ranks]).total_bytes
+    return out
+
+
+def _stage_breakdown(scenario: Scenario, stage: int, rows) -> MemoryBreakdown:
+    """Breakdown for ranks of `stage` holding `rows` expert rows; fields are arrays when `rows` is."""
+    tr, lay = scenario.training, scenario.layout
+    dense, expert = stage_params(scenario, stage)
+    params = dense + expert
+    state = tr.optimizer.state_bytes_per_param
+    if tr.optimizer.distributed:  # dense state is sharded over dp, expert state over edp
+        optimizer = state * (dense / lay.dp + expert / lay.edp)
+    else:
+        optimizer = state * params
+    zero = 0.0 * np.asarray(rows)  # broadcasts scalars to the shape of `rows`
+    return MemoryBreakdown(
+        weights_bytes=zero + params * tr.dtype.bytes,
+        gradients_bytes=zero + params * tr.grad_dtype.bytes,
+        optimizer_bytes=zero + optimizer,
+        activations_bytes=zero + _stage_activation_bytes(scenario, stage, rows),
+        a2a_buffers_bytes=zero + a2a_buffer_bytes(scenario, rows),
+    )
+
+
+def _stage_activation_bytes(scenario: Scenario, stage: int, rows):
+    """Stored activations × micro-batches in flight, plus one-off terms: under FULL recompute the one layer
+    being recomputed holds a NONE-recompute layer's activations, and the last stage keeps the fp32
+    cross-entropy softmax over the vocab-parallel logits for the one micro-batch it has in flight."""
+    model, recompute = scenario.model, scenario.training.recompute
+    per_stage = scenario.layers_per_stage
+    layers = range(stage * per_stage, (stage + 1) * per_stage)
+    num_moe = sum(model.is_moe_layer(i) for i in layers)
+    num_dense = per_stage - num_moe
+    per_micro_batch = num_moe * activation_bytes_per_layer(scenario, True, rows)
+    if num_dense:
+        per_micro_batch = per_micro_batch + num_dense * activation_bytes_per_layer(scenario, False, rows)
+    total = per_micro_batch * micro_batches_in_flight(scenario, stage)
+    if recompute is Recompute.FULL:
+        working = _layer_bytes(scenario, True, rows, Recompute.NONE) if num_moe else 0.0
+        if num_dense:
+            working = np.maximum(working, _layer_bytes(scenario, False, rows, Recompute.NONE))
+        total = total + working
+    if stage == scenario.layout.pp - 1:
+        total = total + scenario.tokens_routed_per_rank * model.vocab_size * _FP32_BYTES
+    return total

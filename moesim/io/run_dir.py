@@ -1,0 +1,42 @@
+"""Writes one simulation run's outputs into a directory, every file atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moesim.export.perfetto import chrome_trace, write_chrome_trace
+from moesim.io.results import prepare_out_dir, write_figure_atomic, write_json_atomic, write_parquet_atomic, \
+    write_text_atomic
+from moesim.metrics.summary import per_rank_breakdown
+from moesim.sim.simulate import SimResult
+from moesim.viz.breakdown import breakdown_figure, per_rank_figure
+
+PER_RANK_PLOT_MAX_RANKS = 64
+
+
+def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
+    """summary.json, records.parquet, layer_stats.parquet, breakdown_per_rank.csv, trace.json (the first
+    measured step) and two PNG plots. Returns the paths written."""
+    prepare_out_dir(out_dir, force)
+    sc = result.scenario
+    per_rank = per_rank_breakdown(result)
+    written = [
+        write_json_atomic(out_dir / "summary.json", summary),
+        write_parquet_atomic(out_dir / "records.parquet", result.records),
+        write_parquet_atomic(out_dir / "layer_stats.parquet", result.layer_stats),
+        write_text_atomic(out_dir / "breakdown_per_rank.csv", per_rank.to_csv(float_format="%.9g")),
+    ]
+    first = int(result.measured_steps[0])
+    trace = chrome_trace(result.records, ranks_per_node=sc.cluster.profile.node.gpus_per_node, steps=[first])
+    written.append(write_chrome_trace(out_dir / "trace.json", trace))
+    title = f"{sc.name}: {sc.model.name} on {sc.layout.world_size} x {sc.cluster.profile.gpu.name}"
+    written.append(write_figure_atomic(out_dir / "breakdown.png",
+                                       breakdown_figure(summary["breakdown_s"], summary["step_time_mean_s"], title)))
+    if sc.layout.world_size <= PER_RANK_PLOT_MAX_RANKS:
+        grouped, label = per_rank, "per rank"
+    else:  # too many bars: average the ranks of each pipeline stage
+        grouped = per_rank.groupby(per_rank.index // sc.layout.ranks_per_stage).mean()
+        grouped.index.name, label = "stage", "per pipeline stage (mean over its ranks)"
+    written.append(write_figure_atomic(out_dir / "breakdown_per_rank.png",
+                                       per_rank_figure(grouped, f"{title}: {label}")))
+    return written

@@ -1,0 +1,69 @@
+"""Summaries of a simulation: step-time distribution, breakdown, MFU, memory, routing imbalance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moesim.cost.compute import model_flop_per_token
+from moesim.sim.records import BREAKDOWN_BUCKETS, BREAKDOWN_OF
+from moesim.sim.simulate import SimResult
+
+_BUCKET_OF_OP = {op.value: bucket for op, bucket in BREAKDOWN_OF.items()}
+
+
+def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
+    """[rank x bucket] seconds per measured step, averaged over measured steps. Rows add up to each rank's
+    mean step time. The waiting part of collectives is its own bucket, `straggler_wait`."""
+    rec = result.records
+    rec = rec[rec["step"].isin(result.measured_steps)]
+    dur = (rec["end_s"] - rec["start_s"]).to_numpy()
+    wait = rec["wait_s"].to_numpy()
+    bucket = rec["op"].astype(str).map(_BUCKET_OF_OP).to_numpy()
+    frame = pd.DataFrame({"rank": np.concatenate([rec["rank"].to_numpy()] * 2),
+                          "bucket": np.concatenate([bucket, np.full(len(rec), "straggler_wait")]),
+                          "seconds": np.concatenate([dur - wait, wait])})
+    table = frame.pivot_table(index="rank", columns="bucket", values="seconds", aggfunc="sum", fill_value=0.0)
+    table = table.reindex(index=range(result.scenario.layout.world_size), columns=list(BREAKDOWN_BUCKETS),
+                          fill_value=0.0)
+    return table / len(result.measured_steps)
+
+
+def summarize(result: SimResult) -> dict:
+    sc = result.scenario
+    measured = result.step_times_s[result.measured_steps]
+    p50 = float(np.percentile(measured, 50))
+    tokens = sc.training.tokens_per_step
+    peak = sc.cluster.profile.gpu.peak(sc.training.dtype)
+    flop = model_flop_per_token(sc.model, sc.training.seq_len) * tokens
+    breakdown = per_rank_breakdown(result).mean(axis=0)
+    stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
+    per_layer = stats.groupby("layer")[["expert_max_over_mean", "gpu_max_over_mean"]].mean()
+    rec = result.records
+    a2a = rec[rec["op"].isin(["dispatch", "combine"]) & rec["step"].isin(result.measured_steps)]
+    hbm = sc.cluster.profile.gpu.hbm_bytes
+    mem = result.peak_memory_bytes
+    return {
+        "scenario": sc.name,
+        "gpus": sc.layout.world_size,
+        "layout": {"tp": sc.layout.tp, "pp": sc.layout.pp, "dp": sc.layout.dp, "ep": sc.layout.ep,
+                   "etp": sc.layout.etp, "edp": sc.layout.edp},
+        "profile": {"name": sc.cluster.profile.name, "status": sc.cluster.profile.status},
+        "measured_steps": int(len(measured)),
+        "step_time_s": p50,
+        "step_time_p95_s": float(np.percentile(measured, 95)),
+        "step_time_p99_s": float(np.percentile(measured, 99)),
+        "step_time_mean_s": float(measured.mean()),
+        "tokens_per_s": tokens / p50,
+        "mfu": flop / (p50 * sc.layout.world_size * peak),
+        "breakdown_s": {k: float(v) for k, v in breakdown.items()},
+        "peak_memory_bytes": [float(x) for x in mem],
+        "peak_memory_bytes_max": float(mem.max()),
+        "hbm_bytes": float(hbm),
+        "fits_in_memory": bool(mem.max() <= hbm),
+        "expert_load_max_over_mean": float(stats["expert_max_over_mean"].mean()),
+        "gpu_load_max_over_mean": float(stats["gpu_max_over_mean"].mean()),
+        "all_to_all_bytes_per_step": float(a2a["bytes"].sum() / len(measured)),
+        "per_layer": [{"layer": int(layer), "expert_max_over_mean": float(row.expert_max_over_mean),
+                       "gpu_max_over_mean": float(row.gpu_max_over_mean)} for layer, row in per_layer.iterrows()],
+    }

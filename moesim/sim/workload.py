@@ -1,0 +1,151 @@
+"""Everything one step's ranks will do, computed up front as numpy arrays (no simpy here): op durations
+per stage, per layer, per micro-batch, per rank or per communication group. The engine only replays them.
+
+Local rank index inside a stage is q = etp_rank + etp * (ep_rank + ep * edp_rank) = tp_rank + tp * dp_rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.cost import compute as cc
+from moesim.network.model import CollectiveModel
+from moesim.spec.scenario import Scenario
+from moesim.spec.training import Recompute
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """Per-layer compute that is identical for every rank of a stage (seconds)."""
+
+    attention_fwd_s: float
+    attention_bwd_s: float
+    dense_ffn_fwd_s: float
+    dense_ffn_bwd_s: float
+    router_fwd_s: float  # router + shared experts
+    router_bwd_s: float
+    lm_head_fwd_s: float
+    lm_head_bwd_s: float
+
+
+@dataclass(frozen=True)
+class MoeLayerWork:
+    """One MoE layer of one step, for all micro-batches. m = micro-batch, q = local rank in the stage."""
+
+    a2a_s: np.ndarray  # [M, q] time of the all-to-all of the EP group rank q belongs to (dispatch = combine)
+    expert_fwd_s: np.ndarray  # [M, q]
+    expert_rows: np.ndarray  # [M, q] rows rank q computes (tile padding included)
+    sent_rows: np.ndarray  # [M, q] assignments rank q dispatches
+    returned_rows: np.ndarray  # [M, q] rows rank q sends back in the combine (what it received)
+    sent_bytes: np.ndarray  # [M, q] dispatch bytes rank q puts on the network (local ones excluded)
+    expert_max_over_mean: np.ndarray  # [M] over the whole stage's tokens
+    gpu_max_over_mean: np.ndarray  # [M] busiest rank's rows / mean rows inside the EP group (max over groups)
+
+
+def layer_costs(sc: Scenario) -> LayerCosts:
+    m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
+    peak = prof.gpu.peak(dt)
+    tokens, routed = sc.tokens_per_micro_batch, sc.tokens_routed_per_rank
+    attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp)
+    core_s = float(cc.op_time_s(attn.core_flop, peak, prof.efficiency.attention))
+    attn_fwd = float(cc.op_time_s(attn.projections_flop, peak, prof.efficiency.matmul)) + core_s
+    dense = float(cc.op_time_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp), peak, prof.efficiency.matmul))
+    shared = cc.ffn_flop(m, tokens, m.expert_ffn_size * m.num_shared_experts, lay.tp)
+    router = float(cc.op_time_s(cc.router_flop(m, routed), peak, prof.efficiency.matmul)
+                   + cc.op_time_s(shared, peak, prof.efficiency.matmul))
+    head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), peak, prof.efficiency.matmul))
+    bwd = cc.backward_multiplier(sc.training.recompute)
+    selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
+    return LayerCosts(attn_fwd, bwd * attn_fwd + selective, dense, bwd * dense, router, bwd * router,
+                      head, 2.0 * head)
+
+
+def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage: int) -> MoeLayerWork:
+    """loads [M, q, E]: assignments each local rank routes to each expert in this layer."""
+    lay, m = sc.layout, sc.model
+    M, E = loads.shape[0], m.num_experts
+    e_loc = E // lay.ep
+    # [M, edp, ep_src, etp, ep_dst, e_loc]
+    lr = loads.reshape(M, lay.edp, lay.ep, lay.etp, lay.ep, e_loc)
+    recv = lr.sum(axis=2)  # [M, edp, etp, ep_dst, e_loc] rows each rank receives per local expert
+    rows_per_expert = recv.sum(axis=2)  # etp shards of an expert all compute the rows their group received
+    expert_s = cc.expert_time_s(rows_per_expert, m, sc.cluster.profile, sc.training.dtype, lay.etp)
+    padded = cc.padded_rows(rows_per_expert, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
+
+    row_bytes = m.hidden_size * sc.training.dtype.bytes
+    matrix = lr.sum(axis=-1).transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
+    ranks = lay.ep_groups()[stage]  # [edp, etp, ep]
+    a2a = net.all_to_all_s(matrix, np.broadcast_to(ranks, matrix.shape[:-1]))  # [M, edp, etp]
+    off_diag = matrix * (1.0 - np.eye(lay.ep))
+    sent_bytes = off_diag.sum(-1)  # [M, edp, etp, ep_src]
+
+    def per_rank(x_edp_ep: np.ndarray) -> np.ndarray:  # [M, edp, ep] -> [M, q] (same for every etp shard)
+        return np.repeat(x_edp_ep[..., None], lay.etp, axis=-1).reshape(M, -1)
+
+    def per_rank_group(x_edp_etp: np.ndarray) -> np.ndarray:  # [M, edp, etp] -> [M, q]
+        return np.repeat(x_edp_etp[:, :, None, :], lay.ep, axis=2).reshape(M, -1)
+
+    gpu_rows = recv.sum(-1)  # [M, edp, etp, ep]
+    gpu_ratio = (gpu_rows.max(-1) / np.maximum(gpu_rows.mean(-1), 1e-12)).max(axis=(1, 2))
+    expert_load = loads.sum(axis=1)  # [M, E]
+    return MoeLayerWork(
+        a2a_s=per_rank_group(a2a),
+        expert_fwd_s=per_rank(expert_s),
+        expert_rows=per_rank(padded),
+        sent_rows=loads.sum(-1),
+        returned_rows=recv.sum(-1).transpose(0, 1, 3, 2).reshape(M, -1),
+        sent_bytes=sent_bytes.transpose(0, 1, 3, 2).reshape(M, -1),
+        expert_max_over_mean=expert_load.max(-1) / np.maximum(expert_load.mean(-1), 1e-12),
+        gpu_max_over_mean=gpu_ratio,
+    )
+
+
+@dataclass(frozen=True)
+class StaticWork:
+    """Costs that do not change from step to step, indexed by stage s and local rank q (seconds)."""
+
+    layers: LayerCosts
+    tp_comm_s: np.ndarray  # [pp, q, 2] one layer's TP collectives in one pass; [..., 0] dense, [..., 1] MoE layer
+    p2p_s: np.ndarray  # [pp, q] activation (or gradient) transfer from stage s to s+1 (last stage: 0)
+    p2p_bytes: float
+    dp_dense_s: np.ndarray  # [pp, q] all-reduce of non-expert gradients over the dp group
+    dp_expert_s: np.ndarray  # [pp, q] all-reduce of expert gradients over the edp group
+    optimizer_s: np.ndarray  # [pp] optimizer update on one rank of the stage
+    grad_bytes: np.ndarray  # [pp, 2] dense, expert gradient bytes per rank
+
+
+def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
+    from moesim.cost.memory import stage_params  # noqa: PLC0415 - the memory model owns parameter counts
+
+    lay, m, tr = sc.layout, sc.model, sc.training
+    q = lay.ranks_per_stage
+    gathered = sc.tokens_per_micro_batch * m.hidden_size * tr.dtype.bytes  # sequence-parallel gather buffer
+    tp_group_s = net.all_gather_s(gathered, lay.tp_groups())  # [pp, dp]
+    per_q = np.repeat(tp_group_s, lay.tp, axis=1)  # [pp, q]
+    shared = 2 if m.num_shared_experts else 0
+    # attention: all-gather + reduce-scatter; a dense FFN or the shared experts add another pair
+    tp_comm = np.stack([(2 + 2) * per_q, (2 + shared) * per_q], axis=-1) if lay.tp > 1 else np.zeros((lay.pp, q, 2))
+
+    p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.bytes
+    p2p = np.zeros((lay.pp, q))
+    for s in range(lay.pp - 1):
+        for i in range(q):
+            src = s * q + i
+            p2p[s, i] = net.p2p_s(p2p_bytes, src, src + q)
+
+    params = np.array([stage_params(sc, s) for s in range(lay.pp)])  # [pp, 2] dense, expert
+    grad_bytes = params * tr.grad_dtype.bytes
+    dp_dense = np.stack([np.repeat(net.all_reduce_s(grad_bytes[s, 0], lay.dp_groups()[s]), 1)
+                         for s in range(lay.pp)])  # [pp, tp]
+    dp_dense = np.tile(dp_dense, (1, lay.dp))  # q = t + tp * d -> tp rank is q % tp
+    dp_expert = np.stack([net.all_reduce_s(grad_bytes[s, 1], lay.edp_groups()[s]) for s in range(lay.pp)])
+    dp_expert = np.tile(dp_expert.reshape(lay.pp, lay.ep * lay.etp), (1, lay.edp))  # q = t + etp*(j + ep*d)
+
+    opt = tr.optimizer
+    touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.bytes  # read + write per param
+    shard = np.array([lay.dp, lay.edp]) if opt.distributed else np.ones(2)
+    optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
+    return StaticWork(layer_costs(sc), tp_comm, p2p, float(p2p_bytes), dp_dense, dp_expert, optimizer_s,
+                      grad_bytes)
