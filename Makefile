@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` (set up, then simulate the quickstart) and `make test`.
+# Both create .venv from the pins in requirements.txt when it is missing or older than the pins.
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-cache-dir -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	@# the CPU wheel of torch only: a CUDA build would mean gigabytes of nvidia-* packages
+	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is not None)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/moesim run scenarios/quickstart.yaml
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 MPLBACKEND=Agg $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_scale.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
