@@ -35,8 +35,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        args = _parser().parse_args(argv)
+        try:
+            args = _parser().parse_args(argv)
+        except SpecError as err:  # report the arguments given to main(), not the process's sys.argv
+            raise SpecError(err.key, " ".join(argv), err.expected) from None
         return {"run": _run, "validate": _validate, "list": _list}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)

@@ -145,8 +145,9 @@ def rank_memory(scenario: Scenario, rank: int, expert_rows_per_micro_batch: floa
 
 
 def peak_memory_per_rank(scenario: Scenario, expert_rows_per_rank: np.ndarray | None = None) -> np.ndarray:
-    """Total peak bytes per rank, shape [world_size]. `expert_rows_per_rank[r]` is the most (tile-padded)
-    expert rows any micro-batch put on rank r; None means balanced routing."""
+    """Total peak bytes per rank, shape [world_size]. `expert_rows_per_rank[r]` is rank r's (tile-padded)
+    expert rows per micro-batch and MoE layer; activations are linear in it, so the mean over the stage's MoE
+    layers of each layer's worst micro-batch gives the exact worst-case sum. None means balanced routing."""
     world = scenario.layout.world_size
     if expert_rows_per_rank is None:
         rows = np.full(world, balanced_expert_rows(scenario))
@@ -185,7 +186,7 @@ def _stage_breakdown(scenario: Scenario, stage: int, rows) -> MemoryBreakdown:
 
 def _stage_activation_bytes(scenario: Scenario, stage: int, rows):
     """Stored activations × micro-batches in flight, plus one-off terms: under FULL recompute the one layer
-    being recomputed holds a NONE-recompute layer's activations, and the last stage keeps the fp32
+    being recomputed holds a SELECTIVE-recompute layer's activations, and the last stage keeps the fp32
     cross-entropy softmax over the vocab-parallel logits for the one micro-batch it has in flight."""
     model, recompute = scenario.model, scenario.training.recompute
     per_stage = scenario.layers_per_stage
@@ -197,9 +198,10 @@ def _stage_activation_bytes(scenario: Scenario, stage: int, rows):
         per_micro_batch = per_micro_batch + num_dense * activation_bytes_per_layer(scenario, False, rows)
     total = per_micro_batch * micro_batches_in_flight(scenario, stage)
     if recompute is Recompute.FULL:
-        working = _layer_bytes(scenario, True, rows, Recompute.NONE) if num_moe else 0.0
+        # the layer being recomputed runs with flash attention, which never stores the s x s scores
+        working = _layer_bytes(scenario, True, rows, Recompute.SELECTIVE) if num_moe else 0.0
         if num_dense:
-            working = np.maximum(working, _layer_bytes(scenario, False, rows, Recompute.NONE))
+            working = np.maximum(working, _layer_bytes(scenario, False, rows, Recompute.SELECTIVE))
         total = total + working
     if stage == scenario.layout.pp - 1:
         total = total + scenario.tokens_routed_per_rank * model.vocab_size * _FP32_BYTES

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 from moesim import units
-from moesim.io.strict import Section, build, read_yaml_mapping
+from moesim.io.strict import Section, build, finite_float, read_yaml_mapping
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import (ClusterProfile, ComputeEfficiency, Dtype, EfficiencyCurve, FabricSpec,
                                   GpuSpec, NodeSpec)
@@ -43,7 +44,7 @@ class _Sourced:
 
     def leaf(self, sec: Section, key: str, *, unit: str, scale: float = 1.0, min_value: float = 0.0,
              max_value: float | None = None, integer: bool = False):
-        leaf = sec.section(key)
+        leaf = _leaf_section(sec, key, f"<number> {unit}")
         value = leaf.int_("value", min_value=int(min_value), unit=unit) if integer else \
             leaf.float_("value", min_value=min_value, max_value=max_value, unit=unit)
         self.provenance[leaf.path] = leaf.str_("source")
@@ -51,14 +52,15 @@ class _Sourced:
         return value if integer else value * scale
 
     def flag(self, sec: Section, key: str) -> bool:
-        leaf = sec.section(key)
+        leaf = _leaf_section(sec, key, "true or false")
         value = leaf.bool_("value")
         self.provenance[leaf.path] = leaf.str_("source")
         leaf.finish()
         return value
 
     def curve(self, sec: Section, key: str) -> EfficiencyCurve:
-        leaf = sec.section(key)
+        leaf = _leaf_section(sec, key, "<fraction of peak>", "or {table_GFLOP: [[GFLOP, efficiency], ...], "
+                                                             "source: ...}")
         self.provenance[leaf.path] = leaf.str_("source")
         if leaf.has("value"):
             curve = EfficiencyCurve.constant(leaf.float_("value", min_value=1e-6, max_value=1.0,
@@ -69,6 +71,15 @@ class _Sourced:
         return curve
 
 
+def _leaf_section(sec: Section, key: str, value: str, alternative: str = "") -> Section:
+    """A sourced leaf must be a mapping; a bare number is the likeliest mistake, so say what to write."""
+    data = sec.raw(key)
+    if not isinstance(data, Mapping):
+        raise SpecError(sec.key_path(key), data, f"{{value: {value}, source: \"where the number comes from\"}} "
+                                                 f"{alternative}")
+    return sec.section(key)
+
+
 def _table(leaf: Section) -> EfficiencyCurve:
     rows = leaf.raw("table_GFLOP")
     key = leaf.key_path("table_GFLOP")
@@ -77,15 +88,14 @@ def _table(leaf: Section) -> EfficiencyCurve:
         raise SpecError(key, rows, expected)
     points = []
     for row in rows:
-        ok = isinstance(row, list) and len(row) == 2 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        ok = isinstance(row, list) and len(row) == 2 and all(finite_float(x) is not None for x in row)
         if not ok:
             raise SpecError(key, row, expected)
         points.append((float(row[0]) * units.GFLOP, float(row[1])))
     try:
         return EfficiencyCurve(tuple(points))
-    except SpecError as err:
-        raise SpecError(key, err.value, expected) from None
+    except SpecError:  # its values are in FLOP; show the rows as written, in GFLOP
+        raise SpecError(key, rows, expected) from None
 
 
 def _parse(root: Section) -> ClusterProfile:
@@ -104,6 +114,9 @@ def _parse(root: Section) -> ClusterProfile:
         if peaks_sec.has(dtype.value):
             peaks[dtype] = src.leaf(peaks_sec, dtype.value, unit="TFLOP/s", scale=units.TFLOP, min_value=1e-6)
     peaks_sec.finish()
+    if not peaks:
+        raise SpecError(peaks_sec.path, {}, f"a peak for at least one dtype ({', '.join(d.value for d in Dtype)}) "
+                                            "in TFLOP/s")
     gpu = build("gpu", GpuSpec, name=g.str_("name"), peak_flop_per_s=peaks,
                   hbm_bytes=src.leaf(g, "hbm_GB", unit="GB", scale=units.GB, min_value=1e-6),
                   hbm_bandwidth_bytes_per_s=src.leaf(g, "hbm_bandwidth_GBps", unit="GB/s",
@@ -131,10 +144,11 @@ def _parse(root: Section) -> ClusterProfile:
     f.finish()
 
     c = root.section("compute")
+    tile_rows = src.leaf(c, "expert_tile_rows", unit="rows", min_value=1, integer=True)
+    if tile_rows & (tile_rows - 1):  # checked here so that the error names the YAML key, not the field
+        raise SpecError(c.key_path("expert_tile_rows.value"), tile_rows, "a power of two >= 1 rows")
     efficiency = build("compute", ComputeEfficiency, matmul=src.curve(c, "matmul_efficiency"),
-                                   attention=src.curve(c, "attention_efficiency"),
-                                   tile_rows=src.leaf(c, "expert_tile_rows", unit="rows", min_value=1,
-                                                      integer=True))
+                       attention=src.curve(c, "attention_efficiency"), tile_rows=tile_rows)
     c.finish()
     root.finish()
     return ClusterProfile(name=name, status=status, gpu=gpu, node=node, fabric=fabric, efficiency=efficiency,

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from moesim.io.profile import available_profiles, load_profile, resolve_profile
-from moesim.io.strict import Section, build, read_yaml_mapping
+from moesim.io.strict import Section, build, is_file, read_yaml_mapping
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import ClusterSpec, Dtype
 from moesim.spec.layout import ParallelLayout
@@ -44,7 +44,7 @@ def parse_scenario(root: Section, default_name: str, base_dir: Path) -> Scenario
 def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:
     ref = sec.str_("profile")
     path = resolve_profile(ref, base_dir)
-    if not path.is_file():
+    if not is_file(path):
         raise SpecError(sec.key_path("profile"), ref,
                         f"a profile name ({', '.join(available_profiles())}) or a path to a profile YAML file")
     profile = load_profile(path)
@@ -72,7 +72,8 @@ def _model(sec: Section) -> MoeModelSpec:
             default = {"first_k_dense": 0, "moe_every": 1, "num_shared_experts": 0, "dense_ffn_size": 0}.get(key)
             fields[key] = sec.int_(key, default) if default is not None else sec.int_(key)
     if sec.has("head_dim") or "head_dim" not in fields:  # default: hidden_size / num_attention_heads
-        fields["head_dim"] = sec.int_("head_dim", max(1, fields["hidden_size"] // fields["num_attention_heads"]))
+        heads = fields["num_attention_heads"]  # not validated yet: MoeModelSpec reports heads <= 0
+        fields["head_dim"] = sec.int_("head_dim", max(1, fields["hidden_size"] // heads) if heads > 0 else 1)
     if sec.has("activation") or "activation" not in fields:
         fields["activation"] = sec.enum_("activation", Activation)
     fields["name"] = sec.str_("name", fields.get("name", "custom"))
@@ -82,44 +83,41 @@ def _model(sec: Section) -> MoeModelSpec:
 
 
 def _training(sec: Section) -> TrainingSpec:
+    # Unknown keys are reported before cross-field checks: a typo'd key leaves a default that may conflict.
     opt_sec = sec.section("optimizer", None)
-    optimizer = build("training.optimizer", OptimizerSpec,
-                      name=opt_sec.enum_("name", Optimizer, Optimizer.ADAM),
+    opt_fields = dict(name=opt_sec.enum_("name", Optimizer, Optimizer.ADAM),
                       state_bytes_per_param=opt_sec.float_("state_bytes_per_param", 12.0, min_value=0,
                                                            unit="bytes per parameter"),
                       distributed=opt_sec.bool_("distributed", False))
     opt_sec.finish()
-    spec = build("training", TrainingSpec,
-                 global_batch_size=sec.int_("global_batch_size", min_value=1, unit="sequences"),
-                 seq_len=sec.int_("seq_len", min_value=1, unit="tokens"),
-                 micro_batch_size=sec.int_("micro_batch_size", min_value=1, unit="sequences"),
-                 dtype=sec.enum_("dtype", Dtype, Dtype.BF16),
-                 grad_dtype=sec.enum_("grad_dtype", Dtype, Dtype.FP32),
-                 optimizer=optimizer,
-                 recompute=sec.enum_("recompute", Recompute, Recompute.NONE))
+    fields = dict(global_batch_size=sec.int_("global_batch_size", min_value=1, unit="sequences"),
+                  seq_len=sec.int_("seq_len", min_value=1, unit="tokens"),
+                  micro_batch_size=sec.int_("micro_batch_size", min_value=1, unit="sequences"),
+                  dtype=sec.enum_("dtype", Dtype, Dtype.BF16),
+                  grad_dtype=sec.enum_("grad_dtype", Dtype, Dtype.FP32),
+                  recompute=sec.enum_("recompute", Recompute, Recompute.NONE))
     sec.finish()
-    return spec
+    optimizer = build("training.optimizer", OptimizerSpec, **opt_fields)
+    return build("training", TrainingSpec, optimizer=optimizer, **fields)
 
 
 def _layout(sec: Section) -> ParallelLayout:
-    degrees = {key: sec.int_(key, 1, min_value=1) for key in ("tp", "pp", "dp", "ep", "etp")}
+    degrees = {key: sec.int_(key, 1, min_value=1, unit="(GPUs in each group)") for key in ("tp", "pp", "dp", "ep", "etp")}
     sec.finish()
     return build("layout", ParallelLayout, **degrees)
 
 
 def _routing(sec: Section) -> RoutingSpec:
-    spec = build("routing", RoutingSpec,
-                 distribution=sec.enum_("distribution", RoutingDistribution, RoutingDistribution.BALANCED),
-                 zipf_s=sec.float_("zipf_s", 0.0, min_value=0.0, max_value=10.0),
-                 seed=sec.int_("seed", None, min_value=0) if sec.has("seed") else None)
+    fields = dict(distribution=sec.enum_("distribution", RoutingDistribution, RoutingDistribution.BALANCED),
+                  zipf_s=sec.float_("zipf_s", 0.0, min_value=0.0, max_value=10.0),
+                  seed=sec.int_("seed", None, min_value=0) if sec.has("seed") else None)
     sec.finish()
-    return spec
+    return build("routing", RoutingSpec, **fields)
 
 
 def _simulation(sec: Section) -> SimulationSpec:
-    spec = build("simulation", SimulationSpec,
-                 steps=sec.int_("steps", 3, min_value=1),
-                 warmup_steps=sec.int_("warmup_steps", 0, min_value=0),
-                 seed=sec.int_("seed", 0, min_value=0))
+    fields = dict(steps=sec.int_("steps", 3, min_value=1),
+                  warmup_steps=sec.int_("warmup_steps", 0, min_value=0),
+                  seed=sec.int_("seed", 0, min_value=0))
     sec.finish()
-    return spec
+    return build("simulation", SimulationSpec, **fields)

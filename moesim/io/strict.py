@@ -4,6 +4,7 @@ rejects every key nobody asked for. Every failure is a SpecError naming the key 
 from __future__ import annotations
 
 import difflib
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -13,16 +14,38 @@ import yaml
 from moesim.spec.errors import SpecError
 
 E = TypeVar("E", bound=Enum)
+# libyaml's safe loader is ~10x faster; the pure-Python one is the fallback where libyaml is missing
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MISSING = object()
+INT_MAX = 2**63 - 1  # every count, size and seed fits in int64 (numpy's default integer)
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file() that answers False instead of raising (a name too long for the OS, a NUL byte...)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float, or None when it is not a finite number (bools, NaN, inf, ints too big)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """Parse a YAML file whose top level must be a mapping. Errors name the file."""
     source = str(path)
-    if not path.is_file():
+    if not is_file(path):
         raise SpecError("", source, f"an existing {what} file", source=source)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -30,6 +53,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
         raise SpecError("", f"YAML syntax error at {where}: {problem}", "valid YAML", source=source) from None
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
         raise SpecError("", type(exc).__name__, f"a UTF-8 YAML {what} file", source=source) from None
+    except OSError as exc:  # unreadable: permissions, a race with deletion, an I/O error
+        raise SpecError("", exc.strerror or type(exc).__name__, f"a readable {what} file", source=source) from None
     if not isinstance(data, dict):
         raise SpecError("", type(data).__name__, f"a mapping of keys at the top of the {what}", source=source)
     return data
@@ -64,8 +89,19 @@ class Section:
         if key in self._data:
             return self._data[key]
         if default is _MISSING:
+            self._reject_misspelt_key()  # a typo'd key is the likelier cause than a forgotten one
             raise SpecError(self.key_path(key), None, "this key to be present (it is required)")
         return default
+
+    def _reject_misspelt_key(self) -> None:
+        """Raise for the first key nobody asked for that is one small edit away from one somebody did."""
+        known = {k.lower(): k for k in sorted(self._known)}  # case slips too: hbm_gb for hbm_GB
+        for key in self._data:
+            if key not in self._known:
+                close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.8)
+                if close:
+                    raise SpecError(self.key_path(key), self._data[key],
+                                    f"no such key (did you mean '{known[close[0]]}'?)")
 
     def int_(self, key: str, default: Any = _MISSING, *, min_value: int | None = None,
              unit: str = "") -> int:
@@ -76,6 +112,9 @@ class Section:
             raise SpecError(self.key_path(key), value, _expected("an integer", min_value, unit))
         if min_value is not None and value < min_value:
             raise SpecError(self.key_path(key), value, _expected("an integer", min_value, unit))
+        if abs(value) > INT_MAX:
+            raise SpecError(self.key_path(key), value,
+                            _expected("an integer", min_value, unit) + f" and at most 2**63 - 1 ({INT_MAX})")
         return value
 
     def float_(self, key: str, default: Any = _MISSING, *, min_value: float | None = None,
@@ -83,12 +122,12 @@ class Section:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-                or value in (float("inf"), float("-inf")):
+        number = finite_float(value)
+        if number is None:
             raise SpecError(self.key_path(key), value, _expected("a finite number", min_value, unit, max_value))
-        if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
+        if (min_value is not None and number < min_value) or (max_value is not None and number > max_value):
             raise SpecError(self.key_path(key), value, _expected("a number", min_value, unit, max_value))
-        return float(value)
+        return number
 
     def bool_(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)

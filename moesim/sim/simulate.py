@@ -50,7 +50,8 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     total = sc.simulation.warmup_steps + sc.simulation.steps
     step_times = np.zeros(total)
     stats: list[pd.DataFrame] = []
-    max_rows = np.zeros(lay.world_size)
+    # per rank: sum over its stage's MoE layers of the worst micro-batch's expert rows (for the memory model)
+    worst_rows = np.zeros((total, lay.world_size))
     for step in range(total):
         loads = sample_loads(shares, sc.tokens_routed_per_rank, m.top_k, lay.ranks_per_stage,
                              sc.num_micro_batches, loads_rng)  # [M, moe_layers, q, E]
@@ -59,7 +60,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
             stage = layer // sc.layers_per_stage
             w = work[layer] = moe_layer_work(sc, net, loads[:, i], stage)
             ranks = lay.stage_ranks(stage)
-            max_rows[ranks] = np.maximum(max_rows[ranks], w.expert_rows.max(axis=0))
+            worst_rows[step, ranks] += w.expert_rows.max(axis=0)
             stats.append(pd.DataFrame({"step": step, "layer": layer, "micro_batch": np.arange(sc.num_micro_batches),
                                        "expert_max_over_mean": w.expert_max_over_mean,
                                        "gpu_max_over_mean": w.gpu_max_over_mean}))
@@ -68,5 +69,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     # Canonical order: by step and rank, each rank's records in program order. The order SimPy interleaves
     # processes in is then invisible, so summaries and files are byte-identical for any start order.
     records = log.to_frame().sort_values(["step", "rank"], kind="stable", ignore_index=True)
+    moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
+    rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
     return SimResult(sc, records, step_times, pd.concat(stats, ignore_index=True),
-                     peak_memory_per_rank(sc, max_rows))
+                     peak_memory_per_rank(sc, rows_per_layer))

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import reprlib
+
+_SHORT_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 6
+_SHORT_REPR.maxlevel = 3
+
+
+def show_value(value: object) -> str:
+    """The bad value as error lines show it: a bounded repr, so a huge value never stalls the message."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 class SpecError(ValueError):
     """Invalid input. `key` is a dotted key path, `value` the offending value, `expected` what is allowed
@@ -21,9 +34,7 @@ class SpecError(ValueError):
     def one_line(self) -> str:
         where = f"{self.source}: " if self.source else ""
         key = self.key or "<top level>"
-        value = repr(self.value)
-        if len(value) > 80:
-            value = value[:77] + "..."
+        value = show_value(self.value)
         text = f"{where}{key}: got {value}; expected {self.expected}"
         return " ".join(text.split())  # never more than one line, whatever the value holds
 

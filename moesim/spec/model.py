@@ -50,7 +50,8 @@ class MoeModelSpec:
                 f"an integer in [1, num_experts={self.num_experts}]")
         require(self.first_k_dense < self.num_layers, "first_k_dense", self.first_k_dense,
                 f"fewer than num_layers ({self.num_layers}) so that some layer is MoE")
-        has_dense = any(not self.is_moe_layer(i) for i in range(self.num_layers))
+        # closed form, not a loop over layers: num_layers is user input and may be huge
+        has_dense = self.first_k_dense > 0 or (self.moe_every > 1 and self.num_layers - self.first_k_dense > 1)
         require(not has_dense or self.dense_ffn_size >= 1, "dense_ffn_size", self.dense_ffn_size,
                 "an integer >= 1 (the model has dense layers)")
 

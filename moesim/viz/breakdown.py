@@ -90,7 +90,7 @@ def per_rank_figure(per_rank_breakdown: pd.DataFrame, title: str) -> Figure:
     _check_finite_nonnegative("per_rank_breakdown", values.ravel())
     n = len(table)
 
-    fig = Figure(figsize=(min(max(6.0, 2.5 + 0.22 * n), 16.0), 4.5), layout="constrained")
+    fig = Figure(figsize=(min(max(9.0, 2.5 + 0.22 * n), 16.0), 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(n)
     width = 0.8 if n <= 64 else 1.0
@@ -103,6 +103,6 @@ def per_rank_figure(per_rank_breakdown: pd.DataFrame, title: str) -> Figure:
     ax.set_xlim(-0.5 - (1 - width) / 2, n - 0.5 + (1 - width) / 2)
     ax.set_xlabel(str(per_rank_breakdown.index.name or "rank"))
     ax.set_ylabel("time per step (s)")
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=11)  # over the whole figure, so the legend beside the axes never covers it
     fig.legend(loc="outside right upper", fontsize=9, frameon=False)
     return fig

@@ -1,0 +1,179 @@
+"""Hardware profiles (hw_profiles/*.yaml): every shipped one loads, every number says where it came from, and
+a broken profile is a one-line SpecError naming the file and the key path (DESIGN.md rules 4 and 14)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from moesim.spec.errors import show_value
+import yaml
+
+from moesim import units
+from moesim.io.profile import PROFILE_DIR, available_profiles, load_profile
+from moesim.spec.errors import SpecError
+from moesim.spec.hardware import Dtype
+
+PROFILES = sorted(PROFILE_DIR.glob("*.yaml"))
+H100 = PROFILE_DIR / "dgx-h100.yaml"
+_H100_DOC = yaml.safe_load(H100.read_text(encoding="utf-8"))
+
+
+def _sourced_leaves(node: Any, path: str = "") -> Iterator[str]:
+    """Key paths of every `{value: ...}` / `{table_GFLOP: ...}` leaf, i.e. every number in the file."""
+    if isinstance(node, dict):
+        if "value" in node or "table_GFLOP" in node:
+            yield path
+            return
+        for key, child in node.items():
+            yield from _sourced_leaves(child, f"{path}.{key}" if path else key)
+
+
+def test_every_profile_is_listed():
+    assert PROFILES and [p.stem for p in PROFILES] == available_profiles()
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_shipped_profile_loads_with_a_source_for_every_number(path: Path):
+    profile = load_profile(path)
+    assert profile.name == path.stem
+    assert "datasheet, not calibrated" in profile.status
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    leaves = list(_sourced_leaves({k: v for k, v in doc.items() if k in ("gpu", "node", "fabric", "compute")}))
+    assert len(leaves) >= 15
+    assert set(leaves) == set(profile.provenance)  # nothing unsourced, nothing invented
+    for key in leaves:
+        assert profile.provenance[key].strip(), f"{path.name}: {key} has an empty source"
+    for key in ("gpu.peak_dense_TFLOPs.bf16", "gpu.hbm_GB", "gpu.hbm_bandwidth_GBps", "node.gpus_per_node",
+                "node.nvlink_GBps", "fabric.nic_Gbps", "fabric.rail_optimized", "compute.matmul_efficiency",
+                "compute.attention_efficiency", "compute.expert_tile_rows"):
+        assert profile.provenance.get(key, "").strip(), key
+
+
+def test_h100_numbers_are_converted_to_si():
+    profile = load_profile(H100)
+    assert profile.gpu.peak_flop_per_s[Dtype.BF16] == pytest.approx(989.4 * units.TFLOP)
+    assert profile.gpu.hbm_bytes == pytest.approx(80 * units.GB)
+    assert profile.node.gpus_per_node == 8
+    assert profile.fabric.nic_bandwidth_bytes_per_s == pytest.approx(400 * units.GBIT_PER_S)
+    assert profile.node.nvlink_latency_s == pytest.approx(3.4 * units.US)
+    assert profile.efficiency.tile_rows == 128
+    assert profile.efficiency.matmul.at(128 * units.GFLOP) == pytest.approx(0.80)
+
+
+def _set(dotted: str, value: Any):
+    def apply(doc: dict) -> None:
+        *head, last = dotted.split(".")
+        node = doc
+        for key in head:
+            node = node[key]
+        node[last] = value
+    return apply
+
+
+def _delete(dotted: str):
+    def apply(doc: dict) -> None:
+        *head, last = dotted.split(".")
+        node = doc
+        for key in head:
+            node = node[key]
+        del node[last]
+    return apply
+
+
+MUTATIONS = [
+    pytest.param(_set("gpu.hbm_GB", 80), "gpu.hbm_GB", 80, "{value: <number> GB, source:", id="bare-number"),
+    pytest.param(_set("fabric.rail_optimized", True), "fabric.rail_optimized", True, "{value: true or false",
+                 id="bare-bool"),
+    pytest.param(_set("compute.attention_efficiency", 0.45), "compute.attention_efficiency", 0.45, "table_GFLOP",
+                 id="bare-efficiency"),
+    pytest.param(_delete("fabric.nic_Gbps.source"), "fabric.nic_Gbps.source", None, "required", id="missing-source"),
+    pytest.param(_set("fabric.nic_Gbps.source", ""), "fabric.nic_Gbps.source", "", "a non-empty string",
+                 id="empty-source"),
+    pytest.param(_delete("gpu.hbm_GB.value"), "gpu.hbm_GB.value", None, "required", id="missing-value"),
+    pytest.param(_set("node.nvlink_efficiency.value", 1.2), "node.nvlink_efficiency.value", 1.2, "(fraction)",
+                 id="efficiency-above-one"),
+    pytest.param(_set("compute.attention_efficiency.value", 1.5), "compute.attention_efficiency.value", 1.5,
+                 "fraction of peak", id="attention-efficiency-above-one"),
+    pytest.param(_set("fabric.nic_efficiency.value", 0), "fabric.nic_efficiency.value", 0, "(fraction)",
+                 id="zero-efficiency"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[16, 0.7], [1, 0.5]]),
+                 "compute.matmul_efficiency.table_GFLOP", [[16, 0.7], [1, 0.5]], "GFLOP increasing",
+                 id="table-not-increasing"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [1, 0.6]]),
+                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [1, 0.6]], "GFLOP increasing",
+                 id="table-repeated-size"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]]),
+                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]], "efficiency in (0, 1]",
+                 id="table-efficiency-above-one"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [10**400, 0.6]]),
+                 "compute.matmul_efficiency.table_GFLOP", [10**400, 0.6], "pairs", id="table-huge-size"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5, 3]]),
+                 "compute.matmul_efficiency.table_GFLOP", [1, 0.5, 3], "pairs", id="table-row-of-three"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", []), "compute.matmul_efficiency.table_GFLOP", [],
+                 "pairs", id="table-empty"),
+    pytest.param(_set("compute.expert_tile_rows.value", 96), "compute.expert_tile_rows.value", 96,
+                 "a power of two >= 1 rows", id="tile-rows-not-power-of-two"),
+    pytest.param(_set("compute.expert_tile_rows.value", 128.0), "compute.expert_tile_rows.value", 128.0,
+                 "an integer >= 1 rows", id="tile-rows-float"),
+    pytest.param(_set("node.gpus_per_node.value", 0), "node.gpus_per_node.value", 0, ">= 1 GPUs",
+                 id="zero-gpus-per-node"),
+    pytest.param(_set("fabric.nic_Gbps.value", -400), "fabric.nic_Gbps.value", -400, "Gb/s per NIC",
+                 id="negative-bandwidth"),
+    pytest.param(_set("fabric.nic_Gbps.value", "400G"), "fabric.nic_Gbps.value", "400G", "a finite number",
+                 id="string-bandwidth"),
+    pytest.param(_set("node.nvlink_latency_us.value", float("inf")), "node.nvlink_latency_us.value", float("inf"),
+                 "a finite number", id="infinite-latency"),
+    pytest.param(_set("fabric.oversubscription.value", 0.5), "fabric.oversubscription.value", 0.5, ">= 1",
+                 id="oversubscription-below-one"),
+    pytest.param(_set("gpu.peak_dense_TFLOPs", {}), "gpu.peak_dense_TFLOPs", {}, "at least one dtype",
+                 id="no-peaks"),
+    pytest.param(_set("gpu.peak_dense_TFLOPs.fp64", {"value": 67, "source": "x"}), "gpu.peak_dense_TFLOPs.fp64",
+                 {"value": 67, "source": "x"}, "no such key", id="unknown-dtype"),
+    pytest.param(_set("gpu.colour", "green"), "gpu.colour", "green", "no such key", id="unknown-key"),
+    pytest.param(_set("fabric.nic_Gbps.units", "Gb/s"), "fabric.nic_Gbps.units", "Gb/s", "no such key",
+                 id="unknown-leaf-key"),
+    pytest.param(_set("schema_version", 2), "schema_version", 2, "1", id="wrong-schema-version"),
+    pytest.param(_delete("status"), "status", None, "required", id="missing-status"),
+    pytest.param(_set("node", [8, 450]), "node", [8, 450], "a mapping", id="list-for-section"),
+]
+
+
+@pytest.mark.parametrize("mutate, key, value, expected", MUTATIONS)
+def test_broken_profile_is_one_line_naming_file_and_key(tmp_path, mutate, key, value, expected):
+    doc = copy.deepcopy(_H100_DOC)
+    mutate(doc)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_profile(path)
+    err = info.value
+    line = err.one_line()
+    assert "\n" not in line
+    assert err.source == str(path) and err.key == key
+    shown = show_value(value)
+    assert line.startswith(f"{path}: {key}: got {shown}; expected "), line
+    assert expected in line, line
+
+
+@pytest.mark.parametrize("old, new, hint", [
+    ("hbm_GB", "hbm_gb", "did you mean 'hbm_GB'"),
+    ("nic_Gbps", "nic_GBps", "did you mean 'nic_Gbps'"),
+])
+def test_misspelt_profile_key_gets_a_hint(tmp_path, old, new, hint):
+    text = H100.read_text(encoding="utf-8").replace(f"  {old}:", f"  {new}:")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_profile(path)
+    assert info.value.source == str(path) and info.value.key.endswith(new) and hint in info.value.one_line()
+
+
+def test_missing_profile_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError) as info:
+        load_profile(path)
+    assert info.value.source == str(path) and "an existing hardware profile file" in info.value.one_line()
