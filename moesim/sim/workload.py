@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cost import compute as cc
+from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.model import CollectiveModel
 from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute
@@ -117,8 +118,6 @@ class StaticWork:
 
 
 def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
-    from moesim.cost.memory import stage_params  # noqa: PLC0415 - the memory model owns parameter counts
-
     lay, m, tr = sc.layout, sc.model, sc.training
     q = lay.ranks_per_stage
     gathered = sc.tokens_per_micro_batch * m.hidden_size * tr.dtype.bytes  # sequence-parallel gather buffer
