@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `moesim run ... | head`: the reader left; stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush cannot fail
+        return 141
 
 
 def _override(scenario, steps: int | None, seed: int | None):
@@ -65,25 +69,64 @@ def _override(scenario, steps: int | None, seed: int | None):
 
 
 def _run(args) -> int:
-    from moesim.io.run_dir import write_run  # noqa: PLC0415 - keep `moesim validate` light
-    from moesim.io.scenario import load_scenario  # noqa: PLC0415
+    from moesim.io.results import prepare_out_dir  # noqa: PLC0415 - keep `moesim validate` light
+    from moesim.io.sweep import load_scenarios  # noqa: PLC0415
+
+    keys, points = load_scenarios(args.scenario)
+    points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
+    base_name = points[0][1].name.split("[", 1)[0]
+    out = args.out or Path("runs") / base_name
+    if not args.no_files:
+        prepare_out_dir(out, args.force)  # fail before simulating, not after
+    if not keys:
+        return _run_one(points[0][1], out, args.no_files)
+    return _run_sweep(keys, points, out, args.no_files, base_name)
+
+
+def _run_one(scenario, out: Path, no_files: bool) -> int:
+    from moesim.io.run_dir import write_run  # noqa: PLC0415
     from moesim.metrics.summary import summarize  # noqa: PLC0415
     from moesim.sim.simulate import simulate  # noqa: PLC0415
 
-    scenario = _override(load_scenario(args.scenario), args.steps, args.seed)
-    out = args.out or Path("runs") / scenario.name
-    if not args.no_files:
-        from moesim.io.results import prepare_out_dir  # noqa: PLC0415
-
-        prepare_out_dir(out, args.force)  # fail before simulating, not after
     t0 = time.perf_counter()
     result = simulate(scenario)
     summary = summarize(result)
-    wall_s = time.perf_counter() - t0
-    print(format_summary(summary, wall_s))
-    if not args.no_files:
+    print(format_summary(summary, time.perf_counter() - t0))
+    if not no_files:
         paths = write_run(out, result, summary, force=True)
         print(f"wrote {len(paths)} files to {out}/: " + ", ".join(p.name for p in paths))
+    return 0
+
+
+SWEEP_COLUMNS = ("step_time_s", "step_time_p95_s", "step_time_p99_s", "tokens_per_s", "mfu", "dropped_fraction",
+                 "dropped_first_choice_fraction", "padding_fraction", "expert_load_max_over_mean",
+                 "gpu_load_max_over_mean", "peak_memory_bytes_max", "fits_in_memory")
+
+
+def _run_sweep(keys: list[str], points: list, out: Path, no_files: bool, name: str) -> int:
+    import pandas as pd  # noqa: PLC0415
+
+    from moesim.io.results import write_figure_atomic, write_text_atomic  # noqa: PLC0415
+    from moesim.metrics.summary import summarize  # noqa: PLC0415
+    from moesim.sim.simulate import simulate  # noqa: PLC0415
+    from moesim.viz.sweep import sweep_figure  # noqa: PLC0415
+
+    rows = []
+    t0 = time.perf_counter()
+    for values, scenario in points:
+        summary = summarize(simulate(scenario))
+        rows.append({**values, **{k: summary[k] for k in SWEEP_COLUMNS}})
+    table = pd.DataFrame(rows)
+    shown = table.copy()
+    for key in keys:
+        shown[key] = shown[key].map(lambda v: "null" if v is None else v)
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"{len(points)} points simulated in {time.perf_counter() - t0:.1f} s wall")
+    if not no_files:
+        csv = write_text_atomic(out / "sweep.csv", shown.to_csv(index=False, float_format="%.9g"))
+        fig = sweep_figure(table, keys[0], keys[1] if len(keys) > 1 else None, f"{name}: {len(points)} points")
+        png = write_figure_atomic(out / "sweep.png", fig)
+        print(f"wrote {csv} and {png}")
     return 0
 
 
@@ -98,6 +141,11 @@ def format_summary(s: dict, wall_s: float) -> str:
         f"throughput      {s['tokens_per_s']:,.0f} tokens/s   MFU {100 * s['mfu']:.1f} %",
         f"routing         expert max/mean {s['expert_load_max_over_mean']:.2f}   "
         f"GPU max/mean {s['gpu_load_max_over_mean']:.2f}",
+        f"gate            dropped {100 * s['dropped_fraction']:.2f} % of assignments "
+        f"({100 * s['dropped_first_choice_fraction']:.2f} % of first choices), "
+        f"padding {100 * s['padding_fraction']:.2f} % of expert rows"
+        + (f", {100 * s['unrouted_token_fraction']:.2f} % of tokens reach no expert"
+           if s["unrouted_token_fraction"] else ""),
         f"memory          peak {s['peak_memory_bytes_max'] / gib:.1f} GiB of {s['hbm_bytes'] / gib:.1f} GiB"
         + ("" if s["fits_in_memory"] else "   DOES NOT FIT"),
         "breakdown (mean over ranks, s/step):",
@@ -110,11 +158,13 @@ def format_summary(s: dict, wall_s: float) -> str:
 
 
 def _validate(args) -> int:
-    from moesim.io.scenario import load_scenario  # noqa: PLC0415
+    from moesim.io.sweep import load_scenarios  # noqa: PLC0415
 
     for path in args.scenarios:
-        sc = load_scenario(path)
-        print(f"{path}: ok ({sc.name}: {sc.model.name} on {sc.layout.world_size} GPUs)")
+        keys, points = load_scenarios(path)
+        sc = points[0][1]
+        extra = f", a sweep of {len(points)} points over {', '.join(keys)}" if keys else ""
+        print(f"{path}: ok ({sc.name.split('[', 1)[0]}: {sc.model.name} on {sc.layout.world_size} GPUs{extra})")
     return 0
 
 

@@ -10,13 +10,14 @@ from moesim.io.results import prepare_out_dir, write_figure_atomic, write_json_a
 from moesim.metrics.summary import per_rank_breakdown
 from moesim.sim.simulate import SimResult
 from moesim.viz.breakdown import breakdown_figure, per_rank_figure
+from moesim.viz.distribution import step_time_histogram
 
 PER_RANK_PLOT_MAX_RANKS = 64
 
 
 def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
     """summary.json, records.parquet, layer_stats.parquet, breakdown_per_rank.csv, trace.json (the first
-    measured step) and two PNG plots. Returns the paths written."""
+    measured step) and three PNG plots. Returns the paths written."""
     prepare_out_dir(out_dir, force)
     sc = result.scenario
     per_rank = per_rank_breakdown(result)
@@ -39,4 +40,6 @@ def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = Fal
         grouped.index.name, label = "stage", "per pipeline stage (mean over its ranks)"
     written.append(write_figure_atomic(out_dir / "breakdown_per_rank.png",
                                        per_rank_figure(grouped, f"{title}: {label}")))
+    written.append(write_figure_atomic(out_dir / "step_time_hist.png",
+                                       step_time_histogram(result.step_times_s[result.measured_steps], title)))
     return written

@@ -13,7 +13,11 @@ from moesim.spec.hardware import ClusterSpec, Dtype
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import Activation, MoeModelSpec
 from moesim.spec.presets import MODEL_PRESETS
-from moesim.spec.routing import RoutingDistribution, RoutingSpec
+from moesim.spec.routing import (CapacityScope, DropPolicy, GateKind, GateSpec, RoutingDistribution, RoutingSpec,
+                                 TemporalModel)
+from moesim.spec.routing_presets import ROUTING_PRESETS
+
+_FIT_FAMILIES = (RoutingDistribution.ZIPF, RoutingDistribution.DIRICHLET, RoutingDistribution.LOGNORMAL)
 from moesim.spec.scenario import Scenario
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import Optimizer, OptimizerSpec, Recompute, TrainingSpec
@@ -34,11 +38,12 @@ def parse_scenario(root: Section, default_name: str, base_dir: Path) -> Scenario
     model = _model(root.section("model"))
     training = _training(root.section("training"))
     layout = _layout(root.section("layout"))
-    routing = _routing(root.section("routing", None))
+    routing = _routing(root.section("routing", None), base_dir)
+    gate = _gate(root.section("gate", None))
     simulation = _simulation(root.section("simulation", None))
     root.finish()
     return build("", Scenario, name=name, cluster=cluster, model=model, training=training, layout=layout,
-                 routing=routing, simulation=simulation)
+                 routing=routing, simulation=simulation, gate=gate)
 
 
 def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:
@@ -107,12 +112,82 @@ def _layout(sec: Section) -> ParallelLayout:
     return build("layout", ParallelLayout, **degrees)
 
 
-def _routing(sec: Section) -> RoutingSpec:
-    fields = dict(distribution=sec.enum_("distribution", RoutingDistribution, RoutingDistribution.BALANCED),
-                  zipf_s=sec.float_("zipf_s", 0.0, min_value=0.0, max_value=10.0),
-                  seed=sec.int_("seed", None, min_value=0) if sec.has("seed") else None)
+_ROUTING_FLOATS = {"zipf_s": (0.0, 10.0), "dirichlet_alpha": (1e-9, 1e6), "lognormal_sigma": (0.0, 20.0),
+                   "hot_fraction": (1e-9, 1.0), "source_sigma": (0.0, 10.0), "drift_rho": (0.0, 1.0),
+                   "drift_sigma": (0.0, 10.0), "churn_rate": (0.0, 1.0)}
+
+
+def _routing(sec: Section, base_dir: Path) -> RoutingSpec:
+    """A preset, a synthetic family, a trace to replay, or a trace to fit; explicit keys override a preset."""
+    fields: dict = {}
+    if sec.has("preset"):
+        name = sec.str_("preset")
+        if name not in ROUTING_PRESETS:
+            raise SpecError(sec.key_path("preset"), name, f"one of: {', '.join(ROUTING_PRESETS)}")
+        fields = {**ROUTING_PRESETS[name], "preset": name}
+    if sec.has("distribution"):
+        fields["distribution"] = sec.enum_("distribution", RoutingDistribution)
+    for key, (lo, hi) in _ROUTING_FLOATS.items():
+        if sec.has(key):
+            fields[key] = sec.float_(key, min_value=lo, max_value=hi)
+    if sec.has("hot_experts"):
+        fields["hot_experts"] = sec.int_("hot_experts", min_value=1, unit="experts")
+    if sec.has("temporal"):
+        fields["temporal"] = sec.enum_("temporal", TemporalModel)
+    if sec.has("seed"):
+        fields["seed"] = sec.int_("seed", min_value=0)
+    if sec.has("trace"):
+        ref = sec.str_("trace")
+        fields.update(distribution=RoutingDistribution.TRACE, trace=_load_trace(sec, "trace", ref, base_dir),
+                      trace_ref=ref)
+    if sec.has("fit_from"):
+        fields.update(_fitted(sec, base_dir))
     sec.finish()
+    if sec.has("trace") and sec.has("fit_from"):
+        raise SpecError(sec.key_path("fit_from"), sec.raw("fit_from"), "either trace (replay) or fit_from, not both")
     return build("routing", RoutingSpec, **fields)
+
+
+def _load_trace(sec: Section, key: str, ref: str, base_dir: Path):
+    from moesim.io.traces import load_trace  # noqa: PLC0415 - pyarrow only when a trace is used
+
+    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    if not is_file(path) and not path.is_dir():
+        raise SpecError(sec.key_path(key), ref, "a trace file (.parquet, .npz) or a directory of SmartMoE logs, "
+                                                "relative to the scenario file")
+    return load_trace(path)
+
+
+def _fitted(sec: Section, base_dir: Path) -> dict:
+    from moesim.routing.fit import fit_trace  # noqa: PLC0415
+
+    ref = sec.str_("fit_from")
+    family = sec.enum_("fit_family", RoutingDistribution) if sec.has("fit_family") else None
+    if family is not None and family not in _FIT_FAMILIES:
+        raise SpecError(sec.key_path("fit_family"), family.value, "zipf, dirichlet or lognormal")
+    spec = fit_trace(_load_trace(sec, "fit_from", ref, base_dir)).to_routing_spec(family)
+    return {"distribution": spec.distribution, "per_layer": spec.per_layer, "trace_ref": f"fit of {ref}"}
+
+
+def _gate(sec: Section) -> GateSpec:
+    fields: dict = {}
+    if sec.has("kind"):
+        fields["kind"] = sec.enum_("kind", GateKind)
+    if sec.has("capacity_factor"):
+        value = sec.raw("capacity_factor")
+        fields["capacity_factor"] = None if value is None else sec.float_(
+            "capacity_factor", min_value=-1e6, max_value=1e6, unit="(null = dropless; <= 0 = adaptive)")
+    if sec.has("scope"):
+        fields["scope"] = sec.enum_("scope", CapacityScope)
+    if sec.has("min_capacity"):
+        fields["min_capacity"] = sec.int_("min_capacity", min_value=0, unit="tokens")
+    if sec.has("drop_policy"):
+        fields["drop_policy"] = sec.enum_("drop_policy", DropPolicy)
+    for key in ("first_choice_priority", "pad_to_capacity"):
+        if sec.has(key):
+            fields[key] = sec.bool_(key)
+    sec.finish()
+    return build("gate", GateSpec, **fields)
 
 
 def _simulation(sec: Section) -> SimulationSpec:

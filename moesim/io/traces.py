@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,10 @@ def read_trace(path: Path) -> RoutingTrace:
     missing = [c for c in TRACE_COLUMNS if c not in table.column_names]
     if missing:
         raise SpecError(missing[0], table.column_names, f"columns {', '.join(TRACE_COLUMNS)}", source=src)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()}
+    for col in TRACE_COLUMNS:
+        if table.column(col).null_count:
+            raise SpecError(col, f"{table.column(col).null_count} missing values", "non-negative integers", source=src)
     frame = table.select(list(TRACE_COLUMNS)).to_pandas()
     for col in TRACE_COLUMNS:
         values = frame[col]
@@ -59,10 +63,20 @@ def read_trace(path: Path) -> RoutingTrace:
 
 
 def _densify(frame: pd.DataFrame, meta: dict, src: str) -> RoutingTrace:
-    steps = np.array(json.loads(meta["steps"]), dtype=np.int64) if "steps" in meta \
-        else np.unique(frame["step"].to_numpy())
-    if "shape" in meta:
-        layers, mbs, ranks, experts = json.loads(meta["shape"])
+    try:
+        steps = np.array(json.loads(meta["steps"]), dtype=np.int64) if "steps" in meta \
+            else np.unique(frame["step"].to_numpy())
+        shape_meta = [int(n) for n in json.loads(meta["shape"])] if "shape" in meta else None
+        top_k = int(meta["top_k"]) if "top_k" in meta else None
+        if steps.ndim != 1 or np.any(np.diff(steps) <= 0) or (shape_meta is not None and (
+                len(shape_meta) != 4 or min(shape_meta) < 0)):
+            raise ValueError("inconsistent")
+    except (ValueError, TypeError, OverflowError):
+        raise SpecError("metadata", {k: meta[k] for k in ("steps", "shape", "top_k") if k in meta},
+                        "moesim trace metadata: steps = increasing integers, shape = 4 sizes, top_k = an integer",
+                        source=src) from None
+    if shape_meta is not None:
+        layers, mbs, ranks, experts = shape_meta
     else:
         layers, mbs, ranks, experts = (int(frame[c].max()) + 1 if len(frame) else 0
                                        for c in ("layer", "micro_batch", "src_rank", "expert"))
@@ -78,9 +92,16 @@ def _densify(frame: pd.DataFrame, meta: dict, src: str) -> RoutingTrace:
     for axis, (key, size) in enumerate(zip(keys[1:], shape[1:]), start=1):
         if len(key) and key.max() >= size:
             raise SpecError(TRACE_COLUMNS[axis], int(key.max()), f"< {size}", source=src)
-    np.add.at(counts, keys, frame["tokens"].to_numpy())
-    top_k = int(meta["top_k"]) if "top_k" in meta else None
-    return RoutingTrace(counts, steps, top_k, meta.get("source", src))
+    np.add.at(counts, keys, frame["tokens"].to_numpy().astype(np.int64))
+    return _trace(counts, steps, top_k, meta.get("source", src), src)
+
+
+def _trace(counts: np.ndarray, steps: np.ndarray, top_k: int | None, name: str, src: str) -> RoutingTrace:
+    """RoutingTrace, with its validation errors naming the file."""
+    try:
+        return RoutingTrace(counts, steps, top_k, name)
+    except SpecError as exc:
+        raise exc.with_source(src) from None
 
 
 def load_smartmoe_npz(path: Path) -> RoutingTrace:
@@ -89,13 +110,19 @@ def load_smartmoe_npz(path: Path) -> RoutingTrace:
     try:
         with np.load(path) as z:
             counts, iterations = z["counts"], z["iterations"]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
         raise SpecError("", src, f"an .npz with arrays 'counts' and 'iterations' ({type(exc).__name__})",
                         source=src) from None
     if counts.ndim != 5:
         raise SpecError("counts", counts.shape, "shape (snapshots, layers, ranks, micro_batches, experts)", source=src)
-    return RoutingTrace(np.ascontiguousarray(counts.transpose(0, 1, 3, 2, 4)), iterations.astype(np.int64), 2,
-                        f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}")
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise SpecError("counts", str(counts.dtype), "an integer array", source=src)
+    if counts.size and counts.min() < 0:
+        raise SpecError("counts", int(counts.min()), "non-negative counts", source=src)
+    if not np.issubdtype(iterations.dtype, np.integer):
+        raise SpecError("iterations", str(iterations.dtype), "integers", source=src)
+    return _trace(np.ascontiguousarray(counts.transpose(0, 1, 3, 2, 4)), iterations.astype(np.int64), 2,
+                  f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}", src)
 
 
 _LOG_NAME = re.compile(r"table_iter(\d+)_rank(\d+)\.log$")
@@ -114,6 +141,9 @@ def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace
     ranks = sorted({r for _, r in files})
     if ranks != list(range(len(ranks))):
         raise SpecError("rank", ranks, "ranks 0..R-1 with none missing", source=str(directory))
+    missing = [f"table_iter{it}_rank{r}.log" for it in iters for r in ranks if (it, r) not in files]
+    if missing:
+        raise SpecError("rank", missing, "one log per iteration and rank (0..R-1)", source=str(directory))
     tables = {key: _parse_log(f) for key, f in files.items()}
     first = next(iter(tables.values()))
     counts = np.zeros((len(iters), *first.shape[:2], len(ranks), first.shape[2]), dtype=np.int64)
@@ -122,21 +152,29 @@ def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace
             raise SpecError("layers", table.shape, f"the same shape as the other logs {first.shape}",
                             source=str(files[(it, rank)]))
         counts[iters.index(it), :, :, rank, :] = table
-    return RoutingTrace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}")
+    return _trace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}", str(directory))
 
 
 def _parse_log(path: Path) -> np.ndarray:
     """[layers, micro_batches, experts] from one log file."""
     rows = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("", str(path), f"a readable UTF-8 text log ({type(exc).__name__})", source=str(path)) from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         layer, sep, body = line.partition(":")
         try:
             if not sep:
                 raise ValueError("no ':'")
-            table = np.array(json.loads(body), dtype=np.int64)
-            rows[int(layer)] = table
+            values = np.array(json.loads(body), dtype=np.float64)
+            if values.size and (values.min() < 0 or not np.all(values == np.round(values)) or values.max() >= 2**53):
+                raise ValueError("counts must be non-negative whole numbers")
+            if int(layer) in rows:
+                raise ValueError(f"layer {int(layer)} repeated")
+            rows[int(layer)] = values.astype(np.int64)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"line {lineno}", line[:60], f"'layer: [[counts], ...]' ({exc})", source=str(path)) from None
     layers = sorted(rows)

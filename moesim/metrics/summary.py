@@ -7,7 +7,7 @@ import pandas as pd
 
 from moesim.cost.compute import model_flop_per_token
 from moesim.sim.records import BREAKDOWN_BUCKETS, BREAKDOWN_OF
-from moesim.sim.simulate import SimResult
+from moesim.sim.simulate import LAYER_STAT_COLUMNS, SimResult
 
 _BUCKET_OF_OP = {op.value: bucket for op, bucket in BREAKDOWN_OF.items()}
 
@@ -38,7 +38,7 @@ def summarize(result: SimResult) -> dict:
     flop = model_flop_per_token(sc.model, sc.training.seq_len) * tokens
     breakdown = per_rank_breakdown(result).mean(axis=0)
     stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
-    per_layer = stats.groupby("layer")[["expert_max_over_mean", "gpu_max_over_mean"]].mean()
+    per_layer = stats.groupby("layer")[list(LAYER_STAT_COLUMNS)].mean()
     rec = result.records
     a2a = rec[rec["op"].isin(["dispatch", "combine"]) & rec["step"].isin(result.measured_steps)]
     hbm = sc.cluster.profile.gpu.hbm_bytes
@@ -63,7 +63,12 @@ def summarize(result: SimResult) -> dict:
         "fits_in_memory": bool(mem.max() <= hbm),
         "expert_load_max_over_mean": float(stats["expert_max_over_mean"].mean()),
         "gpu_load_max_over_mean": float(stats["gpu_max_over_mean"].mean()),
+        "dropped_fraction": float(stats["dropped_fraction"].mean()),
+        "dropped_first_choice_fraction": float(stats["dropped_first_fraction"].mean()),
+        "padding_fraction": float(stats["padding_fraction"].mean()),
+        "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),
         "all_to_all_bytes_per_step": float(a2a["bytes"].sum() / len(measured)),
-        "per_layer": [{"layer": int(layer), "expert_max_over_mean": float(row.expert_max_over_mean),
-                       "gpu_max_over_mean": float(row.gpu_max_over_mean)} for layer, row in per_layer.iterrows()],
+        "step_times_s": [float(x) for x in measured],
+        "per_layer": [{"layer": int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS}}
+                      for layer, row in per_layer.iterrows()],
     }

@@ -11,11 +11,16 @@ import pandas as pd
 from moesim.cost.memory import peak_memory_per_rank
 from moesim.network.alpha_beta import AlphaBetaNetwork
 from moesim.network.model import CollectiveModel
-from moesim.routing.generators import expert_shares, sample_loads
+from moesim.routing.generators import SyntheticRouter
+from moesim.routing.replay import replay_loads
 from moesim.sim.engine import StepContext, simulate_step
 from moesim.sim.records import RecordLog
 from moesim.sim.workload import MoeLayerWork, moe_layer_work, static_work
 from moesim.spec.scenario import Scenario
+
+
+LAYER_STAT_COLUMNS = ("expert_max_over_mean", "gpu_max_over_mean", "dropped_fraction", "dropped_first_fraction",
+                      "padding_fraction", "unrouted_fraction")
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class SimResult:
     scenario: Scenario
     records: pd.DataFrame  # one row per (step, rank, op); times relative to the step start
     step_times_s: np.ndarray  # [warmup + steps]
-    layer_stats: pd.DataFrame  # step, layer, micro_batch, expert_max_over_mean, gpu_max_over_mean
+    layer_stats: pd.DataFrame  # step, layer, micro_batch and LAYER_STAT_COLUMNS
     peak_memory_bytes: np.ndarray  # [world]
 
     @property
@@ -32,19 +37,37 @@ class SimResult:
 
 
 def _rngs(sc: Scenario) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """(routing, gate, process start order)."""
     root = np.random.SeedSequence(sc.simulation.seed)
-    shares_seq, loads_seq, order_seq = root.spawn(3)
+    routing_seq, gate_seq, order_seq = root.spawn(3)
     if sc.routing.seed is not None:  # an explicit routing seed decouples routing from the master seed
-        shares_seq, loads_seq = np.random.SeedSequence(sc.routing.seed).spawn(2)
-    return tuple(np.random.default_rng(s) for s in (shares_seq, loads_seq, order_seq))
+        routing_seq = np.random.SeedSequence(sc.routing.seed)
+    return tuple(np.random.default_rng(s) for s in (routing_seq, gate_seq, order_seq))
+
+
+class _Loads:
+    """This step's router demand [M, moe_layers, q, E]: synthetic or replayed from a trace."""
+
+    def __init__(self, sc: Scenario, num_moe_layers: int, rng: np.random.Generator):
+        self.sc, self.rng, self.num_layers = sc, rng, num_moe_layers
+        m = sc.model
+        self.router = None if sc.routing.trace is not None else \
+            SyntheticRouter(sc.routing, num_moe_layers, m.num_experts, m.top_k, rng)
+
+    def step(self, step: int) -> np.ndarray:
+        sc = self.sc
+        if self.router is not None:
+            return self.router.next_step(sc.num_micro_batches, sc.layout.ranks_per_stage, sc.tokens_routed_per_rank)
+        return replay_loads(sc.routing.trace, step, sc.num_micro_batches, self.num_layers, sc.layout.ranks_per_stage,
+                            sc.model.num_experts, sc.tokens_routed_per_rank * sc.model.top_k, self.rng)
 
 
 def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False) -> SimResult:
     net = network or AlphaBetaNetwork(sc.cluster)
     lay, m = sc.layout, sc.model
-    shares_rng, loads_rng, order_rng = _rngs(sc)
+    routing_rng, gate_rng, order_rng = _rngs(sc)
     moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
-    shares = expert_shares(sc.routing, len(moe_layers), m.num_experts, m.top_k, shares_rng)
+    demand = _Loads(sc, len(moe_layers), routing_rng)
     static = static_work(sc, net)
     log = RecordLog()
     total = sc.simulation.warmup_steps + sc.simulation.steps
@@ -53,17 +76,15 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     # per rank: sum over its stage's MoE layers of the worst micro-batch's expert rows (for the memory model)
     worst_rows = np.zeros((total, lay.world_size))
     for step in range(total):
-        loads = sample_loads(shares, sc.tokens_routed_per_rank, m.top_k, lay.ranks_per_stage,
-                             sc.num_micro_batches, loads_rng)  # [M, moe_layers, q, E]
+        loads = demand.step(step)  # [M, moe_layers, q, E]
         work: dict[int, MoeLayerWork] = {}
         for i, layer in enumerate(moe_layers):
             stage = layer // sc.layers_per_stage
-            w = work[layer] = moe_layer_work(sc, net, loads[:, i], stage)
+            w = work[layer] = moe_layer_work(sc, net, loads[:, i], stage, gate_rng)
             ranks = lay.stage_ranks(stage)
             worst_rows[step, ranks] += w.expert_rows.max(axis=0)
             stats.append(pd.DataFrame({"step": step, "layer": layer, "micro_batch": np.arange(sc.num_micro_batches),
-                                       "expert_max_over_mean": w.expert_max_over_mean,
-                                       "gpu_max_over_mean": w.gpu_max_over_mean}))
+                                       **{k: getattr(w, k) for k in LAYER_STAT_COLUMNS}}))
         order = order_rng.permutation(lay.world_size) if shuffle_start_order else None
         step_times[step] = simulate_step(StepContext(sc, static, work, step, log), order)
     # Canonical order: by step and rank, each rank's records in program order. The order SimPy interleaves

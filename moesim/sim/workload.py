@@ -13,6 +13,7 @@ import numpy as np
 from moesim.cost import compute as cc
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.model import CollectiveModel
+from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute
 
@@ -37,12 +38,16 @@ class MoeLayerWork:
 
     a2a_s: np.ndarray  # [M, q] time of the all-to-all of the EP group rank q belongs to (dispatch = combine)
     expert_fwd_s: np.ndarray  # [M, q]
-    expert_rows: np.ndarray  # [M, q] rows rank q computes (tile padding included)
-    sent_rows: np.ndarray  # [M, q] assignments rank q dispatches
+    expert_rows: np.ndarray  # [M, q] rows rank q computes (capacity padding and tile padding included)
+    sent_rows: np.ndarray  # [M, q] rows rank q dispatches (capacity padding included)
     returned_rows: np.ndarray  # [M, q] rows rank q sends back in the combine (what it received)
     sent_bytes: np.ndarray  # [M, q] dispatch bytes rank q puts on the network (local ones excluded)
-    expert_max_over_mean: np.ndarray  # [M] over the whole stage's tokens
-    gpu_max_over_mean: np.ndarray  # [M] busiest rank's rows / mean rows inside the EP group (max over groups)
+    expert_max_over_mean: np.ndarray  # [M] routed demand over the whole stage's tokens, before capacity
+    gpu_max_over_mean: np.ndarray  # [M] busiest rank's computed rows / mean inside the EP group (max over groups)
+    dropped_fraction: np.ndarray  # [M] dropped assignments / routed assignments
+    dropped_first_fraction: np.ndarray  # [M] dropped first choices / first choices
+    padding_fraction: np.ndarray  # [M] capacity-padding rows / computed rows
+    unrouted_fraction: np.ndarray  # [M] tokens that reached no expert (expert choice) / tokens
 
 
 def layer_costs(sc: Scenario) -> LayerCosts:
@@ -63,15 +68,20 @@ def layer_costs(sc: Scenario) -> LayerCosts:
                       head, 2.0 * head)
 
 
-def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage: int) -> MoeLayerWork:
-    """loads [M, q, E]: assignments each local rank routes to each expert in this layer."""
+def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage: int,
+                   gate_rng: np.random.Generator) -> MoeLayerWork:
+    """loads [M, q, E]: assignments each local rank's router asks for, per expert, in this layer."""
     lay, m = sc.layout, sc.model
     M, E = loads.shape[0], m.num_experts
     e_loc = E // lay.ep
-    # [M, edp, ep_src, etp, ep_dst, e_loc]
-    lr = loads.reshape(M, lay.edp, lay.ep, lay.etp, lay.ep, e_loc)
+    # the gate works per EP group: [M, edp, etp, ep_src, E]
+    groups = loads.reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)
+    gate = apply_gate(groups, sc.gate, sc.tokens_routed_per_rank, m.top_k, gate_rng)
+    sent = gate.sent.transpose(0, 1, 3, 2, 4)  # [M, edp, ep_src, etp, E]
+    lr = sent.reshape(M, lay.edp, lay.ep, lay.etp, lay.ep, e_loc)  # [..., ep_dst, e_loc]
     recv = lr.sum(axis=2)  # [M, edp, etp, ep_dst, e_loc] rows each rank receives per local expert
-    rows_per_expert = recv.sum(axis=2)  # etp shards of an expert all compute the rows their group received
+    # etp shards of an expert all compute the rows their etp group received
+    rows_per_expert = gate.computed.reshape(M, lay.edp, lay.etp, lay.ep, e_loc).sum(axis=2)  # [M, edp, ep, e_loc]
     expert_s = cc.expert_time_s(rows_per_expert, m, sc.cluster.profile, sc.training.dtype, lay.etp)
     padded = cc.padded_rows(rows_per_expert, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
 
@@ -79,8 +89,7 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
     matrix = lr.sum(axis=-1).transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
     ranks = lay.ep_groups()[stage]  # [edp, etp, ep]
     a2a = net.all_to_all_s(matrix, np.broadcast_to(ranks, matrix.shape[:-1]))  # [M, edp, etp]
-    off_diag = matrix * (1.0 - np.eye(lay.ep))
-    sent_bytes = off_diag.sum(-1)  # [M, edp, etp, ep_src]
+    sent_bytes = (matrix * (1.0 - np.eye(lay.ep))).sum(-1)  # [M, edp, etp, ep_src]
 
     def per_rank(x_edp_ep: np.ndarray) -> np.ndarray:  # [M, edp, ep] -> [M, q] (same for every etp shard)
         return np.repeat(x_edp_ep[..., None], lay.etp, axis=-1).reshape(M, -1)
@@ -88,18 +97,25 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
     def per_rank_group(x_edp_etp: np.ndarray) -> np.ndarray:  # [M, edp, etp] -> [M, q]
         return np.repeat(x_edp_etp[:, :, None, :], lay.ep, axis=2).reshape(M, -1)
 
-    gpu_rows = recv.sum(-1)  # [M, edp, etp, ep]
-    gpu_ratio = (gpu_rows.max(-1) / np.maximum(gpu_rows.mean(-1), 1e-12)).max(axis=(1, 2))
+    def per_micro_batch(x: np.ndarray) -> np.ndarray:  # [M, edp, etp] -> [M]
+        return x.reshape(M, -1).sum(-1)
+
+    gpu_rows = rows_per_expert.sum(-1)  # [M, edp, ep]
     expert_load = loads.sum(axis=1)  # [M, E]
+    tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
         a2a_s=per_rank_group(a2a),
         expert_fwd_s=per_rank(expert_s),
         expert_rows=per_rank(padded),
-        sent_rows=loads.sum(-1),
+        sent_rows=sent.sum(-1).reshape(M, -1),
         returned_rows=recv.sum(-1).transpose(0, 1, 3, 2).reshape(M, -1),
         sent_bytes=sent_bytes.transpose(0, 1, 3, 2).reshape(M, -1),
         expert_max_over_mean=expert_load.max(-1) / np.maximum(expert_load.mean(-1), 1e-12),
-        gpu_max_over_mean=gpu_ratio,
+        gpu_max_over_mean=(gpu_rows.max(-1) / np.maximum(gpu_rows.mean(-1), 1e-12)).max(-1),
+        dropped_fraction=per_micro_batch(gate.dropped) / (tokens * m.top_k),
+        dropped_first_fraction=per_micro_batch(gate.dropped_first) / np.maximum(per_micro_batch(gate.first_choices), 1),
+        padding_fraction=per_micro_batch(gate.padding) / np.maximum(rows_per_expert.reshape(M, -1).sum(-1), 1),
+        unrouted_fraction=per_micro_batch(gate.unrouted_tokens) / tokens,
     )
 
 

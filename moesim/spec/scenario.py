@@ -8,7 +8,7 @@ from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import MoeModelSpec
-from moesim.spec.routing import RoutingSpec
+from moesim.spec.routing import GateSpec, RoutingSpec
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import TrainingSpec
 
@@ -22,6 +22,7 @@ class Scenario:
     layout: ParallelLayout
     routing: RoutingSpec
     simulation: SimulationSpec
+    gate: GateSpec = GateSpec()
 
     def __post_init__(self) -> None:
         lay, mod, tr = self.layout, self.model, self.training
@@ -42,6 +43,11 @@ class Scenario:
                 tr.global_batch_size, f"a multiple of layout.dp x training.micro_batch_size "
                 f"({lay.dp} x {tr.micro_batch_size} = {sequences_per_round}) sequences")
         self.cluster.profile.gpu.peak(tr.dtype)  # the GPU must have a peak for the training dtype
+        trace = self.routing.trace
+        if trace is not None and trace.num_experts:  # the replay rule maps experts by whole multiples
+            ok = mod.num_experts % trace.num_experts == 0 or trace.num_experts % mod.num_experts == 0
+            require(ok, "routing.trace", f"{trace.num_experts} experts in the trace",
+                    f"a trace whose experts divide or are divided by model.num_experts ({mod.num_experts})")
 
     @property
     def num_micro_batches(self) -> int:

@@ -1,0 +1,82 @@
+"""Scenario sweeps: a scenario YAML may carry `sweep: {section.key: [values...], ...}`; every point of the
+cartesian product is the base document with those keys replaced, parsed by the same strict loader."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+from moesim.io.scenario import parse_scenario
+from moesim.io.strict import Section, read_yaml_mapping
+from moesim.spec.errors import SpecError
+from moesim.spec.scenario import Scenario
+
+MAX_POINTS = 1000
+
+
+def load_scenarios(path: str | Path) -> tuple[list[str], list[tuple[dict, Scenario]]]:
+    """(swept key paths, [(values by key path, scenario)]); a file without `sweep` gives one point."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "scenario")
+    sweep = data.pop("sweep", None)
+    try:
+        keys, grid = _grid(sweep)
+        points = []
+        for combo in grid:
+            values = dict(zip(keys, combo))
+            doc = _copy(data) if values else data
+            for key, value in values.items():
+                _set(doc, key, value)
+            label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+            if label and isinstance(data.get("name", path.stem), str):  # a bad name is left for the loader to report
+                doc["name"] = f"{data.get('name', path.stem)}[{label}]"
+            try:
+                points.append((values, parse_scenario(Section(doc), default_name=path.stem, base_dir=path.parent)))
+            except SpecError as err:
+                where = f" (sweep point {label})" if label else ""
+                raise SpecError(err.key, err.value, f"{err.expected}{where}", err.source) from None
+    except SpecError as err:
+        raise SpecError(err.key, err.value, err.expected, err.source or str(path)) from None
+    return keys, points
+
+
+def _copy(data: dict) -> dict:
+    try:
+        return copy.deepcopy(data)
+    except RecursionError:  # YAML anchors can nest deeper than Python's stack
+        raise SpecError("", "a document nested too deeply to copy", "a scenario without recursive anchors") from None
+
+
+def _grid(sweep) -> tuple[list[str], list[tuple]]:
+    if sweep is None:
+        return [], [()]
+    if not isinstance(sweep, dict) or not sweep:
+        raise SpecError("sweep", sweep, "a mapping of dotted key paths to lists of values")
+    keys, lists = [], []
+    for key, values in sweep.items():
+        if not isinstance(key, str) or "." not in key or key.split(".")[0] == "sweep":
+            raise SpecError("sweep", key, "dotted key paths such as routing.zipf_s")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"sweep.{key}", values, "a non-empty list of values")
+        keys.append(key)
+        lists.append(values)
+    total = 1
+    for values in lists:
+        total *= len(values)
+    if total > MAX_POINTS:
+        raise SpecError("sweep", f"{total} points", f"at most {MAX_POINTS} points")
+    return keys, list(itertools.product(*lists))
+
+
+def _set(doc: dict, dotted: str, value) -> None:
+    node = doc
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"sweep.{dotted}", ".".join(parts[:i + 1]), "a path through mappings of the scenario")
+        node = child
+    node[parts[-1]] = value
