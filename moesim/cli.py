@@ -32,7 +32,92 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
+    _trace_parsers(sub.add_parser("trace", help="record, fit or import routing traces")
+                   .add_subparsers(dest="trace_command", required=True, parser_class=_Parser))
     return p
+
+
+# `moesim trace record` flag -> RecorderConfig field (the flags mirror the fields)
+_RECORD_FLAGS = {"steps": ("steps", int), "layers": ("num_layers", int), "experts": ("num_experts", int),
+                 "top-k": ("top_k", int), "hidden": ("hidden_size", int), "heads": ("num_heads", int),
+                 "expert-ffn": ("expert_ffn_size", int), "seq-len": ("seq_len", int),
+                 "micro-batch": ("micro_batch_size", int), "micro-batches": ("num_micro_batches", int),
+                 "sources": ("num_sources", int), "record-every": ("record_every", int),
+                 "lr": ("learning_rate", float), "aux-loss": ("aux_loss_coef", float), "seed": ("seed", int),
+                 "device": ("device", str), "text": ("text_source", str)}
+
+
+def _trace_parsers(sub) -> None:
+    rec = sub.add_parser("record", help="train a small MoE transformer with torch and record its router")
+    rec.add_argument("--out", type=Path, required=True, help="trace file to write (.parquet)")
+    rec.add_argument("--force", action="store_true", help="overwrite an existing file")
+    for flag, (field, kind) in _RECORD_FLAGS.items():
+        rec.add_argument(f"--{flag}", type=kind, help=f"RecorderConfig.{field}")
+    fit = sub.add_parser("fit", help="fit Zipf / Dirichlet / log-normal per layer to a trace")
+    fit.add_argument("trace", type=Path, help=".parquet, SmartMoE .npz, or a directory of SmartMoE logs")
+    fit.add_argument("--top-k", type=int, help="experts per token, when the trace does not say")
+    fit.add_argument("--csv", type=Path, help="also write the per-layer, per-family table here")
+    imp = sub.add_parser("import", help="convert a SmartMoE .npz or raw-log directory to the moesim format")
+    imp.add_argument("source", type=Path)
+    imp.add_argument("--out", type=Path, required=True)
+    imp.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+def _trace(args) -> int:
+    return {"record": _trace_record, "fit": _trace_fit, "import": _trace_import}[args.trace_command](args)
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise SpecError("--out", str(path), "a file that does not exist yet, or pass --force to replace it")
+
+
+def _trace_record(args) -> int:
+    from moesim.io.traces import write_trace  # noqa: PLC0415
+    from moesim.routing.recorder import RecorderConfig, record_trace  # noqa: PLC0415
+
+    _refuse_overwrite(args.out, args.force)
+    fields = {field: getattr(args, flag.replace("-", "_")) for flag, (field, _) in _RECORD_FLAGS.items()
+              if getattr(args, flag.replace("-", "_")) is not None}
+    flag_of = {field: flag for flag, (field, _) in _RECORD_FLAGS.items()}
+    try:
+        config = RecorderConfig(**fields)
+    except SpecError as err:
+        raise SpecError(f"--{flag_of.get(err.key, err.key)}", err.value, err.expected) from None
+    t0 = time.perf_counter()
+
+    def progress(step: int, loss: float) -> None:
+        if step % max(1, config.steps // 10) == 0 or step == config.steps - 1:
+            print(f"step {step:5d}/{config.steps}  loss {loss:.3f}  {time.perf_counter() - t0:6.1f} s", flush=True)
+
+    trace = record_trace(config, progress)
+    write_trace(args.out, trace)
+    print(f"wrote {args.out}: {trace.counts.shape[0]} steps x {trace.num_layers} layers x "
+          f"{trace.num_micro_batches} micro-batches x {trace.num_sources} sources x {trace.num_experts} experts "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _trace_fit(args) -> int:
+    from moesim.io.results import write_text_atomic  # noqa: PLC0415
+    from moesim.io.traces import load_trace  # noqa: PLC0415
+    from moesim.routing.fit import fit_trace  # noqa: PLC0415
+
+    report = fit_trace(load_trace(args.trace), top_k=args.top_k)
+    print(report.format())
+    if args.csv:
+        print(f"wrote {write_text_atomic(args.csv, report.to_table().to_csv(index=False, float_format='%.6g'))}")
+    return 0
+
+
+def _trace_import(args) -> int:
+    from moesim.io.traces import load_trace, write_trace  # noqa: PLC0415
+
+    _refuse_overwrite(args.out, args.force)
+    trace = load_trace(args.source)
+    write_trace(args.out, trace)
+    print(f"wrote {args.out}: counts of shape {trace.counts.shape} (step, layer, micro_batch, src_rank, expert)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except SpecError as err:  # report the arguments given to main(), not the process's sys.argv
             raise SpecError(err.key, " ".join(argv), err.expected) from None
-        return {"run": _run, "validate": _validate, "list": _list}[args.command](args)
+        return {"run": _run, "validate": _validate, "list": _list, "trace": _trace}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
