@@ -41,10 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 _RECORD_FLAGS = {"steps": ("steps", int), "layers": ("num_layers", int), "experts": ("num_experts", int),
                  "top-k": ("top_k", int), "hidden": ("hidden_size", int), "heads": ("num_heads", int),
                  "expert-ffn": ("expert_ffn_size", int), "seq-len": ("seq_len", int),
-                 "micro-batch": ("micro_batch_size", int), "micro-batches": ("num_micro_batches", int),
+                 "micro-batch-size": ("micro_batch_size", int), "micro-batches": ("num_micro_batches", int),
                  "sources": ("num_sources", int), "record-every": ("record_every", int),
                  "lr": ("learning_rate", float), "aux-loss": ("aux_loss_coef", float), "seed": ("seed", int),
-                 "device": ("device", str), "text": ("text_source", str)}
+                 "warmup-steps": ("warmup_steps", int), "threads": ("num_threads", int),
+                 "device": ("device", str), "text": ("text_source", str), "text-bytes": ("text_budget_bytes", int)}
 
 
 def _trace_parsers(sub) -> None:

@@ -41,3 +41,18 @@ def test_bad_trace_is_one_line(tmp_path, capsys):
     assert main(["trace", "fit", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
+
+
+def test_record_a_tiny_trace(tmp_path, capsys):
+    out = tmp_path / "rec.parquet"
+    args = ["trace", "record", "--out", str(out), "--steps", "2", "--layers", "1", "--hidden", "32", "--heads", "2",
+            "--experts", "4", "--expert-ffn", "32", "--seq-len", "16", "--micro-batch-size", "2", "--micro-batches",
+            "1", "--sources", "2", "--threads", "1", "--text-bytes", "20000"]
+    assert main(args) == 0
+    trace = read_trace(out)
+    assert trace.counts.shape == (2, 1, 1, 2, 4) and trace.top_k == 2
+    assert np.all(trace.counts.sum(-1) == 16 * 2)
+    bad = args + ["--experts", "0"]
+    bad[bad.index("--out") + 1] = str(tmp_path / "other.parquet")
+    assert main(bad) == 2
+    assert "--experts" in capsys.readouterr().err
