@@ -20,7 +20,7 @@ from moesim.spec.scenario import Scenario
 
 
 LAYER_STAT_COLUMNS = ("expert_max_over_mean", "gpu_max_over_mean", "dropped_fraction", "dropped_first_fraction",
-                      "padding_fraction", "unrouted_fraction")
+                      "padding_fraction", "unrouted_fraction", "a2a_bytes")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class MoeLayerWork:
     dropped_first_fraction: np.ndarray  # [M] dropped first choices / first choices
     padding_fraction: np.ndarray  # [M] capacity-padding rows / computed rows
     unrouted_fraction: np.ndarray  # [M] tokens that reached no expert (expert choice) / tokens
+    a2a_bytes: np.ndarray  # [M] dispatch bytes on the network over the whole stage (capacity padding included)
 
 
 def layer_costs(sc: Scenario) -> LayerCosts:
@@ -116,6 +117,7 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
         dropped_first_fraction=per_micro_batch(gate.dropped_first) / np.maximum(per_micro_batch(gate.first_choices), 1),
         padding_fraction=per_micro_batch(gate.padding) / np.maximum(rows_per_expert.reshape(M, -1).sum(-1), 1),
         unrouted_fraction=per_micro_batch(gate.unrouted_tokens) / tokens,
+        a2a_bytes=sent_bytes.reshape(M, -1).sum(-1),
     )
 
 

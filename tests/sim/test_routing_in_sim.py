@@ -91,3 +91,13 @@ def test_smartmoe_replay_scenario_runs(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["expert_load_max_over_mean"] > 5  # the collapsed, no-aux-loss routing of the real trace
     assert summary["dropped_fraction"] == 0
+
+
+def test_layer_all_to_all_bytes_match_the_records():
+    sc = dataclasses.replace(scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4), zipf_s=1.0),
+                             gate=GateSpec(capacity_factor=1.5, pad_to_capacity=True))
+    result = simulate(sc)
+    s = summarize(result)
+    per_step = result.layer_stats.groupby("step")["a2a_bytes"].sum().mean()
+    # the records count dispatch and combine, forward and backward: four times the dispatch bytes
+    assert s["all_to_all_bytes_per_step"] == pytest.approx(4 * per_step)
