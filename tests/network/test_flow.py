@@ -1,0 +1,88 @@
+"""The flow-level network against closed forms (nccl-tests conventions)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from moesim.network.flow import FlowNetwork
+from moesim.network.topology import CrossRail
+from moesim.spec import ClusterSpec
+
+from helpers import h100
+
+NVL = 450e9 * 0.82
+NIC = 50e9 * 0.95
+
+
+def net(nodes=1, cross=CrossRail.PXN, **fabric):
+    prof = h100()
+    prof = dataclasses.replace(prof, fabric=dataclasses.replace(prof.fabric, **fabric))
+    return FlowNetwork(ClusterSpec(prof, nodes), cross)
+
+
+def test_balanced_all_to_all_inside_a_node_is_busbw_over_nvlink():
+    n, m = 8, 8e6  # m: bytes one rank sends in total, its own share included (nccl-tests)
+    nw = net()
+    t = nw.all_to_all_s(np.full((n, n), m / n), np.arange(n))
+    assert t == pytest.approx(m * (n - 1) / n / NVL + nw.topology.nvlink_latency_s)
+
+
+@pytest.mark.parametrize("nodes", [2, 4, 8])
+def test_balanced_all_to_all_across_nodes_on_rails_gives_nic_times_n_over_n_minus_1(nodes):
+    n, m = 8 * nodes, 64e6
+    nw = net(nodes)
+    t = nw.all_to_all_s(np.full((n, n), m / n), np.arange(n)) - nw.topology.nic_latency_s
+    algbw = m / t
+    assert algbw == pytest.approx(NIC * nodes / (nodes - 1), rel=1e-9)
+
+
+def test_one_hot_receiver_takes_its_ingress_bytes_over_its_ingress_capacity():
+    nw = net()
+    matrix = np.zeros((8, 8))
+    matrix[:, 3] = 5e6
+    t = nw.all_to_all_s(matrix, np.arange(8))
+    assert t == pytest.approx(7 * 5e6 / NVL + nw.topology.nvlink_latency_s)
+
+
+def test_ring_all_reduce_closed_form():
+    nw = net(2)
+    ring = np.array([0, 8])  # one member per node: the ring crosses one NIC each way
+    size = 1e9
+    expected = 2 * (2 - 1) * (size / 2 / NIC + nw.topology.nic_latency_s)
+    assert nw.all_reduce_s(size, ring) == pytest.approx(expected)
+    inside = np.arange(8)
+    assert nw.all_reduce_s(size, inside) == pytest.approx(2 * 7 * (size / 8 / NVL + nw.topology.nvlink_latency_s))
+
+
+def test_oversubscribed_spine_bound_time_scales_with_the_ratio():
+    n, m = 16, 64e6  # 2 nodes under one leaf per rail; cross-rail flows go through the spine
+    matrix = np.full((n, n), m / n)
+    times = {}
+    for ratio in (1.0, 2.0, 4.0):
+        nw = net(2, CrossRail.SPINE, oversubscription=ratio)
+        times[ratio] = nw.all_to_all_s(matrix, np.arange(n)) - nw.topology.nic_latency_s
+    # full bisection: NIC-bound, each NIC sends half of its GPU's bytes to the other node
+    assert times[1.0] == pytest.approx(m / 2 / NIC)
+    # rail r's leaf uplink carries both nodes' cross-rail bytes of GPU r: 2 x 7/8 x m/2, over 2 NICs / ratio
+    assert times[2.0] == pytest.approx(2 * 7 / 8 * m / 2 / (2 * NIC / 2.0))
+    assert times[4.0] == pytest.approx(2 * times[2.0])  # spine-bound: 2x the oversubscription, 2x the time
+
+
+def test_more_bandwidth_never_slower_on_random_all_to_alls():
+    rng = np.random.default_rng(0)
+    slow = net(2)
+    prof = h100(8, 1.5)
+    fast = FlowNetwork(ClusterSpec(prof, 2))
+    for _ in range(20):
+        m = rng.exponential(1e6, size=(16, 16)) * (rng.random((16, 16)) < 0.6)
+        assert fast.all_to_all_s(m, np.arange(16)) <= slow.all_to_all_s(m, np.arange(16)) * (1 + 1e-12)
+
+
+def test_p2p_and_vectorised_groups():
+    nw = net(2)
+    assert nw.p2p_s(1e6, 0, 1) == pytest.approx(1e6 / NVL + nw.topology.nvlink_latency_s)
+    assert nw.p2p_s(1e6, 0, 8) == pytest.approx(1e6 / NIC + nw.topology.nic_latency_s)
+    groups = np.stack([np.full((2, 2), 1e6), np.zeros((2, 2))])
+    t = nw.all_to_all_s(groups, np.array([[0, 8], [1, 9]]))
+    assert t.shape == (2,) and t[1] == 0.0 and t[0] > 0
