@@ -2,7 +2,7 @@
 randomly placed); a temporal model evolves it; per (micro-batch, source rank) variation perturbs it; the
 top-k cap clips it; multinomial sampling turns it into counts.
 
-Shapes: shares [layers, E] (rows sum to 1); loads [micro_batches, layers, sources, E] (int32 counts of
+Shapes: shares [layers, E] (rows sum to 1); SyntheticRouter.next_step gives loads [micro_batches, layers, sources, E] (int32 counts of
 (token, expert) assignments; each row sums to tokens * top_k).
 """
 
@@ -65,14 +65,6 @@ def expert_shares(spec: RoutingSpec, num_layers: int, num_experts: int, top_k: i
     """[num_layers, E] base shares of every MoE layer."""
     return np.stack([family_shares(*spec.layer_skew(layer), num_experts, top_k, rng, spec.hot_experts,
                                    spec.hot_fraction) for layer in range(num_layers)])
-
-
-def sample_loads(shares: np.ndarray, tokens_per_source: int, top_k: int, num_sources: int,
-                 num_micro_batches: int, rng: np.random.Generator) -> np.ndarray:
-    """[micro_batches, layers, sources, E] int32 assignment counts: multinomial(tokens*k, shares[layer])."""
-    p = shares[None, :, None, :] if shares.ndim == 2 else shares
-    size = (num_micro_batches, shares.shape[-2], num_sources)
-    return rng.multinomial(tokens_per_source * top_k, p, size=size).astype(np.int32)
 
 
 class SyntheticRouter:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from moesim.routing.generators import cap_shares, expert_shares, sample_loads, zipf_shares
+from moesim.routing.generators import SyntheticRouter, cap_shares, expert_shares, zipf_shares
 from moesim.spec import RoutingDistribution, RoutingSpec
 
 
@@ -40,16 +40,14 @@ def test_expert_shares_permute_hot_experts_per_layer_and_are_seeded():
     assert np.allclose(np.sort(a, axis=1), np.sort(a[0])[None, :])  # same skew level in every layer
 
 
-def test_sample_loads_shape_totals_and_determinism():
-    shares = expert_shares(RoutingSpec(), 3, 8, 2, np.random.default_rng(0))
-    loads = sample_loads(shares, 512, 2, num_sources=4, num_micro_batches=5, rng=np.random.default_rng(1))
+def test_router_loads_shape_totals_and_determinism():
+    loads = SyntheticRouter(RoutingSpec(), 3, 8, 2, np.random.default_rng(1)).next_step(5, 4, 512)
     assert loads.shape == (5, 3, 4, 8) and loads.dtype == np.int32
     assert np.all(loads.sum(-1) == 1024)
-    again = sample_loads(shares, 512, 2, 4, 5, np.random.default_rng(1))
+    again = SyntheticRouter(RoutingSpec(), 3, 8, 2, np.random.default_rng(1)).next_step(5, 4, 512)
     assert np.array_equal(loads, again)
 
 
 def test_balanced_sampling_noise_is_small():
-    shares = expert_shares(RoutingSpec(), 1, 64, 8, np.random.default_rng(0))
-    loads = sample_loads(shares, 16384, 8, 1, 1, np.random.default_rng(0))[0, 0, 0]
+    loads = SyntheticRouter(RoutingSpec(), 1, 64, 8, np.random.default_rng(0)).next_step(1, 1, 16384)[0, 0, 0]
     assert 1.0 < loads.max() / loads.mean() < 1.1
