@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from enum import Enum
+
 from moesim.network.maxmin import flow_completion_times
 from moesim.network.topology import CrossRail, Topology, build_topology, paths
 from moesim.spec.hardware import ClusterSpec
 
 
+class FlowSolver(Enum):
+    MAXMIN = "maxmin"  # event-driven max-min fair sharing (exact fluid model of TCP/IB-like fairness)
+    BOUND = "bound"  # max over links of bytes / capacity: the optimal fluid makespan for these routes; O(flows)
+
+
 class FlowNetwork:
-    def __init__(self, cluster: ClusterSpec, cross_rail: CrossRail = CrossRail.PXN, reallocation_rtol: float = 1e-12):
+    def __init__(self, cluster: ClusterSpec, cross_rail: CrossRail = CrossRail.PXN, reallocation_rtol: float = 1e-12,
+                 solver: FlowSolver = FlowSolver.MAXMIN):
         self.topology: Topology = build_topology(cluster)
         self.cross_rail = cross_rail
+        self.solver = solver
         # > 1e-12 batches completion events that fall within this relative time of each other (maxmin docs)
         self.reallocation_rtol = reallocation_rtol
 
@@ -34,6 +43,13 @@ class FlowNetwork:
             return 0.0
         topo = self.topology
         route = paths(topo, src, dst, self.cross_rail)
+        inter = (src // topo.gpus_per_node != dst // topo.gpus_per_node).any()
+        latency_s = topo.nic_latency_s if inter else topo.nvlink_latency_s
+        if self.solver is FlowSolver.BOUND:
+            valid = route >= 0
+            load = np.bincount(route[valid], weights=np.broadcast_to(nbytes[:, None], route.shape)[valid],
+                               minlength=len(topo.link_capacity_bytes_per_s))
+            return float((load / topo.link_capacity_bytes_per_s).max()) + latency_s
         # identical (path, bytes) rows always get identical rates: solve each such class once, weighted
         key = np.concatenate([route, nbytes.view(np.int64)[:, None]], axis=1)
         uniq, weight = np.unique(key, axis=0, return_counts=True)
@@ -42,8 +58,7 @@ class FlowNetwork:
         indptr = np.concatenate([[0], np.cumsum(valid.sum(1))])
         done = flow_completion_times((indptr, route[valid]), nbytes, weight, topo.link_capacity_bytes_per_s,
                                      reallocation_rtol=self.reallocation_rtol)
-        inter = (src // topo.gpus_per_node != dst // topo.gpus_per_node).any()
-        return float(done.max()) + (topo.nic_latency_s if inter else topo.nvlink_latency_s)
+        return float(done.max()) + latency_s
 
     def all_to_all_s(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         m = np.asarray(bytes_matrix, dtype=np.float64)
@@ -52,9 +67,54 @@ class FlowNetwork:
         flat_m, flat_r = m.reshape(-1, n, n), ranks.reshape(-1, n)
         out = np.empty(len(flat_m))
         for i, (mat, rk) in enumerate(zip(flat_m, flat_r)):
+            if self.solver is FlowSolver.BOUND and self.topology.rail_optimized and self.cross_rail is CrossRail.PXN:
+                out[i] = self._direct_pxn_bound_s(mat, rk)
+                continue
             s, d = np.nonzero(mat)
             out[i] = self._makespan_s(rk[s], rk[d], mat[s, d])
         return out.reshape(m.shape[:-2])
+
+    def _direct_pxn_bound_s(self, mat: np.ndarray, ranks: np.ndarray) -> float:
+        """Link loads of a direct all-to-all with PXN on rails, straight from the byte matrix (no per-flow
+        paths; the same loads as `paths` + bincount): one [n, n] x [n, rails * leaf groups] product gives every
+        source's inter-node bytes by destination rail and leaf group, and every link load follows from it."""
+        topo = self.topology
+        g, nics, groups = topo.gpus_per_node, topo.nics_per_node, topo.num_leaf_groups
+        n = len(ranks)
+        node, nic = ranks // g, topo.nic_of(ranks)
+        rail, group = nic % nics, node // topo.nodes_per_leaf
+        mat = mat.copy()
+        mat[np.arange(n), np.arange(n)] = 0.0
+        same = node[:, None] == node[None, :]
+        intra = np.where(same, mat, 0.0)
+        inter = mat - intra
+        load = np.zeros(len(topo.link_capacity_bytes_per_s))
+        size = len(load)
+        onehot = np.zeros((n, nics * groups))
+        onehot[np.arange(n), rail * groups + group] = 1.0
+        by = (inter @ onehot).reshape(n, nics, groups)  # [src, destination rail, destination leaf group]
+        by_rail = by.sum(-1)
+        src_nic = node[:, None] * nics + np.arange(nics)[None, :]  # [src, rail]: PXN leaves on that rail
+        own = rail[:, None] == np.arange(nics)[None, :]
+        hop = np.where(own, 0.0, by_rail)  # bytes that first hop over NVLink to the rail's proxy GPU
+        proxy = node[:, None] * g + np.arange(nics)[None, :] * g // nics
+        load += np.bincount(topo.nvl_out(ranks), intra.sum(1) + hop.sum(1), size)
+        load += np.bincount(topo.nvl_in(ranks), intra.sum(0), size)
+        load += np.bincount(topo.nvl_in(proxy).ravel(), hop.ravel(), size)
+        load += np.bincount(topo.nic_out(src_nic).ravel(), by_rail.ravel(), size)
+        load += np.bincount(topo.nic_in(nic), inter.sum(0), size)
+        if groups > 1:  # on one rail, only node groups under different leaves cross the spine
+            other = group[:, None, None] != np.arange(groups)[None, None, :]  # [src, 1, dst group]
+            spine = np.where(other, by, 0.0)  # [src, rail, dst group]
+            leaf = lambda grp, r: grp * nics + r  # noqa: E731 - leaf id of (node group, rail), rail-optimised
+            up = np.broadcast_to(leaf(group[:, None, None], np.arange(nics)[None, :, None]), spine.shape)
+            down = np.broadcast_to(leaf(np.arange(groups)[None, None, :], np.arange(nics)[None, :, None]), spine.shape)
+            load += np.bincount(topo.leaf_up(up).ravel(), spine.ravel(), size)
+            load += np.bincount(topo.leaf_down(down).ravel(), spine.ravel(), size)
+        peak = float((load / topo.link_capacity_bytes_per_s).max())
+        if peak == 0:
+            return 0.0
+        return peak + (topo.nic_latency_s if inter.any() else topo.nvlink_latency_s)
 
     def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
         ranks = np.asarray(ranks)

@@ -86,3 +86,32 @@ def test_p2p_and_vectorised_groups():
     groups = np.stack([np.full((2, 2), 1e6), np.zeros((2, 2))])
     t = nw.all_to_all_s(groups, np.array([[0, 8], [1, 9]]))
     assert t.shape == (2,) and t[1] == 0.0 and t[0] > 0
+
+
+def _paths_bound(nw, mat, ranks):
+    s, d = np.nonzero(mat * (1 - np.eye(len(ranks))))
+    return nw._makespan_s(ranks[s], ranks[d], mat[s, d])
+
+
+@pytest.mark.parametrize("nodes,members", [(2, 16), (4, 12), (64, 96)])
+def test_fast_link_loads_equal_the_per_flow_paths(nodes, members):
+    from moesim.network.flow import FlowSolver
+
+    rng = np.random.default_rng(nodes)
+    nw = FlowNetwork(ClusterSpec(h100(), nodes), solver=FlowSolver.BOUND)
+    for _ in range(5):
+        ranks = np.sort(rng.choice(nodes * 8, size=members, replace=False))  # across leaves when nodes > 32
+        mat = rng.exponential(1e6, size=(members, members)) * (rng.random((members, members)) < 0.7)
+        assert nw.all_to_all_s(mat, ranks) == pytest.approx(_paths_bound(nw, mat, ranks), rel=1e-12)
+
+
+def test_link_bound_never_exceeds_max_min_and_matches_it_on_balanced_traffic():
+    from moesim.network.flow import FlowSolver
+
+    rng = np.random.default_rng(1)
+    bound, exact = (FlowNetwork(ClusterSpec(h100(), 2), solver=s) for s in (FlowSolver.BOUND, FlowSolver.MAXMIN))
+    for _ in range(10):
+        mat = rng.exponential(1e6, size=(16, 16))
+        assert bound.all_to_all_s(mat, np.arange(16)) <= exact.all_to_all_s(mat, np.arange(16)) * (1 + 1e-12)
+    flat = np.full((16, 16), 1e6)
+    assert bound.all_to_all_s(flat, np.arange(16)) == pytest.approx(exact.all_to_all_s(flat, np.arange(16)))
