@@ -136,6 +136,8 @@ def _routing(sec: Section, base_dir: Path) -> RoutingSpec:
         fields["temporal"] = sec.enum_("temporal", TemporalModel)
     if sec.has("seed"):
         fields["seed"] = sec.int_("seed", min_value=0)
+    if sec.has("trace") and sec.has("fit_from"):  # before loading either: both can be large
+        raise SpecError(sec.key_path("fit_from"), sec.raw("fit_from"), "either trace (replay) or fit_from, not both")
     if sec.has("trace"):
         ref = sec.str_("trace")
         fields.update(distribution=RoutingDistribution.TRACE, trace=_load_trace(sec, "trace", ref, base_dir),
@@ -143,8 +145,6 @@ def _routing(sec: Section, base_dir: Path) -> RoutingSpec:
     if sec.has("fit_from"):
         fields.update(_fitted(sec, base_dir))
     sec.finish()
-    if sec.has("trace") and sec.has("fit_from"):
-        raise SpecError(sec.key_path("fit_from"), sec.raw("fit_from"), "either trace (replay) or fit_from, not both")
     return build("routing", RoutingSpec, **fields)
 
 

@@ -37,10 +37,11 @@ def apply_gate(loads: np.ndarray, gate: GateSpec, tokens_per_source: int, top_k:
     loads = np.asarray(loads, dtype=np.int64)
     if gate.kind is GateKind.EXPERT_CHOICE:
         return _expert_choice(loads, gate, tokens_per_source)
-    first = rng.binomial(loads, 1.0 / top_k)  # iid choice ranks: each assignment is a first choice w.p. 1/k
-    if gate.capacity_factor is None:
+    if gate.capacity_factor is None:  # dropless: nothing to split by choice rank; every token has one first choice
         zeros = np.zeros(loads.shape[:-2])
-        return GateResult(loads, loads.sum(-2), loads, zeros, zeros, first.sum((-2, -1)).astype(float), zeros, zeros)
+        tokens = np.full(loads.shape[:-2], float(tokens_per_source * loads.shape[-2]))
+        return GateResult(loads, loads.sum(-2), loads, zeros, zeros, tokens, zeros, zeros)
+    first = rng.binomial(loads, 1.0 / top_k)  # iid choice ranks: each assignment is a first choice w.p. 1/k
     num_sources, num_experts = loads.shape[-2:]
     if gate.scope is CapacityScope.PER_SOURCE:
         cap = _capacity_array(loads.max(-1), gate, tokens_per_source, top_k, num_experts)[..., None]  # [..., S, 1]
