@@ -201,7 +201,10 @@ def _run_sweep(keys: list[str], points: list, out: Path, no_files: bool, name: s
     t0 = time.perf_counter()
     for values, scenario in points:
         summary = summarize(simulate(scenario))
-        rows.append({**values, **{k: summary[k] for k in SWEEP_COLUMNS}})
+        net = summary["network"]
+        rows.append({**values, **{k: summary[k] for k in SWEEP_COLUMNS},
+                     "all_to_all_s": summary["breakdown_s"]["all_to_all"],
+                     **{f"a2a_{t}_GB": net["a2a_bytes_per_step"][t] / 1e9 for t in ("nvlink", "nic", "spine")}})
     table = pd.DataFrame(rows)
     shown = table.copy()
     for key in keys:
@@ -214,6 +217,16 @@ def _run_sweep(keys: list[str], points: list, out: Path, no_files: bool, name: s
         png = write_figure_atomic(out / "sweep.png", fig)
         print(f"wrote {csv} and {png}")
     return 0
+
+
+def _network_line(net: dict) -> str:
+    gb = 1e9
+    tiers = "   ".join(f"{tier} {net['a2a_bytes_per_step'][tier] / gb:.2f} GB (links busy "
+                       f"{100 * net['a2a_link_utilisation'][tier]['mean']:.1f} % mean, "
+                       f"{100 * net['a2a_link_utilisation'][tier]['max']:.1f} % max)"
+                       for tier in ("nvlink", "nic", "spine") if net["a2a_bytes_per_step"][tier] > 0)
+    return (f"network         {net['model']}/{net['solver']}, {net['all_to_all']} all-to-all; "
+            f"all-to-all per step: {tiers or 'none'}")
 
 
 def format_summary(s: dict, wall_s: float) -> str:
@@ -234,6 +247,7 @@ def format_summary(s: dict, wall_s: float) -> str:
            if s["unrouted_token_fraction"] else ""),
         f"memory          peak {s['peak_memory_bytes_max'] / gib:.1f} GiB of {s['hbm_bytes'] / gib:.1f} GiB"
         + ("" if s["fits_in_memory"] else "   DOES NOT FIT"),
+        _network_line(s["network"]),
         "breakdown (mean over ranks, s/step):",
     ]
     total = sum(s["breakdown_s"].values())

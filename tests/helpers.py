@@ -19,6 +19,12 @@ def h100(gpus_per_node: int = 8, bandwidth_scale: float = 1.0):
     return dataclasses.replace(prof, node=node, fabric=fabric)
 
 
+def no_peer_overhead(prof, **fabric):
+    """Closed forms count bandwidth and latency only: drop the per-peer issue cost (and override fabric fields)."""
+    return dataclasses.replace(prof, node=dataclasses.replace(prof.node, nvlink_peer_overhead_s=0.0),
+                               fabric=dataclasses.replace(prof.fabric, nic_peer_overhead_s=0.0, **fabric))
+
+
 def tiny_model(**overrides) -> MoeModelSpec:
     fields = dict(name="tiny", num_layers=4, hidden_size=512, num_attention_heads=8, num_kv_heads=8, head_dim=64,
                   dense_ffn_size=1024, expert_ffn_size=1024, num_experts=8, top_k=2, num_shared_experts=0,

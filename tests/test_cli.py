@@ -31,6 +31,12 @@ def test_run_quickstart_writes_every_output(tmp_path, capsys):
     assert lanes == set(range(16))
     assert (out / "breakdown.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "breakdown_per_rank.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "a2a_heatmap.png").read_bytes().startswith(b"\x89PNG")
+    matrices = pd.read_parquet(out / "a2a_matrices.parquet")
+    assert set(matrices.columns) == {"layer", "src", "dst", "bytes"} and len(matrices) == 32 * 8 * 8
+    net = summary["network"]
+    assert net["model"] == "flow" and net["a2a_bytes_per_step"]["nvlink"] > 0
+    assert net["a2a_bytes_per_step"]["nic"] == 0  # the quickstart's EP groups stay inside a node
     # a second run into moesim's own directory is allowed and gives the same numbers
     assert main(["run", str(QUICKSTART), "--out", str(out), "--steps", "2"]) == 0
     assert json.loads((out / "summary.json").read_text()) == summary

@@ -129,7 +129,9 @@ def _parse(root: Section) -> ClusterProfile:
                                                           scale=units.GB_PER_S, min_value=1e-6),
                     nvlink_latency_s=src.leaf(n, "nvlink_latency_us", unit="us", scale=units.US),
                     nvlink_efficiency=src.leaf(n, "nvlink_efficiency", unit="(fraction)", min_value=1e-6,
-                                               max_value=1.0))
+                                               max_value=1.0),
+                    nvlink_peer_overhead_s=src.leaf(n, "nvlink_peer_overhead_us", unit="us", scale=units.US)
+                    if n.has("nvlink_peer_overhead_us") else 0.0)
     n.finish()
 
     f = root.section("fabric")
@@ -140,7 +142,9 @@ def _parse(root: Section) -> ClusterProfile:
                         nic_efficiency=src.leaf(f, "nic_efficiency", unit="(fraction)", min_value=1e-6,
                                                 max_value=1.0),
                         rail_optimized=src.flag(f, "rail_optimized"),
-                        oversubscription=src.leaf(f, "oversubscription", unit="(ratio, >= 1)", min_value=1.0))
+                        oversubscription=src.leaf(f, "oversubscription", unit="(ratio, >= 1)", min_value=1.0),
+                        nic_peer_overhead_s=src.leaf(f, "nic_peer_overhead_us", unit="us", scale=units.US)
+                        if f.has("nic_peer_overhead_us") else 0.0)
     f.finish()
 
     c = root.section("compute")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from moesim.export.perfetto import chrome_trace, write_chrome_trace
 from moesim.io.results import prepare_out_dir, write_figure_atomic, write_json_atomic, write_parquet_atomic, \
     write_text_atomic
@@ -11,13 +14,14 @@ from moesim.metrics.summary import per_rank_breakdown
 from moesim.sim.simulate import SimResult
 from moesim.viz.breakdown import breakdown_figure, per_rank_figure
 from moesim.viz.distribution import step_time_histogram
+from moesim.viz.network import a2a_heatmap
 
 PER_RANK_PLOT_MAX_RANKS = 64
 
 
 def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
-    """summary.json, records.parquet, layer_stats.parquet, breakdown_per_rank.csv, trace.json (the first
-    measured step) and three PNG plots. Returns the paths written."""
+    """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, breakdown_per_rank.csv,
+    trace.json (the first measured step) and four PNG plots. Returns the paths written."""
     prepare_out_dir(out_dir, force)
     sc = result.scenario
     per_rank = per_rank_breakdown(result)
@@ -25,6 +29,7 @@ def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = Fal
         write_json_atomic(out_dir / "summary.json", summary),
         write_parquet_atomic(out_dir / "records.parquet", result.records),
         write_parquet_atomic(out_dir / "layer_stats.parquet", result.layer_stats),
+        write_parquet_atomic(out_dir / "a2a_matrices.parquet", a2a_frame(result)),
         write_text_atomic(out_dir / "breakdown_per_rank.csv", per_rank.to_csv(float_format="%.9g")),
     ]
     first = int(result.measured_steps[0])
@@ -42,4 +47,16 @@ def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = Fal
                                        per_rank_figure(grouped, f"{title}: {label}")))
     written.append(write_figure_atomic(out_dir / "step_time_hist.png",
                                        step_time_histogram(result.step_times_s[result.measured_steps], title)))
+    ep_per_node = max(1, min(sc.layout.ep, sc.cluster.profile.node.gpus_per_node // sc.layout.etp))
+    written.append(write_figure_atomic(out_dir / "a2a_heatmap.png", a2a_heatmap(
+        result.a2a_matrices, result.moe_layers, ep_per_node,
+        f"{title}: dispatch bytes of the first EP group ({sc.network.all_to_all.value} all-to-all)")))
     return written
+
+
+def a2a_frame(result: SimResult) -> pd.DataFrame:
+    """One row per (MoE layer, source EP rank, destination EP rank): mean dispatch bytes per micro-batch."""
+    m = result.a2a_matrices
+    layers, src, dst = np.indices(m.shape)
+    return pd.DataFrame({"layer": np.asarray(result.moe_layers)[layers.ravel()], "src": src.ravel(),
+                         "dst": dst.ravel(), "bytes": m.ravel()})

@@ -12,15 +12,17 @@ from moesim.spec.errors import SpecError
 from moesim.spec.hardware import ClusterSpec, Dtype
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import Activation, MoeModelSpec
+from moesim.spec.network import (AllReduceAlgorithm, AllToAllAlgorithm, CrossRail, FlowSolver, NetworkModelKind,
+                                 NetworkSpec)
 from moesim.spec.presets import MODEL_PRESETS
 from moesim.spec.routing import (CapacityScope, DropPolicy, GateKind, GateSpec, RoutingDistribution, RoutingSpec,
                                  TemporalModel)
 from moesim.spec.routing_presets import ROUTING_PRESETS
-
-_FIT_FAMILIES = (RoutingDistribution.ZIPF, RoutingDistribution.DIRICHLET, RoutingDistribution.LOGNORMAL)
 from moesim.spec.scenario import Scenario
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import Optimizer, OptimizerSpec, Recompute, TrainingSpec
+
+_FIT_FAMILIES = (RoutingDistribution.ZIPF, RoutingDistribution.DIRICHLET, RoutingDistribution.LOGNORMAL)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -41,9 +43,10 @@ def parse_scenario(root: Section, default_name: str, base_dir: Path) -> Scenario
     routing = _routing(root.section("routing", None), base_dir)
     gate = _gate(root.section("gate", None))
     simulation = _simulation(root.section("simulation", None))
+    network = _network(root.section("network", None))
     root.finish()
     return build("", Scenario, name=name, cluster=cluster, model=model, training=training, layout=layout,
-                 routing=routing, simulation=simulation, gate=gate)
+                 routing=routing, simulation=simulation, gate=gate, network=network)
 
 
 def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:
@@ -188,6 +191,14 @@ def _gate(sec: Section) -> GateSpec:
             fields[key] = sec.bool_(key)
     sec.finish()
     return build("gate", GateSpec, **fields)
+
+
+def _network(sec: Section) -> NetworkSpec:
+    fields = {key: sec.enum_(key, enum_cls) for key, enum_cls in (
+        ("model", NetworkModelKind), ("solver", FlowSolver), ("cross_rail", CrossRail),
+        ("all_to_all", AllToAllAlgorithm), ("all_reduce", AllReduceAlgorithm)) if sec.has(key)}
+    sec.finish()
+    return build("network", NetworkSpec, **fields)
 
 
 def _simulation(sec: Section) -> SimulationSpec:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from moesim.cost.compute import model_flop_per_token
 from moesim.sim.records import BREAKDOWN_BUCKETS, BREAKDOWN_OF
-from moesim.sim.simulate import LAYER_STAT_COLUMNS, SimResult
+from moesim.sim.simulate import LAYER_STAT_COLUMNS, TIERS, SimResult
 
 _BUCKET_OF_OP = {op.value: bucket for op, bucket in BREAKDOWN_OF.items()}
 
@@ -27,6 +27,25 @@ def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
     table = table.reindex(index=range(result.scenario.layout.world_size), columns=list(BREAKDOWN_BUCKETS),
                           fill_value=0.0)
     return table / len(result.measured_steps)
+
+
+def network_usage(result: SimResult) -> dict:
+    """All-to-all traffic per tier and per-link utilisation (bytes / (capacity x step time)) over measured
+    steps. Only the MoE all-to-alls are counted, not TP, DP or pipeline traffic."""
+    sc, lk = result.scenario, result.links
+    steps = result.measured_steps
+    per_step = lk.bytes_per_step[steps]  # [steps, links]
+    util = per_step / (lk.capacity_bytes_per_s * result.step_times_s[steps, None])
+    out: dict = {"model": sc.network.model.value, "solver": sc.network.solver.value,
+                 "cross_rail": sc.network.cross_rail.value, "all_to_all": sc.network.all_to_all.value,
+                 "all_reduce": sc.network.all_reduce.value, "a2a_bytes_per_step": {}, "a2a_link_utilisation": {}}
+    for t, name in enumerate(TIERS):
+        on = lk.link_tier == t
+        out["a2a_bytes_per_step"][name] = float(per_step[:, on].sum(-1).mean() / 2.0)  # egress + ingress
+        u = util[:, on]
+        out["a2a_link_utilisation"][name] = {"mean": float(u.mean()) if u.size else 0.0,
+                                             "max": float(u.max(-1).mean()) if u.size else 0.0}
+    return out
 
 
 def summarize(result: SimResult) -> dict:
@@ -68,6 +87,7 @@ def summarize(result: SimResult) -> dict:
         "padding_fraction": float(stats["padding_fraction"].mean()),
         "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),
         "all_to_all_bytes_per_step": float(a2a["bytes"].sum() / len(measured)),
+        "network": network_usage(result),
         "step_times_s": [float(x) for x in measured],
         "per_layer": [{"layer": int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS}}
                       for layer, row in per_layer.iterrows()],

@@ -1,7 +1,17 @@
-"""Collective timing. `CollectiveModel` is the interface the simulator uses; `AlphaBetaNetwork` is the
-per-tier alpha-beta model (a flow-level model replaces it behind the same interface)."""
+"""Collective timing. `CollectiveModel` is the interface the simulator uses; `build_network` makes the model a
+scenario's `network:` section asks for: the flow-level topology model (default) or per-tier alpha-beta."""
 
 from moesim.network.alpha_beta import AlphaBetaNetwork
+from moesim.network.flow import FlowNetwork
 from moesim.network.model import CollectiveModel
+from moesim.spec.hardware import ClusterSpec
+from moesim.spec.network import NetworkModelKind, NetworkSpec
 
-__all__ = ["AlphaBetaNetwork", "CollectiveModel"]
+
+def build_network(cluster: ClusterSpec, spec: NetworkSpec = NetworkSpec()) -> CollectiveModel:
+    if spec.model is NetworkModelKind.ALPHA_BETA:
+        return AlphaBetaNetwork(cluster, spec)
+    return FlowNetwork(cluster, spec)
+
+
+__all__ = ["AlphaBetaNetwork", "CollectiveModel", "FlowNetwork", "build_network"]

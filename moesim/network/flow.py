@@ -1,137 +1,225 @@
-"""Flow-level network model: every (src, dst) message is a flow over the links of moesim.network.topology,
-sharing bandwidth max-min fairly (progressive filling, moesim.network.maxmin). Implements CollectiveModel.
+"""Flow-level network model: every (src, dst) message is a flow over the links of moesim.network.topology.
+Implements CollectiveModel through CollectiveTimes (algorithms in moesim.network.algorithms).
 
-- all-to-all(v), direct (NCCL-like: all pairs at once): the collective ends when its last flow ends, plus
-  the latency of the slowest tier it used;
-- ring all-reduce / all-gather: the n ring flows of one step run concurrently; the slowest sets the step;
-  2(n-1) or (n-1) steps, each with its tier's latency;
-- point-to-point: one flow.
-Groups in one call are solved one after another, each alone on the network (contention between groups of
-the same call is not modelled yet).
+A direct exchange among G concurrent groups (the EP groups of one stage, the rings of all TP groups) is timed
+with the groups sharing links:
+- BOUND: a group ends when the busiest link it uses has drained everything every group put on it
+  (max over its links of total bytes / capacity): exact for the fluid makespan of one group and never below
+  a fair share when groups overlap; O(flows), vectorised.
+- MAXMIN: progressive filling over all flows of all groups (moesim.network.maxmin); a group ends with its last
+  flow. Exact fluid max-min fairness, slow at scale.
+Each exchange adds the latency of the slowest tier it crosses and a per-peer issue cost (the profile's
+`*_peer_overhead_us`, LogGP's o): the busiest member's intra-node peers x NVLink overhead + inter-node peers x
+NIC overhead, sends or receives, whichever is larger. Rings pay one tier latency per step and no peer cost.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from enum import Enum
-
+from moesim.network.algorithms import hierarchical_all_to_all, ring_step_matrix
+from moesim.network.collectives import CollectiveTimes
 from moesim.network.maxmin import flow_completion_times
-from moesim.network.topology import CrossRail, Topology, build_topology, paths
+from moesim.network.topology import Topology, build_topology, paths
 from moesim.spec.hardware import ClusterSpec
+from moesim.spec.network import AllToAllAlgorithm, CrossRail, FlowSolver, NetworkSpec
+
+_CHUNK_ELEMENTS = 1 << 24  # cap on [exchanges, groups, links] floats held at once (128 MiB)
 
 
-class FlowSolver(Enum):
-    MAXMIN = "maxmin"  # event-driven max-min fair sharing (exact fluid model of TCP/IB-like fairness)
-    BOUND = "bound"  # max over links of bytes / capacity: the optimal fluid makespan for these routes; O(flows)
-
-
-class FlowNetwork:
-    def __init__(self, cluster: ClusterSpec, cross_rail: CrossRail = CrossRail.PXN, reallocation_rtol: float = 1e-12,
-                 solver: FlowSolver = FlowSolver.MAXMIN):
+class FlowNetwork(CollectiveTimes):
+    def __init__(self, cluster: ClusterSpec, spec: NetworkSpec = NetworkSpec(), reallocation_rtol: float = 1e-12):
         self.topology: Topology = build_topology(cluster)
-        self.cross_rail = cross_rail
-        self.solver = solver
+        self.spec = spec
+        self.gpus_per_node = self.topology.gpus_per_node
+        self.nvlink_peer_overhead_s = cluster.profile.node.nvlink_peer_overhead_s
+        self.nic_peer_overhead_s = cluster.profile.fabric.nic_peer_overhead_s
         # > 1e-12 batches completion events that fall within this relative time of each other (maxmin docs)
         self.reallocation_rtol = reallocation_rtol
+        self._blocks: dict = {}
 
-    def _makespan_s(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray) -> float:
-        """Completion of all flows plus the latency of the slowest tier crossed."""
-        keep = (src != dst) & (nbytes > 0)
-        src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
-        if not len(src):
-            return 0.0
-        topo = self.topology
-        route = paths(topo, src, dst, self.cross_rail)
-        inter = (src // topo.gpus_per_node != dst // topo.gpus_per_node).any()
-        latency_s = topo.nic_latency_s if inter else topo.nvlink_latency_s
-        if self.solver is FlowSolver.BOUND:
-            valid = route >= 0
-            load = np.bincount(route[valid], weights=np.broadcast_to(nbytes[:, None], route.shape)[valid],
-                               minlength=len(topo.link_capacity_bytes_per_s))
-            return float((load / topo.link_capacity_bytes_per_s).max()) + latency_s
-        # identical (path, bytes) rows always get identical rates: solve each such class once, weighted
-        key = np.concatenate([route, nbytes.view(np.int64)[:, None]], axis=1)
-        uniq, weight = np.unique(key, axis=0, return_counts=True)
-        route, nbytes = uniq[:, :-1], uniq[:, -1].view(np.float64)
-        valid = route >= 0
-        indptr = np.concatenate([[0], np.cumsum(valid.sum(1))])
-        done = flow_completion_times((indptr, route[valid]), nbytes, weight, topo.link_capacity_bytes_per_s,
-                                     reallocation_rtol=self.reallocation_rtol)
-        return float(done.max()) + latency_s
+    @property
+    def num_links(self) -> int:
+        return len(self.topology.link_capacity_bytes_per_s)
 
-    def all_to_all_s(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    # link loads ---------------------------------------------------------------------------------------------
+    def link_bytes(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """[..., G, n, n] with ranks [G, n] -> [..., links]: bytes every link carries for this all-to-all (all
+        groups, every phase of the configured algorithm). For accounting: per-tier bytes and utilisation."""
         m = np.asarray(bytes_matrix, dtype=np.float64)
-        ranks = np.broadcast_to(np.asarray(ranks), m.shape[:-1])
-        n = m.shape[-1]
-        flat_m, flat_r = m.reshape(-1, n, n), ranks.reshape(-1, n)
-        out = np.empty(len(flat_m))
-        for i, (mat, rk) in enumerate(zip(flat_m, flat_r)):
-            if self.solver is FlowSolver.BOUND and self.topology.rail_optimized and self.cross_rail is CrossRail.PXN:
-                out[i] = self._direct_pxn_bound_s(mat, rk)
-                continue
-            s, d = np.nonzero(mat)
-            out[i] = self._makespan_s(rk[s], rk[d], mat[s, d])
-        return out.reshape(m.shape[:-2])
+        ranks = np.asarray(ranks, dtype=np.int64)
+        phases = hierarchical_all_to_all(m, ranks, self.gpus_per_node) \
+            if self.spec.all_to_all is AllToAllAlgorithm.HIERARCHICAL else [m]
+        G, n = ranks.shape
+        k = int(np.prod(m.shape[:-3], dtype=np.int64))
+        total = np.zeros((k, self.num_links))
+        for p in phases:
+            total += self._group_loads(p.reshape(k, G, n, n), ranks).sum(1)
+        return total.reshape(m.shape[:-3] + (self.num_links,))
 
-    def _direct_pxn_bound_s(self, mat: np.ndarray, ranks: np.ndarray) -> float:
-        """Link loads of a direct all-to-all with PXN on rails, straight from the byte matrix (no per-flow
-        paths; the same loads as `paths` + bincount): one [n, n] x [n, rails * leaf groups] product gives every
-        source's inter-node bytes by destination rail and leaf group, and every link load follows from it."""
+    def _members_per_node(self, ranks: np.ndarray) -> int | None:
+        """m when every group lists its members node by node, m per node (the usual EP / DP group): then the
+        intra-node part of a byte matrix is its diagonal m x m blocks. None otherwise."""
+        key = (ranks.shape, ranks.tobytes())
+        if key not in self._blocks:
+            node = ranks // self.gpus_per_node
+            m = int((node[0] == node[0, 0]).sum())
+            n = ranks.shape[1]
+            ok = n % m == 0
+            if ok:
+                per = node.reshape(len(ranks), n // m, m)
+                ok = bool((per == per[:, :, :1]).all()) and all(len(np.unique(row)) == n // m for row in per[:, :, 0])
+            self._blocks[key] = m if ok else None
+        return self._blocks[key]
+
+    def _split(self, mats: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, n, n] -> (inter [B, n, n] with every same-node entry exactly 0, intra [B, n, n] or [B, nb, m, m]
+        node blocks, self-sends zeroed). Node blocks avoid an n x n `where`, the slowest step at 2,048 GPUs."""
+        B, n, _ = mats.shape
+        m = self._members_per_node(ranks[:1]) if (ranks == ranks[:1]).all() else None
+        inter = np.array(mats, dtype=np.float64, copy=True)
+        if m is not None:
+            view = np.einsum("bimin->bimn", inter.reshape(B, n // m, m, n // m, m))  # writeable diagonal blocks
+            intra = view.copy()
+            view[...] = 0.0
+            intra[:, :, np.arange(m), np.arange(m)] = 0.0
+            return inter, intra
+        node = ranks // self.gpus_per_node
+        same = node[:, :, None] == node[:, None, :]
+        intra = np.where(same, inter, 0.0)
+        intra[:, np.arange(n), np.arange(n)] = 0.0
+        inter[same] = 0.0
+        return inter, intra
+
+    def _group_loads(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """[k, G, n, n], ranks [G, n] -> [k, G, links] (self-sends excluded)."""
+        k, G, n, _ = mats.shape
+        flat = mats.reshape(k * G, n, n)
+        rk = np.broadcast_to(ranks, (k, G, n)).reshape(k * G, n)
+        topo = self.topology
+        if topo.rail_optimized and self.spec.cross_rail is CrossRail.PXN:
+            loads = self._pxn_loads(*self._split(flat, rk), rk)
+        else:
+            flat = flat.copy()
+            flat[:, np.arange(n), np.arange(n)] = 0.0
+            b, s, d = np.nonzero(flat)
+            route = paths(topo, rk[b, s], rk[b, d], self.spec.cross_rail)
+            valid = route >= 0
+            idx = (route + b[:, None] * self.num_links)[valid]
+            w = np.broadcast_to(flat[b, s, d][:, None], route.shape)[valid]
+            loads = np.bincount(idx, w, k * G * self.num_links).reshape(k * G, self.num_links)
+        return loads.reshape(k, G, self.num_links)
+
+    def _pxn_loads(self, inter: np.ndarray, intra: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """Link loads of direct exchanges with PXN on rails straight from the byte matrices (no per-flow paths;
+        the same loads as `paths` + bincount): one batched product of the inter-node bytes [B, n, n] with a
+        one-hot [n, rails x leaf groups] gives every source's bytes by destination rail and leaf group; every
+        link load follows. `intra` is [B, n, n] or node blocks [B, nodes, m, m]."""
         topo = self.topology
         g, nics, groups = topo.gpus_per_node, topo.nics_per_node, topo.num_leaf_groups
-        n = len(ranks)
+        B, n, _ = inter.shape
+        size = self.num_links
         node, nic = ranks // g, topo.nic_of(ranks)
         rail, group = nic % nics, node // topo.nodes_per_leaf
-        mat = mat.copy()
-        mat[np.arange(n), np.arange(n)] = 0.0
-        same = node[:, None] == node[None, :]
-        intra = np.where(same, mat, 0.0)
-        inter = mat - intra
-        load = np.zeros(len(topo.link_capacity_bytes_per_s))
-        size = len(load)
-        onehot = np.zeros((n, nics * groups))
-        onehot[np.arange(n), rail * groups + group] = 1.0
-        by = (inter @ onehot).reshape(n, nics, groups)  # [src, destination rail, destination leaf group]
+        intra_out, intra_in = intra.sum(-1).reshape(B, n), intra.sum(-2).reshape(B, n)
+        onehot = np.zeros((B, n, nics * groups))
+        onehot[np.arange(B)[:, None], np.arange(n)[None, :], rail * groups + group] = 1.0
+        by = np.matmul(inter, onehot).reshape(B, n, nics, groups)  # [B, src, destination rail, dst leaf group]
         by_rail = by.sum(-1)
-        src_nic = node[:, None] * nics + np.arange(nics)[None, :]  # [src, rail]: PXN leaves on that rail
-        own = rail[:, None] == np.arange(nics)[None, :]
+        own = rail[:, :, None] == np.arange(nics)
         hop = np.where(own, 0.0, by_rail)  # bytes that first hop over NVLink to the rail's proxy GPU
-        proxy = node[:, None] * g + np.arange(nics)[None, :] * g // nics
-        load += np.bincount(topo.nvl_out(ranks), intra.sum(1) + hop.sum(1), size)
-        load += np.bincount(topo.nvl_in(ranks), intra.sum(0), size)
-        load += np.bincount(topo.nvl_in(proxy).ravel(), hop.ravel(), size)
-        load += np.bincount(topo.nic_out(src_nic).ravel(), by_rail.ravel(), size)
-        load += np.bincount(topo.nic_in(nic), inter.sum(0), size)
+        proxy = node[:, :, None] * g + np.arange(nics) * g // nics
+        src_nic = node[:, :, None] * nics + np.arange(nics)
+        offset = np.arange(B) * size
+        load = np.zeros(B * size)
+
+        def add(links: np.ndarray, weights: np.ndarray) -> None:
+            idx = links + offset.reshape((B,) + (1,) * (links.ndim - 1))
+            load[:] += np.bincount(idx.ravel(), np.broadcast_to(weights, links.shape).ravel(), B * size)
+
+        add(topo.nvl_out(ranks), intra_out + hop.sum(2))
+        add(topo.nvl_in(ranks), intra_in)
+        add(topo.nvl_in(proxy), hop)
+        add(topo.nic_out(src_nic), by_rail)
+        add(topo.nic_in(nic), inter.sum(1))
         if groups > 1:  # on one rail, only node groups under different leaves cross the spine
-            other = group[:, None, None] != np.arange(groups)[None, None, :]  # [src, 1, dst group]
-            spine = np.where(other, by, 0.0)  # [src, rail, dst group]
-            leaf = lambda grp, r: grp * nics + r  # noqa: E731 - leaf id of (node group, rail), rail-optimised
-            up = np.broadcast_to(leaf(group[:, None, None], np.arange(nics)[None, :, None]), spine.shape)
-            down = np.broadcast_to(leaf(np.arange(groups)[None, None, :], np.arange(nics)[None, :, None]), spine.shape)
-            load += np.bincount(topo.leaf_up(up).ravel(), spine.ravel(), size)
-            load += np.bincount(topo.leaf_down(down).ravel(), spine.ravel(), size)
-        peak = float((load / topo.link_capacity_bytes_per_s).max())
-        if peak == 0:
-            return 0.0
-        return peak + (topo.nic_latency_s if inter.any() else topo.nvlink_latency_s)
+            other = group[:, :, None, None] != np.arange(groups)  # [B, src, 1, dst group]
+            spine = np.where(other, by, 0.0)
+            rails = np.arange(nics)[None, None, :, None]
+            up = np.broadcast_to(group[:, :, None, None] * nics + rails, spine.shape)
+            down = np.broadcast_to(np.arange(groups) * nics + rails, spine.shape)
+            add(topo.leaf_up(up), spine)
+            add(topo.leaf_down(down), spine)
+        return load.reshape(B, size)
+
+    def _peer_overhead_s(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """[k, G, n, n] -> [k, G]: the busiest member's per-peer issue cost, sends or receives."""
+        k, G, n, _ = mats.shape
+        inter, intra = self._split(mats.reshape(k * G, n, n), np.broadcast_to(ranks, (k, G, n)).reshape(k * G, n))
+        o_nvl, o_nic = self.nvlink_peer_overhead_s, self.nic_peer_overhead_s
+        cost = [o_nvl * np.count_nonzero(intra, axis=ax).reshape(k * G, n)
+                + o_nic * np.count_nonzero(inter, axis=ax) for ax in (-1, -2)]
+        if intra.ndim == 4:  # node blocks: the receive counts of block (node i) are per member of node i
+            cost[1] = o_nvl * np.count_nonzero(intra, axis=-2).reshape(k * G, n) + o_nic * np.count_nonzero(inter, -2)
+        return np.maximum(cost[0].max(-1), cost[1].max(-1)).reshape(k, G)
+
+    # timing -------------------------------------------------------------------------------------------------
+    def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
+        m = np.asarray(matrices, dtype=np.float64)
+        G, n = ranks.shape
+        lead = m.shape[:-3]
+        k = int(np.prod(lead, dtype=np.int64))
+        flat = m.reshape(k, G, n, n)
+        if self.spec.solver is FlowSolver.BOUND:
+            drain = np.zeros((k, G))
+            cap = self.topology.link_capacity_bytes_per_s
+            step = max(1, _CHUNK_ELEMENTS // max(1, G * self.num_links))
+            for lo in range(0, k, step):
+                loads = self._group_loads(flat[lo:lo + step], ranks)  # [c, G, L]
+                total = loads.sum(1, keepdims=True) / cap
+                drain[lo:lo + step] = np.where(loads > 0, total, 0.0).max(-1)
+        else:
+            drain = np.array([self._maxmin_groups(x, ranks) for x in flat]).reshape(k, G)
+        inter_any, any_bytes = self._crossings(flat, ranks)
+        total = drain + np.where(inter_any, self.topology.nic_latency_s,
+                                 np.where(any_bytes, self.topology.nvlink_latency_s, 0.0))
+        if peer_overhead and (self.nvlink_peer_overhead_s or self.nic_peer_overhead_s):
+            total = total + self._peer_overhead_s(flat, ranks)
+        return total.reshape(lead + (G,))
+
+    def _crossings(self, mats: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[k, G, n, n] -> ([k, G] some byte crosses nodes, [k, G] some byte leaves its rank)."""
+        node = ranks // self.gpus_per_node
+        cross = node[:, :, None] != node[:, None, :]  # [G, n, n]
+        off = ~np.eye(ranks.shape[1], dtype=bool)
+        sends = mats > 0
+        return (sends & cross).any((-1, -2)), (sends & off).any((-1, -2))
+
+    def _maxmin_groups(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """[G, n, n] -> [G]: completion of each group's last flow, all groups' flows sharing links fairly."""
+        G, n, _ = mats.shape
+        g, s, d = np.nonzero(mats * ~np.eye(n, dtype=bool))
+        out = np.zeros(G)
+        if not len(g):
+            return out
+        topo = self.topology
+        route = paths(topo, ranks[g, s], ranks[g, d], self.spec.cross_rail)
+        nbytes = mats[g, s, d]
+        # identical (path, bytes) rows always get identical rates: solve each such class once, weighted
+        key = np.concatenate([route, nbytes.view(np.int64)[:, None]], axis=1)
+        uniq, inverse, weight = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        route_u, bytes_u = uniq[:, :-1], uniq[:, -1].view(np.float64)
+        valid = route_u >= 0
+        indptr = np.concatenate([[0], np.cumsum(valid.sum(1))])
+        done = flow_completion_times((indptr, route_u[valid]), bytes_u, weight, topo.link_capacity_bytes_per_s,
+                                     reallocation_rtol=self.reallocation_rtol)
+        np.maximum.at(out, g, done[inverse.ravel()])
+        return out
 
     def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
-        ranks = np.asarray(ranks)
+        ranks = np.asarray(ranks, dtype=np.int64)
         n = ranks.shape[-1]
-        flat = ranks.reshape(-1, n)
-        out = np.zeros(len(flat))
-        if n > 1 and nbytes > 0:
-            for i, ring in enumerate(flat):
-                step_s = self._makespan_s(ring, np.roll(ring, -1), np.full(n, nbytes / n))
-                out[i] = passes * (n - 1) * step_s
-        return out.reshape(ranks.shape[:-1])
-
-    def all_reduce_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
-        return self._ring_s(2, nbytes, ranks)
-
-    def all_gather_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
-        return self._ring_s(1, nbytes, ranks)
-
-    def p2p_s(self, nbytes: float, src: int, dst: int) -> float:
-        return self._makespan_s(np.array([src]), np.array([dst]), np.array([float(nbytes)]))
+        if n == 1 or nbytes <= 0:
+            return np.zeros(len(ranks))
+        step_s = self._direct_s(nbytes * ring_step_matrix(ranks, self.gpus_per_node), ranks, peer_overhead=False)
+        return passes * (n - 1) * step_s

@@ -6,18 +6,13 @@ applied), bytes/s, one direction. Pure numpy: paths are built for many (src, dst
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from moesim.spec.hardware import ClusterSpec
+from moesim.spec.network import CrossRail
 
 NODES_PER_LEAF = 32  # a DGX SuperPOD scalable unit: 32 nodes under one leaf per rail
-
-
-class CrossRail(Enum):
-    PXN = "pxn"  # NCCL PXN: hop over NVLink to the GPU on the destination's rail, then stay on that rail
-    SPINE = "spine"  # leave on the source's own NIC and cross rails through the spine
 
 
 @dataclass(frozen=True)

@@ -174,14 +174,15 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, q:
         return
     lay, log, step = ctx.sc.layout, ctx.log, ctx.step
     group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
-    a2a_s = float(moe.a2a_s[mb, q])
     factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(ctx.sc.training.recompute)
     nbytes = float(moe.sent_bytes[mb, q])
-    yield from _collective(env, rdv, log, step, rank, ("dispatch", layer, mb, phase, group), lay.ep, a2a_s, mb,
+    yield from _collective(env, rdv, log, step, rank, ("dispatch", layer, mb, phase, group), lay.ep,
+                           float(moe.dispatch_s[mb, q]), mb,
                            layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
     yield from _compute(env, log, step, rank, mb, layer, phase,
                         ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
-    yield from _collective(env, rdv, log, step, rank, ("combine", layer, mb, phase, group), lay.ep, a2a_s, mb,
+    yield from _collective(env, rdv, log, step, rank, ("combine", layer, mb, phase, group), lay.ep,
+                           float(moe.combine_s[mb, q]), mb,
                            layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.cost.memory import peak_memory_per_rank
-from moesim.network.alpha_beta import AlphaBetaNetwork
+from moesim.network import FlowNetwork, build_network
 from moesim.network.model import CollectiveModel
 from moesim.routing.generators import SyntheticRouter
 from moesim.routing.replay import replay_loads
@@ -20,7 +20,18 @@ from moesim.spec.scenario import Scenario
 
 
 LAYER_STAT_COLUMNS = ("expert_max_over_mean", "gpu_max_over_mean", "dropped_fraction", "dropped_first_fraction",
-                      "padding_fraction", "unrouted_fraction", "a2a_bytes")
+                      "padding_fraction", "unrouted_fraction", "a2a_bytes", "a2a_nvlink_bytes", "a2a_nic_bytes",
+                      "a2a_spine_bytes")
+TIERS = ("nvlink", "nic", "spine")  # moesim.network.topology link_tier 0, 1, 2
+
+
+@dataclass(frozen=True)
+class LinkUsage:
+    """All-to-all bytes per link of the topology (dispatch + combine, forward + backward), per step."""
+
+    link_tier: np.ndarray  # [links] index into TIERS
+    capacity_bytes_per_s: np.ndarray  # [links]
+    bytes_per_step: np.ndarray  # [warmup + steps, links]
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,10 @@ class SimResult:
     step_times_s: np.ndarray  # [warmup + steps]
     layer_stats: pd.DataFrame  # step, layer, micro_batch and LAYER_STAT_COLUMNS
     peak_memory_bytes: np.ndarray  # [world]
+    links: LinkUsage
+    a2a_matrices: np.ndarray  # [moe layers, ep, ep] dispatch bytes of each layer's first EP group, mean per
+    # micro-batch over the measured steps
+    moe_layers: tuple[int, ...]
 
     @property
     def measured_steps(self) -> np.ndarray:
@@ -63,7 +78,9 @@ class _Loads:
 
 
 def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False) -> SimResult:
-    net = network or AlphaBetaNetwork(sc.cluster)
+    """`network` overrides the model the scenario's `network:` section asks for (tests pass their own)."""
+    net = network or build_network(sc.cluster, sc.network)
+    links = net if isinstance(net, FlowNetwork) else FlowNetwork(sc.cluster, sc.network)
     lay, m = sc.layout, sc.model
     routing_rng, gate_rng, order_rng = _rngs(sc)
     moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
@@ -75,16 +92,22 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     stats: list[pd.DataFrame] = []
     # per rank: sum over its stage's MoE layers of the worst micro-batch's expert rows (for the memory model)
     worst_rows = np.zeros((total, lay.world_size))
+    link_bytes = np.zeros((total, links.num_links))
+    matrices = np.zeros((len(moe_layers), lay.ep, lay.ep))
     for step in range(total):
         loads = demand.step(step)  # [M, moe_layers, q, E]
         work: dict[int, MoeLayerWork] = {}
         for i, layer in enumerate(moe_layers):
             stage = layer // sc.layers_per_stage
-            w = work[layer] = moe_layer_work(sc, net, loads[:, i], stage, gate_rng)
+            w = work[layer] = moe_layer_work(sc, net, links, loads[:, i], stage, gate_rng)
             ranks = lay.stage_ranks(stage)
             worst_rows[step, ranks] += w.expert_rows.max(axis=0)
+            link_bytes[step] += 2.0 * w.link_bytes  # the backward pass moves the same bytes again
+            if step >= sc.simulation.warmup_steps:
+                matrices[i] += w.a2a_matrix / sc.simulation.steps
+            tiers = {f"a2a_{t}_bytes": w.a2a_tier_bytes[:, j] for j, t in enumerate(TIERS)}
             stats.append(pd.DataFrame({"step": step, "layer": layer, "micro_batch": np.arange(sc.num_micro_batches),
-                                       **{k: getattr(w, k) for k in LAYER_STAT_COLUMNS}}))
+                                       **{k: getattr(w, k) for k in LAYER_STAT_COLUMNS[:7]}, **tiers}))
         order = order_rng.permutation(lay.world_size) if shuffle_start_order else None
         step_times[step] = simulate_step(StepContext(sc, static, work, step, log), order)
     # Canonical order: by step and rank, each rank's records in program order. The order SimPy interleaves
@@ -92,5 +115,6 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     records = log.to_frame().sort_values(["step", "rank"], kind="stable", ignore_index=True)
     moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
+    usage = LinkUsage(links.topology.link_tier, links.topology.link_capacity_bytes_per_s, link_bytes)
     return SimResult(sc, records, step_times, pd.concat(stats, ignore_index=True),
-                     peak_memory_per_rank(sc, rows_per_layer))
+                     peak_memory_per_rank(sc, rows_per_layer), usage, matrices, tuple(moe_layers))

@@ -12,6 +12,7 @@ import numpy as np
 
 from moesim.cost import compute as cc
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
+from moesim.network.flow import FlowNetwork
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
@@ -36,7 +37,8 @@ class LayerCosts:
 class MoeLayerWork:
     """One MoE layer of one step, for all micro-batches. m = micro-batch, q = local rank in the stage."""
 
-    a2a_s: np.ndarray  # [M, q] time of the all-to-all of the EP group rank q belongs to (dispatch = combine)
+    dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to
+    combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast)
     expert_fwd_s: np.ndarray  # [M, q]
     expert_rows: np.ndarray  # [M, q] rows rank q computes (capacity padding and tile padding included)
     sent_rows: np.ndarray  # [M, q] rows rank q dispatches (capacity padding included)
@@ -49,6 +51,9 @@ class MoeLayerWork:
     padding_fraction: np.ndarray  # [M] capacity-padding rows / computed rows
     unrouted_fraction: np.ndarray  # [M] tokens that reached no expert (expert choice) / tokens
     a2a_bytes: np.ndarray  # [M] dispatch bytes on the network over the whole stage (capacity padding included)
+    a2a_tier_bytes: np.ndarray  # [M, 3] dispatch bytes that crossed NVLink, a NIC, the spine (PXN hops included)
+    link_bytes: np.ndarray  # [links] bytes per link of one forward pass (dispatch + combine, all micro-batches)
+    a2a_matrix: np.ndarray  # [ep, ep] dispatch bytes of the stage's first EP group, mean over micro-batches
 
 
 def layer_costs(sc: Scenario) -> LayerCosts:
@@ -69,9 +74,10 @@ def layer_costs(sc: Scenario) -> LayerCosts:
                       head, 2.0 * head)
 
 
-def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage: int,
+def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads: np.ndarray, stage: int,
                    gate_rng: np.random.Generator) -> MoeLayerWork:
-    """loads [M, q, E]: assignments each local rank's router asks for, per expert, in this layer."""
+    """loads [M, q, E]: assignments each local rank's router asks for, per expert, in this layer.
+    `net` times the all-to-alls; `links` accounts their bytes on the topology's links (whatever model times)."""
     lay, m = sc.layout, sc.model
     M, E = loads.shape[0], m.num_experts
     e_loc = E // lay.ep
@@ -88,8 +94,15 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
 
     row_bytes = m.hidden_size * sc.training.dtype.bytes
     matrix = lr.sum(axis=-1).transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
-    ranks = lay.ep_groups()[stage]  # [edp, etp, ep]
-    a2a = net.all_to_all_s(matrix, np.broadcast_to(ranks, matrix.shape[:-1]))  # [M, edp, etp]
+    ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
+    groups = matrix.reshape(M, -1, lay.ep, lay.ep)
+    back = groups.swapaxes(-1, -2)
+    dispatch = net.all_to_all_s(groups, ranks).reshape(M, lay.edp, lay.etp)
+    combine = net.all_to_all_s(back, ranks).reshape(M, lay.edp, lay.etp)
+    dispatch_links = links.link_bytes(groups, ranks)  # [M, links]
+    tier = links.topology.link_tier
+    # a byte crossing a tier loads one egress and one ingress link of it
+    tier_bytes = np.stack([dispatch_links[:, tier == t].sum(-1) / 2.0 for t in range(3)], axis=-1)
     sent_bytes = (matrix * (1.0 - np.eye(lay.ep))).sum(-1)  # [M, edp, etp, ep_src]
 
     def per_rank(x_edp_ep: np.ndarray) -> np.ndarray:  # [M, edp, ep] -> [M, q] (same for every etp shard)
@@ -105,7 +118,8 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
     expert_load = loads.sum(axis=1)  # [M, E]
     tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
-        a2a_s=per_rank_group(a2a),
+        dispatch_s=per_rank_group(dispatch),
+        combine_s=per_rank_group(combine),
         expert_fwd_s=per_rank(expert_s),
         expert_rows=per_rank(padded),
         sent_rows=sent.sum(-1).reshape(M, -1),
@@ -118,6 +132,9 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, loads: np.ndarray, stage:
         padding_fraction=per_micro_batch(gate.padding) / np.maximum(rows_per_expert.reshape(M, -1).sum(-1), 1),
         unrouted_fraction=per_micro_batch(gate.unrouted_tokens) / tokens,
         a2a_bytes=sent_bytes.reshape(M, -1).sum(-1),
+        a2a_tier_bytes=tier_bytes,
+        link_bytes=dispatch_links.sum(0) + links.link_bytes(back, ranks).sum(0),
+        a2a_matrix=groups[:, 0].mean(0),
     )
 
 

@@ -87,6 +87,7 @@ class NodeSpec:
     nvlink_bandwidth_bytes_per_s: float
     nvlink_latency_s: float
     nvlink_efficiency: float  # achievable fraction of the link rate for collectives
+    nvlink_peer_overhead_s: float = 0.0  # issue cost per intra-node peer of an all-to-all (LogGP's o)
 
     def __post_init__(self) -> None:
         require(self.gpus_per_node >= 1, "gpus_per_node", self.gpus_per_node, "an integer >= 1")
@@ -94,6 +95,7 @@ class NodeSpec:
                 self.nvlink_bandwidth_bytes_per_s, "> 0 bytes/s")
         require(self.nvlink_latency_s >= 0, "nvlink_latency_s", self.nvlink_latency_s, ">= 0 s")
         require(0 < self.nvlink_efficiency <= 1, "nvlink_efficiency", self.nvlink_efficiency, "a fraction in (0, 1]")
+        require(self.nvlink_peer_overhead_s >= 0, "nvlink_peer_overhead_s", self.nvlink_peer_overhead_s, ">= 0 s")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class FabricSpec:
     nic_efficiency: float
     rail_optimized: bool
     oversubscription: float  # leaf-to-spine; 1.0 = full bisection
+    nic_peer_overhead_s: float = 0.0  # issue cost per inter-node peer of an all-to-all (LogGP's o)
 
     def __post_init__(self) -> None:
         require(self.nics_per_node >= 1, "nics_per_node", self.nics_per_node, "an integer >= 1")
@@ -114,6 +117,7 @@ class FabricSpec:
         require(self.nic_latency_s >= 0, "nic_latency_s", self.nic_latency_s, ">= 0 s")
         require(0 < self.nic_efficiency <= 1, "nic_efficiency", self.nic_efficiency, "a fraction in (0, 1]")
         require(self.oversubscription >= 1, "oversubscription", self.oversubscription, ">= 1 (1 = full bisection)")
+        require(self.nic_peer_overhead_s >= 0, "nic_peer_overhead_s", self.nic_peer_overhead_s, ">= 0 s")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import MoeModelSpec
+from moesim.spec.network import NetworkSpec
 from moesim.spec.routing import GateSpec, RoutingSpec
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import TrainingSpec
@@ -23,6 +24,7 @@ class Scenario:
     routing: RoutingSpec
     simulation: SimulationSpec
     gate: GateSpec = GateSpec()
+    network: NetworkSpec = NetworkSpec()
 
     def __post_init__(self) -> None:
         lay, mod, tr = self.layout, self.model, self.training

@@ -4,11 +4,11 @@ import pytest
 from moesim.network import AlphaBetaNetwork
 from moesim.spec import ClusterSpec
 
-from helpers import h100
+from helpers import h100, no_peer_overhead
 
 
 def net(nodes=2, gpus_per_node=8, scale=1.0):
-    return AlphaBetaNetwork(ClusterSpec(h100(gpus_per_node, scale), nodes))
+    return AlphaBetaNetwork(ClusterSpec(no_peer_overhead(h100(gpus_per_node, scale)), nodes))
 
 
 def test_balanced_all_to_all_inside_a_node_follows_busbw_convention():

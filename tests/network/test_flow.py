@@ -1,24 +1,21 @@
 """The flow-level network against closed forms (nccl-tests conventions)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from moesim.network.flow import FlowNetwork
-from moesim.network.topology import CrossRail
+from moesim.spec.network import CrossRail, FlowSolver, NetworkSpec
 from moesim.spec import ClusterSpec
 
-from helpers import h100
+from helpers import h100, no_peer_overhead
 
 NVL = 450e9 * 0.82
 NIC = 50e9 * 0.95
 
 
-def net(nodes=1, cross=CrossRail.PXN, **fabric):
-    prof = h100()
-    prof = dataclasses.replace(prof, fabric=dataclasses.replace(prof.fabric, **fabric))
-    return FlowNetwork(ClusterSpec(prof, nodes), cross)
+def net(nodes=1, cross=CrossRail.PXN, solver=FlowSolver.MAXMIN, **fabric):
+    return FlowNetwork(ClusterSpec(no_peer_overhead(h100(), **fabric), nodes),
+                       NetworkSpec(cross_rail=cross, solver=solver))
 
 
 def test_balanced_all_to_all_inside_a_node_is_busbw_over_nvlink():
@@ -71,9 +68,8 @@ def test_oversubscribed_spine_bound_time_scales_with_the_ratio():
 
 def test_more_bandwidth_never_slower_on_random_all_to_alls():
     rng = np.random.default_rng(0)
-    slow = net(2)
-    prof = h100(8, 1.5)
-    fast = FlowNetwork(ClusterSpec(prof, 2))
+    slow = net(2, solver=FlowSolver.BOUND)
+    fast = FlowNetwork(ClusterSpec(no_peer_overhead(h100(8, 1.5)), 2))
     for _ in range(20):
         m = rng.exponential(1e6, size=(16, 16)) * (rng.random((16, 16)) < 0.6)
         assert fast.all_to_all_s(m, np.arange(16)) <= slow.all_to_all_s(m, np.arange(16)) * (1 + 1e-12)
@@ -89,16 +85,22 @@ def test_p2p_and_vectorised_groups():
 
 
 def _paths_bound(nw, mat, ranks):
+    """The link bound from per-flow paths + bincount, the definition the fast path must equal."""
+    from moesim.network.topology import paths
+
     s, d = np.nonzero(mat * (1 - np.eye(len(ranks))))
-    return nw._makespan_s(ranks[s], ranks[d], mat[s, d])
+    route = paths(nw.topology, ranks[s], ranks[d], nw.spec.cross_rail)
+    valid = route >= 0
+    load = np.bincount(route[valid], np.broadcast_to(mat[s, d][:, None], route.shape)[valid], nw.num_links)
+    inter = (ranks[s] // 8 != ranks[d] // 8).any()
+    return (load / nw.topology.link_capacity_bytes_per_s).max() + (nw.topology.nic_latency_s if inter else
+                                                                    nw.topology.nvlink_latency_s)
 
 
 @pytest.mark.parametrize("nodes,members", [(2, 16), (4, 12), (64, 96)])
 def test_fast_link_loads_equal_the_per_flow_paths(nodes, members):
-    from moesim.network.flow import FlowSolver
-
     rng = np.random.default_rng(nodes)
-    nw = FlowNetwork(ClusterSpec(h100(), nodes), solver=FlowSolver.BOUND)
+    nw = net(nodes, solver=FlowSolver.BOUND)
     for _ in range(5):
         ranks = np.sort(rng.choice(nodes * 8, size=members, replace=False))  # across leaves when nodes > 32
         mat = rng.exponential(1e6, size=(members, members)) * (rng.random((members, members)) < 0.7)
@@ -106,10 +108,8 @@ def test_fast_link_loads_equal_the_per_flow_paths(nodes, members):
 
 
 def test_link_bound_never_exceeds_max_min_and_matches_it_on_balanced_traffic():
-    from moesim.network.flow import FlowSolver
-
     rng = np.random.default_rng(1)
-    bound, exact = (FlowNetwork(ClusterSpec(h100(), 2), solver=s) for s in (FlowSolver.BOUND, FlowSolver.MAXMIN))
+    bound, exact = (net(2, solver=s) for s in (FlowSolver.BOUND, FlowSolver.MAXMIN))
     for _ in range(10):
         mat = rng.exponential(1e6, size=(16, 16))
         assert bound.all_to_all_s(mat, np.arange(16)) <= exact.all_to_all_s(mat, np.arange(16)) * (1 + 1e-12)

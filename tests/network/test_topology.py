@@ -2,7 +2,8 @@ import dataclasses
 
 import numpy as np
 
-from moesim.network.topology import CrossRail, build_topology, paths
+from moesim.network.topology import build_topology, paths
+from moesim.spec.network import CrossRail
 from moesim.spec import ClusterSpec
 
 from helpers import h100

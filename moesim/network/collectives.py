@@ -1,0 +1,70 @@
+"""The collective entry points every network model shares: shape handling and the choice of algorithm.
+A model supplies `_direct_s` (a direct exchange of byte matrices among concurrent groups) and `_ring_s`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.network.algorithms import hierarchical_all_to_all, hierarchical_groups
+from moesim.spec.network import AllReduceAlgorithm, AllToAllAlgorithm, NetworkSpec
+
+
+def groups_2d(ranks: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """ranks [..., n] -> ([G, n], leading shape): every group of one call runs at the same time."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    return ranks.reshape(-1, ranks.shape[-1]), ranks.shape[:-1]
+
+
+class CollectiveTimes:
+    """Implements moesim.network.model.CollectiveModel on top of the subclass's `_direct_s` and `_ring_s`."""
+
+    spec: NetworkSpec
+    gpus_per_node: int
+
+    def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
+        """matrices [..., G, n, n], ranks [G, n] -> [..., G] seconds; the G groups share the network."""
+        raise NotImplementedError
+
+    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        """ranks [G, n] -> [G]: `passes` rounds of n-1 ring steps over a buffer of nbytes."""
+        raise NotImplementedError
+
+    def all_to_all_s(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        m = np.asarray(bytes_matrix, dtype=np.float64)
+        ranks = np.asarray(ranks, dtype=np.int64)
+        single = ranks.ndim == 1
+        if single:
+            ranks, m = ranks[None], m[..., None, :, :]
+        if self.spec.all_to_all is AllToAllAlgorithm.HIERARCHICAL:
+            phases = hierarchical_all_to_all(m, ranks, self.gpus_per_node)
+            t = sum(self._direct_s(p, ranks) for p in phases)
+        else:
+            t = self._direct_s(m, ranks)
+        return t[..., 0] if single else t
+
+    def all_reduce_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        flat, lead = groups_2d(ranks)
+        if flat.shape[1] == 1 or nbytes <= 0:
+            return np.zeros(lead)
+        split = hierarchical_groups(flat, self.gpus_per_node) \
+            if self.spec.all_reduce is AllReduceAlgorithm.HIERARCHICAL else None
+        if split is None:
+            return self._ring_s(2, nbytes, flat).reshape(lead)
+        intra, inter = split  # [G * nodes, m], [G * m, nodes]
+        G, m = len(flat), intra.shape[1]
+        # reduce-scatter inside each node, all-reduce of each 1/m shard across nodes on its rail, all-gather
+        t_intra = self._ring_s(1, nbytes, intra).reshape(G, -1).max(-1) if m > 1 else np.zeros(G)
+        t_inter = self._ring_s(2, nbytes / m, inter).reshape(G, -1).max(-1)
+        return (2.0 * t_intra + t_inter).reshape(lead)
+
+    def all_gather_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        flat, lead = groups_2d(ranks)
+        if flat.shape[1] == 1 or nbytes <= 0:
+            return np.zeros(lead)
+        return self._ring_s(1, nbytes, flat).reshape(lead)
+
+    def p2p_s(self, nbytes: float, src: int, dst: int) -> float:
+        if src == dst or nbytes <= 0:
+            return 0.0
+        m = np.array([[[0.0, float(nbytes)], [0.0, 0.0]]])
+        return float(self._direct_s(m, np.array([[src, dst]]), peer_overhead=False)[0])
