@@ -20,6 +20,9 @@ class CollectiveTimes:
 
     spec: NetworkSpec
     gpus_per_node: int
+    nvlink_bytes_per_s: float  # effective, per GPU, one direction
+    nvlink_latency_s: float
+    nic_latency_s: float
 
     def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
         """matrices [..., G, n, n], ranks [G, n] -> [..., G] seconds; the G groups share the network."""
@@ -46,16 +49,35 @@ class CollectiveTimes:
         flat, lead = groups_2d(ranks)
         if flat.shape[1] == 1 or nbytes <= 0:
             return np.zeros(lead)
-        split = hierarchical_groups(flat, self.gpus_per_node) \
-            if self.spec.all_reduce is AllReduceAlgorithm.HIERARCHICAL else None
+        algorithm = self.spec.all_reduce
+        n = flat.shape[1]
+        in_one_node = bool((flat // self.gpus_per_node == flat[:, :1] // self.gpus_per_node).all())
+        if algorithm is AllReduceAlgorithm.NVLS_TREE and in_one_node:
+            return np.full(lead, self._nvls_s(nbytes, n))
+        split = None if algorithm is AllReduceAlgorithm.RING else hierarchical_groups(flat, self.gpus_per_node)
         if split is None:
             return self._ring_s(2, nbytes, flat).reshape(lead)
         intra, inter = split  # [G * nodes, m], [G * m, nodes]
         G, m = len(flat), intra.shape[1]
-        # reduce-scatter inside each node, all-reduce of each 1/m shard across nodes on its rail, all-gather
-        t_intra = self._ring_s(1, nbytes, intra).reshape(G, -1).max(-1) if m > 1 else np.zeros(G)
-        t_inter = self._ring_s(2, nbytes / m, inter).reshape(G, -1).max(-1)
-        return (2.0 * t_intra + t_inter).reshape(lead)
+        nodes = inter.shape[1]
+        t_inter = self._ring_s(2, nbytes / m, inter).reshape(G, -1).max(-1)  # each 1/m shard on its rail
+        if algorithm is AllReduceAlgorithm.HIERARCHICAL:
+            # reduce-scatter inside each node, all-reduce of the shards across nodes, all-gather
+            t_intra = self._ring_s(1, nbytes, intra).reshape(G, -1).max(-1) if m > 1 else np.zeros(G)
+            return (2.0 * t_intra + t_inter).reshape(lead)
+        t_nvls = self._nvls_s(nbytes, m)
+        # a tree per rail: the ring's bandwidth term with 2 log2(nodes) latency hops instead of 2 (nodes - 1)
+        hops = 2.0 * np.ceil(np.log2(nodes))
+        t_tree = t_inter - 2.0 * (nodes - 1) * self.nic_latency_s + hops * self.nic_latency_s
+        return (t_nvls + t_tree).reshape(lead)
+
+    def _nvls_s(self, nbytes: float, members: int) -> float:
+        """NVLink SHARP all-reduce among `members` GPUs of one node: each pushes its buffer into the switch and
+        pulls the reduced result, S(1 + 1/m) each way (it reduces and multicasts its own 1/m shard), over two
+        passes of the switch."""
+        if members <= 1:
+            return 0.0
+        return 2.0 * self.nvlink_latency_s + nbytes * (1.0 + 1.0 / members) / self.nvlink_bytes_per_s
 
     def all_gather_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
         flat, lead = groups_2d(ranks)

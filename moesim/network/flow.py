@@ -34,6 +34,9 @@ class FlowNetwork(CollectiveTimes):
         self.gpus_per_node = self.topology.gpus_per_node
         self.nvlink_peer_overhead_s = cluster.profile.node.nvlink_peer_overhead_s
         self.nic_peer_overhead_s = cluster.profile.fabric.nic_peer_overhead_s
+        self.nvlink_bytes_per_s = float(self.topology.link_capacity_bytes_per_s[0])  # link 0: GPU 0's NVLink out
+        self.nvlink_latency_s = self.topology.nvlink_latency_s
+        self.nic_latency_s = self.topology.nic_latency_s
         # > 1e-12 batches completion events that fall within this relative time of each other (maxmin docs)
         self.reallocation_rtol = reallocation_rtol
         self._blocks: dict = {}

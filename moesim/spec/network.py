@@ -29,6 +29,7 @@ class AllToAllAlgorithm(Enum):
 class AllReduceAlgorithm(Enum):
     RING = "ring"  # rings over the whole group, one channel per member of a node (NCCL's rings on every NIC)
     HIERARCHICAL = "hierarchical"  # reduce-scatter in the node, all-reduce per rail across nodes, all-gather
+    NVLS_TREE = "nvls_tree"  # NVLink SHARP in the node (the switch reduces), a tree per rail across nodes
 
 
 @dataclass(frozen=True)

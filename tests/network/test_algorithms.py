@@ -145,3 +145,16 @@ def test_alpha_beta_and_flow_agree_on_balanced_intra_node_traffic():
     m = np.full((8, 8), 1e6)
     ab = AlphaBetaNetwork(ClusterSpec(no_peer_overhead(h100()), 1))
     assert ab.all_to_all_s(m, np.arange(8)) == pytest.approx(flow(1).all_to_all_s(m, np.arange(8)))
+
+
+def test_nvls_tree_all_reduce_closed_form_and_beats_the_ring_on_large_buffers():
+    size = 8e9
+    net = flow(4, all_reduce=AllReduceAlgorithm.NVLS_TREE)
+    t = net.all_reduce_s(size, np.arange(32))
+    nvls = 2 * net.nvlink_latency_s + size * 9 / 8 / NVL
+    tree = 2 * 3 / 4 * (size / 8) / NIC + 2 * 2 * net.nic_latency_s  # 4 nodes: log2 = 2 hops each way
+    assert t == pytest.approx(nvls + tree)
+    inside = flow(1, all_reduce=AllReduceAlgorithm.NVLS_TREE).all_reduce_s(size, np.arange(8))
+    ring = flow(1).all_reduce_s(size, np.arange(8))
+    # H100 nccl-tests: NVLS busbw ~480 GB/s against ~370 for rings (hardware.md 2.1): NVLS is faster in a node
+    assert inside < ring
