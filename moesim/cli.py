@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
     run.add_argument("--steps", type=int, help="override simulation.steps")
     run.add_argument("--seed", type=int, help="override simulation.seed")
+    run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing "
+                                                "(.parquet, SmartMoE .npz or log directory); swept routing keys are dropped")
     run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
@@ -158,7 +160,9 @@ def _run(args) -> int:
     from moesim.io.results import prepare_out_dir  # noqa: PLC0415 - keep `moesim validate` light
     from moesim.io.sweep import load_scenarios  # noqa: PLC0415
 
-    keys, points = load_scenarios(args.scenario)
+    if args.trace is not None and not (args.trace.is_file() or args.trace.is_dir()):
+        raise SpecError("--trace", str(args.trace), "an existing trace file or directory")
+    keys, points = load_scenarios(args.scenario, args.trace)
     points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
     base_name = points[0][1].name.split("[", 1)[0]
     out = args.out or Path("runs") / base_name
@@ -204,6 +208,9 @@ def _run_sweep(keys: list[str], points: list, out: Path, no_files: bool, name: s
         net = summary["network"]
         rows.append({**values, **{k: summary[k] for k in SWEEP_COLUMNS},
                      "all_to_all_s": summary["breakdown_s"]["all_to_all"],
+                     "balance_ratio": summary["placement"]["balance_ratio_mean"],
+                     "placement_changes": summary["placement"]["changes"],
+                     "migration_s": summary["placement"]["migration_s"],
                      **{f"a2a_{t}_GB": net["a2a_bytes_per_step"][t] / 1e9 for t in ("nvlink", "nic", "spine")}})
     table = pd.DataFrame(rows)
     shown = table.copy()
@@ -229,6 +236,13 @@ def _network_line(net: dict) -> str:
             f"all-to-all per step: {tiers or 'none'}")
 
 
+def _placement_line(p: dict) -> str:
+    slots = f", {p['slots_per_gpu']} slots per GPU" if p["slots_per_gpu"] else ""
+    return (f"placement       {p['policy']}{slots}: balance ratio (GPU max/mean) {p['balance_ratio_mean']:.2f} mean, "
+            f"{p['balance_ratio_p95']:.2f} p95; {p['changes']} changes, {p['moved_slots']} slots moved, "
+            f"{p['migration_s']:.3f} s of {p['migration']} migration")
+
+
 def format_summary(s: dict, wall_s: float) -> str:
     lay = s["layout"]
     gib = 2**30
@@ -248,6 +262,7 @@ def format_summary(s: dict, wall_s: float) -> str:
         f"memory          peak {s['peak_memory_bytes_max'] / gib:.1f} GiB of {s['hbm_bytes'] / gib:.1f} GiB"
         + ("" if s["fits_in_memory"] else "   DOES NOT FIT"),
         _network_line(s["network"]),
+        _placement_line(s["placement"]),
         "breakdown (mean over ranks, s/step):",
     ]
     total = sum(s["breakdown_s"].values())

@@ -65,7 +65,8 @@ def stage_params(scenario: Scenario, stage: int) -> tuple[float, float]:
         raise ValueError(f"stage {stage} out of range: the layout has pp = {lay.pp} stages")
     per_stage = scenario.layers_per_stage
     shared = model.num_shared_experts * model.ffn_params(model.expert_ffn_size)
-    local_experts = model.num_experts // lay.ep
+    # reserved placement slots hold full experts (weights, gradients, optimizer state) whether used or not
+    local_experts = scenario.placement.slots_per_gpu or model.num_experts // lay.ep
     dense = expert = 0.0
     for layer in range(stage * per_stage, (stage + 1) * per_stage):
         dense += model.attention_params / lay.tp

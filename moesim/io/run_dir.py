@@ -20,7 +20,8 @@ PER_RANK_PLOT_MAX_RANKS = 64
 
 
 def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
-    """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, breakdown_per_rank.csv,
+    """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, placement_events.csv,
+    breakdown_per_rank.csv,
     trace.json (the first measured step) and four PNG plots. Returns the paths written."""
     prepare_out_dir(out_dir, force)
     sc = result.scenario
@@ -30,6 +31,8 @@ def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = Fal
         write_parquet_atomic(out_dir / "records.parquet", result.records),
         write_parquet_atomic(out_dir / "layer_stats.parquet", result.layer_stats),
         write_parquet_atomic(out_dir / "a2a_matrices.parquet", a2a_frame(result)),
+        write_text_atomic(out_dir / "placement_events.csv",
+                          result.placement_events.to_csv(index=False, float_format="%.9g")),
         write_text_atomic(out_dir / "breakdown_per_rank.csv", per_rank.to_csv(float_format="%.9g")),
     ]
     first = int(result.measured_steps[0])

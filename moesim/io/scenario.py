@@ -14,6 +14,7 @@ from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import Activation, MoeModelSpec
 from moesim.spec.network import (AllReduceAlgorithm, AllToAllAlgorithm, CrossRail, FlowSolver, NetworkModelKind,
                                  NetworkSpec)
+from moesim.spec.placement import MigrationMode, PlacementPolicyKind, PlacementSpec
 from moesim.spec.presets import MODEL_PRESETS
 from moesim.spec.routing import (CapacityScope, DropPolicy, GateKind, GateSpec, RoutingDistribution, RoutingSpec,
                                  TemporalModel)
@@ -44,9 +45,24 @@ def parse_scenario(root: Section, default_name: str, base_dir: Path) -> Scenario
     gate = _gate(root.section("gate", None))
     simulation = _simulation(root.section("simulation", None))
     network = _network(root.section("network", None))
+    placement = _placement(root.section("placement", None))
     root.finish()
-    return build("", Scenario, name=name, cluster=cluster, model=model, training=training, layout=layout,
-                 routing=routing, simulation=simulation, gate=gate, network=network)
+    scenario = build("", Scenario, name=name, cluster=cluster, model=model, training=training, layout=layout,
+                     routing=routing, simulation=simulation, gate=gate, network=network, placement=placement)
+    _check_placement(scenario)
+    return scenario
+
+
+def _check_placement(sc: Scenario) -> None:
+    """Some policy parameters are only valid for a cluster (EPLB's replica count must fill whole ranks):
+    build the policy once so that the error names the key now, not in the middle of a run."""
+    from moesim.placement.context import placement_context  # noqa: PLC0415
+    from moesim.placement.registry import make_policy  # noqa: PLC0415
+
+    try:
+        make_policy(sc.placement, placement_context(sc, 0)).initial()
+    except SpecError as err:
+        raise SpecError(f"placement.{sc.placement.policy.value}.{err.key}", err.value, err.expected) from None
 
 
 def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:
@@ -141,14 +157,31 @@ def _routing(sec: Section, base_dir: Path) -> RoutingSpec:
         fields["seed"] = sec.int_("seed", min_value=0)
     if sec.has("trace") and sec.has("fit_from"):  # before loading either: both can be large
         raise SpecError(sec.key_path("fit_from"), sec.raw("fit_from"), "either trace (replay) or fit_from, not both")
+    if sec.has("trace_layers") and not sec.has("trace"):
+        raise SpecError(sec.key_path("trace_layers"), sec.raw("trace_layers"), "only together with trace")
     if sec.has("trace"):
         ref = sec.str_("trace")
-        fields.update(distribution=RoutingDistribution.TRACE, trace=_load_trace(sec, "trace", ref, base_dir),
-                      trace_ref=ref)
+        trace = _load_trace(sec, "trace", ref, base_dir)
+        if sec.has("trace_layers"):
+            trace = _select_layers(sec, trace)
+        fields.update(distribution=RoutingDistribution.TRACE, trace=trace, trace_ref=ref)
     if sec.has("fit_from"):
         fields.update(_fitted(sec, base_dir))
     sec.finish()
     return build("routing", RoutingSpec, **fields)
+
+
+def _select_layers(sec: Section, trace):
+    """routing.trace_layers: replay only these trace layers (in this order), e.g. [6] for SmartMoE's Figure 13."""
+    layers = sec.raw("trace_layers")
+    expected = f"a non-empty list of distinct trace layer indices in [0, {trace.num_layers - 1}]"
+    ok = isinstance(layers, list) and layers and all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x < trace.num_layers for x in layers) \
+        and len(set(layers)) == len(layers)
+    if not ok:
+        raise SpecError(sec.key_path("trace_layers"), layers, expected)
+    return dataclasses.replace(trace, counts=trace.counts[:, layers],
+                               source=f"{trace.source}, layers {', '.join(map(str, layers))}")
 
 
 def _load_trace(sec: Section, key: str, ref: str, base_dir: Path):
@@ -199,6 +232,46 @@ def _network(sec: Section) -> NetworkSpec:
         ("all_to_all", AllToAllAlgorithm), ("all_reduce", AllReduceAlgorithm)) if sec.has(key)}
     sec.finish()
     return build("network", NetworkSpec, **fields)
+
+
+def _placement(sec: Section) -> PlacementSpec:
+    """`policy` picks the policy; `slots_per_gpu` and `migration` are common. Each policy's parameters live in
+    a sub-section named after it (`smartmoe: {freq: 10}`), typed by the fields of its dataclass in
+    moesim/placement/. Every sub-section given is checked, so a sweep over `policy` can carry them all."""
+    from moesim.placement.registry import POLICIES  # noqa: PLC0415 - keeps the spec layer free of policies
+
+    kind = sec.enum_("policy", PlacementPolicyKind, PlacementPolicyKind.STATIC)
+    fields: dict = {"policy": kind}
+    if sec.has("slots_per_gpu"):
+        fields["slots_per_gpu"] = None if sec.raw("slots_per_gpu") is None else \
+            sec.int_("slots_per_gpu", min_value=1, unit="expert slots per EP rank")
+    if sec.has("migration"):
+        fields["migration"] = sec.enum_("migration", MigrationMode)
+    for other, (params_cls, _) in POLICIES.items():
+        if sec.has(other.value) or other is kind:
+            params = _policy_params(sec.section(other.value, None), params_cls)
+            if other is kind:
+                fields["params"] = params
+    sec.finish()
+    return build("placement", PlacementSpec, **fields)
+
+
+def _policy_params(sec: Section, params_cls):
+    values = {}
+    for f in dataclasses.fields(params_cls):
+        if not sec.has(f.name):
+            continue
+        kind_of = str(f.type)
+        if "None" in kind_of and sec.raw(f.name) is None:
+            values[f.name] = None
+        elif kind_of.startswith("bool"):
+            values[f.name] = sec.bool_(f.name)
+        elif kind_of.startswith("int"):
+            values[f.name] = sec.int_(f.name)
+        else:
+            values[f.name] = sec.float_(f.name)
+    sec.finish()
+    return build(sec.path, params_cls, **values)
 
 
 def _simulation(sec: Section) -> SimulationSpec:

@@ -15,11 +15,19 @@ from moesim.spec.scenario import Scenario
 MAX_POINTS = 1000
 
 
-def load_scenarios(path: str | Path) -> tuple[list[str], list[tuple[dict, Scenario]]]:
-    """(swept key paths, [(values by key path, scenario)]); a file without `sweep` gives one point."""
+def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[str], list[tuple[dict, Scenario]]]:
+    """(swept key paths, [(values by key path, scenario)]); a file without `sweep` gives one point.
+    `trace` (from the command line) replaces the routing with the replay of that trace and drops swept
+    routing keys; the file's `routing.trace_layers` is kept."""
     path = Path(path)
     data = read_yaml_mapping(path, "scenario")
     sweep = data.pop("sweep", None)
+    if trace is not None:
+        old = data.get("routing") if isinstance(data.get("routing"), dict) else {}
+        data["routing"] = {"trace": str(Path(trace).resolve()),
+                           **({"trace_layers": old["trace_layers"]} if "trace_layers" in old else {})}
+        if isinstance(sweep, dict):
+            sweep = {k: v for k, v in sweep.items() if not str(k).startswith("routing.")} or None
     try:
         keys, grid = _grid(sweep)
         points = []

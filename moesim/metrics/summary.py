@@ -48,6 +48,17 @@ def network_usage(result: SimResult) -> dict:
     return out
 
 
+def placement_summary(result: SimResult) -> dict:
+    sc, ev = result.scenario, result.placement_events
+    stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
+    per_step = stats.groupby("step")["gpu_max_over_mean"].mean()
+    return {"policy": sc.placement.policy.value, "slots_per_gpu": sc.placement.slots_per_gpu,
+            "migration": sc.placement.migration.value, "changes": int(len(ev)),
+            "moved_slots": int(ev["moved_slots"].sum()), "migration_bytes": float(ev["migration_bytes"].sum()),
+            "migration_s": float(ev["migration_s"].sum()),
+            "balance_ratio_mean": float(per_step.mean()), "balance_ratio_p95": float(np.percentile(per_step, 95))}
+
+
 def summarize(result: SimResult) -> dict:
     sc = result.scenario
     measured = result.step_times_s[result.measured_steps]
@@ -88,6 +99,7 @@ def summarize(result: SimResult) -> dict:
         "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),
         "all_to_all_bytes_per_step": float(a2a["bytes"].sum() / len(measured)),
         "network": network_usage(result),
+        "placement": placement_summary(result),
         "step_times_s": [float(x) for x in measured],
         "per_layer": [{"layer": int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS}}
                       for layer, row in per_layer.iterrows()],

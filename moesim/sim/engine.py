@@ -77,12 +77,24 @@ def one_f_one_b(stage: int, num_stages: int, num_micro_batches: int) -> list[tup
 
 
 @dataclass
+class PlacementWork:
+    """This step's placement costs (seconds): blocking work at the start of the step, per stage; the time after
+    the step start when an overlapped migration has delivered a layer's experts; per-stage replica syncs."""
+
+    migration_s: np.ndarray  # [pp] blocking migrations of the stage's layers, one after another
+    shadow_s: np.ndarray  # [pp] shadow weight broadcast + gradient reduce
+    replica_sync_s: np.ndarray  # [pp]
+    layer_ready_s: dict[int, float]  # layer -> overlapped migration done
+
+
+@dataclass
 class StepContext:
     sc: Scenario
     static: StaticWork
     moe: dict[int, MoeLayerWork]  # global layer index -> this step's MoE work
     step: int
     log: RecordLog
+    placement: PlacementWork | None = None
 
 
 def simulate_step(ctx: StepContext, start_order: np.ndarray | None = None) -> float:
@@ -112,6 +124,10 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
     stage, q = divmod(rank, q_count)
     layers = range(stage * sc.layers_per_stage, (stage + 1) * sc.layers_per_stage)
     last = stage == lay.pp - 1
+    pw = ctx.placement
+    if pw is not None:
+        ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
+        yield from _compute(env, log, step, rank, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
     for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
         fwd = phase is Phase.FORWARD
         upstream = stage > 0 if fwd else not last
@@ -137,6 +153,9 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
     yield from _collective(env, rdv, log, step, rank, ("edp", stage, q % (lay.ep * lay.etp)), lay.edp,
                            float(st.dp_expert_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_EXPERT,
                            float(st.grad_bytes[stage, 1]))
+    if pw is not None and pw.replica_sync_s[stage] > 0:
+        yield from _compute(env, log, step, rank, -1, -1, Phase.STEP,
+                            ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
     yield from _compute(env, log, step, rank, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
     finish[rank] = env.now
 
@@ -175,6 +194,10 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, q:
     lay, log, step = ctx.sc.layout, ctx.log, ctx.step
     group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
     factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(ctx.sc.training.recompute)
+    ready = ctx.placement.layer_ready_s.get(layer, 0.0) if ctx.placement is not None else 0.0
+    if env.now < ready:  # an overlapped migration has not delivered this layer's experts yet
+        log.add(step, rank, mb, layer, phase, OpKind.MIGRATION, env.now, ready)
+        yield env.timeout(ready - env.now)
     nbytes = float(moe.sent_bytes[mb, q])
     yield from _collective(env, rdv, log, step, rank, ("dispatch", layer, mb, phase, group), lay.ep,
                            float(moe.dispatch_s[mb, q]), mb,

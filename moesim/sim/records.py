@@ -28,6 +28,9 @@ class OpKind(Enum):
     DP_SYNC_DENSE = "dp_sync_dense"  # gradient all-reduce of non-expert parameters over dp
     DP_SYNC_EXPERT = "dp_sync_expert"  # gradient all-reduce of expert parameters over edp
     OPTIMIZER = "optimizer"  # optimizer update (HBM-bound)
+    MIGRATION = "migration"  # moving re-placed experts (weights + optimizer state) or waiting for them
+    SHADOW = "shadow"  # broadcasting shadowed experts' weights and reducing their gradients (FasterMoE)
+    REPLICA_SYNC = "replica_sync"  # gradient all-reduce among the replicas of replicated experts
     IDLE = "idle"  # finished before the slowest rank of the step
 
 
@@ -41,10 +44,11 @@ BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.PP_WAIT: "pipeline_bubble",
     OpKind.DP_SYNC_DENSE: "dp_sync", OpKind.DP_SYNC_EXPERT: "dp_sync",
     OpKind.OPTIMIZER: "optimizer",
+    OpKind.MIGRATION: "placement", OpKind.SHADOW: "placement", OpKind.REPLICA_SYNC: "dp_sync",
     OpKind.IDLE: "idle",
 }
 BREAKDOWN_BUCKETS = ("compute", "all_to_all", "straggler_wait", "tensor_parallel", "pipeline_bubble", "dp_sync",
-                     "optimizer", "idle")
+                     "optimizer", "placement", "idle")
 
 RECORD_COLUMNS = ("step", "rank", "micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows",
                   "wait_s")

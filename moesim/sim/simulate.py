@@ -14,6 +14,7 @@ from moesim.network.model import CollectiveModel
 from moesim.routing.generators import SyntheticRouter
 from moesim.routing.replay import replay_loads
 from moesim.sim.engine import StepContext, simulate_step
+from moesim.sim.placement_driver import PlacementDriver
 from moesim.sim.records import RecordLog
 from moesim.sim.workload import MoeLayerWork, moe_layer_work, static_work
 from moesim.spec.scenario import Scenario
@@ -45,6 +46,7 @@ class SimResult:
     a2a_matrices: np.ndarray  # [moe layers, ep, ep] dispatch bytes of each layer's first EP group, mean per
     # micro-batch over the measured steps
     moe_layers: tuple[int, ...]
+    placement_events: pd.DataFrame  # one row per placement change (moesim.sim.placement_driver.EVENT_COLUMNS)
 
     @property
     def measured_steps(self) -> np.ndarray:
@@ -94,12 +96,13 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     worst_rows = np.zeros((total, lay.world_size))
     link_bytes = np.zeros((total, links.num_links))
     matrices = np.zeros((len(moe_layers), lay.ep, lay.ep))
+    driver = PlacementDriver(sc, moe_layers)
     for step in range(total):
-        loads = demand.step(step)  # [M, moe_layers, q, E]
+        loads, placements, placement_work = driver.step(step, demand.step(step))  # [M, moe_layers, q, E]
         work: dict[int, MoeLayerWork] = {}
         for i, layer in enumerate(moe_layers):
             stage = layer // sc.layers_per_stage
-            w = work[layer] = moe_layer_work(sc, net, links, loads[:, i], stage, gate_rng)
+            w = work[layer] = moe_layer_work(sc, net, links, loads[:, i], stage, gate_rng, placements[layer])
             ranks = lay.stage_ranks(stage)
             worst_rows[step, ranks] += w.expert_rows.max(axis=0)
             link_bytes[step] += 2.0 * w.link_bytes  # the backward pass moves the same bytes again
@@ -109,7 +112,8 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
             stats.append(pd.DataFrame({"step": step, "layer": layer, "micro_batch": np.arange(sc.num_micro_batches),
                                        **{k: getattr(w, k) for k in LAYER_STAT_COLUMNS[:7]}, **tiers}))
         order = order_rng.permutation(lay.world_size) if shuffle_start_order else None
-        step_times[step] = simulate_step(StepContext(sc, static, work, step, log), order)
+        step_times[step] = simulate_step(StepContext(sc, static, work, step, log,
+                                                     placement_work if driver.active else None), order)
     # Canonical order: by step and rank, each rank's records in program order. The order SimPy interleaves
     # processes in is then invisible, so summaries and files are byte-identical for any start order.
     records = log.to_frame().sort_values(["step", "rank"], kind="stable", ignore_index=True)
@@ -117,4 +121,5 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
     usage = LinkUsage(links.topology.link_tier, links.topology.link_capacity_bytes_per_s, link_bytes)
     return SimResult(sc, records, step_times, pd.concat(stats, ignore_index=True),
-                     peak_memory_per_rank(sc, rows_per_layer), usage, matrices, tuple(moe_layers))
+                     peak_memory_per_rank(sc, rows_per_layer), usage, matrices, tuple(moe_layers),
+                     driver.events_frame())

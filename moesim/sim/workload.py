@@ -13,6 +13,7 @@ import numpy as np
 from moesim.cost import compute as cc
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.flow import FlowNetwork
+from moesim.placement.base import EMPTY, Placement, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
@@ -75,25 +76,36 @@ def layer_costs(sc: Scenario) -> LayerCosts:
 
 
 def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads: np.ndarray, stage: int,
-                   gate_rng: np.random.Generator) -> MoeLayerWork:
+                   gate_rng: np.random.Generator, placement: Placement | None = None) -> MoeLayerWork:
     """loads [M, q, E]: assignments each local rank's router asks for, per expert, in this layer.
-    `net` times the all-to-alls; `links` accounts their bytes on the topology's links (whatever model times)."""
+    `net` times the all-to-alls; `links` accounts their bytes on the topology's links (whatever model times).
+    `placement` says which EP rank's slots hold which expert (None: contiguous expert parallelism); every EP
+    group of the stage holds the same placement."""
     lay, m = sc.layout, sc.model
     M, E = loads.shape[0], m.num_experts
-    e_loc = E // lay.ep
-    # the gate works per EP group: [M, edp, etp, ep_src, E]
+    place = placement if placement is not None else contiguous(E, lay.ep)
+    # the gate works per EP group and logical expert: [M, edp, etp, ep_src, E]
     groups = loads.reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)
     gate = apply_gate(groups, sc.gate, sc.tokens_routed_per_rank, m.top_k, gate_rng)
     sent = gate.sent.transpose(0, 1, 3, 2, 4)  # [M, edp, ep_src, etp, E]
-    lr = sent.reshape(M, lay.edp, lay.ep, lay.etp, lay.ep, e_loc)  # [..., ep_dst, e_loc]
-    recv = lr.sum(axis=2)  # [M, edp, etp, ep_dst, e_loc] rows each rank receives per local expert
-    # etp shards of an expert all compute the rows their etp group received
-    rows_per_expert = gate.computed.reshape(M, lay.edp, lay.etp, lay.ep, e_loc).sum(axis=2)  # [M, edp, ep, e_loc]
-    expert_s = cc.expert_time_s(rows_per_expert, m, sc.cluster.profile, sc.training.dtype, lay.etp)
-    padded = cc.padded_rows(rows_per_expert, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
+    split = place.split_matrix(E)  # [ep_src, E, ep_dst]: how each source spreads an expert's rows over replicas
+    to_rank = np.einsum("mdste,seg->mdstg", sent, split)  # [M, edp, ep_src, etp, ep_dst]
+    arriving = np.einsum("mdste,seg->mdteg", sent, split)  # [M, edp, etp, E, ep_dst]
+    # each replica computes its share of the expert's rows, capacity padding included (even when none arrive)
+    total = arriving.sum(-1, keepdims=True)
+    holders = place.holders(E)
+    even = holders / holders.sum(-1, keepdims=True)
+    share = np.where(total > 0, arriving / np.where(total > 0, total, 1.0), even)
+    # etp shards of an expert all compute the rows their etp group received: sum over etp
+    rows_eg = (gate.computed[..., None] * share).sum(axis=2)  # [M, edp, E, ep]
+    se = place.slot_expert
+    slot_rows = np.where(se == EMPTY, 0.0, rows_eg[..., np.maximum(se, 0), np.arange(lay.ep)[:, None]])  # [M,edp,G,S]
+    expert_s = cc.expert_time_s(slot_rows, m, sc.cluster.profile, sc.training.dtype, lay.etp)  # [M, edp, ep]
+    padded = cc.padded_rows(slot_rows, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
+    recv = to_rank.sum(axis=2)  # [M, edp, etp, ep_dst] rows each rank receives
 
     row_bytes = m.hidden_size * sc.training.dtype.bytes
-    matrix = lr.sum(axis=-1).transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
+    matrix = to_rank.transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
     back = groups.swapaxes(-1, -2)
@@ -114,7 +126,7 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     def per_micro_batch(x: np.ndarray) -> np.ndarray:  # [M, edp, etp] -> [M]
         return x.reshape(M, -1).sum(-1)
 
-    gpu_rows = rows_per_expert.sum(-1)  # [M, edp, ep]
+    gpu_rows = slot_rows.sum(-1)  # [M, edp, ep]
     expert_load = loads.sum(axis=1)  # [M, E]
     tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
@@ -123,13 +135,13 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         expert_fwd_s=per_rank(expert_s),
         expert_rows=per_rank(padded),
         sent_rows=sent.sum(-1).reshape(M, -1),
-        returned_rows=recv.sum(-1).transpose(0, 1, 3, 2).reshape(M, -1),
+        returned_rows=recv.transpose(0, 1, 3, 2).reshape(M, -1),
         sent_bytes=sent_bytes.transpose(0, 1, 3, 2).reshape(M, -1),
         expert_max_over_mean=expert_load.max(-1) / np.maximum(expert_load.mean(-1), 1e-12),
         gpu_max_over_mean=(gpu_rows.max(-1) / np.maximum(gpu_rows.mean(-1), 1e-12)).max(-1),
         dropped_fraction=per_micro_batch(gate.dropped) / (tokens * m.top_k),
         dropped_first_fraction=per_micro_batch(gate.dropped_first) / np.maximum(per_micro_batch(gate.first_choices), 1),
-        padding_fraction=per_micro_batch(gate.padding) / np.maximum(rows_per_expert.reshape(M, -1).sum(-1), 1),
+        padding_fraction=per_micro_batch(gate.padding) / np.maximum(slot_rows.reshape(M, -1).sum(-1), 1),
         unrouted_fraction=per_micro_batch(gate.unrouted_tokens) / tokens,
         a2a_bytes=sent_bytes.reshape(M, -1).sum(-1),
         a2a_tier_bytes=tier_bytes,

@@ -9,6 +9,7 @@ from moesim.spec.hardware import ClusterSpec
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import MoeModelSpec
 from moesim.spec.network import NetworkSpec
+from moesim.spec.placement import PlacementSpec
 from moesim.spec.routing import GateSpec, RoutingSpec
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import TrainingSpec
@@ -25,6 +26,7 @@ class Scenario:
     simulation: SimulationSpec
     gate: GateSpec = GateSpec()
     network: NetworkSpec = NetworkSpec()
+    placement: PlacementSpec = PlacementSpec()
 
     def __post_init__(self) -> None:
         lay, mod, tr = self.layout, self.model, self.training
@@ -45,6 +47,9 @@ class Scenario:
                 tr.global_batch_size, f"a multiple of layout.dp x training.micro_batch_size "
                 f"({lay.dp} x {tr.micro_batch_size} = {sequences_per_round}) sequences")
         self.cluster.profile.gpu.peak(tr.dtype)  # the GPU must have a peak for the training dtype
+        slots = self.placement.slots_per_gpu
+        require(slots is None or slots >= mod.num_experts // lay.ep, "placement.slots_per_gpu", slots,
+                f">= model.num_experts / layout.ep ({mod.num_experts // lay.ep}): every expert needs a slot")
         trace = self.routing.trace
         if trace is not None and trace.num_experts:  # the replay rule maps experts by whole multiples
             ok = mod.num_experts % trace.num_experts == 0 or trace.num_experts % mod.num_experts == 0

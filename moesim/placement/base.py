@@ -1,0 +1,198 @@
+"""Expert placement: which physical slot of which expert-parallel (EP) rank holds which logical expert, and how
+a source rank's tokens for an expert split among that expert's replicas.
+
+Shapes: G = EP ranks, S = slots per rank, E = logical experts, M = micro-batches.
+A policy sees the router's demand `loads [M, G_src, E]` (assignments from each source EP rank to each expert,
+one layer, one step, before capacity) and returns the placement that serves that step. Pure numpy, no SimPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+
+EMPTY = -1  # slot_expert value of an unused slot
+
+
+class ReplicaSplit(Enum):
+    EVEN = "even"  # every source splits an expert's tokens evenly over its replicas (EPLB, FlexMoE)
+    LOCAL = "local"  # a source holding a replica keeps its tokens on it; other sources split evenly (shadows)
+
+
+class PlacementError(ValueError):
+    """A placement that breaks an invariant: a policy bug, never user input."""
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """slot_expert [G, S]: logical expert in each slot (EMPTY if unused).
+    transient [G, S]: slots that hold a per-step copy (FasterMoE shadow): its weights are broadcast from the
+    owner and its gradients reduced back every step; it is never migrated. Persistent slots carry weights,
+    gradients and optimizer state, so moving one moves all of it."""
+
+    slot_expert: np.ndarray
+    transient: np.ndarray | None = None
+    split: ReplicaSplit = ReplicaSplit.EVEN
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        se = np.asarray(self.slot_expert, dtype=np.int64)
+        se.setflags(write=False)
+        object.__setattr__(self, "slot_expert", se)
+        tr = np.zeros(se.shape, bool) if self.transient is None else np.asarray(self.transient, bool)
+        tr.setflags(write=False)
+        object.__setattr__(self, "transient", tr)
+
+    @property
+    def num_ranks(self) -> int:
+        return self.slot_expert.shape[0]
+
+    @property
+    def slots_per_rank(self) -> int:
+        return self.slot_expert.shape[1]
+
+    def replicas(self, num_experts: int) -> np.ndarray:
+        """[E] number of slots holding each expert."""
+        se = self.slot_expert[self.slot_expert != EMPTY]
+        return np.bincount(se, minlength=num_experts)
+
+    def holders(self, num_experts: int) -> np.ndarray:
+        """[E, G] bool: rank g holds expert e in some slot."""
+        h = np.zeros((num_experts, self.num_ranks), bool)
+        g, s = np.nonzero(self.slot_expert != EMPTY)
+        h[self.slot_expert[g, s], g] = True
+        return h
+
+    def validate(self, num_experts: int, slots_per_rank: int | None = None) -> None:
+        """Every expert has a slot; no rank holds two replicas of one expert; slots within budget."""
+        se = self.slot_expert
+        if se.ndim != 2:
+            raise PlacementError(f"slot_expert must be [ranks, slots], got shape {se.shape}")
+        if slots_per_rank is not None and se.shape[1] > slots_per_rank:
+            raise PlacementError(f"{se.shape[1]} slots per rank exceeds the budget of {slots_per_rank}")
+        used = se[se != EMPTY]
+        if used.size and (used.min() < 0 or used.max() >= num_experts):
+            raise PlacementError(f"slot holds an expert outside 0..{num_experts - 1}")
+        missing = np.flatnonzero(self.replicas(num_experts) == 0)
+        if missing.size:
+            raise PlacementError(f"experts {missing.tolist()} have no slot")
+        for g in range(se.shape[0]):
+            row = se[g][se[g] != EMPTY]
+            if len(np.unique(row)) != len(row):
+                raise PlacementError(f"rank {g} holds two replicas of one expert: {row.tolist()}")
+
+    def split_matrix(self, num_experts: int) -> np.ndarray:
+        """[G_src, E, G] fraction of source g's tokens for expert e that go to rank g' (rows sum to 1)."""
+        key = ("split", num_experts)
+        if key not in self._cache:
+            h = self.holders(num_experts).astype(np.float64)  # [E, G]
+            even = h / np.maximum(h.sum(-1, keepdims=True), 1.0)
+            w = np.broadcast_to(even, (self.num_ranks, num_experts, self.num_ranks)).copy()
+            if self.split is ReplicaSplit.LOCAL:
+                own = h.T.astype(bool)  # [G_src, E]: the source itself holds e
+                src, e = np.nonzero(own)
+                w[src, e, :] = 0.0
+                w[src, e, src] = 1.0
+            w.setflags(write=False)
+            self._cache[key] = w
+        return self._cache[key]
+
+    def rank_rows(self, loads: np.ndarray) -> np.ndarray:
+        """loads [..., G_src, E] -> [..., G_src, G]: rows each source sends to each rank (tokens conserved)."""
+        return np.einsum("...se,seg->...sg", loads, self.split_matrix(loads.shape[-1]))
+
+    def slot_rows(self, loads: np.ndarray) -> np.ndarray:
+        """loads [..., G_src, E] -> [..., G, S]: rows each slot computes (empty slots compute nothing)."""
+        per_expert_rank = np.einsum("...se,seg->...eg", loads, self.split_matrix(loads.shape[-1]))  # [..., E, G]
+        se = self.slot_expert
+        g = np.broadcast_to(np.arange(self.num_ranks)[:, None], se.shape)
+        rows = per_expert_rank[..., np.where(se == EMPTY, 0, se), g]
+        return np.where(se == EMPTY, 0.0, rows)
+
+    def rank_load(self, loads: np.ndarray) -> np.ndarray:
+        """loads [..., G_src, E] -> [..., G] rows each rank computes."""
+        return self.slot_rows(loads).sum(-1)
+
+    def same_as(self, other: "Placement") -> bool:
+        return (self.slot_expert.shape == other.slot_expert.shape and np.array_equal(self.slot_expert, other.slot_expert)
+                and np.array_equal(self.transient, other.transient) and self.split is other.split)
+
+
+def contiguous(num_experts: int, num_ranks: int, slots_per_rank: int | None = None) -> Placement:
+    """The expert-parallel baseline: rank g holds experts g*E/G .. (g+1)*E/G - 1; extra slots stay empty."""
+    if num_experts % num_ranks:
+        raise PlacementError(f"{num_experts} experts do not divide over {num_ranks} ranks")
+    per = num_experts // num_ranks
+    slots = per if slots_per_rank is None else slots_per_rank
+    if slots < per:
+        raise PlacementError(f"{slots} slots per rank cannot hold {per} experts each")
+    se = np.full((num_ranks, slots), EMPTY)
+    se[:, :per] = np.arange(num_experts).reshape(num_ranks, per)
+    return Placement(se)
+
+
+def balance_ratio(rank_load: np.ndarray) -> np.ndarray:
+    """[..., G] -> [...]: max rank load / mean rank load (1 = perfectly balanced)."""
+    mean = rank_load.mean(-1)
+    return np.where(mean > 0, rank_load.max(-1) / np.where(mean > 0, mean, 1.0), 1.0)
+
+
+@dataclass(frozen=True)
+class PlacementContext:
+    """What a policy may know about one MoE layer's EP group and the hardware (all per EP rank)."""
+
+    num_experts: int
+    num_ranks: int  # G
+    slots_per_rank: int  # S >= E / G: the memory budget in expert slots
+    node_of_rank: np.ndarray  # [G] node index of each EP rank
+    bandwidth_bytes_per_s: np.ndarray  # [G, G] point-to-point bandwidth between EP ranks (diagonal: local copy)
+    row_bytes: float  # one dispatched row (hidden x dtype)
+    expert_weight_bytes: float  # one expert's weights on one rank (its etp shard)
+    expert_state_bytes: float  # weights + gradients + optimizer state: what moving a persistent replica carries
+    row_compute_s: float  # forward + backward compute of one row in one expert (3x forward)
+
+    @property
+    def experts_per_rank(self) -> int:
+        return self.num_experts // self.num_ranks
+
+
+def layer_time_s(ctx: PlacementContext, placement: Placement, loads: np.ndarray) -> float:
+    """A roofline model of one MoE layer's forward + backward for policies' decisions (the simulator itself
+    times everything properly): slowest rank's compute + 4 all-to-alls, each bound by the busiest sender's or
+    receiver's bytes over its slowest link. loads [M, G_src, E] or [G_src, E]; summed over micro-batches."""
+    loads = loads.reshape(-1, *loads.shape[-2:]).sum(0)
+    compute = placement.rank_load(loads).max() * ctx.row_compute_s
+    rows = placement.rank_rows(loads)  # [G_src, G]
+    off = ~np.eye(ctx.num_ranks, dtype=bool)
+    link_s = np.where(off, rows * ctx.row_bytes / ctx.bandwidth_bytes_per_s, 0.0)
+    a2a = max(link_s.sum(1).max(), link_s.sum(0).max())
+    return float(compute + 4.0 * a2a)
+
+
+def moved_slots(old: Placement, new: Placement) -> np.ndarray:
+    """[G, S] bool: persistent slots of `new` whose expert differs from what `old` held there (they must be
+    filled by a transfer). A slot that empties costs nothing."""
+    if old.slot_expert.shape != new.slot_expert.shape:
+        raise PlacementError("placements of different shapes")
+    changed = (old.slot_expert != new.slot_expert) & (new.slot_expert != EMPTY) & ~new.transient
+    return changed
+
+
+class PlacementPolicy(Protocol):
+    """One instance serves one MoE layer; it may keep state (history, the step of its last decision).
+
+    `place(step, loads, current)` is called once per step before the step runs, with this step's router demand
+    `loads [M, G_src, E]`. It returns the placement for this step (`current` itself when nothing changes).
+    Only policies that decide from the current gate output (FasterMoE shadows) may look at `loads`; history-
+    based policies must decide from earlier steps and then record `loads` for later decisions.
+    `route(loads, placement)` lets routing-side policies (TA-MoE, FasterMoE's topology gate) transform the
+    demand before the gate; others return it unchanged."""
+
+    def initial(self) -> Placement: ...
+
+    def place(self, step: int, loads: np.ndarray, current: Placement) -> Placement: ...
+
+    def route(self, loads: np.ndarray, placement: Placement) -> np.ndarray: ...

@@ -1,0 +1,95 @@
+"""Runs each MoE layer's placement policy online, step by step: routing-side transforms, placement decisions,
+and what they cost (migration, shadows, replica gradient sync). Pure numpy; the engine replays the costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moesim.placement import costs
+from moesim.placement.base import Placement, balance_ratio
+from moesim.placement.context import placement_context
+from moesim.placement.registry import make_policy
+from moesim.sim.engine import PlacementWork
+from moesim.spec.placement import MigrationMode, PlacementPolicyKind
+from moesim.spec.scenario import Scenario
+
+EVENT_COLUMNS = ("step", "layer", "moved_slots", "migration_bytes", "migration_s", "shadowed_experts",
+                 "max_replicas", "balance_before", "balance_after")
+
+
+def integer_rows(x: np.ndarray) -> np.ndarray:
+    """Round non-negative counts [..., E] to integers keeping each row's (integral) total: floor, then one more
+    to the largest remainders (ties to the lower index). Routing transforms return shares of whole tokens."""
+    x = np.asarray(x, dtype=np.float64)
+    if np.array_equal(x, np.floor(x)):
+        return x
+    base = np.floor(x)
+    short = np.rint(x.sum(-1) - base.sum(-1)).astype(np.int64)
+    order = np.argsort(-(x - base), axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(x.shape[-1])[None].repeat(int(np.prod(x.shape[:-1])), 0)
+                      .reshape(order.shape), axis=-1)
+    return base + (rank < short[..., None])
+
+
+class PlacementDriver:
+    """One policy instance per MoE layer; the layer's EP groups (over edp and etp) share its placement."""
+
+    def __init__(self, sc: Scenario, moe_layers: list[int]):
+        self.sc = sc
+        self.moe_layers = moe_layers
+        stages = sorted({layer // sc.layers_per_stage for layer in moe_layers})
+        self.contexts = {s: placement_context(sc, s) for s in stages}
+        self.policies = {layer: make_policy(sc.placement, self.contexts[layer // sc.layers_per_stage])
+                         for layer in moe_layers}
+        self.current: dict[int, Placement] = {layer: p.initial() for layer, p in self.policies.items()}
+        self.active = sc.placement.policy is not PlacementPolicyKind.STATIC
+        self.events: list[dict] = []
+        self._sync_cache: dict[int, float] = {}
+        tr = sc.training
+        self.grad_bytes = {s: c.expert_weight_bytes / tr.dtype.bytes * tr.grad_dtype.bytes
+                           for s, c in self.contexts.items()}
+
+    def step(self, step: int, loads: np.ndarray) -> tuple[np.ndarray, dict[int, Placement], PlacementWork]:
+        """loads [M, moe layers, q, E] -> (routed loads, placement per layer, this step's costs)."""
+        sc, lay = self.sc, self.sc.layout
+        M, _, q, E = loads.shape
+        pp = lay.pp
+        work = PlacementWork(np.zeros(pp), np.zeros(pp), np.zeros(pp), {})
+        routed_all = np.empty_like(loads, dtype=np.float64)
+        for i, layer in enumerate(self.moe_layers):
+            stage = layer // sc.layers_per_stage
+            ctx, policy, old = self.contexts[stage], self.policies[layer], self.current[layer]
+            # [M * edp * etp, ep, E]: every EP group's sources, as policies see one group
+            grouped = loads[:, i].reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)
+            routed = policy.route(grouped.reshape(-1, lay.ep, E), old)
+            routed = integer_rows(np.asarray(routed, dtype=np.float64)).reshape(grouped.shape)
+            routed_all[:, i] = routed.transpose(0, 1, 3, 2, 4).reshape(M, q, E)
+            ep_loads = routed.reshape(M, -1, lay.ep, E).sum(1)  # [M, ep, E]: the stage's demand per EP rank
+            new = policy.place(step, ep_loads, old)
+            if new is not old and not new.same_as(old):
+                mig = costs.migration(ctx, old, new)
+                if mig.moved_slots:
+                    total = ep_loads.sum(0)
+                    self.events.append({
+                        "step": step, "layer": layer, "moved_slots": mig.moved_slots,
+                        "migration_bytes": mig.bytes, "migration_s": mig.seconds,
+                        "shadowed_experts": int(len(np.unique(new.slot_expert[new.transient]))),
+                        "max_replicas": int(new.replicas(E).max()),
+                        "balance_before": float(balance_ratio(old.rank_load(total))),
+                        "balance_after": float(balance_ratio(new.rank_load(total)))})
+                    if sc.placement.migration is MigrationMode.BLOCKING:
+                        work.migration_s[stage] += mig.seconds
+                    else:
+                        work.layer_ready_s[layer] = mig.seconds
+            self.current[layer] = new
+            work.shadow_s[stage] += costs.shadow_s(ctx, new)
+            key = id(new)
+            if key not in self._sync_cache:  # replica sets change only when the placement does
+                self._sync_cache = {key: costs.replica_sync_s(ctx, new, self.grad_bytes[stage])}
+            work.replica_sync_s[stage] += self._sync_cache[key]
+        return routed_all, dict(self.current), work
+
+    def events_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.events, columns=list(EVENT_COLUMNS))
