@@ -160,10 +160,9 @@ class FlowNetwork(CollectiveTimes):
         k, G, n, _ = mats.shape
         inter, intra = self._split(mats.reshape(k * G, n, n), np.broadcast_to(ranks, (k, G, n)).reshape(k * G, n))
         o_nvl, o_nic = self.nvlink_peer_overhead_s, self.nic_peer_overhead_s
+        # node blocks [B, nodes, m, m] count per member of their node either way, so both reshape to [B, n]
         cost = [o_nvl * np.count_nonzero(intra, axis=ax).reshape(k * G, n)
                 + o_nic * np.count_nonzero(inter, axis=ax) for ax in (-1, -2)]
-        if intra.ndim == 4:  # node blocks: the receive counts of block (node i) are per member of node i
-            cost[1] = o_nvl * np.count_nonzero(intra, axis=-2).reshape(k * G, n) + o_nic * np.count_nonzero(inter, -2)
         return np.maximum(cost[0].max(-1), cost[1].max(-1)).reshape(k, G)
 
     # timing -------------------------------------------------------------------------------------------------
