@@ -158,3 +158,18 @@ def test_nvls_tree_all_reduce_closed_form_and_beats_the_ring_on_large_buffers():
     ring = flow(1).all_reduce_s(size, np.arange(8))
     # H100 nccl-tests: NVLS busbw ~480 GB/s against ~370 for rings (hardware.md 2.1): NVLS is faster in a node
     assert inside < ring
+
+
+def test_node_block_fast_path_equals_the_general_path():
+    """Node-contiguous groups take their intra-node bytes from diagonal blocks; listing the same members in a
+    shuffled order takes the general path. Both must time the same exchange identically."""
+    rng = np.random.default_rng(7)
+    net = flow(4, overhead=True)
+    ranks = np.arange(32)
+    perm = rng.permutation(32)
+    for _ in range(5):
+        m = rng.exponential(1e6, size=(32, 32)) * (rng.random((32, 32)) < 0.5)
+        shuffled = m[np.ix_(perm, perm)]
+        assert net.all_to_all_s(m, ranks) == pytest.approx(net.all_to_all_s(shuffled, ranks[perm]), rel=1e-12)
+        assert net.link_bytes(m[None], ranks[None]) == pytest.approx(
+            net.link_bytes(shuffled[None], ranks[perm][None]), rel=1e-12)
