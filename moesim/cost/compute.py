@@ -62,7 +62,17 @@ def op_time_s(flop: float | np.ndarray, peak_flop_per_s: float, curve: Efficienc
 def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
                   etp: int) -> np.ndarray:
     """Forward time of the routed experts on each rank. rows_per_expert [..., local_experts] holds the rows
-    each local expert computes; each expert's GEMMs are padded to the row tile. Returns [...] seconds."""
+    each local expert computes; each expert's GEMMs are padded to the row tile. Returns [...] seconds.
+    A calibrated profile's expert-kernel fit (nearest measured shape) replaces the datasheet efficiency curve:
+    each of the expert's GEMMs (ffn_matrices of them) pays the measured launch cost t0."""
+    fit = profile.calibration.expert_kernel(dtype, model.hidden_size, model.expert_ffn_size) \
+        if profile.calibration is not None else None
+    if fit is not None:  # measured: a per-expert launch cost plus tile-quantised work at the saturated efficiency
+        rows = padded_rows(rows_per_expert, fit.tile_rows)
+        flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
+        per_expert = np.where(rows > 0, fit.t0_s * model.activation.ffn_matrices
+                              + flop / (profile.gpu.peak(dtype) * fit.eff_max), 0.0)
+        return per_expert.sum(axis=-1)
     rows = padded_rows(rows_per_expert, profile.efficiency.tile_rows)
     flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
     per_expert = op_time_s(flop, profile.gpu.peak(dtype), profile.efficiency.matmul)

@@ -7,6 +7,7 @@ from typing import Mapping
 
 from moesim import units
 from moesim.io.strict import Section, build, finite_float, read_yaml_mapping
+from moesim.spec.calibration import Calibration, CollectiveCalibration, ExpertKernelCalibration
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import (ClusterProfile, ComputeEfficiency, Dtype, EfficiencyCurve, FabricSpec,
                                   GpuSpec, NodeSpec)
@@ -154,6 +155,77 @@ def _parse(root: Section) -> ClusterProfile:
     efficiency = build("compute", ComputeEfficiency, matmul=src.curve(c, "matmul_efficiency"),
                        attention=src.curve(c, "attention_efficiency"), tile_rows=tile_rows)
     c.finish()
+    calibration = _calibration(root.section("calibration")) if root.has("calibration") else None
     root.finish()
     return ClusterProfile(name=name, status=status, gpu=gpu, node=node, fabric=fabric, efficiency=efficiency,
-                          provenance=src.provenance)
+                          provenance=src.provenance, calibration=calibration)
+
+
+_CALIBRATED_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "all_to_all_skewed")
+_TIERS = ("intra_node", "inter_node")
+
+
+def _calibration(sec: Section) -> Calibration:
+    """The `calibration` section `moesim calibrate` writes: provenance, expert-kernel fits, collective fits and
+    size tables. Tables must be non-empty, sizes strictly increasing, every value finite and positive."""
+    prov = sec.raw("provenance")
+    if not isinstance(prov, Mapping) or not prov:
+        raise SpecError(sec.key_path("provenance"), prov, "a mapping: date, device, versions, hosts, ranks")
+    samples = sec.str_("samples", "")
+    kernels = []
+    raw_kernels = sec.raw("expert_kernels", [])
+    if not isinstance(raw_kernels, list):
+        raise SpecError(sec.key_path("expert_kernels"), raw_kernels, "a list of fitted expert GEMM shapes")
+    for i, item in enumerate(raw_kernels):
+        k = Section(item, sec.key_path(f"expert_kernels[{i}]"))
+        fields = dict(impl=k.str_("impl"), dtype=k.enum_("dtype", Dtype), hidden=k.int_("hidden", min_value=1),
+                      ffn=k.int_("ffn", min_value=1), t0_s=k.float_("t0_us", min_value=0.0, unit="us") * units.US,
+                      eff_max=k.float_("eff_max", min_value=1e-9, max_value=1.0, unit="(fraction)"),
+                      tile_rows=k.int_("tile_rows", min_value=1))
+        fields["table"] = _table_pairs(k, "table_rows", "[[rows per expert, efficiency], ...] with rows strictly "
+                                                        "increasing and efficiency in (0, 1]", max_second=1.0)
+        kernels.append(build(k.path, ExpertKernelCalibration, **fields))
+        k.float_("fit_rel_error", 0.0, min_value=0.0)  # a report of the fit's quality, not used by the model
+        k.finish()
+    collectives = []
+    coll = sec.section("collectives", None)
+    for tier in _TIERS:
+        if not coll.has(tier):
+            continue
+        tsec = coll.section(tier)
+        for op in _CALIBRATED_OPS:
+            if not tsec.has(op):
+                continue
+            o = tsec.section(op)
+            table = _table_pairs(o, "table", "[[bytes per rank, busbw GB/s], ...] with bytes strictly increasing "
+                                             "and busbw > 0", scale_second=units.GB_PER_S)
+            collectives.append(CollectiveCalibration(
+                op=op, tier=tier, ranks=o.int_("ranks", min_value=2),
+                alpha_s=o.float_("alpha_us", min_value=0.0, unit="us") * units.US,
+                bandwidth_bytes_per_s=o.float_("bandwidth_GBps", min_value=1e-9, unit="GB/s") * units.GB_PER_S,
+                table=table))
+            o.float_("fit_rel_error", 0.0, min_value=0.0)
+            o.finish()
+        tsec.finish()
+    coll.finish()
+    sec.finish()
+    return Calibration(provenance=dict(prov), samples=samples, expert_kernels=tuple(kernels),
+                       collectives=tuple(collectives))
+
+
+def _table_pairs(sec: Section, key: str, expected: str, scale_second: float = 1.0,
+                 max_second: float | None = None) -> tuple[tuple[float, float], ...]:
+    rows = sec.raw(key)
+    ok = isinstance(rows, list) and len(rows) > 0
+    pairs = []
+    for row in rows if ok else []:
+        good = isinstance(row, list) and len(row) == 2 and all(finite_float(x) is not None for x in row)
+        if not good or float(row[0]) <= 0 or float(row[1]) <= 0 or (max_second is not None and float(row[1]) > max_second):
+            ok = False
+            break
+        pairs.append((float(row[0]), float(row[1]) * scale_second))
+    if ok and any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+        ok = False  # sizes must increase: a shuffled or duplicated table means a broken calibration file
+    if not ok:
+        raise SpecError(sec.key_path(key), rows, expected)
+    return tuple(pairs)

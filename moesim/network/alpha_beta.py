@@ -5,6 +5,8 @@ uneven all-to-all the slowest member sets the time: per tier, max over members o
 Bandwidths are per GPU and one direction; a GPU's share of its node's NICs is nics*nic_bw/gpus_per_node.
 Inter-node bandwidth is divided by the spine oversubscription (every inter-node byte is charged as if it
 crossed the spine). The same per-peer issue cost as the flow model is added to all-to-alls.
+A calibrated profile's size tables (moesim calibrate) replace a tier's alpha + bytes / bandwidth with the
+measured busbw at that size (nccl-tests conventions), for all-to-all, all-reduce and all-gather.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ class AlphaBetaNetwork(CollectiveTimes):
         self.nic_latency_s = p.fabric.nic_latency_s
         self.nvlink_peer_overhead_s = p.node.nvlink_peer_overhead_s
         self.nic_peer_overhead_s = p.fabric.nic_peer_overhead_s
+        self.calibration = p.calibration
+
+    def _measured_s(self, op: str, tier: str, moved_bytes: np.ndarray, n: int, factor: float) -> np.ndarray | None:
+        """Time from a calibrated size table: moved_bytes = size x factor(n) (what crosses the tier), so
+        time = moved / busbw(size). None when the profile has no table for (op, tier)."""
+        cal = self.calibration.collective(op, tier) if self.calibration is not None else None
+        if cal is None or n < 2:
+            return None
+        moved = np.asarray(moved_bytes, dtype=np.float64)
+        size = moved / factor
+        bw = np.vectorize(cal.busbw_bytes_per_s, otypes=[float])(size)
+        return np.where(moved > 0, moved / bw, 0.0)
 
     def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
         m = np.asarray(matrices, dtype=np.float64)
@@ -41,6 +55,11 @@ class AlphaBetaNetwork(CollectiveTimes):
         inter_peak = np.maximum(inter.sum(-1), inter.sum(-2)).max(-1)
         t_nvl = np.where(intra_peak > 0, self.nvlink_latency_s + intra_peak / self.nvlink_bytes_per_s, 0.0)
         t_net = np.where(inter_peak > 0, self.nic_latency_s + inter_peak / self.nic_bytes_per_s, 0.0)
+        factor = (n - 1) / n if n > 1 else 1.0
+        measured = self._measured_s("all_to_all", "intra_node", intra_peak, n, factor)
+        t_nvl = t_nvl if measured is None else measured
+        measured = self._measured_s("all_to_all", "inter_node", inter_peak, n, factor)
+        t_net = t_net if measured is None else measured
         t = np.maximum(t_nvl, t_net)
         if peer_overhead:
             cost = np.where(same_node, self.nvlink_peer_overhead_s, self.nic_peer_overhead_s) * ((m > 0) & off_diag)
@@ -60,4 +79,11 @@ class AlphaBetaNetwork(CollectiveTimes):
         inter_bw = np.minimum(self.nvlink_bytes_per_s, members_per_node * self.nic_bytes_per_s)
         bw = np.where(spans_nodes, inter_bw, self.nvlink_bytes_per_s)
         alpha = np.where(spans_nodes, self.nic_latency_s, self.nvlink_latency_s)
-        return passes * (n - 1) * alpha + passes * (n - 1) / n * nbytes / bw
+        t = passes * (n - 1) * alpha + passes * (n - 1) / n * nbytes / bw
+        op = "all_reduce" if passes == 2 else "all_gather"
+        factor = passes * (n - 1) / n
+        for tier, rows in (("intra_node", ~spans_nodes), ("inter_node", spans_nodes)):
+            measured = self._measured_s(op, tier, np.full(len(ranks), factor * nbytes), n, factor)
+            if measured is not None:
+                t = np.where(rows, measured, t)
+        return t

@@ -76,6 +76,17 @@ def build_topology(cluster: ClusterSpec, nodes_per_leaf: int = NODES_PER_LEAF) -
     num_gpus = g * nodes
     nvl = p.node.nvlink_bandwidth_bytes_per_s * p.node.nvlink_efficiency
     nic = p.fabric.nic_bandwidth_bytes_per_s * p.fabric.nic_efficiency
+    nvl_latency, nic_latency = p.node.nvlink_latency_s, p.fabric.nic_latency_s
+    cal = p.calibration
+    # a calibrated all-to-all's large-message busbw is what one GPU's link sustains; its alpha the latency
+    intra = cal.collective("all_to_all", "intra_node") if cal is not None else None
+    inter = cal.collective("all_to_all", "inter_node") if cal is not None else None
+    if intra is not None:
+        nvl = intra.bandwidth_bytes_per_s * (intra.ranks - 1) / intra.ranks
+        nvl_latency = intra.alpha_s
+    if inter is not None:  # per GPU measured; a NIC serves gpus_per_node / nics_per_node GPUs
+        nic = inter.bandwidth_bytes_per_s * (inter.ranks - 1) / inter.ranks * g / n_nic
+        nic_latency = inter.alpha_s
     per_leaf = min(nodes_per_leaf, nodes)
     groups = -(-nodes // per_leaf)
     leaves = groups * (n_nic if p.fabric.rail_optimized else 1)
@@ -83,8 +94,7 @@ def build_topology(cluster: ClusterSpec, nodes_per_leaf: int = NODES_PER_LEAF) -
     uplink = nics_per_leaf * nic / p.fabric.oversubscription  # leaf-to-spine capacity, each direction
     capacity = np.concatenate([np.full(2 * num_gpus, nvl), np.full(2 * nodes * n_nic, nic), np.full(2 * leaves, uplink)])
     tier = np.concatenate([np.zeros(2 * num_gpus, int), np.ones(2 * nodes * n_nic, int), np.full(2 * leaves, 2)])
-    return Topology(num_gpus, g, n_nic, per_leaf, p.fabric.rail_optimized, capacity, tier, p.node.nvlink_latency_s,
-                    p.fabric.nic_latency_s)
+    return Topology(num_gpus, g, n_nic, per_leaf, p.fabric.rail_optimized, capacity, tier, nvl_latency, nic_latency)
 
 
 def paths(topo: Topology, src: np.ndarray, dst: np.ndarray, cross_rail: CrossRail = CrossRail.PXN) -> np.ndarray:

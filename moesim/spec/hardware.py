@@ -142,6 +142,7 @@ class ClusterProfile:
     fabric: FabricSpec
     efficiency: ComputeEfficiency
     provenance: dict[str, str] = field(default_factory=dict)
+    calibration: "Calibration | None" = None  # moesim.spec.calibration: fitted kernels and collectives
 
     @property
     def nic_bandwidth_per_gpu_bytes_per_s(self) -> float:

@@ -1,0 +1,136 @@
+"""Time expert GEMMs against tokens per expert (KERNEL_COLUMNS rows). torch (and triton on a GPU) load lazily.
+
+One sample = one grouped GEMM of E experts, x [E * m, hidden] @ W[e] [hidden, ffn] per expert's rows, for the
+mean tokens per expert m, with counts even or skewed (Zipf 1 across experts, same total). Implementations:
+- "triton": moesim.kernels.grouped_gemm (GPU only; the CPU interpreter times Python, not a kernel);
+- "torch_loop": one torch matmul per expert (the reference, and what CPU ranks run);
+- "torch_matmul": one dense matmul of the same useful FLOP: the ceiling a grouped GEMM can reach.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibration.samples import KERNEL_COLUMNS
+
+QUICK_TOKENS = (1, 8, 64, 256, 1024)
+FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    hidden: int
+    ffn: int
+    num_experts: int
+
+
+QUICK_SHAPES = (KernelShape(256, 512, 8),)
+
+
+def preset_shapes(max_hidden: int | None = None) -> tuple[KernelShape, ...]:
+    """The expert GEMM shapes of the model presets (hidden x expert FFN, 8 local experts)."""
+    from moesim.spec.presets import MODEL_PRESETS  # noqa: PLC0415
+
+    shapes = sorted({(m.hidden_size, m.expert_ffn_size) for m in MODEL_PRESETS.values()})
+    return tuple(KernelShape(h, f, 8) for h, f in shapes if max_hidden is None or h <= max_hidden)
+
+
+def token_counts(num_experts: int, mean_tokens: int, distribution: str) -> np.ndarray:
+    """[E] tokens per expert with the given mean: all equal, or Zipf(1) shares rounded to the same total."""
+    total = num_experts * mean_tokens
+    if distribution == "even":
+        return np.full(num_experts, mean_tokens, dtype=np.int64)
+    shares = 1.0 / np.arange(1, num_experts + 1)
+    raw = shares / shares.sum() * total
+    counts = np.floor(raw).astype(np.int64)
+    counts[np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]] += 1
+    return counts
+
+
+def _timer(device: str):
+    import torch  # noqa: PLC0415
+
+    if device.startswith("cuda"):
+        def timed(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+    else:
+        def timed(fn) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return timed
+
+
+def measure_kernels(shapes, tokens, dtype_name: str, device: str, repeats: int, warmup: int,
+                    impls: tuple[str, ...] | None = None, seed: int = 0) -> pd.DataFrame:
+    """KERNEL_COLUMNS rows for every shape x tokens-per-expert x distribution x implementation."""
+    import torch  # noqa: PLC0415
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    if impls is None:
+        impls = ("triton", "torch_loop", "torch_matmul") if device.startswith("cuda") else ("torch_loop", "torch_matmul")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    timed = _timer(device)
+    rows = []
+    for shape in shapes:
+        w = (torch.randn(shape.num_experts, shape.hidden, shape.ffn, generator=gen) / shape.hidden ** 0.5)
+        w = w.to(device=device, dtype=dtype)
+        for m in tokens:
+            for dist in ("even", "skewed"):
+                counts = token_counts(shape.num_experts, m, dist)
+                total = int(counts.sum())
+                x = torch.randn(total, shape.hidden, generator=gen).to(device=device, dtype=dtype)
+                flop = 2.0 * total * shape.hidden * shape.ffn
+                for impl in impls:
+                    if impl == "torch_matmul" and dist == "skewed":
+                        continue  # the dense ceiling does not depend on the split
+                    fn = _kernel(impl, x, w, counts)
+                    for _ in range(warmup):
+                        fn()
+                    times = np.array([timed(fn) for _ in range(repeats)])
+                    rows.append((impl, dtype_name, shape.hidden, shape.ffn, shape.num_experts, dist, m, flop,
+                                 float(np.median(times)), float(np.percentile(times, 10)),
+                                 float(np.percentile(times, 90)), repeats))
+    return pd.DataFrame(rows, columns=list(KERNEL_COLUMNS))
+
+
+def _kernel(impl: str, x, w, counts: np.ndarray):
+    import torch  # noqa: PLC0415
+
+    bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    if impl == "torch_loop":
+        def run():
+            for e in range(w.shape[0]):
+                if bounds[e + 1] > bounds[e]:
+                    torch.matmul(x[bounds[e]:bounds[e + 1]], w[e])
+        return run
+    if impl == "torch_matmul":
+        return lambda: torch.matmul(x, w[0])
+    if impl == "triton":
+        from moesim.kernels.grouped_gemm import grouped_gemm  # noqa: PLC0415
+
+        ids = torch.repeat_interleave(torch.arange(w.shape[0], device=x.device),
+                                      torch.as_tensor(counts, device=x.device))[:, None]
+        return lambda: grouped_gemm(x, w, ids)
+    raise ValueError(f"unknown kernel implementation {impl!r}")
+
+
+def measure_memory_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Copy bandwidth in bytes/s (read + write counted once each, as STREAM copy does)."""
+    import torch  # noqa: PLC0415
+
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    timed = _timer(device)
+    dst.copy_(src)
+    best = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2.0 * nbytes / best

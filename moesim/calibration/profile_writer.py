@@ -1,0 +1,131 @@
+"""Turn calibration samples into a hardware profile (the YAML `moesim.io.profile` reads), every number with its
+source. Pure pandas/numpy: the measuring happened elsewhere (moesim/calibration/kernels.py, collectives.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibration.fit import collective_tables, fit_expert_kernel
+from moesim.spec.errors import SpecError
+
+ROWS_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def _leaf(value, source: str) -> dict:
+    return {"value": value, "source": source}
+
+
+def kernel_peak_flop_per_s(kernels: pd.DataFrame, dtype: str) -> float:
+    """The fastest dense matmul measured (the ceiling a grouped GEMM can reach on this device)."""
+    dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)]
+    if dense.empty:
+        raise SpecError("kernels.torch_matmul", dtype, "torch_matmul samples of the calibrated dtype")
+    return float((dense["flop"] / dense["time_median_s"]).max())
+
+
+def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, provenance: dict,
+                  samples_dir: str, *, dtype: str, ranks_per_node: int, memory_bytes: float,
+                  memory_bandwidth_bytes_per_s: float, device: str, base: dict | None = None) -> dict:
+    """A profile document. Without `base` (a datasheet profile's document) every hardware number comes from
+    the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all. With
+    `base`, its datasheet peaks and fabric stay, and only the measured parts are replaced."""
+    when = f"moesim calibrate, {provenance.get('date', '?')}, {device}"
+    peak = kernel_peak_flop_per_s(kernels, dtype)
+    fits = collective_tables(collectives) if not collectives.empty else {}
+    intra = fits.get(("all_to_all", "intra_node"))
+    inter = fits.get(("all_to_all", "inter_node"))
+
+    kernel_entries, tile = [], 1
+    for (impl, kdtype, hidden, ffn), rows in kernels[kernels["impl"] != "torch_matmul"].groupby(
+            ["impl", "dtype", "hidden", "ffn"], sort=True):
+        if (kernels["impl"] == "triton").any() and impl != "triton":
+            continue  # on a GPU the simulator models the Triton kernel; the torch loop is only the reference
+        tile_rows = 64 if impl == "triton" else 1  # Triton pads each expert to BLOCK_M; the torch loop does not
+        fit = fit_expert_kernel(rows, peak, tile_rows)
+        tile = tile_rows
+        kernel_entries.append({
+            "impl": str(impl), "dtype": str(kdtype), "hidden": int(hidden), "ffn": int(ffn),
+            "t0_us": round(fit.t0_s * 1e6, 4), "eff_max": round(min(fit.eff_max, 1.0), 6), "tile_rows": tile_rows,
+            "fit_rel_error": round(fit.rel_error, 4),
+            "table_rows": [[m, round(min(e, 1.0), 6)] for m, e in fit.efficiency_table(ROWS_GRID)]})
+
+    dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)].copy()
+    dense["gflop"] = dense["flop"] / 1e9
+    dense["eff"] = dense["flop"] / dense["time_median_s"] / peak
+    curve = dense.groupby("gflop", sort=True)["eff"].max()
+    matmul_table = [[float(g), round(float(min(max(e, 1e-6), 1.0)), 6)] for g, e in curve.items()]
+
+    doc: dict = base.copy() if base else {}
+    doc.update({"schema_version": 1, "name": name, "status": f"calibrated: {when}",
+                "description": f"measured by moesim calibrate on {device}"})
+    if base is None:
+        nvl_GBps = intra.bus_bandwidth_bytes_per_s / 1e9 if intra else None
+        if nvl_GBps is None:
+            raise SpecError("collectives", "no intra-node all-to-all", "a calibration with >= 2 ranks on one host")
+        doc["gpu"] = {"name": device,
+                      "peak_dense_TFLOPs": {dtype: _leaf(round(peak / 1e12, 9), f"{when}: fastest torch matmul")},
+                      "hbm_GB": _leaf(round(memory_bytes / 1e9, 3), f"{when}: host memory / ranks per host"),
+                      "hbm_bandwidth_GBps": _leaf(round(memory_bandwidth_bytes_per_s / 1e9, 3),
+                                                  f"{when}: tensor copy bandwidth (read + write)")}
+        src_intra = f"{when}: intra-node all_to_all, {intra.ranks} ranks (alpha-beta fit, busbw)"
+        doc["node"] = {"gpus_per_node": _leaf(ranks_per_node, f"{when}: ranks per host"),
+                       "nvlink_GBps": _leaf(round(nvl_GBps, 6), src_intra),
+                       "nvlink_latency_us": _leaf(round(intra.alpha_beta.alpha_s * 1e6, 3), src_intra),
+                       "nvlink_efficiency": _leaf(1.0, "measured bandwidth is already effective"),
+                       "nvlink_peer_overhead_us": _leaf(0.0, "contained in the measured all-to-all latency")}
+        if inter is not None:
+            src_inter = f"{when}: inter-node all_to_all, {inter.ranks} ranks (alpha-beta fit, busbw)"
+            fabric = (round(inter.bus_bandwidth_bytes_per_s * 8 / 1e9, 6), round(inter.alpha_beta.alpha_s * 1e6, 3),
+                      src_inter)
+        else:
+            src_inter = ("single host: no inter-node tier was measured; the intra-node numbers are repeated so the "
+                         "profile loads. Do not simulate several nodes with this profile")
+            fabric = (round(nvl_GBps * 8, 6), round(intra.alpha_beta.alpha_s * 1e6, 3), src_inter)
+        doc["fabric"] = {"nics_per_node": _leaf(1, src_inter if inter is None else "one measured path per host"),
+                         "nic_Gbps": _leaf(fabric[0], fabric[2]), "nic_latency_us": _leaf(fabric[1], fabric[2]),
+                         "nic_efficiency": _leaf(1.0, "measured bandwidth is already effective"),
+                         "rail_optimized": _leaf(False, "not measured: one path per host assumed"),
+                         "oversubscription": _leaf(1.0, "not measured"),
+                         "nic_peer_overhead_us": _leaf(0.0, "contained in the measured all-to-all latency")}
+        doc["compute"] = {
+            "matmul_efficiency": {"table_GFLOP": matmul_table,
+                                  "source": f"{when}: torch matmul FLOP/s per size over the fastest"},
+            "attention_efficiency": _leaf(round(float(curve.iloc[-1]), 6) if len(curve) else 0.5,
+                                          "not measured: the largest dense matmul's efficiency"),
+            "expert_tile_rows": _leaf(int(tile), "the calibrated expert kernel's row tile")}
+    doc["calibration"] = {
+        "provenance": provenance, "samples": samples_dir, "expert_kernels": kernel_entries,
+        "collectives": _collectives_doc(fits)}
+    return doc
+
+
+def _collectives_doc(fits: dict) -> dict:
+    out: dict = {}
+    for (op, tier), fit in sorted(fits.items()):
+        if tier not in ("intra_node", "inter_node"):
+            continue
+        out.setdefault(tier, {})[op] = {
+            "ranks": fit.ranks, "alpha_us": round(fit.alpha_beta.alpha_s * 1e6, 4),
+            "bandwidth_GBps": round(fit.alpha_beta.bandwidth_bytes_per_s / 1e9, 6),  # asymptotic algbw
+            "fit_rel_error": round(fit.alpha_beta.rel_error, 4),
+            "table": [[int(b), round(float(v), 6)] for b, v in fit.table]}
+    return out
+
+
+def summarise_kernels(kernels: pd.DataFrame) -> pd.DataFrame:
+    """Per (impl, shape, tokens per expert, distribution): achieved TFLOP/s, for reports and benchmarks/."""
+    out = kernels.copy()
+    out["TFLOPs"] = out["flop"] / out["time_median_s"] / 1e12
+    return out[["impl", "dtype", "hidden", "ffn", "num_experts", "distribution", "tokens_per_expert", "TFLOPs"]]
+
+
+def to_yaml_ready(doc: dict) -> dict:
+    """numpy scalars -> Python, so yaml.safe_dump writes plain numbers."""
+    if isinstance(doc, dict):
+        return {k: to_yaml_ready(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [to_yaml_ready(v) for v in doc]
+    if isinstance(doc, np.generic):
+        return doc.item()
+    return doc
