@@ -34,6 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
+    cal = sub.add_parser("calibrate", help="measure this machine (or read cluster-kit samples) and write a profile")
+    cal.add_argument("--out", type=Path, required=True, help="profile to write, e.g. hw_profiles/NAME.yaml")
+    cal.add_argument("--quick", action="store_true", help="few sizes and repeats (about a minute on a CPU)")
+    cal.add_argument("--ranks", default="2,4", help="comma-separated rank counts for the collectives (default 2,4)")
+    cal.add_argument("--timeout", type=float, default=600.0, help="seconds before a rank counts as hung")
+    cal.add_argument("--from-samples", type=Path, help="build the profile from calibrate/run.py's samples directory")
+    cal.add_argument("--base", type=Path, help="with --from-samples: a datasheet profile for what was not measured")
+    cal.add_argument("--name", help="profile name (default: the file name)")
+    cal.add_argument("--force", action="store_true", help="replace an existing profile")
     _trace_parsers(sub.add_parser("trace", help="record, fit or import routing traces")
                    .add_subparsers(dest="trace_command", required=True, parser_class=_Parser))
     return p
@@ -130,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except SpecError as err:  # report the arguments given to main(), not the process's sys.argv
             raise SpecError(err.key, " ".join(argv), err.expected) from None
-        return {"run": _run, "validate": _validate, "list": _list, "trace": _trace}[args.command](args)
+        return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
+                "calibrate": _calibrate}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -140,6 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `moesim run ... | head`: the reader left; stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush cannot fail
         return 141
+
+
+def _calibrate(args) -> int:
+    from moesim.calibration.errors import CalibrationError  # noqa: PLC0415
+    from moesim.calibration.run import calibrate_local, profile_from_samples  # noqa: PLC0415
+
+    try:
+        if args.from_samples is not None:
+            profile_from_samples(args.from_samples, args.out, force=args.force, base=args.base, name=args.name)
+            return 0
+        try:
+            ranks = tuple(int(x) for x in args.ranks.split(","))
+        except ValueError:
+            raise SpecError("--ranks", args.ranks, "comma-separated integers >= 2, e.g. 2,4") from None
+        calibrate_local(args.out, quick=args.quick, ranks=ranks, force=args.force, timeout_s=args.timeout,
+                        name=args.name)
+    except CalibrationError as err:  # a rank died or hung: one line; samples already taken stay on disk
+        print(f"moesim: calibration failed: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _override(scenario, steps: int | None, seed: int | None):

@@ -31,14 +31,17 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
     the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all. With
     `base`, its datasheet peaks and fabric stay, and only the measured parts are replaced."""
     when = f"moesim calibrate, {provenance.get('date', '?')}, {device}"
-    peak = kernel_peak_flop_per_s(kernels, dtype)
+    if kernels.empty and base is None:
+        raise SpecError("kernels.csv", "no kernel samples", "kernel samples, or a datasheet base profile (--base)")
+    peak = kernel_peak_flop_per_s(kernels, dtype) if not kernels.empty else 0.0
     fits = collective_tables(collectives) if not collectives.empty else {}
     intra = fits.get(("all_to_all", "intra_node"))
     inter = fits.get(("all_to_all", "inter_node"))
 
     kernel_entries, tile = [], 1
-    for (impl, kdtype, hidden, ffn), rows in kernels[kernels["impl"] != "torch_matmul"].groupby(
-            ["impl", "dtype", "hidden", "ffn"], sort=True):
+    measured = kernels[kernels["impl"] != "torch_matmul"] if not kernels.empty else kernels
+    for (impl, kdtype, hidden, ffn), rows in (measured.groupby(["impl", "dtype", "hidden", "ffn"], sort=True)
+                                             if not measured.empty else []):
         if (kernels["impl"] == "triton").any() and impl != "triton":
             continue  # on a GPU the simulator models the Triton kernel; the torch loop is only the reference
         tile_rows = 64 if impl == "triton" else 1  # Triton pads each expert to BLOCK_M; the torch loop does not
@@ -50,16 +53,16 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
             "fit_rel_error": round(fit.rel_error, 4),
             "table_rows": [[m, round(min(e, 1.0), 6)] for m, e in fit.efficiency_table(ROWS_GRID)]})
 
-    dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)].copy()
-    dense["gflop"] = dense["flop"] / 1e9
-    dense["eff"] = dense["flop"] / dense["time_median_s"] / peak
-    curve = dense.groupby("gflop", sort=True)["eff"].max()
-    matmul_table = [[float(g), round(float(min(max(e, 1e-6), 1.0)), 6)] for g, e in curve.items()]
 
     doc: dict = base.copy() if base else {}
     doc.update({"schema_version": 1, "name": name, "status": f"calibrated: {when}",
                 "description": f"measured by moesim calibrate on {device}"})
     if base is None:
+        dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)].copy()
+        dense["gflop"] = dense["flop"] / 1e9
+        dense["eff"] = dense["flop"] / dense["time_median_s"] / peak
+        curve = dense.groupby("gflop", sort=True)["eff"].max()
+        matmul_table = [[float(g), round(float(min(max(e, 1e-6), 1.0)), 6)] for g, e in curve.items()]
         nvl_GBps = intra.bus_bandwidth_bytes_per_s / 1e9 if intra else None
         if nvl_GBps is None:
             raise SpecError("collectives", "no intra-node all-to-all", "a calibration with >= 2 ranks on one host")
@@ -128,4 +131,6 @@ def to_yaml_ready(doc: dict) -> dict:
         return [to_yaml_ready(v) for v in doc]
     if isinstance(doc, np.generic):
         return doc.item()
+    if isinstance(doc, str):
+        return str(doc)  # str subclasses such as torch's TorchVersion
     return doc

@@ -1,0 +1,61 @@
+"""`moesim calibrate --quick` on 2 gloo ranks writes a profile the simulator runs on; the cluster-kit path."""
+
+import dataclasses
+
+import pytest
+
+from moesim.cli import main
+from moesim.io.profile import PROFILE_DIR, load_profile
+from moesim.metrics.summary import summarize
+from moesim.sim.simulate import simulate
+from moesim.spec import ClusterSpec, ParallelLayout
+from moesim.spec.hardware import Dtype
+from moesim.spec.network import NetworkModelKind, NetworkSpec
+
+from helpers import scenario
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "cpu-ci.yaml"
+    assert main(["calibrate", "--quick", "--ranks", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
+    prof = load_profile(calibrated)
+    assert prof.status.startswith("calibrated") and prof.node.gpus_per_node == 2
+    cal = prof.calibration
+    assert cal.provenance["ranks"] == [2] and cal.provenance["torch"] and cal.provenance["date"]
+    assert cal.expert_kernels and cal.collective("all_to_all", "intra_node").ranks == 2
+    samples = calibrated.with_name("cpu-ci.samples")
+    assert (samples / "kernels.csv").is_file() and (samples / "collectives.csv").is_file()
+    assert prof.gpu.peak(Dtype.FP32) > 0
+
+
+@pytest.mark.parametrize("model", list(NetworkModelKind))
+def test_the_simulator_runs_on_the_calibrated_profile(calibrated, model):
+    sc = scenario(nodes=1, gpus_per_node=2, layout=ParallelLayout(tp=1, pp=1, dp=2, ep=2), steps=1)
+    sc = dataclasses.replace(sc, cluster=ClusterSpec(load_profile(calibrated), 1),
+                             training=dataclasses.replace(sc.training, dtype=Dtype.FP32),
+                             network=NetworkSpec(model=model))
+    s = summarize(simulate(sc))
+    assert s["step_time_s"] > 0 and s["breakdown_s"]["all_to_all"] > 0
+
+
+def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, tmp_path, capsys):
+    assert main(["calibrate", "--quick", "--ranks", "2", "--out", str(calibrated)]) == 2
+    assert "--force" in capsys.readouterr().err
+    rebuilt = tmp_path / "rebuilt.yaml"
+    samples = calibrated.with_name("cpu-ci.samples")
+    assert main(["calibrate", "--from-samples", str(samples), "--out", str(rebuilt)]) == 0
+    assert load_profile(rebuilt).calibration.collective("all_to_all", "intra_node") is not None
+    kit_run = samples / "ranks2"  # a cluster-kit style directory: collectives only, the rest from a datasheet
+    assert main(["calibrate", "--from-samples", str(kit_run), "--out", str(tmp_path / "kit.yaml")]) == 2
+    assert "--base" in capsys.readouterr().err
+    assert main(["calibrate", "--from-samples", str(kit_run), "--base", str(PROFILE_DIR / "dgx-h100.yaml"),
+                 "--out", str(tmp_path / "kit.yaml")]) == 0
+    kit = load_profile(tmp_path / "kit.yaml")
+    assert kit.gpu.peak(Dtype.BF16) > 900e12 and kit.calibration.collective("all_to_all", "intra_node")
+    assert main(["calibrate", "--from-samples", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.yaml")]) == 2
+    assert main(["calibrate", "--ranks", "1", "--out", str(tmp_path / "y.yaml")]) == 2
