@@ -41,13 +41,24 @@ TINY = {
                  "recompute": "none"},
     "layout": {"tp": 2, "pp": 1, "dp": 4, "ep": 4, "etp": 1},
     "routing": {"distribution": "zipf", "zipf_s": 1.0, "seed": 3},
+    "network": {"model": "flow", "solver": "bound", "cross_rail": "pxn", "all_to_all": "hierarchical",
+                "all_reduce": "ring"},
+    "placement": {"policy": "eplb", "slots_per_gpu": 2, "migration": "overlapped",
+                  "eplb": {"redundant_experts": 4, "period_steps": 1, "history_steps": 2},
+                  "smartmoe": {"freq": 2}, "fastermoe": {"max_shadows": None}},
     "simulation": {"steps": 1, "warmup_steps": 0, "seed": 0},
 }
 # The same, reading its hardware profile from profile.yaml next to it (the profile gets mutated too).
 TINY_OWN_PROFILE = copy.deepcopy(TINY)
 TINY_OWN_PROFILE["cluster"]["profile"] = "profile.yaml"
 
-BASES = [(QUICKSTART, None), (TINY, None), (TINY_OWN_PROFILE, H100)]
+# On the calibrated CPU profile (its `calibration` section gets mutated too): 2 hosts of 4 ranks, fp32.
+CPU_PROFILE = yaml.safe_load((ROOT / "hw_profiles" / "cpu-gloo-2c.yaml").read_text(encoding="utf-8"))
+TINY_CPU = copy.deepcopy(TINY_OWN_PROFILE)
+TINY_CPU["cluster"]["nodes"] = 2
+TINY_CPU["training"]["dtype"] = "fp32"
+
+BASES = [(QUICKSTART, None), (TINY, None), (TINY_OWN_PROFILE, H100), (TINY_CPU, CPU_PROFILE)]
 
 WORDS = sorted({
     # keys of every section, so inserts and replacements hit real names, and every enum value
@@ -61,6 +72,11 @@ WORDS = sorted({
     "fp32", "bf16", "fp16", "fp8", "fp64", "adam", "sgd", "none", "selective", "full", "balanced", "zipf",
     "pareto", "swiglu", "gelu", "relu", "mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "olmoe-1b-7b",
     "dgx-h100", "dgx-a100", "hgx-h200", "dgx-h1000",
+    "network", "solver", "cross_rail", "all_to_all", "all_reduce", "flow", "alpha_beta", "bound", "maxmin",
+    "pxn", "spine", "direct", "hierarchical", "ring", "nvls_tree", "placement", "policy", "slots_per_gpu",
+    "migration", "blocking", "overlapped", "static", "fastermoe", "smartmoe", "flexmoe", "ta_moe", "eplb",
+    "redundant_experts", "period_steps", "history_steps", "freq", "strength", "max_shadows", "calibration",
+    "collectives", "intra_node", "inter_node", "expert_kernels", "table", "table_rows", "alpha_us", "t0_us",
 })
 PATHS = ["profile.yaml", "missing.yaml", "a/b/c.yaml", "/", ".", "..", "x" * 300 + ".yaml", "../profile.yaml",
          str(ROOT / "hw_profiles" / "dgx-a100.yaml"), str(ROOT / "scenarios" / "quickstart.yaml"), "\x00.yaml"]
