@@ -3,6 +3,8 @@ source. Pure pandas/numpy: the measuring happened elsewhere (moesim/calibration/
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -38,6 +40,16 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
     intra = fits.get(("all_to_all", "intra_node"))
     inter = fits.get(("all_to_all", "inter_node"))
 
+    # the simulator divides by the PROFILE's peak: with a datasheet base, efficiencies measured against the
+    # fastest matmul here are rescaled to that peak (measured peak / datasheet peak)
+    profile_peak = peak
+    if base is not None and not kernels.empty:
+        leaf = base.get("gpu", {}).get("peak_dense_TFLOPs", {}).get(dtype)
+        if not isinstance(leaf, dict) or not leaf.get("value"):
+            raise SpecError("--base", f"no gpu.peak_dense_TFLOPs.{dtype}", f"a base profile with a {dtype} peak")
+        profile_peak = float(leaf["value"]) * 1e12
+    scale = peak / profile_peak if profile_peak else 1.0
+
     kernel_entries, tile = [], 1
     measured = kernels[kernels["impl"] != "torch_matmul"] if not kernels.empty else kernels
     for (impl, kdtype, hidden, ffn), rows in (measured.groupby(["impl", "dtype", "hidden", "ffn"], sort=True)
@@ -49,14 +61,17 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
         tile = tile_rows
         kernel_entries.append({
             "impl": str(impl), "dtype": str(kdtype), "hidden": int(hidden), "ffn": int(ffn),
-            "t0_us": round(fit.t0_s * 1e6, 4), "eff_max": round(min(fit.eff_max, 1.0), 6), "tile_rows": tile_rows,
-            "fit_rel_error": round(fit.rel_error, 4),
-            "table_rows": [[m, round(min(e, 1.0), 6)] for m, e in fit.efficiency_table(ROWS_GRID)]})
+            "t0_us": round(fit.t0_s * 1e6, 4), "eff_max": round(min(fit.eff_max * scale, 1.0), 6),
+            "tile_rows": tile_rows, "fit_rel_error": round(fit.rel_error, 4),
+            "table_rows": [[m, round(min(e * scale, 1.0), 6)] for m, e in fit.efficiency_table(ROWS_GRID)]})
 
 
-    doc: dict = base.copy() if base else {}
+    doc: dict = copy.deepcopy(base) if base else {}
     doc.update({"schema_version": 1, "name": name, "status": f"calibrated: {when}",
                 "description": f"measured by moesim calibrate on {device}"})
+    if base is not None and fits:  # measured all-to-all latencies already hold the per-peer issue cost
+        for section, key in (("node", "nvlink_peer_overhead_us"), ("fabric", "nic_peer_overhead_us")):
+            doc.setdefault(section, {})[key] = _leaf(0.0, "contained in the measured all-to-all latency")
     if base is None:
         dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)].copy()
         dense["gflop"] = dense["flop"] / 1e9
@@ -79,8 +94,9 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                        "nvlink_peer_overhead_us": _leaf(0.0, "contained in the measured all-to-all latency")}
         if inter is not None:
             src_inter = f"{when}: inter-node all_to_all, {inter.ranks} ranks (alpha-beta fit, busbw)"
-            fabric = (round(inter.bus_bandwidth_bytes_per_s * 8 / 1e9, 6), round(inter.alpha_beta.alpha_s * 1e6, 3),
-                      src_inter)
+            # every local rank's rail group ran at once: the node's one modelled NIC carries all of them
+            fabric = (round(inter.bus_bandwidth_bytes_per_s * ranks_per_node * 8 / 1e9, 6),
+                      round(inter.alpha_beta.alpha_s * 1e6, 3), src_inter)
         else:
             src_inter = ("single host: no inter-node tier was measured; the intra-node numbers are repeated so the "
                          "profile loads. Do not simulate several nodes with this profile")

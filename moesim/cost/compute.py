@@ -46,8 +46,10 @@ def lm_head_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
 
 
 def padded_rows(rows: np.ndarray, tile_rows: int) -> np.ndarray:
-    """Each expert's rows padded up to a multiple of the GEMM row tile (0 stays 0)."""
-    return -(-np.asarray(rows, dtype=np.int64) // tile_rows) * tile_rows
+    """Each expert's rows padded up to a multiple of the GEMM row tile (0 stays 0). Fractional rows (an even
+    split over replicas) round up first: a replica that gets any share computes at least one row."""
+    whole = np.ceil(np.asarray(rows, dtype=np.float64) - 1e-9).astype(np.int64)
+    return -(-whole // tile_rows) * tile_rows
 
 
 def op_time_s(flop: float | np.ndarray, peak_flop_per_s: float, curve: EfficiencyCurve) -> np.ndarray:
@@ -65,7 +67,7 @@ def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: Clu
     each local expert computes; each expert's GEMMs are padded to the row tile. Returns [...] seconds.
     A calibrated profile's expert-kernel fit (nearest measured shape) replaces the datasheet efficiency curve:
     each of the expert's GEMMs (ffn_matrices of them) pays the measured launch cost t0."""
-    fit = profile.calibration.expert_kernel(dtype, model.hidden_size, model.expert_ffn_size) \
+    fit = profile.calibration.expert_kernel(dtype, model.hidden_size, model.expert_ffn_size // etp) \
         if profile.calibration is not None else None
     if fit is not None:  # measured: a per-expert launch cost plus tile-quantised work at the saturated efficiency
         rows = padded_rows(rows_per_expert, fit.tile_rows)

@@ -62,7 +62,8 @@ def _check_placement(sc: Scenario) -> None:
     try:
         make_policy(sc.placement, placement_context(sc, 0)).initial()
     except SpecError as err:
-        raise SpecError(f"placement.{sc.placement.policy.value}.{err.key}", err.value, err.expected) from None
+        key = err.key if err.key.startswith("placement.") else f"placement.{sc.placement.policy.value}.{err.key}"
+        raise SpecError(key, err.value, err.expected) from None
 
 
 def _cluster(sec: Section, base_dir: Path) -> ClusterSpec:

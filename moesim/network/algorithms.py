@@ -74,7 +74,9 @@ def hierarchical_all_to_all(matrix: np.ndarray, ranks: np.ndarray, gpus_per_node
 def ring_step_matrix(ranks: np.ndarray, gpus_per_node: int) -> np.ndarray:
     """[G, n, n] fraction of the buffer each member sends in ONE step of a ring collective, with NCCL-style
     channels: a group with c members per node runs c rings at once, each on 1/c of the data, channel k leaving
-    every node from a different member (so each crossing uses a different NIC). Rows sum to 1/n."""
+    every node from a different member (so each crossing uses a different NIC). Crossings are rail-aligned as
+    NCCL's are: a node enters at the local rank the previous node left from (nodes alternate the direction they
+    walk their members), so only the closing hop of an odd number of nodes changes rail. Rows sum to 1/n."""
     ranks = np.asarray(ranks)
     G, n = ranks.shape
     out = np.zeros((G, n, n))
@@ -85,7 +87,11 @@ def ring_step_matrix(ranks: np.ndarray, gpus_per_node: int) -> np.ndarray:
         c = int(counts.min())
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         for k in range(c):
-            ring = np.concatenate([np.roll(order[s:s + cnt], -k) for s, cnt in zip(starts, counts)])
+            walks = []
+            for i, (s, cnt) in enumerate(zip(starts, counts)):
+                walk = np.roll(order[s:s + cnt], -k)  # enters at member k, leaves at member k - 1
+                walks.append(walk if i % 2 == 0 else walk[::-1])  # reversed: enters where the last node left
+            ring = np.concatenate(walks)
             out[g, ring, np.roll(ring, -1)] += 1.0 / (n * c)
     return out
 

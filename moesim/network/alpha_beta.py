@@ -39,9 +39,14 @@ class AlphaBetaNetwork(CollectiveTimes):
         if cal is None or n < 2:
             return None
         moved = np.asarray(moved_bytes, dtype=np.float64)
-        size = moved / factor
-        bw = np.vectorize(cal.busbw_bytes_per_s, otypes=[float])(size)
-        return np.where(moved > 0, moved / bw, 0.0)
+        t = np.vectorize(lambda m: cal.time_s(m / factor, factor), otypes=[float])(moved)
+        return np.where(moved > 0, t, 0.0)
+
+    def _ring_hop_latency_s(self, tier: str) -> float:
+        """The per-step latency the ring time holds: none when a measured table gives the whole time."""
+        if self.calibration is not None and self.calibration.collective("all_reduce", tier) is not None:
+            return 0.0
+        return self.nic_latency_s if tier == "inter_node" else self.nvlink_latency_s
 
     def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
         m = np.asarray(matrices, dtype=np.float64)

@@ -68,8 +68,13 @@ class CollectiveTimes:
         t_nvls = self._nvls_s(nbytes, m)
         # a tree per rail: the ring's bandwidth term with 2 log2(nodes) latency hops instead of 2 (nodes - 1)
         hops = 2.0 * np.ceil(np.log2(nodes))
-        t_tree = t_inter - 2.0 * (nodes - 1) * self.nic_latency_s + hops * self.nic_latency_s
+        hop_s = self._ring_hop_latency_s("inter_node")
+        t_tree = np.maximum(t_inter - (2.0 * (nodes - 1) - hops) * hop_s, 0.0)
         return (t_nvls + t_tree).reshape(lead)
+
+    def _ring_hop_latency_s(self, tier: str) -> float:
+        """The latency one ring step pays on this tier (a tree replaces 2(n-1) of them by 2 log2 n)."""
+        return self.nic_latency_s if tier == "inter_node" else self.nvlink_latency_s
 
     def _nvls_s(self, nbytes: float, members: int) -> float:
         """NVLink SHARP all-reduce among `members` GPUs of one node: each pushes its buffer into the switch and

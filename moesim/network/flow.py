@@ -37,6 +37,12 @@ class FlowNetwork(CollectiveTimes):
         self.nvlink_bytes_per_s = float(self.topology.link_capacity_bytes_per_s[0])  # link 0: GPU 0's NVLink out
         self.nvlink_latency_s = self.topology.nvlink_latency_s
         self.nic_latency_s = self.topology.nic_latency_s
+        # one ring step's latency: a calibrated all-reduce's alpha spread over its 2(n-1) steps, else the tier's
+        cal = cluster.profile.calibration
+        self._ring_latency_s = {}
+        for tier, default in (("intra_node", self.nvlink_latency_s), ("inter_node", self.nic_latency_s)):
+            fit = cal.collective("all_reduce", tier) if cal is not None else None
+            self._ring_latency_s[tier] = fit.alpha_s / (2 * (fit.ranks - 1)) if fit is not None else default
         # > 1e-12 batches completion events that fall within this relative time of each other (maxmin docs)
         self.reallocation_rtol = reallocation_rtol
         self._blocks: dict = {}
@@ -166,7 +172,11 @@ class FlowNetwork(CollectiveTimes):
         return np.maximum(cost[0].max(-1), cost[1].max(-1)).reshape(k, G)
 
     # timing -------------------------------------------------------------------------------------------------
-    def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
+    def _ring_hop_latency_s(self, tier: str) -> float:
+        return self._ring_latency_s[tier]
+
+    def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True,
+                  ring_step: bool = False) -> np.ndarray:
         m = np.asarray(matrices, dtype=np.float64)
         G, n = ranks.shape
         lead = m.shape[:-3]
@@ -183,8 +193,9 @@ class FlowNetwork(CollectiveTimes):
         else:
             drain = np.array([self._maxmin_groups(x, ranks) for x in flat]).reshape(k, G)
         inter_any, any_bytes = self._crossings(flat, ranks)
-        total = drain + np.where(inter_any, self.topology.nic_latency_s,
-                                 np.where(any_bytes, self.topology.nvlink_latency_s, 0.0))
+        nic_s, nvl_s = (self._ring_latency_s["inter_node"], self._ring_latency_s["intra_node"]) if ring_step \
+            else (self.topology.nic_latency_s, self.topology.nvlink_latency_s)
+        total = drain + np.where(inter_any, nic_s, np.where(any_bytes, nvl_s, 0.0))
         if peer_overhead and (self.nvlink_peer_overhead_s or self.nic_peer_overhead_s):
             total = total + self._peer_overhead_s(flat, ranks)
         return total.reshape(lead + (G,))
@@ -223,5 +234,6 @@ class FlowNetwork(CollectiveTimes):
         n = ranks.shape[-1]
         if n == 1 or nbytes <= 0:
             return np.zeros(len(ranks))
-        step_s = self._direct_s(nbytes * ring_step_matrix(ranks, self.gpus_per_node), ranks, peer_overhead=False)
+        step_s = self._direct_s(nbytes * ring_step_matrix(ranks, self.gpus_per_node), ranks, peer_overhead=False,
+                                ring_step=True)
         return passes * (n - 1) * step_s

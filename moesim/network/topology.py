@@ -112,7 +112,7 @@ def paths(topo: Topology, src: np.ndarray, dst: np.ndarray, cross_rail: CrossRai
     if topo.rail_optimized and cross_rail is CrossRail.PXN:
         # the proxy is the GPU on the source node whose NIC is the destination's rail
         proxy = s // g * g + (nic_d % topo.nics_per_node) * g // topo.nics_per_node
-        hop = proxy != s
+        hop = topo.nic_of(proxy) != topo.nic_of(s)  # a GPU sharing the rail's NIC needs no NVLink hop
         nic_s = topo.nic_of(proxy)
         cols = out[~same]
         cols[hop, 0] = topo.nvl_out(s[hop])

@@ -138,6 +138,10 @@ class FlexMoePolicy:
     current step's loads (so it never sees the step it places). No decision before any history exists."""
 
     def __init__(self, ctx: PlacementContext, params: FlexMoeParams | None = None):
+        # replicas need room: with exactly E/G slots nothing can be expanded and no replica exists to shrink
+        require(ctx.slots_per_rank > ctx.num_experts // ctx.num_ranks, "placement.slots_per_gpu",
+                ctx.slots_per_rank, f"more than experts / ep ({ctx.num_experts // ctx.num_ranks}) for flexmoe: its "
+                                    "replicas live in the spare slots")
         self.ctx = ctx
         self.params = params or FlexMoeParams()
         self._history: deque[np.ndarray] = deque(maxlen=self.params.history_steps)

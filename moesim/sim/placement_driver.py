@@ -46,7 +46,7 @@ class PlacementDriver:
         self.current: dict[int, Placement] = {layer: p.initial() for layer, p in self.policies.items()}
         self.active = sc.placement.policy is not PlacementPolicyKind.STATIC
         self.events: list[dict] = []
-        self._sync_cache: dict[int, float] = {}
+        self._sync_cache: dict[int, tuple[Placement, float]] = {}
         tr = sc.training
         self.grad_bytes = {s: c.expert_weight_bytes / tr.dtype.bytes * tr.grad_dtype.bytes
                            for s, c in self.contexts.items()}
@@ -57,6 +57,8 @@ class PlacementDriver:
         M, _, q, E = loads.shape
         pp = lay.pp
         work = PlacementWork(np.zeros(pp), np.zeros(pp), np.zeros(pp), {})
+        overlapped = sc.placement.migration is MigrationMode.OVERLAPPED
+        transferred_s = np.zeros(pp)  # per stage: overlapped transfers queued so far this step
         routed_all = np.empty_like(loads, dtype=np.float64)
         for i, layer in enumerate(self.moe_layers):
             stage = layer // sc.layers_per_stage
@@ -79,16 +81,19 @@ class PlacementDriver:
                         "max_replicas": int(new.replicas(E).max()),
                         "balance_before": float(balance_ratio(old.rank_load(total))),
                         "balance_after": float(balance_ratio(new.rank_load(total)))})
-                    if sc.placement.migration is MigrationMode.BLOCKING:
-                        work.migration_s[stage] += mig.seconds
+                    # a stage's transfers share its links: they run one after another in layer order, either
+                    # before the step (blocking) or beside compute, each layer waiting for its own (overlapped)
+                    if overlapped:
+                        transferred_s[stage] += mig.seconds
+                        work.layer_ready_s[layer] = float(transferred_s[stage])
                     else:
-                        work.layer_ready_s[layer] = mig.seconds
+                        work.migration_s[stage] += mig.seconds
             self.current[layer] = new
             work.shadow_s[stage] += costs.shadow_s(ctx, new)
-            key = id(new)
-            if key not in self._sync_cache:  # replica sets change only when the placement does
-                self._sync_cache = {key: costs.replica_sync_s(ctx, new, self.grad_bytes[stage])}
-            work.replica_sync_s[stage] += self._sync_cache[key]
+            cached = self._sync_cache.get(layer)
+            if cached is None or cached[0] is not new:  # replica sets change only when the placement does
+                cached = self._sync_cache[layer] = (new, costs.replica_sync_s(ctx, new, self.grad_bytes[stage]))
+            work.replica_sync_s[stage] += cached[1]
         return routed_all, dict(self.current), work
 
     def events_frame(self) -> pd.DataFrame:

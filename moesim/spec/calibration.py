@@ -35,6 +35,14 @@ class CollectiveCalibration:
     bandwidth_bytes_per_s: float
     table: tuple[tuple[float, float], ...]  # (bytes per rank, busbw bytes/s), bytes strictly increasing
 
+    def time_s(self, nbytes: float, factor: float) -> float:
+        """Seconds for a per-rank size of nbytes: size x factor / busbw(size) inside the measured range. Below
+        the smallest size the time measured there (latency-bound: smaller is not faster); above the largest,
+        the largest size's busbw."""
+        smallest = self.table[0][0]
+        size = max(nbytes, smallest)
+        return size * factor / self.busbw_bytes_per_s(size)
+
     def busbw_bytes_per_s(self, nbytes: float) -> float:
         """Log-size linear interpolation of the measured busbw, clamped at the measured ends."""
         sizes = np.log([b for b, _ in self.table])

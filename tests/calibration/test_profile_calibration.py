@@ -10,7 +10,7 @@ import yaml
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
 from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS, KERNEL_COLUMNS
 from moesim.cost.compute import expert_time_s
-from moesim.io.profile import load_profile
+from moesim.io.profile import PROFILE_DIR, load_profile
 from moesim.network import AlphaBetaNetwork, FlowNetwork
 from moesim.spec import ClusterSpec
 from moesim.spec.errors import SpecError
@@ -99,3 +99,35 @@ def test_broken_calibration_data_is_rejected_with_its_key(tmp_path, mutate, key)
     with pytest.raises(SpecError) as err:
         load_profile(path)
     assert err.value.key == key and str(path) in str(err.value)
+
+
+def test_calibrated_tables_never_give_negative_or_vanishing_times(tmp_path):
+    frames = pd.concat([collective_samples(), collective_samples().assign(tier="inter_node", ranks=4)])
+    doc = build_profile("cpu-test", kernel_samples(), frames, {"date": "2026-11-23", "device": "test"},
+                        "s", dtype="fp32", ranks_per_node=4, memory_bytes=4e9, memory_bandwidth_bytes_per_s=10e9,
+                        device="synthetic CPU")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(to_yaml_ready(doc)))
+    prof = load_profile(path)
+    from moesim.network import build_network
+    from moesim.spec.network import AllReduceAlgorithm, NetworkModelKind, NetworkSpec
+
+    for model in NetworkModelKind:
+        net = build_network(ClusterSpec(prof, 16), NetworkSpec(model=model, all_reduce=AllReduceAlgorithm.NVLS_TREE))
+        assert net.all_reduce_s(65536, np.arange(64)) > 0, model
+    ab = AlphaBetaNetwork(ClusterSpec(prof, 1))
+    tiny, smallest = (ab.all_to_all_s(np.full((4, 4), b / 4), np.arange(4)) for b in (64, 4096))
+    assert tiny == pytest.approx(smallest)  # below the table: the smallest size's (latency-bound) time
+
+
+def test_a_datasheet_base_keeps_its_peak_and_rescales_the_measured_efficiency():
+    base = yaml.safe_load((PROFILE_DIR / "dgx-h100.yaml").read_text())
+    doc = build_profile("mixed", kernel_samples().replace({"fp32": "bf16"}), collective_samples(),
+                        {"date": "2026-11-23"}, "s", dtype="bf16", ranks_per_node=4, memory_bytes=0.0,
+                        memory_bandwidth_bytes_per_s=0.0, device="test", base=base)
+    k = doc["calibration"]["expert_kernels"][0]
+    # efficiency x datasheet peak == measured efficiency x measured peak: the simulated GEMM takes as long
+    assert k["eff_max"] * 989.4e12 == pytest.approx(EFF * PEAK, rel=0.02)
+    assert doc["node"]["nvlink_peer_overhead_us"]["value"] == 0.0
+    assert doc["fabric"]["nic_peer_overhead_us"]["value"] == 0.0
+    assert base["node"]["nvlink_peer_overhead_us"]["value"] == 0.6  # the base document itself is untouched

@@ -104,11 +104,14 @@ def test_ring_channels_cross_nodes_on_every_nic():
     assert step.sum(-1) == pytest.approx(np.full(16, 1 / 16))
     crossings = step[:8, 8:]  # node 0 -> node 1 entries
     assert (crossings > 0).sum() == 8  # 8 channels, each leaves node 0 from a different GPU
+    src, dst = np.nonzero(crossings)
+    assert (src == dst).all()  # ... and enters node 1 on the same rail (local rank)
     net = flow(2)
     size = 1e9
     t = net.all_reduce_s(size, np.arange(16))
-    # each GPU's NVLink carries 1/16 of the buffer per step; each NIC 1/128: NVLink-bound here
-    per_step = max(size / 16 / NVL, size / 128 / NIC) + net.topology.nic_latency_s
+    # rail-aligned crossings need no NVLink hop: per step each GPU sends 1/128 of the buffer in each of its 8
+    # channels, 7 of them over NVLink and 1 over its own NIC: NIC-bound here
+    per_step = max(size * 7 / 128 / NVL, size / 128 / NIC) + net.topology.nic_latency_s
     assert t == pytest.approx(2 * 15 * per_step)
 
 

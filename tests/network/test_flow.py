@@ -115,3 +115,13 @@ def test_link_bound_never_exceeds_max_min_and_matches_it_on_balanced_traffic():
         assert bound.all_to_all_s(mat, np.arange(16)) <= exact.all_to_all_s(mat, np.arange(16)) * (1 + 1e-12)
     flat = np.full((16, 16), 1e6)
     assert bound.all_to_all_s(flat, np.arange(16)) == pytest.approx(exact.all_to_all_s(flat, np.arange(16)))
+
+
+def test_shared_nics_fast_path_equals_per_flow_paths():
+    """4 NICs for 8 GPUs: a GPU that shares the destination rail's NIC needs no NVLink hop on either path."""
+    rng = np.random.default_rng(5)
+    nw = net(4, solver=FlowSolver.BOUND, nics_per_node=4)
+    for _ in range(5):
+        ranks = np.arange(32)
+        mat = rng.exponential(1e6, size=(32, 32)) * (rng.random((32, 32)) < 0.7)
+        assert nw.all_to_all_s(mat, ranks) == pytest.approx(_paths_bound(nw, mat, ranks), rel=1e-12)

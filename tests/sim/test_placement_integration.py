@@ -97,6 +97,7 @@ def test_ta_moe_moves_dispatch_bytes_onto_nvlink():
     ({"slots_per_gpu": 3}, "placement.slots_per_gpu"),
     ({"policy": "hottest"}, "placement.policy"),
     ({"ta_moe": {"strength": 2}}, "placement.ta_moe.strength"),
+    ({"policy": "flexmoe", "slots_per_gpu": 4}, "placement.slots_per_gpu"),  # no spare slot for a replica
 ])
 def test_bad_placement_input_names_its_key(placement, key):
     doc = yaml.safe_load(DOC)
