@@ -84,18 +84,30 @@ class Placement:
             if len(np.unique(row)) != len(row):
                 raise PlacementError(f"rank {g} holds two replicas of one expert: {row.tolist()}")
 
-    def split_matrix(self, num_experts: int) -> np.ndarray:
-        """[G_src, E, G] fraction of source g's tokens for expert e that go to rank g' (rows sum to 1)."""
-        key = ("split", num_experts)
+    def even_matrix(self, num_experts: int) -> np.ndarray:
+        """[E, G] fraction of an expert's tokens each rank gets when split evenly over its replicas."""
+        key = ("even", num_experts)
         if key not in self._cache:
             h = self.holders(num_experts).astype(np.float64)  # [E, G]
             even = h / np.maximum(h.sum(-1, keepdims=True), 1.0)
-            w = np.broadcast_to(even, (self.num_ranks, num_experts, self.num_ranks)).copy()
-            if self.split is ReplicaSplit.LOCAL:
-                own = h.T.astype(bool)  # [G_src, E]: the source itself holds e
-                src, e = np.nonzero(own)
-                w[src, e, :] = 0.0
-                w[src, e, src] = 1.0
+            even.setflags(write=False)
+            self._cache[key] = even
+        return self._cache[key]
+
+    def split_matrix(self, num_experts: int) -> np.ndarray:
+        """[G_src, E, G] fraction of source g's tokens for expert e that go to rank g' (rows sum to 1). With an
+        EVEN split every source splits alike: a read-only broadcast view of even_matrix, no copy per source."""
+        even = self.even_matrix(num_experts)
+        shape = (self.num_ranks, num_experts, self.num_ranks)
+        if self.split is ReplicaSplit.EVEN:
+            return np.broadcast_to(even, shape)
+        key = ("local", num_experts)
+        if key not in self._cache:
+            w = np.broadcast_to(even, shape).copy()
+            own = self.holders(num_experts).T  # [G_src, E]: the source itself holds e
+            src, e = np.nonzero(own)
+            w[src, e, :] = 0.0
+            w[src, e, src] = 1.0
             w.setflags(write=False)
             self._cache[key] = w
         return self._cache[key]

@@ -59,15 +59,22 @@ class PlacementDriver:
         work = PlacementWork(np.zeros(pp), np.zeros(pp), np.zeros(pp), {})
         overlapped = sc.placement.migration is MigrationMode.OVERLAPPED
         transferred_s = np.zeros(pp)  # per stage: overlapped transfers queued so far this step
-        routed_all = np.empty_like(loads, dtype=np.float64)
+        routed_all = loads  # copied only if a routing-side policy changes something
+
         for i, layer in enumerate(self.moe_layers):
             stage = layer // sc.layers_per_stage
             ctx, policy, old = self.contexts[stage], self.policies[layer], self.current[layer]
             # [M * edp * etp, ep, E]: every EP group's sources, as policies see one group
             grouped = loads[:, i].reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)
-            routed = policy.route(grouped.reshape(-1, lay.ep, E), old)
-            routed = integer_rows(np.asarray(routed, dtype=np.float64)).reshape(grouped.shape)
-            routed_all[:, i] = routed.transpose(0, 1, 3, 2, 4).reshape(M, q, E)
+            flat = grouped.reshape(-1, lay.ep, E)
+            routed = policy.route(flat, old)
+            if routed is not flat:
+                routed = integer_rows(np.asarray(routed, dtype=np.float64)).reshape(grouped.shape)
+                if routed_all is loads:
+                    routed_all = loads.astype(np.float64)
+                routed_all[:, i] = routed.transpose(0, 1, 3, 2, 4).reshape(M, q, E)
+            else:
+                routed = grouped
             ep_loads = routed.reshape(M, -1, lay.ep, E).sum(1)  # [M, ep, E]: the stage's demand per EP rank
             new = policy.place(step, ep_loads, old)
             if new is not old and not new.same_as(old):

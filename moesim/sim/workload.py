@@ -13,7 +13,7 @@ import numpy as np
 from moesim.cost import compute as cc
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.flow import FlowNetwork
-from moesim.placement.base import EMPTY, Placement, contiguous
+from moesim.placement.base import EMPTY, Placement, ReplicaSplit, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
@@ -88,16 +88,20 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     groups = loads.reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)
     gate = apply_gate(groups, sc.gate, sc.tokens_routed_per_rank, m.top_k, gate_rng)
     sent = gate.sent.transpose(0, 1, 3, 2, 4)  # [M, edp, ep_src, etp, E]
-    split = place.split_matrix(E)  # [ep_src, E, ep_dst]: how each source spreads an expert's rows over replicas
-    to_rank = np.einsum("mdste,seg->mdstg", sent, split)  # [M, edp, ep_src, etp, ep_dst]
-    arriving = np.einsum("mdste,seg->mdteg", sent, split)  # [M, edp, etp, E, ep_dst]
-    # each replica computes its share of the expert's rows, capacity padding included (even when none arrive)
-    total = arriving.sum(-1, keepdims=True)
-    holders = place.holders(E)
-    even = holders / holders.sum(-1, keepdims=True)
-    share = np.where(total > 0, arriving / np.where(total > 0, total, 1.0), even)
-    # etp shards of an expert all compute the rows their etp group received: sum over etp
-    rows_eg = (gate.computed[..., None] * share).sum(axis=2)  # [M, edp, E, ep]
+    if place.split is ReplicaSplit.EVEN:  # every source splits alike: one [E, G] matrix, BLAS products
+        w = place.even_matrix(E)
+        to_rank = sent @ w  # [M, edp, ep_src, etp, ep_dst]
+        # each replica computes its share of the expert's rows, capacity padding included
+        rows_eg = (gate.computed[..., None] * w).sum(axis=2)  # [M, edp, E, ep]; etp shards compute them all
+    else:
+        split = place.split_matrix(E)  # [ep_src, E, ep_dst]: how each source spreads an expert's rows
+        to_rank = np.matmul(sent, split[None, None])  # [M, edp, ep_src, etp, ep_dst]
+        arriving = np.einsum("mdste,seg->mdteg", sent, split, optimize=True)  # [M, edp, etp, E, ep_dst]
+        total = arriving.sum(-1, keepdims=True)
+        holders = place.holders(E)
+        even = holders / holders.sum(-1, keepdims=True)
+        share = np.where(total > 0, arriving / np.where(total > 0, total, 1.0), even)
+        rows_eg = (gate.computed[..., None] * share).sum(axis=2)  # [M, edp, E, ep]
     se = place.slot_expert
     slot_rows = np.where(se == EMPTY, 0.0, rows_eg[..., np.maximum(se, 0), np.arange(lay.ep)[:, None]])  # [M,edp,G,S]
     expert_s = cc.expert_time_s(slot_rows, m, sc.cluster.profile, sc.training.dtype, lay.etp)  # [M, edp, ep]
