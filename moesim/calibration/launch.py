@@ -12,7 +12,6 @@ Each file but progress.csv is written to a temporary name and renamed, so a read
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -31,49 +30,19 @@ from moesim.calibration.collectives import (COLLECTIVE_OPS, ELEMENT_BYTES, ERROR
                                             discover_layout, discover_tiers, gather_hostnames,
                                             measure_collectives, measure_p2p_matrix, report_error)
 from moesim.calibration.errors import CalibrationError
+from moesim.io.results import write_json_atomic, write_parquet_atomic, write_text_atomic
 from moesim.spec.errors import SpecError
 
 DEFAULT_MASTER_PORT = 29500
 NO_ERROR_LINE = " (no error line: it exited without raising - os._exit, a signal, a start-up crash; see its stderr)"
 
 
-# ------------------------------------------------------------------------------------------- atomic writing
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file in the same directory and os.replace (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_samples_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """CSV (or Parquet when the name ends in .parquet) of `frame`, atomically."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    """CSV (or Parquet when the name ends in .parquet) of `frame`, atomically (moesim.io.results)."""
+    if Path(path).suffix == ".parquet":
+        write_parquet_atomic(path, frame)
     else:
-        _atomic_write_text(path, frame.to_csv(index=False))
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        write_text_atomic(path, frame.to_csv(index=False))
 
 
 # ------------------------------------------------------------------------------------------------ the worker
@@ -153,8 +122,8 @@ def measure_and_write(plan: SamplePlan) -> None:
     write_samples_atomic(collectives, out_dir / "collectives.csv")
     if p2p is not None:
         write_samples_atomic(p2p, out_dir / "p2p.csv")
-        write_json_atomic(discover_tiers(p2p), out_dir / "tiers.json")
-    write_json_atomic(meta, out_dir / "meta.json")
+        write_json_atomic(out_dir / "tiers.json", discover_tiers(p2p))
+    write_json_atomic(out_dir / "meta.json", meta)
 
 
 def calibration_worker(rank: int, world_size: int, plan: SamplePlan) -> None:

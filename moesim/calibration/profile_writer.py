@@ -132,13 +132,6 @@ def _collectives_doc(fits: dict) -> dict:
     return out
 
 
-def summarise_kernels(kernels: pd.DataFrame) -> pd.DataFrame:
-    """Per (impl, shape, tokens per expert, distribution): achieved TFLOP/s, for reports and benchmarks/."""
-    out = kernels.copy()
-    out["TFLOPs"] = out["flop"] / out["time_median_s"] / 1e12
-    return out[["impl", "dtype", "hidden", "ffn", "num_experts", "distribution", "tokens_per_expert", "TFLOPs"]]
-
-
 def to_yaml_ready(doc: dict) -> dict:
     """numpy scalars -> Python, so yaml.safe_dump writes plain numbers."""
     if isinstance(doc, dict):
