@@ -3,6 +3,8 @@ A model supplies `_direct_s` (a direct exchange of byte matrices among concurren
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from moesim.network.algorithms import hierarchical_all_to_all, hierarchical_groups
@@ -15,7 +17,7 @@ def groups_2d(ranks: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     return ranks.reshape(-1, ranks.shape[-1]), ranks.shape[:-1]
 
 
-class CollectiveTimes:
+class CollectiveTimes(ABC):
     """Implements moesim.network.model.CollectiveModel on top of the subclass's `_direct_s` and `_ring_s`."""
 
     spec: NetworkSpec
@@ -24,13 +26,13 @@ class CollectiveTimes:
     nvlink_latency_s: float
     nic_latency_s: float
 
+    @abstractmethod
     def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True) -> np.ndarray:
         """matrices [..., G, n, n], ranks [G, n] -> [..., G] seconds; the G groups share the network."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
         """ranks [G, n] -> [G]: `passes` rounds of n-1 ring steps over a buffer of nbytes."""
-        raise NotImplementedError
 
     def all_to_all_s(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         m = np.asarray(bytes_matrix, dtype=np.float64)
