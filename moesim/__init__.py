@@ -19,7 +19,7 @@ _EXPORTS = {
     "simulate": "moesim.sim.simulate",
     "SimResult": "moesim.sim.simulate",
     "summarize": "moesim.metrics.summary",
-    "write_run": "moesim.io.run_dir",
+    "write_run": "moesim.report.run_dir",
     "Scenario": "moesim.spec.scenario",
     "SpecError": "moesim.spec.errors",
 }

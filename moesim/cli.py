@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from moesim.io.results import WriteError
+from moesim.metrics.errors import ResultError
 from moesim.spec.errors import SpecError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +74,7 @@ def _trace_parsers(sub) -> None:
     fit.add_argument("trace", type=Path, help=".parquet, SmartMoE .npz, or a directory of SmartMoE logs")
     fit.add_argument("--top-k", type=int, help="experts per token, when the trace does not say")
     fit.add_argument("--csv", type=Path, help="also write the per-layer, per-family table here")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     imp = sub.add_parser("import", help="convert a SmartMoE .npz or raw-log directory to the moesim format")
     imp.add_argument("source", type=Path)
     imp.add_argument("--out", type=Path, required=True)
@@ -79,14 +85,19 @@ def _trace(args) -> int:
     return {"record": _trace_record, "fit": _trace_fit, "import": _trace_import}[args.trace_command](args)
 
 
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise SpecError("--out", str(path), "a file that does not exist yet, or pass --force to replace it")
+def _refuse_overwrite(path: Path, force: bool, flag: str = "--out") -> None:
+    """Before any work: a directory is never replaced by a file; an existing file only with --force."""
+    if path.is_dir():
+        raise SpecError(flag, str(path), "a file path, not a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise SpecError(flag, str(path), "a file that does not exist yet, or pass --force to replace it")
+    if not path.parent.is_dir():
+        raise SpecError(flag, str(path), "a file in an existing directory")
 
 
 def _trace_record(args) -> int:
     from moesim.io.traces import write_trace  # noqa: PLC0415
-    from moesim.routing.recorder import RecorderConfig, record_trace  # noqa: PLC0415
+    from moesim.calibration.trace_recorder import RecorderConfig, record_trace  # noqa: PLC0415
 
     _refuse_overwrite(args.out, args.force)
     fields = {field: getattr(args, flag.replace("-", "_")) for flag, (field, _) in _RECORD_FLAGS.items()
@@ -115,6 +126,8 @@ def _trace_fit(args) -> int:
     from moesim.io.traces import load_trace  # noqa: PLC0415
     from moesim.routing.fit import fit_trace  # noqa: PLC0415
 
+    if args.csv:
+        _refuse_overwrite(args.csv, args.force, "--csv")
     report = fit_trace(load_trace(args.trace), top_k=args.top_k)
     print(report.format())
     if args.csv:
@@ -139,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except SpecError as err:  # report the arguments given to main(), not the process's sys.argv
             raise SpecError(err.key, " ".join(argv), err.expected) from None
-        return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
-                "calibrate": _calibrate}[args.command](args)
+        with warnings.catch_warnings():  # libraries' warnings are not the user's business; errors are ours
+            warnings.simplefilter("ignore")
+            return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
+                    "calibrate": _calibrate}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (WriteError, ResultError) as err:  # the input was fine; the result could not be written or made
+        print(f"moesim: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)
         return 130
@@ -156,6 +174,8 @@ def _calibrate(args) -> int:
     from moesim.calibration.errors import CalibrationError  # noqa: PLC0415
     from moesim.calibration.run import calibrate_local, profile_from_samples  # noqa: PLC0415
 
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise SpecError("--timeout", args.timeout, "a finite number of seconds > 0")
     try:
         if args.from_samples is not None:
             profile_from_samples(args.from_samples, args.out, force=args.force, base=args.base, name=args.name)
@@ -187,7 +207,7 @@ def _override(scenario, steps: int | None, seed: int | None):
 
 
 def _run(args) -> int:
-    from moesim.io.results import prepare_out_dir  # noqa: PLC0415 - keep `moesim validate` light
+    from moesim.io.staged_dir import check_out_dir, default_run_dir  # noqa: PLC0415 - keep `validate` light
     from moesim.io.sweep import load_scenarios  # noqa: PLC0415
 
     if args.trace is not None and not (args.trace.is_file() or args.trace.is_dir()):
@@ -195,122 +215,74 @@ def _run(args) -> int:
     keys, points = load_scenarios(args.scenario, args.trace)
     points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
     base_name = points[0][1].name.split("[", 1)[0]
-    out = args.out or Path("runs") / base_name
+    out = args.out or default_run_dir(base_name)
     if not args.no_files:
-        prepare_out_dir(out, args.force)  # fail before simulating, not after
+        check_out_dir(out, args.force)  # refuse before simulating, not after
     if not keys:
-        return _run_one(points[0][1], out, args.no_files)
-    return _run_sweep(keys, points, out, args.no_files, base_name)
+        return _run_one(points[0][1], out, args)
+    return _run_sweep(keys, points, out, args, base_name)
 
 
-def _run_one(scenario, out: Path, no_files: bool) -> int:
-    from moesim.io.run_dir import write_run  # noqa: PLC0415
+def _simulate(scenario, label: str):
     from moesim.metrics.summary import summarize  # noqa: PLC0415
+    from moesim.report.progress import Progress  # noqa: PLC0415
     from moesim.sim.simulate import simulate  # noqa: PLC0415
 
+    result = simulate(scenario, progress=Progress(label, "steps"))
+    return result, summarize(result)
+
+
+def _run_one(scenario, out: Path, args) -> int:
+    from moesim.report.run_dir import write_run  # noqa: PLC0415
+    from moesim.report.text import format_summary  # noqa: PLC0415
+
     t0 = time.perf_counter()
-    result = simulate(scenario)
-    summary = summarize(result)
+    result, summary = _simulate(scenario, scenario.name)
     print(format_summary(summary, time.perf_counter() - t0))
-    if not no_files:
-        paths = write_run(out, result, summary, force=True)
+    if not args.no_files:
+        paths = write_run(out, result, summary, force=args.force)
         print(f"wrote {len(paths)} files to {out}/: " + ", ".join(p.name for p in paths))
     return 0
 
 
-SWEEP_COLUMNS = ("step_time_s", "step_time_p95_s", "step_time_p99_s", "tokens_per_s", "mfu", "dropped_fraction",
-                 "dropped_first_choice_fraction", "padding_fraction", "expert_load_max_over_mean",
-                 "gpu_load_max_over_mean", "peak_memory_bytes_max", "fits_in_memory")
-
-
-def _run_sweep(keys: list[str], points: list, out: Path, no_files: bool, name: str) -> int:
+def _run_sweep(keys: list[str], points: list, out: Path, args, name: str) -> int:
     import pandas as pd  # noqa: PLC0415
 
-    from moesim.io.results import write_figure_atomic, write_text_atomic  # noqa: PLC0415
-    from moesim.metrics.summary import summarize  # noqa: PLC0415
-    from moesim.sim.simulate import simulate  # noqa: PLC0415
-    from moesim.viz.sweep import sweep_figure  # noqa: PLC0415
+    from moesim.io.staged_dir import staged_dir  # noqa: PLC0415
+    from moesim.report.sweep import format_sweep_table, sweep_row, write_sweep_files  # noqa: PLC0415
 
-    rows = []
     t0 = time.perf_counter()
-    for values, scenario in points:
-        summary = summarize(simulate(scenario))
-        net = summary["network"]
-        rows.append({**values, **{k: summary[k] for k in SWEEP_COLUMNS},
-                     "all_to_all_s": summary["breakdown_s"]["all_to_all"],
-                     "balance_ratio": summary["placement"]["balance_ratio_mean"],
-                     "placement_changes": summary["placement"]["changes"],
-                     "migration_s": summary["placement"]["migration_s"],
-                     **{f"a2a_{t}_GB": net["a2a_bytes_per_step"][t] / 1e9 for t in ("nvlink", "nic", "spine")}})
+    rows = []
+    for i, (values, scenario) in enumerate(points):
+        rows.append(sweep_row(values, _simulate(scenario, f"point {i + 1}/{len(points)}")[1]))
     table = pd.DataFrame(rows)
-    shown = table.copy()
-    for key in keys:
-        shown[key] = shown[key].map(lambda v: "null" if v is None else v)
-    print(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(format_sweep_table(table, keys))
     print(f"{len(points)} points simulated in {time.perf_counter() - t0:.1f} s wall")
-    if not no_files:
-        csv = write_text_atomic(out / "sweep.csv", shown.to_csv(index=False, float_format="%.9g"))
-        fig = sweep_figure(table, keys[0], keys[1] if len(keys) > 1 else None, f"{name}: {len(points)} points")
-        png = write_figure_atomic(out / "sweep.png", fig)
-        print(f"wrote {csv} and {png}")
+    if not args.no_files:
+        with staged_dir(out, args.force) as staging:
+            names = [p.name for p in write_sweep_files(staging, table, keys, f"{name}: {len(points)} points")]
+        print(f"wrote {', '.join(str(out / n) for n in names)}")
     return 0
-
-
-def _network_line(net: dict) -> str:
-    gb = 1e9
-    tiers = "   ".join(f"{tier} {net['a2a_bytes_per_step'][tier] / gb:.2f} GB (links busy "
-                       f"{100 * net['a2a_link_utilisation'][tier]['mean']:.1f} % mean, "
-                       f"{100 * net['a2a_link_utilisation'][tier]['max']:.1f} % max)"
-                       for tier in ("nvlink", "nic", "spine") if net["a2a_bytes_per_step"][tier] > 0)
-    return (f"network         {net['model']}/{net['solver']}, {net['all_to_all']} all-to-all; "
-            f"all-to-all per step: {tiers or 'none'}")
-
-
-def _placement_line(p: dict) -> str:
-    slots = f", {p['slots_per_gpu']} slots per GPU" if p["slots_per_gpu"] else ""
-    return (f"placement       {p['policy']}{slots}: balance ratio (GPU max/mean) {p['balance_ratio_mean']:.2f} mean, "
-            f"{p['balance_ratio_p95']:.2f} p95; {p['changes']} changes, {p['moved_slots']} slots moved, "
-            f"{p['migration_s']:.3f} s of {p['migration']} migration")
-
-
-def format_summary(s: dict, wall_s: float) -> str:
-    lay = s["layout"]
-    gib = 2**30
-    lines = [
-        f"scenario        {s['scenario']}  ({s['gpus']} GPUs, tp={lay['tp']} pp={lay['pp']} dp={lay['dp']} "
-        f"ep={lay['ep']} etp={lay['etp']}; profile {s['profile']['name']}: {s['profile']['status']})",
-        f"step time       p50 {s['step_time_s']:.4f} s   p95 {s['step_time_p95_s']:.4f} s   "
-        f"p99 {s['step_time_p99_s']:.4f} s   ({s['measured_steps']} measured steps)",
-        f"throughput      {s['tokens_per_s']:,.0f} tokens/s   MFU {100 * s['mfu']:.1f} %",
-        f"routing         expert max/mean {s['expert_load_max_over_mean']:.2f}   "
-        f"GPU max/mean {s['gpu_load_max_over_mean']:.2f}",
-        f"gate            dropped {100 * s['dropped_fraction']:.2f} % of assignments "
-        f"({100 * s['dropped_first_choice_fraction']:.2f} % of first choices), "
-        f"padding {100 * s['padding_fraction']:.2f} % of expert rows"
-        + (f", {100 * s['unrouted_token_fraction']:.2f} % of tokens reach no expert"
-           if s["unrouted_token_fraction"] else ""),
-        f"memory          peak {s['peak_memory_bytes_max'] / gib:.1f} GiB of {s['hbm_bytes'] / gib:.1f} GiB"
-        + ("" if s["fits_in_memory"] else "   DOES NOT FIT"),
-        _network_line(s["network"]),
-        _placement_line(s["placement"]),
-        "breakdown (mean over ranks, s/step):",
-    ]
-    total = sum(s["breakdown_s"].values())
-    for bucket, sec in s["breakdown_s"].items():
-        lines.append(f"  {bucket:<16}{sec:10.4f}  {100 * sec / total if total else 0:5.1f} %")
-    lines.append(f"simulated in {wall_s:.2f} s wall")
-    return "\n".join(lines)
 
 
 def _validate(args) -> int:
+    """Check every file and report each; exit 2 when any is invalid."""
     from moesim.io.sweep import load_scenarios  # noqa: PLC0415
 
+    failed = 0
     for path in args.scenarios:
-        keys, points = load_scenarios(path)
+        try:
+            keys, points = load_scenarios(path)
+        except SpecError as err:
+            print(f"moesim: error: {err.one_line()}", file=sys.stderr)
+            failed += 1
+            continue
         sc = points[0][1]
         extra = f", a sweep of {len(points)} points over {', '.join(keys)}" if keys else ""
         print(f"{path}: ok ({sc.name.split('[', 1)[0]}: {sc.model.name} on {sc.layout.world_size} GPUs{extra})")
-    return 0
+    if failed and len(args.scenarios) > 1:
+        print(f"moesim: {failed} of {len(args.scenarios)} files invalid", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def _list(args) -> int:

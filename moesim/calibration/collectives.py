@@ -65,6 +65,7 @@ ALL_PAIRS_MAX_RANKS = 16  # above this many ranks the p2p matrix is sampled (p2p
 
 RANKS_PER_NODE_ENV = "MOESIM_RANKS_PER_NODE"
 ERROR_FILE_ENV = "MOESIM_CALIBRATION_ERROR_FILE"
+STEP_FILE_ENV = "MOESIM_CALIBRATION_STEP_FILE"  # where a rank says which operation, size and repeat it is in
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the watchdog ended a stuck collective
 
 
@@ -91,6 +92,18 @@ def _reason(exc: BaseException) -> str:
 def _exit_on_stall(message: str) -> None:
     report_error(message)
     os._exit(STALL_EXIT_CODE)  # the main thread is blocked inside the backend: nothing else can end it
+
+
+def _show_step(label: str) -> str:
+    """Write what this rank is doing to the file the parent reads when its deadline passes (written by the
+    watchdog thread, off the timed path). Best effort: a failed write only loses the message."""
+    path = os.environ.get(STEP_FILE_ENV)
+    if path:
+        try:
+            Path(path).write_text(label, encoding="utf-8")
+        except OSError:
+            pass
+    return label
 
 
 class _Steps:
@@ -133,10 +146,13 @@ class _Steps:
                 self._label = None
 
     def _watch(self) -> None:
-        poll_s = min(1.0, self.stall_after_s / 4)
+        poll_s = min(0.5, self.stall_after_s / 4)
+        shown = None
         while not self._stop.wait(poll_s):
             with self._lock:
                 label, since_s = self._label, self._since_s
+            if label is not None and label != shown:
+                shown = _show_step(label)
             if label is not None and time.monotonic() - since_s > self.stall_after_s:
                 self._on_stall(f"rank {self.rank}: {label}: no progress for {self.stall_after_s:.0f} s "
                                f"(watchdog: the collective is stuck; a peer likely died or hangs)")

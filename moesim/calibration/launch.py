@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from moesim.calibration.collectives import (COLLECTIVE_OPS, ELEMENT_BYTES, ERROR_FILE_ENV, RANKS_PER_NODE_ENV,
+                                            STEP_FILE_ENV,
                                             discover_layout, discover_tiers, gather_hostnames,
                                             measure_collectives, measure_p2p_matrix, report_error)
 from moesim.calibration.errors import CalibrationError
@@ -90,7 +91,7 @@ def _run_meta(plan: SamplePlan, hostnames: list[str] | None, layout_hosts: list[
         "device": torch.cuda.get_device_name() if backend == "nccl" else "cpu",
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else None,
         "env": {k: v for k, v in sorted(os.environ.items())
-                if k.startswith(("NCCL_", "MOESIM_")) and k != ERROR_FILE_ENV},
+                if k.startswith(("NCCL_", "MOESIM_")) and k not in (ERROR_FILE_ENV, STEP_FILE_ENV)},
         "plan": {k: v for k, v in asdict(plan).items() if k not in ("extra_meta",)},
     }
     meta.update(plan.extra_meta)
@@ -147,6 +148,7 @@ def _rank_main(rank: int, world_size: int, port: int, ranks_per_node: int | None
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     os.environ[ERROR_FILE_ENV] = error_file
+    os.environ[STEP_FILE_ENV] = error_file + ".step"
     if ranks_per_node is not None:
         os.environ[RANKS_PER_NODE_ENV] = str(ranks_per_node)
     import torch  # noqa: PLC0415
@@ -249,7 +251,9 @@ def run_local(world_size: int, worker_fn: Callable, args: tuple = (), ranks_per_
             why = f" ({line})" if line else NO_ERROR_LINE
             parts.append(f"rank {r} {_exit_text(processes[r].exitcode)}{why}")
         if timed_out:
-            parts.append(f"the deadline of {timeout_s:g} s passed")
+            doing = _first_line(Path(f"{error_files[0]}.step"))
+            parts.append(f"the deadline of {timeout_s:g} s passed"
+                         + (f" during {doing}" if doing else " before the first measurement started"))
         if running:
             parts.append(f"rank(s) {', '.join(map(str, running))} still running, terminated")
         last = _last_progress_line(progress_path)

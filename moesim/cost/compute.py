@@ -96,3 +96,9 @@ def model_flop_per_token(model: MoeModelSpec, seq_len: int) -> float:
                                          * ffn_flop(model, 1, model.expert_ffn_size) + router_flop(model, 1))
                + lm_head_flop(model, 1, 1))
     return 3.0 * forward
+
+
+def routed_expert_flop_per_token(model: MoeModelSpec) -> float:
+    """Forward+backward FLOP per token of its top_k routed experts: what a dropped assignment does not do
+    (shared experts always run)."""
+    return 3.0 * model.num_moe_layers * model.top_k * ffn_flop(model, 1, model.expert_ffn_size)

@@ -3,7 +3,7 @@ target's directory, are flushed and fsync'ed, and `os.replace` puts them in plac
 the old file or the whole new one, never half of it. On any failure the temporary file is removed and an
 existing target is left untouched.
 
-`prepare_out_dir` guards the output directory: nothing a user wrote is lost or overwritten without asking."""
+A run's directory as a whole is staged and swapped in by moesim.io.staged_dir."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 import numpy as np
 
-from moesim.spec.errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only; matplotlib and pandas stay out of import time
     import pandas as pd
@@ -25,9 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - type hints only; matplotlib and pandas s
 
 PathLike = str | os.PathLike[str]
 
-RUN_MARKER = ".moesim-run"
-_MARKER_TEXT = ("This directory holds moesim output. The next moesim run that writes here may overwrite "
-                "its files; delete this file to protect them.\n")
+RUN_MARKER = ".moesim-run"  # marks a directory as moesim output that a rerun may replace
 
 
 # --------------------------------------------------------------------------------------------- atomic core
@@ -71,8 +68,11 @@ def _write_atomic(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Run `write(fh)` on a temporary file next to `path`, then atomically replace `path` with it."""
     target = Path(path)
     directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{target.name}.", suffix=".tmp", delete=False)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{target.name}.", suffix=".tmp", delete=False)
+    except OSError as exc:
+        raise WriteError(target, exc.strerror or str(exc)) from None
     tmp_path = Path(tmp.name)
     try:
         with tmp:
@@ -81,11 +81,13 @@ def _write_atomic(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(tmp.fileno())
         os.chmod(tmp_path, _final_mode(target))
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp_path.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):  # full disk, read-only file system, a directory in the way...
+            raise WriteError(target, exc.strerror or str(exc)) from None
         raise
     _fsync_dir(directory)
     return target
@@ -135,54 +137,16 @@ def write_figure_atomic(path: PathLike, fig: Figure, dpi: int = 120) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-# ------------------------------------------------------------------------------------ output directory
+# ------------------------------------------------------------------------------------------------ errors
 
-def _out_dir_error(out_dir: Path, expected: str) -> SpecError:
-    return SpecError(key="--out", value=str(out_dir), expected=expected)
+class WriteError(Exception):
+    """A result could not be written (full disk, read-only or pseudo file system, permissions). The CLI shows
+    it as one line and exits 1; what was there before is untouched."""
 
+    def __init__(self, target: PathLike, reason: str):
+        self.target = str(target)
+        self.reason = reason
+        super().__init__(f"could not write {self.target}: {reason}; nothing there was changed")
 
-_FOREIGN_DIR = ("an empty or new directory, or a previous moesim output directory; "
-                "pass --force to write into it anyway")
-
-
-def prepare_out_dir(out_dir: Path, force: bool, marker: str = RUN_MARKER) -> None:
-    """Make `out_dir` ready for a run's results, or refuse with a SpecError.
-
-    - missing: created (with parents) and marked as a moesim output directory;
-    - existing and empty: marked;
-    - existing and marked by an earlier run: used as is (its files may be overwritten);
-    - existing, not empty, not marked: refused unless `force`. A forced run does NOT add the marker, so the
-      next run into that directory has to be forced again: the user's own files there stay protected;
-    - an existing file (not a directory): always refused.
-    """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise _out_dir_error(out_dir, f"a directory that can be created ({exc.strerror or exc})") from None
-    else:
-        _write_marker(out_dir, marker)
-        return
-    if not out_dir.is_dir():
-        raise _out_dir_error(out_dir, "a directory, not an existing file")
-    marker_path = out_dir / marker
-    if marker_path.is_file():
-        return
-    try:
-        with os.scandir(out_dir) as entries:
-            empty = next(entries, None) is None
-    except OSError as exc:
-        raise _out_dir_error(out_dir, f"a readable directory ({exc.strerror or exc})") from None
-    if empty:
-        _write_marker(out_dir, marker)
-    elif not force:
-        raise _out_dir_error(out_dir, _FOREIGN_DIR)
-
-
-def _write_marker(out_dir: Path, marker: str) -> None:
-    try:
-        write_text_atomic(out_dir / marker, _MARKER_TEXT)
-    except OSError as exc:
-        raise _out_dir_error(out_dir, f"a writable directory ({exc.strerror or exc})") from None
+    def __str__(self) -> str:
+        return self.args[0]

@@ -1,5 +1,1 @@
-"""Records -> DataFrames -> summaries."""
-
-from moesim.metrics.summary import per_rank_breakdown, summarize
-
-__all__ = ["per_rank_breakdown", "summarize"]
+"""Records -> DataFrames -> summaries (moesim.metrics.summary); errors for impossible results."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from moesim.cost.compute import model_flop_per_token
+from moesim.cost.compute import model_flop_per_token, routed_expert_flop_per_token
+from moesim.metrics.errors import ResultError
 from moesim.sim.records import BREAKDOWN_BUCKETS, BREAKDOWN_OF
 from moesim.sim.simulate import LAYER_STAT_COLUMNS, TIERS, SimResult
 
@@ -60,18 +63,50 @@ def placement_summary(result: SimResult) -> dict:
 
 
 def summarize(result: SimResult) -> dict:
+    """Every number is finite; a NaN or inf raises ResultError naming the field and the inputs behind it."""
+    summary = _summary(result)
+    check_finite(summary)
+    return summary
+
+
+_INPUTS_OF = {  # summary field prefix -> the inputs that produce it, for the error message
+    "step_time": "the profile's peaks, efficiencies and bandwidths (cluster.profile) and the model sizes",
+    "tokens_per_s": "the step time (cluster.profile) and training.global_batch_size x training.seq_len",
+    "mfu": "the GPU peak for training.dtype (gpu.peak_tflops) and the step time",
+    "breakdown": "the profile's peaks, efficiencies and bandwidths (cluster.profile)",
+    "peak_memory": "the model sizes and training.optimizer.state_bytes_per_param",
+    "network": "the profile's link bandwidths (node.nvlink_GBps, fabric.nic_GBps)",
+}
+
+
+def check_finite(value, path: str = "") -> None:
+    """Raise ResultError for the first NaN/inf anywhere in a (nested) summary."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        inputs = next((v for k, v in _INPUTS_OF.items() if path.startswith(k)), "the scenario's numbers")
+        raise ResultError(f"summary {path} is {value}: not a finite number; check {inputs}")
+
+
+def _summary(result: SimResult) -> dict:
     sc = result.scenario
     measured = result.step_times_s[result.measured_steps]
     p50 = float(np.percentile(measured, 50))
     tokens = sc.training.tokens_per_step
     peak = sc.cluster.profile.gpu.peak(sc.training.dtype)
-    flop = model_flop_per_token(sc.model, sc.training.seq_len) * tokens
+    nominal_flop = model_flop_per_token(sc.model, sc.training.seq_len) * tokens
     breakdown = per_rank_breakdown(result).mean(axis=0)
     stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
     per_layer = stats.groupby("layer")[list(LAYER_STAT_COLUMNS)].mean()
     rec = result.records
     a2a = rec[rec["op"].isin(["dispatch", "combine"]) & rec["step"].isin(result.measured_steps)]
     hbm = sc.cluster.profile.gpu.hbm_bytes
+    dropped = float(stats["dropped_fraction"].mean())
+    capacity_s = p50 * sc.layout.world_size * peak  # FLOP the GPUs could have done in the step
     mem = result.peak_memory_bytes
     return {
         "scenario": sc.name,
@@ -85,7 +120,12 @@ def summarize(result: SimResult) -> dict:
         "step_time_p99_s": float(np.percentile(measured, 99)),
         "step_time_mean_s": float(measured.mean()),
         "tokens_per_s": tokens / p50,
-        "mfu": flop / (p50 * sc.layout.world_size * peak),
+        # MFU counts the FLOPs the model really did: a dropped assignment skips its expert (the convention of
+        # Megatron-LM's and PaLM's MFU: useful model FLOPs, no padding, no recompute). `mfu_nominal` counts
+        # every token as if nothing were dropped.
+        "mfu": (nominal_flop - routed_expert_flop_per_token(sc.model) * tokens * dropped) / capacity_s,
+        "mfu_nominal": nominal_flop / capacity_s,
+        "capacity_factor": sc.gate.capacity_factor,
         "breakdown_s": {k: float(v) for k, v in breakdown.items()},
         "peak_memory_bytes": [float(x) for x in mem],
         "peak_memory_bytes_max": float(mem.max()),
@@ -93,7 +133,7 @@ def summarize(result: SimResult) -> dict:
         "fits_in_memory": bool(mem.max() <= hbm),
         "expert_load_max_over_mean": float(stats["expert_max_over_mean"].mean()),
         "gpu_load_max_over_mean": float(stats["gpu_max_over_mean"].mean()),
-        "dropped_fraction": float(stats["dropped_fraction"].mean()),
+        "dropped_fraction": dropped,
         "dropped_first_choice_fraction": float(stats["dropped_first_fraction"].mean()),
         "padding_fraction": float(stats["padding_fraction"].mean()),
         "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),

@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moesim.io.results import (RUN_MARKER, prepare_out_dir, write_bytes_atomic, write_json_atomic,
-                               write_parquet_atomic, write_text_atomic)
-from moesim.spec.errors import SpecError
+from moesim.io.results import write_bytes_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 
 def _names(directory: Path) -> list[str]:
@@ -89,55 +87,3 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     assert list(back.columns) == ["rank", "start_s"]  # no index column
     pd.testing.assert_frame_equal(back, df.reset_index(drop=True))
     assert _names(tmp_path) == ["r.parquet"]
-
-
-# ------------------------------------------------------------------------------------------ prepare_out_dir
-
-def test_new_directory_is_created_with_marker(tmp_path: Path) -> None:
-    out = tmp_path / "a" / "b"
-    prepare_out_dir(out, force=False)
-    assert (out / RUN_MARKER).is_file()
-
-
-def test_empty_directory_gets_marker(tmp_path: Path) -> None:
-    prepare_out_dir(tmp_path, force=False)
-    assert _names(tmp_path) == [RUN_MARKER]
-
-
-def test_previous_run_directory_may_be_reused(tmp_path: Path) -> None:
-    prepare_out_dir(tmp_path, force=False)
-    (tmp_path / "summary.json").write_text("{}")
-    prepare_out_dir(tmp_path, force=False)  # no error
-    assert (tmp_path / "summary.json").read_text() == "{}"
-
-
-def test_foreign_directory_is_refused_without_force(tmp_path: Path) -> None:
-    (tmp_path / "thesis.tex").write_text("precious")
-    with pytest.raises(SpecError) as info:
-        prepare_out_dir(tmp_path, force=False)
-    err = info.value
-    assert err.key == "--out" and err.value == str(tmp_path) and "--force" in err.expected
-    assert "\n" not in str(err)
-    assert _names(tmp_path) == ["thesis.tex"]
-
-
-def test_force_writes_into_foreign_directory_without_claiming_it(tmp_path: Path) -> None:
-    (tmp_path / "thesis.tex").write_text("precious")
-    prepare_out_dir(tmp_path, force=True)
-    assert _names(tmp_path) == ["thesis.tex"]  # no marker: the next run must be forced again
-    with pytest.raises(SpecError):
-        prepare_out_dir(tmp_path, force=False)
-
-
-@pytest.mark.parametrize("force", [False, True])
-def test_existing_file_is_refused(tmp_path: Path, force: bool) -> None:
-    path = tmp_path / "out"
-    path.write_text("not a directory")
-    with pytest.raises(SpecError, match="--out"):
-        prepare_out_dir(path, force=force)
-    assert path.read_text() == "not a directory"
-
-
-def test_custom_marker_name(tmp_path: Path) -> None:
-    prepare_out_dir(tmp_path / "o", force=False, marker=".mine")
-    assert _names(tmp_path / "o") == [".mine"]

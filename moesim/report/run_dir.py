@@ -1,4 +1,4 @@
-"""Writes one simulation run's outputs into a directory, every file atomically."""
+"""One simulation run -> its output directory, written as a whole (moesim.io.staged_dir)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from moesim.export.perfetto import chrome_trace, write_chrome_trace
-from moesim.io.results import prepare_out_dir, write_figure_atomic, write_json_atomic, write_parquet_atomic, \
-    write_text_atomic
+from moesim.io.results import write_figure_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from moesim.io.staged_dir import staged_dir
 from moesim.metrics.summary import per_rank_breakdown
 from moesim.sim.simulate import SimResult
 from moesim.viz.breakdown import breakdown_figure, per_rank_figure
@@ -20,10 +20,19 @@ PER_RANK_PLOT_MAX_RANKS = 64
 
 
 def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
+    """Write the run into a staging directory and swap it in as `out_dir` once every file is there. Returns
+    the paths of the files as they are in `out_dir`. Raises SpecError for an --out that is not ours to
+    replace, WriteError when the files cannot be written (then `out_dir` is as it was)."""
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir, force) as staging:
+        names = [p.name for p in write_run_files(staging, result, summary)]
+    return [out_dir / name for name in names]
+
+
+def write_run_files(out_dir: Path, result: SimResult, summary: dict) -> list[Path]:
     """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, placement_events.csv,
-    breakdown_per_rank.csv,
-    trace.json (the first measured step) and four PNG plots. Returns the paths written."""
-    prepare_out_dir(out_dir, force)
+    breakdown_per_rank.csv, trace.json (the first measured step) and four PNG plots, into an existing
+    directory. Returns the paths written."""
     sc = result.scenario
     per_rank = per_rank_breakdown(result)
     written = [

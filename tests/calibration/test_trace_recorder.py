@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moesim.io.traces import read_trace, write_trace
-from moesim.routing.recorder import RecorderConfig, load_corpus, record_trace, text_files
+from moesim.calibration.trace_recorder import RecorderConfig, load_corpus, record_trace, text_files
 from moesim.spec.errors import SpecError
 
 pytest.importorskip("torch")
@@ -110,6 +110,6 @@ def test_a_missing_text_source_is_a_spec_error(tmp_path):
 
 
 def test_importing_the_recorder_does_not_import_torch():
-    code = "import sys, moesim.routing.recorder; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, moesim.calibration.trace_recorder; sys.exit(1 if 'torch' in sys.modules else 0)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
