@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.placement.base import EMPTY, Placement, PlacementContext, ReplicaSplit
+from moesim.placement.base import EMPTY, Placement, PlacementContext
 from moesim.spec.errors import require
 
 
@@ -27,8 +27,7 @@ def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np
     in the order items were put in: heaviest first)."""
     weight = np.asarray(weight, dtype=np.float64)
     layers, n = weight.shape
-    if num_packs < 1 or n % num_packs:
-        raise ValueError(f"{n} items do not split into {num_packs} equal packs")
+    require(num_packs >= 1 and n % num_packs == 0, "num_packs", num_packs, f"a divisor of the {n} items")
     per_pack = n // num_packs
     if per_pack == 1:
         # One item per pack: the reference keeps items where they are rather than sorting them.
@@ -56,8 +55,7 @@ def replicate_experts(weight: np.ndarray, num_phy: int) -> tuple[np.ndarray, np.
     within its logical expert), logcnt [L, E] (replicas per logical expert)."""
     weight = np.asarray(weight, dtype=np.float64)
     layers, num_log = weight.shape
-    if num_phy < num_log:
-        raise ValueError(f"{num_phy} physical experts cannot hold {num_log} logical ones")
+    require(num_phy >= num_log, "num_phy", num_phy, f">= the {num_log} logical experts")
     rows = np.arange(layers)
     phy2log = np.empty((layers, num_phy), np.int64)
     rank = np.zeros((layers, num_phy), np.int64)
@@ -77,7 +75,6 @@ def _rebalance_layer(weight: np.ndarray, num_phy: int, num_groups: int, num_node
     """Hierarchical EPLB for one layer. weight [E] -> phy2log [P], rank [P], logcnt [E]; GPU-major output."""
     num_log = weight.shape[0]
     group_size = num_log // num_groups
-    groups_per_node = num_groups // num_nodes
     gpus_per_node = num_gpus // num_nodes
     phy_per_node = num_phy // num_nodes
     phy_per_gpu = num_phy // num_gpus
@@ -107,27 +104,34 @@ def _rebalance_layer(weight: np.ndarray, num_phy: int, num_groups: int, num_node
     return phy2log, rank, logcnt
 
 
+def use_hierarchical(num_experts: int, num_groups: int, num_nodes: int) -> bool:
+    """Whether EPLB can keep whole expert groups on nodes: the groups must split the experts and the nodes the
+    groups. deepseek-ai/EPLB falls back to the global policy when num_groups % num_nodes != 0 and asserts on
+    the other; moesim falls back on both, since either way no node-aligned group layout exists."""
+    return num_experts % num_groups == 0 and num_groups % num_nodes == 0
+
+
 def rebalance_experts(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
                       num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EPLB's entry point. weight [L, E] estimated loads -> phy2log [L, P], log2phy [L, E, maxcnt] (physical
     slots of each logical expert by replica index, -1 padded), logcnt [L, E]; P = num_replicas.
 
     Physical slot p lives on GPU p // (P / num_gpus); GPUs are node-major (GPU g on node g // (G / N)).
-    Uses the hierarchical policy when num_groups % num_nodes == 0, else the global one (1 group, 1 node).
+    Uses the hierarchical policy where `use_hierarchical`, else the global one (1 group, 1 node), as upstream.
     Two replicas of one expert can land on the same GPU: the reference's packing ignores which expert a
-    physical one copies (deepseek-ai/EPLB issue #22); it is kept here so the output matches the reference."""
+    physical one copies (deepseek-ai/EPLB issue #22). The output keeps them, so it matches the reference; such
+    a GPU serves 2/k of the expert's tokens (`Placement.from_phy2log` keeps that share)."""
     weight = np.asarray(weight, dtype=np.float64)
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be [layers, experts], got shape {weight.shape}")
+    require(weight.ndim == 2, "weight", weight.shape, "a [layers, experts] array")
     layers, num_log = weight.shape
-    if num_replicas < num_log or num_replicas % num_gpus:
-        raise ValueError(f"{num_replicas} physical experts must be >= {num_log} and a multiple of {num_gpus} GPUs")
-    if num_groups < 1 or num_log % num_groups:
-        raise ValueError(f"{num_log} experts do not split into {num_groups} groups")
-    if num_nodes < 1 or num_gpus % num_nodes:
-        raise ValueError(f"{num_gpus} GPUs do not split over {num_nodes} nodes")
-    if num_groups % num_nodes:
+    require(num_gpus >= 1, "num_gpus", num_gpus, "an integer >= 1")
+    require(num_replicas >= num_log and num_replicas % num_gpus == 0, "num_replicas", num_replicas,
+            f"a multiple of the {num_gpus} GPUs, >= the {num_log} logical experts")
+    require(num_groups >= 1, "num_groups", num_groups, "an integer >= 1 (expert groups)")
+    require(num_nodes >= 1, "num_nodes", num_nodes, "an integer >= 1")
+    if not use_hierarchical(num_log, num_groups, num_nodes):
         num_groups = num_nodes = 1  # global policy: replicas may go to any GPU
+    require(num_gpus % num_nodes == 0, "num_nodes", num_nodes, f"a divisor of the {num_gpus} GPUs")
     phy2log = np.empty((layers, num_replicas), np.int64)
     rank = np.empty((layers, num_replicas), np.int64)
     logcnt = np.empty((layers, num_log), np.int64)
@@ -138,6 +142,42 @@ def rebalance_experts(weight: np.ndarray, num_replicas: int, num_groups: int, nu
     layer_of = np.broadcast_to(np.arange(layers)[:, None], phy2log.shape)
     log2phy[layer_of, phy2log, rank] = np.arange(num_replicas)
     return phy2log, log2phy, logcnt
+
+
+def gpu_load(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """What EPLB's plan puts on each GPU. weight [L, E], phy2log [L, P] -> [L, G]: every physical expert carries
+    an even share w_e / logcnt_e of its logical expert's load (EMPTY physical slots carry none)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    used = phy2log != EMPTY
+    logcnt = np.stack([np.bincount(row[ok], minlength=weight.shape[-1]) for row, ok in zip(phy2log, used)])
+    safe = np.where(used, phy2log, 0)
+    share = np.where(used, np.take_along_axis(weight / np.maximum(logcnt, 1), safe, axis=-1), 0.0)
+    return share.reshape(phy2log.shape[0], num_gpus, -1).sum(-1)
+
+
+def keep_slots(new: Placement, current: Placement) -> Placement:
+    """new with each rank's slots reordered so that an expert `current` already held on that rank keeps its
+    slot index; the others fill the rank's free slots in `new`'s order, carrying their copies. Only experts
+    that change rank then count as moved (vLLM's preserve_intragpu_slots does the same to EPLB's output).
+    Both [G, S]; returns `new` itself when the shapes differ."""
+    if new.slot_expert.shape != current.slot_expert.shape:
+        return new
+    slot_expert = np.full(new.slot_expert.shape, EMPTY)
+    copies = np.zeros(new.slot_expert.shape, np.int64)
+    for rank in range(new.num_ranks):
+        used = new.slot_expert[rank] != EMPTY
+        experts, counts = new.slot_expert[rank, used], new.copies[rank, used]
+        old = current.slot_expert[rank]
+        stays = np.isin(old, experts) & (old != EMPTY)
+        slot_expert[rank, stays] = old[stays]
+        order = np.argsort(experts)
+        copies[rank, stays] = counts[order[np.searchsorted(experts[order], old[stays])]]
+        arriving = ~np.isin(experts, old[stays])
+        free = np.flatnonzero(~stays)[:int(arriving.sum())]
+        slot_expert[rank, free] = experts[arriving]
+        copies[rank, free] = counts[arriving]
+    return Placement(slot_expert, split=new.split, copies=copies)
 
 
 @dataclass(frozen=True)
@@ -170,14 +210,14 @@ class EplbParams:
 
 class EplbPolicy:
     """PlacementPolicy: every `period_steps` steps, re-run EPLB on the mean per-expert load of the last
-    `history_steps` steps. Tokens split evenly over an expert's replicas (the repo leaves the split open).
+    `history_steps` steps. Tokens split evenly over an expert's physical copies (the repo leaves the split
+    open), so each rank computes exactly the load EPLB's plan gives it (`gpu_load`).
 
-    The policy fixes two things the reference leaves open, both without changing which experts a GPU holds:
-    replicas of one expert that EPLB packs onto the same GPU (frequent under skew, EPLB issue #22) collapse into
-    one slot, the spare slot staying EMPTY as memory EPLB would waste too (with two replicas on one GPU the GPU
-    computes the same rows; with more, the even split over holding ranks differs slightly from EPLB's split over
-    physical copies), and an expert that stays on its GPU keeps its slot index, so only experts that really
-    change GPU count as moved."""
+    Two things the reference leaves open are fixed without changing what a GPU computes: k copies of one expert
+    that EPLB packs onto the same GPU (frequent under skew, EPLB issue #22) become one slot with copies = k (it
+    gets k shares of the expert's tokens; the other k - 1 slots stay EMPTY, memory EPLB spends too), and an
+    expert that stays on its GPU keeps its slot index (`keep_slots`), so only experts that change GPU count as
+    moved."""
 
     def __init__(self, ctx: PlacementContext, params: EplbParams | None = None):
         self.ctx = ctx
@@ -195,6 +235,8 @@ class EplbPolicy:
                 "redundant_experts", self.params.redundant_experts,
                 f"an integer with E + redundant_experts a multiple of the {num_gpus} EP ranks and at most "
                 f"{ctx.slots_per_rank} slots per rank (E = {num_log}): {allowed}")
+        # The model's group-limited routing needs groups that split the experts: a mismatch is a config error
+        # here, even though rebalance_experts itself would fall back to the global policy.
         require(num_log % self.params.num_groups == 0, "num_groups", self.params.num_groups,
                 f"a divisor of the {num_log} experts")
         self.num_groups, self.num_nodes = self._hierarchy()
@@ -208,49 +250,31 @@ class EplbPolicy:
         nodes = int(node.max()) + 1
         node_major = (self.ctx.num_ranks % nodes == 0
                       and np.array_equal(node, np.arange(self.ctx.num_ranks) // (self.ctx.num_ranks // nodes)))
-        if not self.params.hierarchical or not node_major or self.params.num_groups % nodes:
+        if (not self.params.hierarchical or not node_major
+                or not use_hierarchical(self.ctx.num_experts, self.params.num_groups, nodes)):
             return 1, 1
         return self.params.num_groups, nodes
 
-    def _rows(self, weight: np.ndarray) -> list[np.ndarray]:
-        """weight [E] -> per GPU, the distinct experts EPLB puts there, in EPLB's slot order."""
-        phy2log, _, _ = rebalance_experts(weight[None], self.num_phy, self.num_groups, self.num_nodes,
-                                          self.ctx.num_ranks)
-        per_gpu = phy2log[0].reshape(self.ctx.num_ranks, -1)
-        return [row[np.sort(np.unique(row, return_index=True)[1])] for row in per_gpu]
+    def plan(self, weight: np.ndarray) -> Placement:
+        """weight [E] estimated load per expert -> the [G, S] placement EPLB picks for it, copies included."""
+        phy2log, _, _ = rebalance_experts(np.asarray(weight, dtype=np.float64)[None], self.num_phy,
+                                          self.num_groups, self.num_nodes, self.ctx.num_ranks)
+        return Placement.from_phy2log(phy2log[0], self.ctx.num_ranks, self.ctx.slots_per_rank)
 
     def initial(self) -> Placement:
-        """[G, S]: EPLB on uniform loads (no statistics yet); slots past P/G stay EMPTY."""
-        slot_expert = np.full((self.ctx.num_ranks, self.ctx.slots_per_rank), EMPTY)
-        for gpu, row in enumerate(self._rows(np.ones(self.ctx.num_experts))):
-            slot_expert[gpu, :len(row)] = row
-        return Placement(slot_expert, split=ReplicaSplit.EVEN)
+        """[G, S]: EPLB on uniform loads (no statistics yet); slots past the GPU's distinct experts stay EMPTY."""
+        return self.plan(np.ones(self.ctx.num_experts))
 
     def place(self, step: int, loads: np.ndarray, current: Placement) -> Placement:
         """loads [M, G_src, E]: this step's demand. The decision uses only earlier steps; then it is recorded."""
         new = current
         if step > 0 and step % self.params.period_steps == 0 and self.history:
             weight = np.mean(np.stack(self.history), axis=0)  # moving average, as the EPLB README suggests
-            new = self._aligned(self._rows(weight), current)
+            new = keep_slots(self.plan(weight), current)
             if new.same_as(current):
                 new = current
         self.history.append(np.asarray(loads, dtype=np.float64).sum(axis=(0, 1)))
         return new
-
-    def _aligned(self, rows: list[np.ndarray], current: Placement) -> Placement:
-        """Per-GPU expert lists -> [G, S] placement that keeps every expert already on a GPU in its slot."""
-        slots = self.ctx.slots_per_rank
-        slot_expert = np.full((self.ctx.num_ranks, slots), EMPTY)
-        same_shape = current.slot_expert.shape == slot_expert.shape
-        for gpu, row in enumerate(rows):
-            if same_shape:
-                old = current.slot_expert[gpu]
-                keep = np.isin(old, row) & (old != EMPTY)
-                slot_expert[gpu, keep] = old[keep]
-                row = row[~np.isin(row, old[keep])]
-            free = np.flatnonzero(slot_expert[gpu] == EMPTY)
-            slot_expert[gpu, free[:len(row)]] = row
-        return Placement(slot_expert, split=ReplicaSplit.EVEN)
 
     def route(self, loads: np.ndarray, placement: Placement) -> np.ndarray:
         """loads [M, G_src, E] unchanged: EPLB moves experts, not tokens."""

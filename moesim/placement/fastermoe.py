@@ -15,8 +15,8 @@ Shapes: G = EP ranks, E = logical experts, M = micro-batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

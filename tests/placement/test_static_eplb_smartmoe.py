@@ -31,7 +31,9 @@ def check_invariants(ctx, placement, loads):
     placement.validate(ctx.num_experts, ctx.slots_per_rank)  # every expert placed, distinct ranks, budget
     assert placement.slot_expert.shape == (ctx.num_ranks, ctx.slots_per_rank)
     assert (placement.replicas(ctx.num_experts) >= 1).all()
-    assert placement.holders(ctx.num_experts).sum(1).tolist() == placement.replicas(ctx.num_experts).tolist()
+    # a rank may hold several of an expert's physical copies (EPLB), always in one slot
+    assert (placement.holders(ctx.num_experts).sum(1) <= placement.replicas(ctx.num_experts)).all()
+    assert placement.copies.sum(1).max() <= ctx.slots_per_rank
     assert np.isclose(placement.rank_load(loads).sum(), loads.sum())
 
 
@@ -105,8 +107,8 @@ def test_replication_lowers_the_max_per_replica_load():
     assert ratio["without"] == pytest.approx(405 / 162.5)  # expert 0 (+ a 5) alone bounds the unreplicated layout
 
 
-def test_co_located_replicas_collapse_into_one_slot():
-    # EPLB itself packs both replicas of expert 1 onto GPU 1 here; the Placement keeps one of them.
+def test_co_located_replicas_share_one_slot_with_both_shares():
+    # EPLB itself packs both replicas of expert 1 onto GPU 1 here; the Placement keeps one slot with 2 copies.
     phy2log, _, _ = rebalance_experts(np.array([[5.0, 8, 1]]), 4, 1, 1, 2)
     assert phy2log.tolist() == [[0, 2, 1, 1]]
     ctx = make_ctx(3, 2, slots_per_rank=2)
@@ -116,6 +118,7 @@ def test_co_located_replicas_collapse_into_one_slot():
     placed = policy.place(1, loads, policy.initial())
     check_invariants(ctx, placed, loads)
     assert sorted(placed.slot_expert[1].tolist()) == [EMPTY, 1]
+    assert placed.copies[1][placed.slot_expert[1] == 1].tolist() == [2] and placed.replicas(3).tolist() == [1, 2, 1]
     assert placed.rank_load(loads[0]).tolist() == [6.0, 8.0]  # what EPLB's layout computes
 
 
@@ -218,6 +221,7 @@ def test_eplb_invariants_on_random_loads(ranks, per_rank, spare, gpus_per_node, 
         current = policy.place(step, loads, current)
         check_invariants(ctx, current, loads)
         assert (current.slot_expert != EMPTY).sum(1).max() <= (num_experts + redundant) // ranks
+        assert current.copies.sum(1).tolist() == [(num_experts + redundant) // ranks] * ranks  # every copy placed
 
 
 # --- SmartMoE --------------------------------------------------------------------------------------------
