@@ -1,30 +1,46 @@
 """Routing traces: how many (token, expert) assignments each source rank sent to each expert.
 
 In memory a trace is dense: counts[step, layer, micro_batch, src_rank, expert]. On disk the moesim format is
-Parquet in long form with the columns of TRACE_COLUMNS (int64, one row per non-zero count is enough: missing
-rows are zeros) plus key/value metadata `moesim_trace_version`, `top_k` (may be absent) and `source`.
+Parquet in long form with exactly the integer columns of TRACE_COLUMNS (one row per non-zero count is enough:
+missing rows are zeros, duplicate rows add up) plus key/value metadata `moesim_trace_version`, `shape`
+(layers, micro-batches, source ranks, experts), `steps`, `top_k` (may be absent) and `source`.
 The shared SmartMoE counts.npz and the SmartMoE artifact's raw logs load into the same structure.
+
+Every reader distrusts its file: declared sizes are checked against MAX_TRACE_CELLS (and Parquet's row count
+against MAX_TRACE_ROWS) before anything is allocated; counts must be whole numbers in [0, MAX_COUNT], never
+wrapped or truncated; indices must lie inside the sizes; steps must be strictly increasing. Every problem is
+one SpecError naming the file (for a log directory, the log at fault).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moesim.io.results import write_bytes_atomic
 from moesim.spec.errors import SpecError
-from moesim.spec.trace import RoutingTrace
+from moesim.spec.trace import (MAX_COUNT, MAX_STEP, MAX_TRACE_CELLS, RoutingTrace, check_cells, check_counts,
+                               check_steps)
 
 TRACE_COLUMNS = ("step", "layer", "micro_batch", "src_rank", "expert", "tokens")
 TRACE_VERSION = "1"
-MAX_DENSE_ELEMENTS = 2_000_000_000  # a dense trace larger than this is refused rather than exhausting memory
+# Parquet rows read at most: 67,108,864 rows are 3 GiB as six int64 columns. A row per non-zero count is the
+# format, so this admits every trace of up to 2**26 non-zero counts (the shared SmartMoE trace has 24.6 M cells).
+MAX_TRACE_ROWS = 2**26
+_EXPECTED_COLUMNS = "exactly the integer columns " + ", ".join(TRACE_COLUMNS)
+_PANDAS_INDEX = re.compile(r"__index_level_[0-9]+__")  # pandas' unnamed index column: bookkeeping, not data
+_WHAT = {"tokens": "a count of assignments", "step": "a step", "index": "an index inside the metadata shape",
+         "undeclared": f"an index (a trace holds at most {MAX_TRACE_CELLS:,} counts)"}
+_WHOLE = re.compile(r"\s*([0-9]{1,9})\s*")
 
 
 def write_trace(path: Path, trace: RoutingTrace) -> Path:
@@ -39,150 +55,6 @@ def write_trace(path: Path, trace: RoutingTrace) -> Path:
     return write_bytes_atomic(path, sink.getvalue().to_pybytes())
 
 
-def read_trace(path: Path) -> RoutingTrace:
-    """A moesim Parquet trace; any file without the metadata (written by another tool) is densified from
-    its columns, with sizes taken from the largest index seen."""
-    src = str(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise SpecError("", src, f"a readable Parquet trace file ({type(exc).__name__})", source=src) from None
-    missing = [c for c in TRACE_COLUMNS if c not in table.column_names]
-    if missing:
-        raise SpecError(missing[0], table.column_names, f"columns {', '.join(TRACE_COLUMNS)}", source=src)
-    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()}
-    for col in TRACE_COLUMNS:
-        if table.column(col).null_count:
-            raise SpecError(col, f"{table.column(col).null_count} missing values", "non-negative integers", source=src)
-    frame = table.select(list(TRACE_COLUMNS)).to_pandas()
-    for col in TRACE_COLUMNS:
-        values = frame[col]
-        if not pd.api.types.is_integer_dtype(values) or (len(values) and values.min() < 0):
-            raise SpecError(col, str(values.dtype), "non-negative integers", source=src)
-    return _densify(frame, meta, src)
-
-
-def _densify(frame: pd.DataFrame, meta: dict, src: str) -> RoutingTrace:
-    try:
-        steps = np.array(json.loads(meta["steps"]), dtype=np.int64) if "steps" in meta \
-            else np.unique(frame["step"].to_numpy())
-        shape_meta = [int(n) for n in json.loads(meta["shape"])] if "shape" in meta else None
-        top_k = int(meta["top_k"]) if "top_k" in meta else None
-        if steps.ndim != 1 or np.any(np.diff(steps) <= 0) or (shape_meta is not None and (
-                len(shape_meta) != 4 or min(shape_meta) < 0)):
-            raise ValueError("inconsistent")
-    except (ValueError, TypeError, OverflowError):
-        raise SpecError("metadata", {k: meta[k] for k in ("steps", "shape", "top_k") if k in meta},
-                        "moesim trace metadata: steps = increasing integers, shape = 4 sizes, top_k = an integer",
-                        source=src) from None
-    if shape_meta is not None:
-        layers, mbs, ranks, experts = shape_meta
-    else:
-        layers, mbs, ranks, experts = (int(frame[c].max()) + 1 if len(frame) else 0
-                                       for c in ("layer", "micro_batch", "src_rank", "expert"))
-    shape = (len(steps), layers, mbs, ranks, experts)
-    if int(np.prod(shape, dtype=np.float64)) > MAX_DENSE_ELEMENTS:
-        raise SpecError("", shape, f"a trace of at most {MAX_DENSE_ELEMENTS:,} dense counts", source=src)
-    step_pos = np.searchsorted(steps, frame["step"].to_numpy())
-    if len(frame) and (np.any(step_pos >= len(steps)) or np.any(steps[np.minimum(step_pos, len(steps) - 1)]
-                                                                  != frame["step"].to_numpy())):
-        raise SpecError("step", "a step not listed in the metadata", "steps listed in the file's metadata", source=src)
-    counts = np.zeros(shape, dtype=np.int64)
-    keys = (step_pos, *(frame[c].to_numpy() for c in ("layer", "micro_batch", "src_rank", "expert")))
-    for axis, (key, size) in enumerate(zip(keys[1:], shape[1:]), start=1):
-        if len(key) and key.max() >= size:
-            raise SpecError(TRACE_COLUMNS[axis], int(key.max()), f"< {size}", source=src)
-    np.add.at(counts, keys, frame["tokens"].to_numpy().astype(np.int64))
-    return _trace(counts, steps, top_k, meta.get("source", src), src)
-
-
-def _trace(counts: np.ndarray, steps: np.ndarray, top_k: int | None, name: str, src: str) -> RoutingTrace:
-    """RoutingTrace, with its validation errors naming the file."""
-    try:
-        return RoutingTrace(counts, steps, top_k, name)
-    except SpecError as exc:
-        raise exc.with_source(src) from None
-
-
-def load_smartmoe_npz(path: Path) -> RoutingTrace:
-    """The converted SmartMoE artifact trace: counts[snapshot, layer, rank, micro_batch, expert] + iterations."""
-    src = str(path)
-    try:
-        with np.load(path) as z:
-            counts, iterations = z["counts"], z["iterations"]
-    except (OSError, KeyError, ValueError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
-        raise SpecError("", src, f"an .npz with arrays 'counts' and 'iterations' ({type(exc).__name__})",
-                        source=src) from None
-    if counts.ndim != 5:
-        raise SpecError("counts", counts.shape, "shape (snapshots, layers, ranks, micro_batches, experts)", source=src)
-    if not np.issubdtype(counts.dtype, np.integer):
-        raise SpecError("counts", str(counts.dtype), "an integer array", source=src)
-    if counts.size and counts.min() < 0:
-        raise SpecError("counts", int(counts.min()), "non-negative counts", source=src)
-    if not np.issubdtype(iterations.dtype, np.integer):
-        raise SpecError("iterations", str(iterations.dtype), "integers", source=src)
-    return _trace(np.ascontiguousarray(counts.transpose(0, 1, 3, 2, 4)), iterations.astype(np.int64), 2,
-                  f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}", src)
-
-
-_LOG_NAME = re.compile(r"table_iter(\d+)_rank(\d+)\.log$")
-
-
-def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace:
-    """The SmartMoE artifact's raw logs: table_iter{N}_rank{r}.log, one line per layer `layer: [[E counts] x mbs]`."""
-    files = {}
-    for f in sorted(Path(directory).glob("table_iter*_rank*.log")):
-        m = _LOG_NAME.search(f.name)
-        if m:
-            files[(int(m.group(1)), int(m.group(2)))] = f
-    if not files:
-        raise SpecError("", str(directory), "a directory with table_iter{N}_rank{r}.log files", source=str(directory))
-    iters = sorted({i for i, _ in files})
-    ranks = sorted({r for _, r in files})
-    if ranks != list(range(len(ranks))):
-        raise SpecError("rank", ranks, "ranks 0..R-1 with none missing", source=str(directory))
-    missing = [f"table_iter{it}_rank{r}.log" for it in iters for r in ranks if (it, r) not in files]
-    if missing:
-        raise SpecError("rank", missing, "one log per iteration and rank (0..R-1)", source=str(directory))
-    tables = {key: _parse_log(f) for key, f in files.items()}
-    first = next(iter(tables.values()))
-    counts = np.zeros((len(iters), *first.shape[:2], len(ranks), first.shape[2]), dtype=np.int64)
-    for (it, rank), table in tables.items():
-        if table.shape != first.shape:
-            raise SpecError("layers", table.shape, f"the same shape as the other logs {first.shape}",
-                            source=str(files[(it, rank)]))
-        counts[iters.index(it), :, :, rank, :] = table
-    return _trace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}", str(directory))
-
-
-def _parse_log(path: Path) -> np.ndarray:
-    """[layers, micro_batches, experts] from one log file."""
-    rows = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("", str(path), f"a readable UTF-8 text log ({type(exc).__name__})", source=str(path)) from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        layer, sep, body = line.partition(":")
-        try:
-            if not sep:
-                raise ValueError("no ':'")
-            values = np.array(json.loads(body), dtype=np.float64)
-            if values.size and (values.min() < 0 or not np.all(values == np.round(values)) or values.max() >= 2**53):
-                raise ValueError("counts must be non-negative whole numbers")
-            if int(layer) in rows:
-                raise ValueError(f"layer {int(layer)} repeated")
-            rows[int(layer)] = values.astype(np.int64)
-        except (ValueError, TypeError) as exc:
-            raise SpecError(f"line {lineno}", line[:60], f"'layer: [[counts], ...]' ({exc})", source=str(path)) from None
-    layers = sorted(rows)
-    if layers != list(range(len(layers))) or len({rows[l].shape for l in layers}) != 1 or rows[0].ndim != 2:
-        raise SpecError("layers", layers, "layers 0..L-1, each a [micro_batches x experts] table", source=str(path))
-    return np.stack([rows[l] for l in layers])
-
-
 def load_trace(path: str | Path) -> RoutingTrace:
     """By kind: a .parquet moesim trace, a SmartMoE .npz, or a directory of SmartMoE raw logs."""
     path = Path(path)
@@ -194,3 +66,354 @@ def load_trace(path: str | Path) -> RoutingTrace:
     if path.suffix == ".npz":
         return load_smartmoe_npz(path)
     return read_trace(path)
+
+
+# ---------------------------------------------------------------- moesim Parquet
+
+
+def read_trace(path: Path) -> RoutingTrace:
+    """A moesim Parquet trace; a file without the metadata (written by another tool) is densified from its
+    columns, with sizes taken from the largest index seen."""
+    src = str(path)
+    try:
+        return _densify(*_read_parquet(path), src)
+    except SpecError as err:
+        raise err.with_source(src) from None
+
+
+def _read_parquet(path: Path) -> tuple[pa.Table, dict]:
+    """The six columns and the parsed metadata; columns, types, row count and metadata are checked from the
+    footer before any data is read."""
+    try:
+        with pq.ParquetFile(path) as file:
+            footer = file.metadata  # the row groups' own counts are what the reader decodes: trust neither alone
+            rows = max(footer.num_rows, sum(footer.row_group(i).num_rows for i in range(footer.num_row_groups)))
+            _check_schema(file.schema_arrow, rows)
+            meta = _metadata(file.schema_arrow)
+            return file.read(columns=list(TRACE_COLUMNS)), meta
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise SpecError("", str(path), f"a readable Parquet trace file ({type(exc).__name__})") from None
+
+
+def _check_schema(schema: pa.Schema, num_rows: int) -> None:
+    """Columns and row count, from the footer alone (no data read yet)."""
+    names = [n for n in schema.names if not _PANDAS_INDEX.fullmatch(n)]
+    _check_names(names, TRACE_COLUMNS, "column", f"{_EXPECTED_COLUMNS} (pandas: to_parquet(index=False))")
+    for col in TRACE_COLUMNS:
+        if not pa.types.is_integer(schema.field(col).type):
+            raise SpecError(col, str(schema.field(col).type), "an integer column (int8..int64 or uint8..uint64)")
+    if num_rows > MAX_TRACE_ROWS:
+        raise SpecError("", f"{num_rows:,} rows", f"at most {MAX_TRACE_ROWS:,} rows (one per non-zero count)")
+
+
+def _check_names(names: list[str], required: tuple[str, ...], kind: str, expected: str) -> None:
+    """One error for the first repeated, missing or extra name (Parquet columns, .npz arrays)."""
+    seen: set[str] = set()
+    repeated = next((n for n in names if n in seen or seen.add(n)), None)  # set.add returns None
+    if repeated is not None:
+        raise SpecError(repeated, f"a {kind} stored twice", expected)
+    missing = [n for n in required if n not in seen]
+    if missing:
+        raise SpecError(missing[0], f"missing ({kind}s: {', '.join(names) or 'none'})", expected)
+    extra = [n for n in names if n not in required]
+    if extra:
+        raise SpecError(extra[0], f"an extra {kind}", expected)
+
+
+def _metadata(schema: pa.Schema) -> dict:
+    """{'steps': int64 [S] | None, 'shape': (L, M, R, E) | None, 'top_k': int | None, 'source': str | None}."""
+    raw = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (schema.metadata or {}).items()}
+    version = raw.get("moesim_trace_version")
+    if version is not None and version != TRACE_VERSION:
+        raise SpecError("metadata.moesim_trace_version", version, f"'{TRACE_VERSION}' (the version this moesim reads)")
+    steps, shape = _json_ints(raw, "steps"), _json_ints(raw, "shape")
+    if steps is not None:
+        if not steps:
+            raise SpecError("metadata.steps", raw["steps"], "at least one step")
+        bad = next((i for i, s in enumerate(steps) if not 0 <= s <= MAX_STEP), None)
+        if bad is not None:
+            raise SpecError(f"metadata.steps[{bad}]", steps[bad], f"a step in [0, {MAX_STEP}]")
+        steps = np.array(steps, dtype=np.int64)
+        check_steps(steps, "metadata.steps")
+    if shape is not None:
+        if len(shape) != 4 or min(shape) < 1:
+            raise SpecError("metadata.shape", raw["shape"], "4 sizes >= 1: layers, micro_batches, src_ranks, experts")
+        check_cells((1 if steps is None else len(steps), *shape), "metadata.shape")
+    top_k = raw.get("top_k")
+    if top_k is not None and not _WHOLE.fullmatch(top_k):
+        raise SpecError("metadata.top_k", top_k, "a whole number of experts per token")
+    return {"steps": steps, "shape": None if shape is None else tuple(shape),
+            "top_k": None if top_k is None else int(top_k), "source": raw.get("source")}
+
+
+def _json_ints(raw: dict, key: str) -> list[int] | None:
+    if key not in raw:
+        return None
+    try:
+        value = json.loads(raw[key])
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, list) or not all(type(v) is int for v in value):  # bools and floats are not sizes
+        raise SpecError(f"metadata.{key}", raw[key], "a JSON list of integers")
+    return value
+
+
+def _columns(table: pa.Table, sizes: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+    """The columns as int64 [rows], each checked in range first (uint64 above int64 max must not wrap)."""
+    limits = {"step": MAX_STEP, "tokens": MAX_COUNT}
+    if sizes is not None:
+        limits.update((c, n - 1) for c, n in zip(TRACE_COLUMNS[1:5], sizes))
+    out = {}
+    for col in TRACE_COLUMNS:
+        chunked = table.column(col)
+        if chunked.null_count:
+            raise SpecError(col, f"{chunked.null_count} missing values", "non-negative integers")
+        values = chunked.to_numpy()
+        high = limits.get(col, MAX_TRACE_CELLS - 1)  # an undeclared size is bounded by the cell limit anyway
+        if values.size and (values.min() < 0 or values.max() > high):
+            row = int(np.argmax((values < 0) | (values > high)))
+            what = _WHAT.get(col, _WHAT["index" if sizes else "undeclared"])
+            raise SpecError(col, int(values[row]), f"{what} in [0, {high}] (first bad at row {row})")
+        out[col] = values.astype(np.int64, copy=False)
+    return out
+
+
+def _densify(table: pa.Table, meta: dict, src: str) -> RoutingTrace:
+    cols = _columns(table, meta["shape"])
+    if meta["shape"] is not None:
+        sizes = meta["shape"]
+    elif table.num_rows:
+        sizes = tuple(int(cols[c].max()) + 1 for c in TRACE_COLUMNS[1:5])
+    else:
+        raise SpecError("", "no rows and no metadata shape", "a trace with at least one count")
+    steps = meta["steps"] if meta["steps"] is not None else np.unique(cols["step"])
+    if not len(steps):
+        raise SpecError("step", "no rows and no metadata steps", "a trace with at least one step")
+    shape = (len(steps), *sizes)
+    check_cells(shape, "shape")  # before np.zeros
+    step_pos = np.searchsorted(steps, cols["step"])
+    unlisted = (step_pos >= len(steps)) | (steps[np.minimum(step_pos, len(steps) - 1)] != cols["step"])
+    if unlisted.any():
+        row = int(np.argmax(unlisted))
+        raise SpecError("step", int(cols["step"][row]), f"a step listed in the metadata steps (row {row})")
+    cells = np.ravel_multi_index((step_pos, *(cols[c] for c in TRACE_COLUMNS[1:5])), shape)
+    cells, tokens = _add_duplicates(cells, cols["tokens"])
+    if tokens.size and tokens.max() > MAX_COUNT:
+        raise SpecError("tokens", int(tokens.max()), f"at most {MAX_COUNT:,} assignments per cell "
+                                                       "(rows with the same step and indices add up)")
+    counts = np.zeros(shape, dtype=np.int32)
+    counts.reshape(-1)[cells] = tokens
+    return RoutingTrace(counts, np.asarray(steps, dtype=np.int64), meta["top_k"], meta["source"] or src)
+
+
+def _add_duplicates(cells: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct cells, summed int64 tokens). Exact: at most MAX_TRACE_ROWS terms of at most MAX_COUNT each."""
+    if cells.size < 2 or bool(np.all(cells[1:] > cells[:-1])):  # written by write_trace: sorted and distinct
+        return cells, tokens
+    order = np.argsort(cells)  # the order within a run of equal cells does not matter: they are summed
+    cells, tokens = cells[order], tokens[order]
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    return cells[starts], np.add.reduceat(tokens, starts)
+
+
+# ---------------------------------------------------------------- SmartMoE .npz
+
+_NPZ_AXES = {"counts": ("snapshots", "layers", "ranks", "micro_batches", "experts"), "iterations": ("snapshots",)}
+_NPY_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4}  # header length field per .npy format version
+_MAX_NPY_HEADER = 10_000  # numpy's own default max_header_size
+
+
+def load_smartmoe_npz(path: Path) -> RoutingTrace:
+    """The converted SmartMoE artifact trace: counts[snapshot, layer, rank, micro_batch, expert] + iterations.
+    Exactly these two integer arrays; headers are checked before any array data is read."""
+    src = str(path)
+    try:
+        counts, iterations = _read_npz(path, src)
+        check_counts(counts, "counts")
+        check_steps(iterations, "iterations")
+        dtype = counts.dtype if counts.dtype.isnative and np.can_cast(counts.dtype, np.int32) else np.int32
+        counts = np.ascontiguousarray(counts.transpose(0, 1, 3, 2, 4), dtype=dtype)  # -> [S, L, M, R, E]
+        return RoutingTrace(counts, iterations.astype(np.int64), 2,
+                            f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}")
+    except SpecError as err:
+        raise err.with_source(src) from None
+
+
+def _read_npz(path: Path, src: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _npz_members(archive)
+            _check_npz_headers({key: _npy_header(archive, info) for key, info in members.items()})
+            return tuple(_npy_data(archive, members[key]) for key in _NPZ_AXES)
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
+        raise SpecError("", src, "an .npz (zip of .npy) with integer arrays 'counts' and 'iterations' "
+                                 f"({type(exc).__name__})") from None
+
+
+def _npz_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """{'counts': member, 'iterations': member}; np.savez names members '<key>.npy'."""
+    infos = archive.infolist()
+    keys = [i.filename[:-4] if i.filename.endswith(".npy") else i.filename for i in infos]
+    _check_names(keys, tuple(_NPZ_AXES), "array", "exactly the integer arrays 'counts' and 'iterations'")
+    return dict(zip(keys, infos))
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes of data the member holds). numpy's reader would read a version-2 header of any
+    declared length (up to 4 GiB) before refusing it, so the length is checked here first."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_LENGTH_BYTES:
+            raise SpecError(info.filename, f"npy format {version}", "an .npy of format version 1.0 or 2.0")
+        length_bytes = f.read(_NPY_LENGTH_BYTES[version])
+        length = int.from_bytes(length_bytes, "little")
+        if length > _MAX_NPY_HEADER:
+            raise SpecError(info.filename, f"a {length:,}-byte header", f"at most {_MAX_NPY_HEADER:,} bytes")
+        header = io.BytesIO(length_bytes + f.read(length))
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = reader(header)
+    return tuple(shape), dtype, info.file_size - (8 + len(length_bytes) + length)  # 8: magic and version
+
+
+def _check_npz_headers(headers: dict) -> None:
+    """Types, shapes and sizes from the headers, before any data is read (a header may declare any shape)."""
+    for key, (shape, dtype, _) in headers.items():
+        if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+            raise SpecError(key, str(dtype), "an integer array")
+        if len(shape) != len(_NPZ_AXES[key]) or min(shape) < 1:
+            raise SpecError(key, shape, f"shape ({', '.join(_NPZ_AXES[key])}), each >= 1")
+    counts_shape = headers["counts"][0]
+    check_cells(counts_shape, "counts")
+    if headers["iterations"][0] != counts_shape[:1]:
+        raise SpecError("iterations", headers["iterations"][0], f"one iteration per snapshot ({counts_shape[0]})")
+    for key, (shape, dtype, stored) in headers.items():
+        needed = math.prod(shape) * dtype.itemsize
+        if stored < needed:
+            raise SpecError(key, f"{max(stored, 0):,} bytes of data", f"the {needed:,} bytes of its header's shape "
+                                                                      f"{shape} (a truncated array)")
+
+
+def _npy_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with archive.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+# ---------------------------------------------------------------- SmartMoE raw logs
+
+_LOG_GLOB = "table_iter*_rank*.log"
+_LOG_NAME = re.compile(r"table_iter([0-9]+)_rank([0-9]+)\.log")
+_LOG_LINE = "'layer: [[counts of micro-batch 0], [micro-batch 1], ...]'"
+
+
+def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace:
+    """The SmartMoE artifact's raw logs: table_iter{N}_rank{r}.log, one line per layer `layer: [[E counts] x mbs]`.
+    Every iteration has one log per rank 0..R-1, all of the same shape; counts may be written as 177.0."""
+    directory = Path(directory)
+    try:
+        files = _log_files(directory)
+        iters = sorted({i for i, _ in files})
+        ranks = sorted({r for _, r in files})
+        _check_complete(files, iters, ranks)
+        first_key = (iters[0], 0)
+        first = _parse_log(files[first_key])  # [L, M, E]
+        shape = (len(iters), first.shape[0], first.shape[1], len(ranks), first.shape[2])
+        check_cells(shape, "logs")  # before np.zeros; each log is parsed one at a time
+        counts = np.zeros(shape, dtype=np.int32)
+        position = {it: i for i, it in enumerate(iters)}
+        for (it, rank), f in sorted(files.items()):
+            table = first if (it, rank) == first_key else _parse_log(f)
+            if table.shape != first.shape:
+                raise SpecError("layers", table.shape, f"(layers, micro_batches, experts) = {first.shape} as in "
+                                                       f"{files[first_key].name}", source=str(f))
+            counts[position[it], :, :, rank, :] = table
+        return RoutingTrace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}")
+    except SpecError as err:
+        raise err.with_source(str(directory)) from None
+
+
+def _log_files(directory: Path) -> dict[tuple[int, int], Path]:
+    """{(iteration, rank): log}; a name that looks like a log but is not one, or a second log for the same
+    iteration and rank (e.g. iter01 and iter1), is an error naming it."""
+    files: dict[tuple[int, int], Path] = {}
+    for f in sorted(directory.glob(_LOG_GLOB)):
+        m = _LOG_NAME.fullmatch(f.name)
+        if m is None or any(len(g) > 19 or int(g) > MAX_STEP for g in m.groups()):
+            raise SpecError("", f.name, f"a log named table_iter{{N}}_rank{{r}}.log, N and r in [0, {MAX_STEP}]",
+                            source=str(f))
+        if not f.is_file():  # a directory or a FIFO (reading one would block)
+            raise SpecError("", f.name, "a regular log file", source=str(f))
+        key = (int(m.group(1)), int(m.group(2)))
+        if key in files:
+            raise SpecError("", f.name, f"one log per iteration and rank ({files[key].name} is also iteration "
+                                        f"{key[0]}, rank {key[1]})", source=str(f))
+        files[key] = f
+    if not files:
+        raise SpecError("", str(directory), "a directory with table_iter{N}_rank{r}.log files")
+    return files
+
+
+def _check_complete(files: dict, iters: list[int], ranks: list[int]) -> None:
+    if ranks != list(range(len(ranks))):
+        gap = next(r for r, have in enumerate(ranks) if r != have)  # the first rank without a log
+        raise SpecError("rank", ranks, f"ranks 0..R-1 with none missing (no log of rank {gap})")
+    if len(files) != len(iters) * len(ranks):
+        missing = []
+        for it in iters:  # stops at the first few: iters x ranks can be large
+            missing += [f"table_iter{it}_rank{r}.log" for r in ranks if (it, r) not in files]
+            if len(missing) >= 3:
+                break
+        raise SpecError("rank", missing, "one log per iteration and rank (0..R-1)")
+
+
+def _parse_log(path: Path) -> np.ndarray:
+    """int32 [layers, micro_batches, experts] from one log file."""
+    src = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("", src, f"a readable UTF-8 text log ({type(exc).__name__})", source=src) from None
+    rows: dict[int, np.ndarray] = {}
+    try:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            head, sep, body = line.partition(":")
+            layer = _WHOLE.fullmatch(head)
+            if not sep or layer is None:
+                raise SpecError(f"line {lineno}", line, f"{_LOG_LINE} with a whole layer number")
+            if int(layer.group(1)) in rows:
+                raise SpecError(f"line {lineno}", int(layer.group(1)), "each layer once")
+            rows[int(layer.group(1))] = _parse_table(body, f"line {lineno}")
+        layers = sorted(rows)
+        if not layers or layers != list(range(len(layers))):
+            raise SpecError("layers", layers, "layers 0..L-1 with none missing, one line each")
+        odd = next((l for l in layers if rows[l].shape != rows[0].shape), None)
+        if odd is not None:
+            raise SpecError(f"layer {odd}", rows[odd].shape, f"(micro_batches, experts) = {rows[0].shape} as layer 0")
+    except SpecError as err:
+        raise err.with_source(src) from None
+    return np.stack([rows[l] for l in layers])
+
+
+def _parse_table(body: str, where: str) -> np.ndarray:
+    """int32 [micro_batches, experts] from `[[c, ...], ...]`; counts are whole numbers (177 or 177.0)."""
+    try:
+        table = json.loads(body)  # NaN and Infinity parse as floats; the range check below refuses them
+    except (ValueError, RecursionError) as exc:
+        raise SpecError(where, body.strip(), f"{_LOG_LINE} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(table, list) or not table or not all(isinstance(r, list) and r for r in table):
+        raise SpecError(where, body.strip(), f"{_LOG_LINE}: a non-empty list of non-empty rows")
+    width = len(table[0])
+    if any(len(r) != width for r in table):
+        raise SpecError(where, [len(r) for r in table], "rows of equal length (one count per expert)")
+    flat = [v for r in table for v in r]
+    for j, v in enumerate(flat):  # bool, None, str, nested lists, fractions, inf and huge values all stop here
+        if type(v) not in (int, float) or not 0 <= v <= MAX_COUNT or v != int(v):
+            raise SpecError(f"{where} micro-batch {j // width} expert {j % width}", v,
+                            f"a whole number of assignments in [0, {MAX_COUNT:,}]")
+    return np.array(flat, dtype=np.int64).reshape(len(table), width).astype(np.int32)

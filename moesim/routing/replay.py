@@ -15,6 +15,10 @@ Merging is applied before the redraw and splitting after it (fewest random draws
 same in any order). Every draw comes from the Generator passed in, in a fixed order, so the output is a pure
 function of (trace, arguments, rng state). The top-k cap (an expert gets at most one assignment per token) is
 the recording's: merged experts, or a simulated top_k different from the trace's, may exceed it.
+
+No overflow anywhere: RoutingTrace holds at most MAX_TRACE_CELLS counts of at most MAX_COUNT (int32 max) each, so
+every int64 sum here (row totals, merged experts) stays below 2**61; and every output row sums to A <= int32 max,
+so no single load can wrap in the int32 result.
 """
 
 from __future__ import annotations

@@ -76,10 +76,11 @@ def test_all_zero_trace_round_trips(tmp_path: Path) -> None:
 
 def test_parquet_written_by_plain_pandas_is_densified(tmp_path: Path) -> None:
     frame = pd.DataFrame({"step": [100, 100, 300, 300], "layer": [0, 1, 1, 1], "micro_batch": [0, 0, 1, 1],
-                          "src_rank": [0, 2, 1, 1], "expert": [3, 0, 2, 2], "tokens": [5, 6, 7, 1],
-                          "note": ["x", "y", "z", "w"]})  # extra columns are ignored; duplicate keys add up
+                          "src_rank": [0, 2, 1, 1], "expert": [3, 0, 2, 2], "tokens": [5, 6, 7, 1]},
+                         index=[7, 8, 9, 10])  # duplicate keys add up; pandas' own index column is not data
     path = tmp_path / "plain.parquet"
-    frame.to_parquet(path, index=False)
+    frame.to_parquet(path)
+    assert "__index_level_0__" in pq.read_schema(path).names
     trace = read_trace(path)
     assert trace.counts.shape == (2, 2, 2, 3, 4)
     assert list(trace.steps) == [100, 300] and trace.top_k is None
@@ -103,6 +104,10 @@ def _plain(tmp_path: Path, **columns) -> Path:
 
 def test_missing_column_is_a_spec_error_naming_the_file(tmp_path: Path) -> None:
     expect_error(_plain(tmp_path, expert=None), read_trace, key="expert")
+
+
+def test_extra_column_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    assert "extra column" in expect_error(_plain(tmp_path, note=["x", "y"]), read_trace, key="note").one_line()
 
 
 def test_negative_values_are_a_spec_error(tmp_path: Path) -> None:
