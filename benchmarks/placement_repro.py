@@ -13,7 +13,6 @@ import numpy as np
 import yaml
 
 from moesim.io.scenario import parse_scenario
-from moesim.io.strict import Section
 from moesim.metrics.summary import summarize
 from moesim.sim.simulate import SimResult, simulate
 
@@ -28,7 +27,7 @@ def doc(name: str) -> dict:
 
 
 def run(data: dict) -> tuple[SimResult, dict]:
-    sc = parse_scenario(Section(copy.deepcopy(data)), "repro", SCENARIOS)
+    sc = parse_scenario(copy.deepcopy(data), "repro", SCENARIOS)
     res = simulate(sc)
     return res, summarize(res)
 

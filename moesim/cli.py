@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from moesim.spec.errors import SpecError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+DEFAULT_MAX_WALL_S = 3600.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,9 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing "
                                                 "(.parquet, SmartMoE .npz or log directory); swept routing keys are dropped")
     run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
+    run.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
+                     help="refuse a scenario whose estimated simulation time exceeds this (default: one hour)")
+    run.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
+                     help="refuse a scenario whose estimated peak memory exceeds this (default: the memory "
+                          "available on this machine)")
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
+    sch = sub.add_parser("schema", help="print the JSON Schema of scenario or profile YAML files")
+    sch.add_argument("kind", choices=("scenario", "profile"))
+    sch.add_argument("--out", type=Path, help="write it to this file instead of printing it")
+    sch.add_argument("--force", action="store_true", help="replace an existing file")
     cal = sub.add_parser("calibrate", help="measure this machine (or read cluster-kit samples) and write a profile")
     cal.add_argument("--out", type=Path, required=True, help="profile to write, e.g. hw_profiles/NAME.yaml")
     cal.add_argument("--quick", action="store_true", help="few sizes and repeats (about a minute on a CPU)")
@@ -145,8 +156,22 @@ def _trace_import(args) -> int:
     return 0
 
 
+def _terminate(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: a half-written run is removed, the old one kept
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     try:
         try:
             args = _parser().parse_args(argv)
@@ -155,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # libraries' warnings are not the user's business; errors are ours
             warnings.simplefilter("ignore")
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
-                    "calibrate": _calibrate}[args.command](args)
+                    "calibrate": _calibrate, "schema": _schema}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -197,13 +222,11 @@ def _override(scenario, steps: int | None, seed: int | None):
     fields = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     if not fields:
         return scenario
-    from moesim.spec.simulation import SimulationSpec  # noqa: PLC0415
-
-    try:
-        new_sim = SimulationSpec(**{**dataclasses.asdict(sim), **fields})
+    try:  # the same checks as simulation.steps / simulation.seed in YAML (the seed: an integer in [0, 2**63))
+        new_sim = sim.replace(**fields)
     except SpecError as err:
         raise SpecError(f"--{err.key}", err.value, err.expected) from None
-    return dataclasses.replace(scenario, simulation=new_sim)
+    return scenario.model_copy(update={"simulation": new_sim})  # no cross-field rule involves the simulation
 
 
 def _run(args) -> int:
@@ -216,11 +239,47 @@ def _run(args) -> int:
     points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
     base_name = points[0][1].name.split("[", 1)[0]
     out = args.out or default_run_dir(base_name)
+    _check_cost([sc for _, sc in points], args)
     if not args.no_files:
         check_out_dir(out, args.force)  # refuse before simulating, not after
     if not keys:
         return _run_one(points[0][1], out, args)
     return _run_sweep(keys, points, out, args, base_name)
+
+
+def _available_memory_bytes() -> float:
+    """MemAvailable from /proc/meminfo; where that cannot be read, no memory limit."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.inf
+
+
+def _check_cost(scenarios: list, args) -> None:
+    """Refuse, before any work, what would take more than --max-wall-s or more memory than --max-memory-GiB
+    (one point at a time for a sweep: memory is the largest point's, time the sum)."""
+    from moesim.sim.estimate import estimate_cost  # noqa: PLC0415
+
+    for flag, value in (("--max-wall-s", args.max_wall_s), ("--max-memory-GiB", args.max_memory_GiB)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SpecError(flag, value, "a finite number > 0")
+    estimates = [estimate_cost(sc) for sc in scenarios]
+    wall_s = sum(e.wall_s for e in estimates)
+    memory_bytes = max(e.peak_memory_bytes for e in estimates)
+    limit_bytes = args.max_memory_GiB * 2**30 if args.max_memory_GiB is not None else _available_memory_bytes()
+    what = estimates[0].describe() if len(estimates) == 1 else f"{len(estimates)} points"
+    if wall_s > args.max_wall_s:
+        raise SpecError("--max-wall-s", f"{args.max_wall_s:g}",
+                        f"a run estimated to fit: this one needs about {wall_s:,.0f} s ({what}); pass "
+                        f"--max-wall-s {math.ceil(wall_s * 1.5)} to run it anyway, or simulate fewer steps")
+    if memory_bytes > limit_bytes:
+        raise SpecError("--max-memory-GiB", f"{limit_bytes / 2**30:.1f}",
+                        f"a run estimated to fit: this one needs about {memory_bytes / 2**30:.1f} GiB ({what}); "
+                        f"pass --max-memory-GiB {math.ceil(memory_bytes * 1.25 / 2**30)} to run it anyway")
 
 
 def _simulate(scenario, label: str):
@@ -283,6 +342,24 @@ def _validate(args) -> int:
     if failed and len(args.scenarios) > 1:
         print(f"moesim: {failed} of {len(args.scenarios)} files invalid", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _schema(args) -> int:
+    import json  # noqa: PLC0415
+
+    from moesim.io.results import write_text_atomic  # noqa: PLC0415
+    from moesim.placement.registry import POLICIES  # noqa: PLC0415
+    from moesim.spec.schema import profile_json_schema, scenario_json_schema  # noqa: PLC0415
+
+    policies = {kind: params for kind, (params, _) in POLICIES.items()}
+    schema = scenario_json_schema(policies) if args.kind == "scenario" else profile_json_schema()
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return 0
+    _refuse_overwrite(args.out, args.force)
+    print(f"wrote {write_text_atomic(args.out, text)}")
+    return 0
 
 
 def _list(args) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from moesim.io.profile import PROFILE_DIR, load_profile
 from moesim.spec import (Activation, ClusterSpec, MoeModelSpec, ParallelLayout, Recompute, RoutingDistribution,
                          RoutingSpec, Scenario, SimulationSpec, TrainingSpec)
@@ -12,17 +10,16 @@ from moesim.spec.training import OptimizerSpec
 
 def h100(gpus_per_node: int = 8, bandwidth_scale: float = 1.0):
     prof = load_profile(PROFILE_DIR / "dgx-h100.yaml")
-    node = dataclasses.replace(prof.node, gpus_per_node=gpus_per_node,
-                               nvlink_bandwidth_bytes_per_s=prof.node.nvlink_bandwidth_bytes_per_s * bandwidth_scale)
-    fabric = dataclasses.replace(prof.fabric, nic_bandwidth_bytes_per_s=prof.fabric.nic_bandwidth_bytes_per_s
-                                 * bandwidth_scale)
-    return dataclasses.replace(prof, node=node, fabric=fabric)
+    node = prof.node.replace(gpus_per_node=gpus_per_node,
+                             nvlink_bandwidth_bytes_per_s=prof.node.nvlink_bandwidth_bytes_per_s * bandwidth_scale)
+    fabric = prof.fabric.replace(nic_bandwidth_bytes_per_s=prof.fabric.nic_bandwidth_bytes_per_s * bandwidth_scale)
+    return prof.replace(node=node, fabric=fabric)
 
 
 def no_peer_overhead(prof, **fabric):
     """Closed forms count bandwidth and latency only: drop the per-peer issue cost (and override fabric fields)."""
-    return dataclasses.replace(prof, node=dataclasses.replace(prof.node, nvlink_peer_overhead_s=0.0),
-                               fabric=dataclasses.replace(prof.fabric, nic_peer_overhead_s=0.0, **fabric))
+    return prof.replace(node=prof.node.replace(nvlink_peer_overhead_s=0.0),
+                        fabric=prof.fabric.replace(nic_peer_overhead_s=0.0, **fabric))
 
 
 def tiny_model(**overrides) -> MoeModelSpec:

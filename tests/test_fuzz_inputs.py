@@ -168,6 +168,12 @@ SNIPPETS = [
     "a: *undefined", "!!python/object/apply:os.system ['true']", "a: !!binary AAAA", "a: !!set {x, y}",
     "name: 2024-01-01", "a: " + "[" * 3000 + "]" * 3000, "a: 1\x00", "\ufeffname: bom", "%YAML 9.9\n---\na: 1",
     "name: x\nname: y\n", "a: " + "9" * 5000,
+    # limits of the reader (moesim.io.safe_yaml): nesting, aliases expanding into huge structures, keys twice
+    "a: " + "{b: " * 100 + "1" + "}" * 100, "".join(" " * i + f"k{i}:\n" for i in range(100)),
+    "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 7)),
+    "l0: &l0 [1]\n" + "".join(f"l{i}: &l{i} [*l{i - 1}]\n" for i in range(1, 100)),
+    "cluster: {profile: dgx-h100, nodes: 1, nodes: 2}", "1: a\n0x1: b\n", "sweeep: {routing.zipf_s: [1]}",
 ]
 
 
@@ -353,6 +359,13 @@ def test_validate_never_raises_on_1000_mutated_files(fuzz_dir):
     assert sum(outcomes.values()) >= 1000, outcomes
     assert outcomes[0] >= 50 and outcomes[2] >= 500, outcomes  # both valid and invalid files were produced
     assert len(keys) >= 40, sorted(keys)  # errors came from many different key paths, not one early check
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=range(len(SNIPPETS)))
+def test_every_snippet_is_refused_or_accepted_on_one_line(fuzz_dir, snippet):
+    """Each hostile snippet for sure, not only when the random search draws it."""
+    rc, out, err = _cli("validate", str(_write(fuzz_dir, (snippet.encode(), H100_BYTES))))
+    _check_one_line(rc, out, err, "validate")
 
 
 def _sweep_paths(doc: Any) -> list[tuple]:

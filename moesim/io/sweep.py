@@ -7,8 +7,10 @@ import copy
 import itertools
 from pathlib import Path
 
+from moesim.io.document import validate
 from moesim.io.scenario import parse_scenario
-from moesim.io.strict import Section, read_yaml_mapping
+from moesim.io.strict import read_yaml_mapping
+from moesim.spec.document import ScenarioFileKeys
 from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
 
@@ -40,7 +42,7 @@ def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[st
             if label and isinstance(data.get("name", path.stem), str):  # a bad name is left for the loader to report
                 doc["name"] = f"{data.get('name', path.stem)}[{label}]"
             try:
-                points.append((values, parse_scenario(Section(doc), default_name=path.stem, base_dir=path.parent)))
+                points.append((values, parse_scenario(doc, default_name=path.stem, base_dir=path.parent)))
             except SpecError as err:
                 where = f" (sweep point {label})" if label else ""
                 raise SpecError(err.key, err.value, f"{err.expected}{where}", err.source) from None
@@ -59,7 +61,8 @@ def _copy(data: dict) -> dict:
 def _grid(sweep) -> tuple[list[str], list[tuple]]:
     if sweep is None:
         return [], [()]
-    if not isinstance(sweep, dict) or not sweep:
+    validate(ScenarioFileKeys, {"sweep": sweep}, {"sweep": sweep})
+    if not sweep:
         raise SpecError("sweep", sweep, "a mapping of dotted key paths to lists of values")
     keys, lists = [], []
     for key, values in sweep.items():

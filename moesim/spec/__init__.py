@@ -1,7 +1,8 @@
-"""Frozen, validated specs: one dataclass per concept, SI units inside, no I/O."""
+"""Frozen, validated specs: one pydantic model per concept, each field declared once; SI units inside, no I/O."""
 
 from moesim.spec.errors import SpecError
-from moesim.spec.hardware import (ClusterProfile, ClusterSpec, ComputeEfficiency, Dtype, EfficiencyCurve,
+from moesim.spec.dtype import Dtype
+from moesim.spec.hardware import (ClusterProfile, ClusterSpec, ComputeEfficiency, EfficiencyCurve,
                                   FabricSpec, GpuSpec, NodeSpec)
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import Activation, MoeModelSpec

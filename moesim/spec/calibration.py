@@ -3,37 +3,66 @@ section `calibration`). The simulator prefers these to the datasheet numbers whe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import field_validator
 
-from moesim.spec.hardware import Dtype
+from moesim import units
+from moesim.spec.base import LISTS_AS_TUPLES, Count, NonEmptyStr, SpecModel, spec_field
+from moesim.spec.dtype import Dtype
+from moesim.spec.errors import require
+
+Tier = Literal["intra_node", "inter_node"]
+CollectiveOp = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "all_to_all_skewed"]
+Table = Annotated[tuple[tuple[float, float], ...], LISTS_AS_TUPLES]
 
 
-@dataclass(frozen=True)
-class ExpertKernelCalibration:
+def _increasing_positive(table: tuple, max_second: float | None = None) -> tuple:
+    """Sizes strictly increasing (a shuffled or duplicated table means a broken calibration file), values > 0."""
+    ok = all(a > 0 and b > 0 and (max_second is None or b <= max_second) for a, b in table) and \
+        all(y[0] > x[0] for x, y in zip(table, table[1:]))
+    require(ok, "", table, "sizes > 0 strictly increasing, values > 0")
+    return table
+
+
+class ExpertKernelCalibration(SpecModel):
     """time(rows of one expert) = t0_s + ceil(rows / tile_rows) * tile_rows * flop_per_row / (peak * eff_max)."""
 
-    impl: str
-    dtype: Dtype
-    hidden: int
-    ffn: int
-    t0_s: float
-    eff_max: float
-    tile_rows: int
-    table: tuple[tuple[float, float], ...]  # (rows per expert, efficiency) as measured, for reports
+    impl: NonEmptyStr = spec_field(help="the measured implementation: triton, torch_loop")
+    dtype: Dtype = spec_field(help="the measured dtype")
+    hidden: Count = spec_field(help="hidden size of the measured shape", ge=1)
+    ffn: Count = spec_field(help="expert FFN size of the measured shape", ge=1)
+    t0_s: float = spec_field(help="fixed cost per expert", yaml="t0_us", unit="us", scale=units.US, ge=0)
+    eff_max: float = spec_field(help="asymptotic fraction of peak", unit="(fraction)", gt=0, le=1.0)
+    tile_rows: Count = spec_field(help="row tile each expert is padded to", ge=1)
+    fit_rel_error: float = spec_field(0.0, help="mean relative error of the fit (a report, not used)", ge=0)
+    table: Table = spec_field(
+        help="(rows per expert, efficiency) as measured, for reports", yaml="table_rows", min_length=1,
+        expected="[[rows per expert, efficiency], ...] with rows strictly increasing and efficiency in (0, 1]")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, table: tuple) -> tuple:
+        return _increasing_positive(table, max_second=1.0)
 
 
-@dataclass(frozen=True)
-class CollectiveCalibration:
+class CollectiveCalibration(SpecModel):
     """One collective on one tier: alpha-beta fit plus the measured busbw per size (nccl-tests conventions)."""
 
-    op: str  # all_reduce | all_gather | reduce_scatter | all_to_all | all_to_all_skewed
-    tier: str  # intra_node | inter_node
-    ranks: int
-    alpha_s: float
-    bandwidth_bytes_per_s: float
-    table: tuple[tuple[float, float], ...]  # (bytes per rank, busbw bytes/s), bytes strictly increasing
+    ranks: Count = spec_field(help="ranks in the measured group", ge=2)
+    alpha_s: float = spec_field(help="fitted latency", yaml="alpha_us", unit="us", scale=units.US, ge=0)
+    bandwidth_bytes_per_s: float = spec_field(help="fitted asymptotic algbw", yaml="bandwidth_GBps", unit="GB/s",
+                                              scale=units.GB_PER_S, gt=0)
+    fit_rel_error: float = spec_field(0.0, help="mean relative error of the fit (a report, not used)", ge=0)
+    table: Table = spec_field(
+        help="(bytes per rank, busbw) as measured", scale=(1.0, units.GB_PER_S), min_length=1,
+        expected="[[bytes per rank, busbw GB/s], ...] with bytes strictly increasing and busbw > 0")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, table: tuple) -> tuple:
+        return _increasing_positive(table)
 
     def time_s(self, nbytes: float, factor: float) -> float:
         """Seconds for a per-rank size of nbytes: size x factor / busbw(size) inside the measured range. Below
@@ -50,17 +79,18 @@ class CollectiveCalibration:
         return float(np.interp(np.log(max(nbytes, 1.0)), sizes, bw))
 
 
-@dataclass(frozen=True)
-class Calibration:
-    provenance: dict = field(default_factory=dict)  # date, device, versions, hosts, ranks, environment
-    samples: str = ""  # the raw samples' directory, relative to the profile
-    expert_kernels: tuple[ExpertKernelCalibration, ...] = ()
-    collectives: tuple[CollectiveCalibration, ...] = ()
+class Calibration(SpecModel):
+    provenance: dict[str, Any] = spec_field(help="date, device, versions, hosts, ranks, environment", min_length=1,
+                                            expected="a mapping: date, device, versions, hosts, ranks")
+    samples: str = spec_field("", help="the raw samples' directory, relative to the profile")
+    expert_kernels: Annotated[tuple[ExpertKernelCalibration, ...], LISTS_AS_TUPLES] = spec_field(
+        (), help="fitted expert GEMM shapes", expected="a list of fitted expert GEMM shapes")
+    collectives: dict[Tier, dict[CollectiveOp, CollectiveCalibration]] = spec_field(
+        default_factory=dict, help="fitted collectives per tier and operation")
 
     def collective(self, op: str, tier: str) -> CollectiveCalibration | None:
-        """The measurement with the most ranks for (op, tier), or None."""
-        found = [c for c in self.collectives if c.op == op and c.tier == tier]
-        return max(found, key=lambda c: c.ranks) if found else None
+        """The measurement of (op, tier), or None."""
+        return self.collectives.get(tier, {}).get(op)
 
     def expert_kernel(self, dtype: Dtype, hidden: int, ffn: int) -> ExpertKernelCalibration | None:
         """The measured shape of this dtype nearest in log(hidden x ffn), or None."""

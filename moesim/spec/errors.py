@@ -10,8 +10,14 @@ _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 6
 _SHORT_REPR.maxlevel = 3
 
 
+class Verbatim(str):
+    """A value shown whole and unquoted, such as a YAML syntax error's problem, context and position."""
+
+
 def show_value(value: object) -> str:
     """The bad value as error lines show it: a bounded repr, so a huge value never stalls the message."""
+    if isinstance(value, Verbatim):
+        return str(value)
     text = _SHORT_REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -27,7 +33,7 @@ class SpecError(ValueError):
         self.source = source
         super().__init__(self.one_line())
 
-    def with_source(self, source: str, prefix: str = "") -> "SpecError":
+    def with_source(self, source: str, prefix: str = "") -> SpecError:
         key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
         return SpecError(key, self.value, self.expected, self.source or source)
 

@@ -1,47 +1,45 @@
-"""Cluster hardware: GPU, node (NVLink domain), scale-out fabric, compute efficiency, provenance."""
+"""Cluster hardware: GPU, node (NVLink domain), scale-out fabric, compute efficiency, provenance.
+SI inside; each field says how hw_profiles/*.yaml writes it (`{value: X, source: "..."}` in human units)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import Enum
+from typing import Annotated, Literal
 
+from pydantic import Field, field_validator
+
+from moesim import units
+from moesim.spec.base import LISTS_AS_TUPLES, NOT_BOOL, Count, NonEmptyStr, SpecModel, spec_field
+from moesim.spec.calibration import Calibration
+from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError, require
 
 
-class Dtype(Enum):
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-    FP8 = "fp8"
-
-    @property
-    def bytes(self) -> int:
-        return _DTYPE_BYTES[self]
+_FRACTION = dict(gt=0.0, le=1.0)
 
 
-_DTYPE_BYTES = {Dtype.FP32: 4, Dtype.BF16: 2, Dtype.FP16: 2, Dtype.FP8: 1}
-
-
-@dataclass(frozen=True)
-class EfficiencyCurve:
+class EfficiencyCurve(SpecModel):
     """Fraction of peak achieved by one operation as a function of its FLOP count.
     Points are (flop, efficiency); interpolated linearly in log10(flop), clamped at the ends.
-    A single point is a constant."""
+    A single point is a constant. In a profile: `{value: <fraction>, source}` or `{table_GFLOP: ..., source}`."""
 
-    points: tuple[tuple[float, float], ...]
+    points: Annotated[tuple[tuple[float, float], ...], LISTS_AS_TUPLES] = spec_field(
+        help="(FLOP of one operation, fraction of peak) pairs", yaml="table_GFLOP", unit="GFLOP",
+        scale=(units.GFLOP, 1.0), min_length=1,
+        expected="a list of [GFLOP, efficiency] pairs with GFLOP increasing and efficiency in (0, 1]")
 
-    def __post_init__(self) -> None:
-        require(len(self.points) >= 1, "points", self.points, "at least one (flop, efficiency) point")
-        flops = [p[0] for p in self.points]
-        require(all(f > 0 for f in flops), "points", self.points, "flop > 0 in every point")
-        require(all(b > a for a, b in zip(flops, flops[1:])), "points", flops, "strictly increasing flop")
-        for _, eff in self.points:
-            require(0 < eff <= 1, "points", eff, "efficiency in (0, 1]")
+    @field_validator("points")
+    @classmethod
+    def _ordered(cls, points: tuple) -> tuple:
+        flops = [p[0] for p in points]
+        ok = all(f > 0 for f in flops) and all(b > a for a, b in zip(flops, flops[1:])) \
+            and all(0 < eff <= 1 for _, eff in points)
+        require(ok, "", points, "(flop, efficiency) pairs with flop > 0 increasing and efficiency in (0, 1]")
+        return points
 
     @staticmethod
-    def constant(efficiency: float) -> "EfficiencyCurve":
-        return EfficiencyCurve(((1.0, float(efficiency)),))
+    def constant(efficiency: float) -> EfficiencyCurve:
+        return EfficiencyCurve(points=((1.0, float(efficiency)),))
 
     def at(self, flop: float) -> float:
         pts = self.points
@@ -57,20 +55,16 @@ class EfficiencyCurve:
         raise AssertionError("unreachable: flop inside the table")
 
 
-@dataclass(frozen=True)
-class GpuSpec:
-    name: str
-    peak_flop_per_s: dict[Dtype, float]  # dense (no 2:4 sparsity)
-    hbm_bytes: float
-    hbm_bandwidth_bytes_per_s: float
-
-    def __post_init__(self) -> None:
-        require(bool(self.peak_flop_per_s), "peak_flop_per_s", self.peak_flop_per_s, "at least one dtype")
-        for dtype, peak in self.peak_flop_per_s.items():
-            require(peak > 0, f"peak_flop_per_s.{dtype.value}", peak, "> 0 FLOP/s")
-        require(self.hbm_bytes > 0, "hbm_bytes", self.hbm_bytes, "> 0 bytes")
-        require(self.hbm_bandwidth_bytes_per_s > 0, "hbm_bandwidth_bytes_per_s",
-                self.hbm_bandwidth_bytes_per_s, "> 0 bytes/s")
+class GpuSpec(SpecModel):
+    name: NonEmptyStr = spec_field(help="the GPU model, as reports show it")
+    peak_flop_per_s: dict[Dtype, Annotated[float, Field(gt=0)]] = spec_field(
+        help="dense peak (no 2:4 sparsity) per dtype", yaml="peak_dense_TFLOPs", unit="TFLOP/s",
+        scale=units.TFLOP, sourced=True, min_length=1,
+        expected=f"a peak for at least one dtype ({', '.join(d.value for d in Dtype)}) in TFLOP/s")
+    hbm_bytes: float = spec_field(help="HBM capacity", yaml="hbm_GB", unit="GB", scale=units.GB, sourced=True,
+                                  gt=0)
+    hbm_bandwidth_bytes_per_s: float = spec_field(help="HBM bandwidth", yaml="hbm_bandwidth_GBps", unit="GB/s",
+                                                  scale=units.GB_PER_S, sourced=True, gt=0)
 
     def peak(self, dtype: Dtype) -> float:
         if dtype not in self.peak_flop_per_s:
@@ -79,89 +73,92 @@ class GpuSpec:
         return self.peak_flop_per_s[dtype]
 
 
-@dataclass(frozen=True)
-class NodeSpec:
+class NodeSpec(SpecModel):
     """One NVLink/NVSwitch domain. Bandwidths are per GPU, one direction."""
 
-    gpus_per_node: int
-    nvlink_bandwidth_bytes_per_s: float
-    nvlink_latency_s: float
-    nvlink_efficiency: float  # achievable fraction of the link rate for collectives
-    nvlink_peer_overhead_s: float = 0.0  # issue cost per intra-node peer of an all-to-all (LogGP's o)
-
-    def __post_init__(self) -> None:
-        require(self.gpus_per_node >= 1, "gpus_per_node", self.gpus_per_node, "an integer >= 1")
-        require(self.nvlink_bandwidth_bytes_per_s > 0, "nvlink_bandwidth_bytes_per_s",
-                self.nvlink_bandwidth_bytes_per_s, "> 0 bytes/s")
-        require(self.nvlink_latency_s >= 0, "nvlink_latency_s", self.nvlink_latency_s, ">= 0 s")
-        require(0 < self.nvlink_efficiency <= 1, "nvlink_efficiency", self.nvlink_efficiency, "a fraction in (0, 1]")
-        require(self.nvlink_peer_overhead_s >= 0, "nvlink_peer_overhead_s", self.nvlink_peer_overhead_s, ">= 0 s")
+    gpus_per_node: Count = spec_field(help="GPUs in one NVLink domain", unit="GPUs", sourced=True, ge=1)
+    nvlink_bandwidth_bytes_per_s: float = spec_field(
+        help="NVLink bandwidth per GPU, one direction", yaml="nvlink_GBps", unit="GB/s per GPU, one direction",
+        scale=units.GB_PER_S, sourced=True, gt=0)
+    nvlink_latency_s: float = spec_field(help="per-hop NVLink latency", yaml="nvlink_latency_us", unit="us",
+                                         scale=units.US, sourced=True, ge=0)
+    nvlink_efficiency: float = spec_field(help="achievable fraction of the link rate for collectives",
+                                          unit="(fraction)", sourced=True, **_FRACTION)
+    nvlink_peer_overhead_s: float = spec_field(
+        0.0, help="issue cost per intra-node peer of an all-to-all (LogGP's o)", yaml="nvlink_peer_overhead_us",
+        unit="us", scale=units.US, sourced=True, ge=0)
 
 
-@dataclass(frozen=True)
-class FabricSpec:
+class FabricSpec(SpecModel):
     """Scale-out network. Bandwidth is per NIC, one direction."""
 
-    nics_per_node: int
-    nic_bandwidth_bytes_per_s: float
-    nic_latency_s: float
-    nic_efficiency: float
-    rail_optimized: bool
-    oversubscription: float  # leaf-to-spine; 1.0 = full bisection
-    nic_peer_overhead_s: float = 0.0  # issue cost per inter-node peer of an all-to-all (LogGP's o)
-
-    def __post_init__(self) -> None:
-        require(self.nics_per_node >= 1, "nics_per_node", self.nics_per_node, "an integer >= 1")
-        require(self.nic_bandwidth_bytes_per_s > 0, "nic_bandwidth_bytes_per_s",
-                self.nic_bandwidth_bytes_per_s, "> 0 bytes/s")
-        require(self.nic_latency_s >= 0, "nic_latency_s", self.nic_latency_s, ">= 0 s")
-        require(0 < self.nic_efficiency <= 1, "nic_efficiency", self.nic_efficiency, "a fraction in (0, 1]")
-        require(self.oversubscription >= 1, "oversubscription", self.oversubscription, ">= 1 (1 = full bisection)")
-        require(self.nic_peer_overhead_s >= 0, "nic_peer_overhead_s", self.nic_peer_overhead_s, ">= 0 s")
-
-
-@dataclass(frozen=True)
-class ComputeEfficiency:
-    matmul: EfficiencyCurve  # GEMMs: projections, FFNs, experts, router, LM head
-    attention: EfficiencyCurve  # the fused attention core (QK^T, softmax, AV)
-    tile_rows: int  # expert GEMM row tile: each expert's rows are padded up to a multiple
-
-    def __post_init__(self) -> None:
-        ok = self.tile_rows >= 1 and (self.tile_rows & (self.tile_rows - 1)) == 0
-        require(ok, "tile_rows", self.tile_rows, "a power of two >= 1 (rows)")
+    nics_per_node: Count = spec_field(help="NICs per node", unit="NICs", sourced=True, ge=1)
+    nic_bandwidth_bytes_per_s: float = spec_field(help="line rate per NIC, one direction", yaml="nic_Gbps",
+                                                  unit="Gb/s per NIC, one direction", scale=units.GBIT_PER_S,
+                                                  sourced=True, gt=0)
+    nic_latency_s: float = spec_field(help="network latency", yaml="nic_latency_us", unit="us", scale=units.US,
+                                      sourced=True, ge=0)
+    nic_efficiency: float = spec_field(help="achievable fraction of the line rate", unit="(fraction)",
+                                       sourced=True, **_FRACTION)
+    rail_optimized: bool = spec_field(help="rail-optimised fabric: GPU i of every node shares leaf switch i",
+                                      sourced=True)
+    oversubscription: float = spec_field(help="leaf-to-spine oversubscription; 1 = full bisection",
+                                         unit="(ratio, >= 1)", sourced=True, ge=1.0)
+    nic_peer_overhead_s: float = spec_field(
+        0.0, help="issue cost per inter-node peer of an all-to-all (LogGP's o)", yaml="nic_peer_overhead_us",
+        unit="us", scale=units.US, sourced=True, ge=0)
 
 
-@dataclass(frozen=True)
-class ClusterProfile:
+class ComputeEfficiency(SpecModel):
+    matmul: EfficiencyCurve = spec_field(help="GEMMs: projections, FFNs, experts, router, LM head",
+                                         yaml="matmul_efficiency", unit="(fraction of peak)", sourced=True)
+    attention: EfficiencyCurve = spec_field(help="the fused attention core (QK^T, softmax, AV)",
+                                            yaml="attention_efficiency", unit="(fraction of peak)", sourced=True)
+    tile_rows: Count = spec_field(help="expert GEMM row tile: each expert's rows are padded up to a multiple",
+                                  yaml="expert_tile_rows", unit="rows", sourced=True, ge=1)
+
+    @field_validator("tile_rows")
+    @classmethod
+    def _power_of_two(cls, tile_rows: int) -> int:
+        require(tile_rows & (tile_rows - 1) == 0, "", tile_rows, "a power of two >= 1 rows")
+        return tile_rows
+
+
+class ClusterProfile(SpecModel):
     """A kind of machine, as data (hw_profiles/*.yaml). `provenance` maps each key path to its source."""
 
-    name: str
-    status: str  # "datasheet, not calibrated" or a calibration description
-    gpu: GpuSpec
-    node: NodeSpec
-    fabric: FabricSpec
-    efficiency: ComputeEfficiency
-    provenance: dict[str, str] = field(default_factory=dict)
-    calibration: "Calibration | None" = None  # moesim.spec.calibration: fitted kernels and collectives
+    schema_version: Annotated[Literal[1], NOT_BOOL] = spec_field(1, help="version of the profile format")
+    name: NonEmptyStr = spec_field(help="profile name; hw_profiles/<name>.yaml")
+    status: NonEmptyStr = spec_field(help='"datasheet, not calibrated" or a calibration description')
+    description: str = spec_field("", help="free text")
+    gpu: GpuSpec = spec_field(help="one GPU")
+    node: NodeSpec = spec_field(help="one NVLink domain")
+    fabric: FabricSpec = spec_field(help="the scale-out network")
+    efficiency: ComputeEfficiency = spec_field(help="achieved fraction of peak", yaml="compute")
+    provenance: dict[str, str] = spec_field(default_factory=dict, in_file=False,
+                                            help="key path -> where its number comes from")
+    calibration: Calibration | None = spec_field(None, help="what `moesim calibrate` measured: fitted kernels "
+                                                            "and collectives, preferred to the datasheet numbers")
 
     @property
     def nic_bandwidth_per_gpu_bytes_per_s(self) -> float:
         return self.fabric.nics_per_node * self.fabric.nic_bandwidth_bytes_per_s / self.node.gpus_per_node
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
+class ClusterSpec(SpecModel):
     """A profile times a number of nodes: the machine a scenario runs on."""
 
-    profile: ClusterProfile
-    num_nodes: int
+    profile: ClusterProfile = spec_field(help="the kind of machine (the file names it: cluster.profile)",
+                                         in_file=False)
+    nodes: Count = spec_field(help="nodes of the profile's kind", unit="nodes", ge=1)
 
-    def __post_init__(self) -> None:
-        require(self.num_nodes >= 1, "nodes", self.num_nodes, "an integer >= 1")
+    @property
+    def num_nodes(self) -> int:
+        return self.nodes
 
     @property
     def num_gpus(self) -> int:
-        return self.num_nodes * self.profile.node.gpus_per_node
+        return self.nodes * self.profile.node.gpus_per_node
 
     def node_of(self, rank: int) -> int:
         return rank // self.profile.node.gpus_per_node

@@ -8,27 +8,30 @@ tp > 1 (Megatron requires it for MoE with tensor parallelism), so each rank rout
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic import model_validator
 
+from moesim.spec.base import Count, SpecModel, spec_field
 from moesim.spec.errors import require
 
+_GPUS = "(GPUs in each group)"
 
-@dataclass(frozen=True)
-class ParallelLayout:
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-    ep: int = 1
-    etp: int = 1
 
-    def __post_init__(self) -> None:
-        for key in ("tp", "pp", "dp", "ep", "etp"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+class ParallelLayout(SpecModel):
+    """Megatron's parallel sizes (its flags: --tensor-model-parallel-size, --pipeline-model-parallel-size, data
+    parallel = the rest, --expert-model-parallel-size, --expert-tensor-parallel-size)."""
+
+    tp: Count = spec_field(1, help="tensor parallel size (sequence parallel when > 1)", unit=_GPUS, ge=1)
+    pp: Count = spec_field(1, help="pipeline parallel size (stages)", unit=_GPUS, ge=1)
+    dp: Count = spec_field(1, help="data parallel size", unit=_GPUS, ge=1)
+    ep: Count = spec_field(1, help="expert parallel size, carved out of tp x dp", unit=_GPUS, ge=1)
+    etp: Count = spec_field(1, help="expert tensor parallel size", unit=_GPUS, ge=1)
+
+    @model_validator(mode="after")
+    def _expert_grid_fits(self) -> ParallelLayout:
         require(self.ranks_per_stage % (self.ep * self.etp) == 0, "ep", self.ep,
                 f"ep x etp ({self.ep} x {self.etp}) must divide tp x dp ({self.ranks_per_stage})")
+        return self
 
     @property
     def world_size(self) -> int:

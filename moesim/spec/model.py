@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from typing import Any
 
+from pydantic import model_validator
+
+from moesim.spec.base import Count, NonEmptyStr, SpecEnum, SpecModel, spec_field
 from moesim.spec.errors import require
 
 
-class Activation(Enum):
+class Activation(SpecEnum):
     SWIGLU = "swiglu"  # gate, up and down projections: 3 matrices
     GELU = "gelu"  # up and down: 2 matrices
 
@@ -17,33 +19,40 @@ class Activation(Enum):
         return 3 if self is Activation.SWIGLU else 2
 
 
-@dataclass(frozen=True)
-class MoeModelSpec:
-    name: str
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    dense_ffn_size: int  # FFN width of the dense (non-MoE) layers
-    expert_ffn_size: int  # FFN width of one routed expert
-    num_experts: int  # routed experts per MoE layer
-    top_k: int
-    num_shared_experts: int  # always-on experts, each expert_ffn_size wide
-    vocab_size: int
-    activation: Activation
-    first_k_dense: int = 0  # the first k layers are dense
-    moe_every: int = 1  # after those, every n-th layer is MoE (1 = all)
-    source: str = ""  # where the numbers come from
+class MoeModelSpec(SpecModel):
+    """A model preset's fields, or all of them spelt out; a scenario may override any field of a preset."""
 
-    def __post_init__(self) -> None:
-        for key in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
-                    "expert_ffn_size", "num_experts", "top_k", "vocab_size", "moe_every"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
-        for key in ("dense_ffn_size", "num_shared_experts", "first_k_dense"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and value >= 0, key, value, "an integer >= 0")
+    preset: str = spec_field("", help="start from this preset (moesim.spec.presets, `moesim list`); the other "
+                                      "keys override its values")
+    name: NonEmptyStr = spec_field("custom", help="the model's name in reports (default: the preset's)")
+    num_layers: Count = spec_field(help="transformer layers", ge=1)
+    hidden_size: Count = spec_field(help="model width", ge=1)
+    num_attention_heads: Count = spec_field(help="query heads", ge=1)
+    num_kv_heads: Count = spec_field(help="key/value heads (grouped-query attention)", ge=1)
+    head_dim: Count | None = spec_field(None, help="width of one head; default: hidden_size / num_attention_heads",
+                                        ge=1)
+    dense_ffn_size: Count = spec_field(0, help="FFN width of the dense (non-MoE) layers", ge=0)
+    expert_ffn_size: Count = spec_field(help="FFN width of one routed expert", ge=1)
+    num_experts: Count = spec_field(help="routed experts per MoE layer", ge=1)
+    top_k: Count = spec_field(help="routed experts per token", ge=1)
+    num_shared_experts: Count = spec_field(0, help="always-on experts, each expert_ffn_size wide", ge=0)
+    vocab_size: Count = spec_field(help="vocabulary size", ge=1)
+    activation: Activation = spec_field(help="FFN activation: swiglu (3 matrices) or gelu (2)")
+    first_k_dense: Count = spec_field(0, help="the first k layers are dense", ge=0)
+    moe_every: Count = spec_field(1, help="after those, every n-th layer is MoE (1 = all)", ge=1)
+    source: str = spec_field("", help="where the numbers come from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_head_dim(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("head_dim") is None:
+            hidden, heads = data.get("hidden_size"), data.get("num_attention_heads")
+            if all(type(v) is int for v in (hidden, heads)) and heads > 0:  # else their own errors come first
+                data = {**data, "head_dim": max(1, hidden // heads)}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MoeModelSpec:
         require(self.num_attention_heads % self.num_kv_heads == 0, "num_kv_heads", self.num_kv_heads,
                 f"a divisor of num_attention_heads ({self.num_attention_heads})")
         require(self.top_k <= self.num_experts, "top_k", self.top_k,
@@ -54,6 +63,7 @@ class MoeModelSpec:
         has_dense = self.first_k_dense > 0 or (self.moe_every > 1 and self.num_layers - self.first_k_dense > 1)
         require(not has_dense or self.dense_ffn_size >= 1, "dense_ffn_size", self.dense_ffn_size,
                 "an integer >= 1 (the model has dense layers)")
+        return self
 
     def is_moe_layer(self, layer: int) -> bool:
         return layer >= self.first_k_dense and (layer - self.first_k_dense) % self.moe_every == 0

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
-from moesim.spec.errors import require
+from moesim.spec.base import Count, SpecEnum, SpecModel, spec_field
 
 
-class PlacementPolicyKind(Enum):
+class PlacementPolicyKind(SpecEnum):
     STATIC = "static"  # contiguous expert parallelism, never changes (the baseline)
     FASTERMOE = "fastermoe"  # per-step shadowing of hot experts (+ optional topology-aware gate)
     SMARTMOE = "smartmoe"  # periodic greedy re-packing over fixed slots, no replication
@@ -18,18 +16,19 @@ class PlacementPolicyKind(Enum):
     EPLB = "eplb"  # DeepSeek's EPLB: redundant experts, hierarchical or global packing
 
 
-class MigrationMode(Enum):
+class MigrationMode(SpecEnum):
     BLOCKING = "blocking"  # every rank of the stage waits for the transfers at the start of the step
     OVERLAPPED = "overlapped"  # transfers run beside compute; a layer's first dispatch waits for its experts
 
 
-@dataclass(frozen=True)
-class PlacementSpec:
-    policy: PlacementPolicyKind = PlacementPolicyKind.STATIC
-    params: Any = None  # the policy's frozen parameter dataclass (moesim.placement.registry); None = defaults
-    slots_per_gpu: int | None = None  # expert slots per EP rank (memory budget); None = experts / ep
-    migration: MigrationMode = MigrationMode.BLOCKING
+class PlacementSpec(SpecModel):
+    """In the file, each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), typed
+    by the fields of its dataclass in moesim/placement/; every sub-section given is checked, so that a sweep over
+    `policy` can carry them all."""
 
-    def __post_init__(self) -> None:
-        require(self.slots_per_gpu is None or (isinstance(self.slots_per_gpu, int) and self.slots_per_gpu >= 1),
-                "slots_per_gpu", self.slots_per_gpu, "an integer >= 1 (expert slots per EP rank) or null")
+    policy: PlacementPolicyKind = spec_field(PlacementPolicyKind.STATIC, help="the expert placement policy")
+    params: Any = spec_field(None, in_file=False, help="the policy's frozen parameter dataclass "
+                                                       "(moesim.placement.registry); None = its defaults")
+    slots_per_gpu: Count | None = spec_field(None, help="expert slots per EP rank (memory budget); null = "
+                                             "experts / ep", unit="(expert slots per EP rank)", ge=1)
+    migration: MigrationMode = spec_field(MigrationMode.BLOCKING, help="how moved experts are transferred")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import model_validator
 
+from moesim.spec.base import NonEmptyStr, SpecModel, spec_field
 from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec
 from moesim.spec.layout import ParallelLayout
@@ -15,20 +16,20 @@ from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import TrainingSpec
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    cluster: ClusterSpec
-    model: MoeModelSpec
-    training: TrainingSpec
-    layout: ParallelLayout
-    routing: RoutingSpec
-    simulation: SimulationSpec
-    gate: GateSpec = GateSpec()
-    network: NetworkSpec = NetworkSpec()
-    placement: PlacementSpec = PlacementSpec()
+class Scenario(SpecModel):
+    name: NonEmptyStr = spec_field(help="the scenario's name (default: the file name without .yaml)")
+    cluster: ClusterSpec = spec_field(help="the machine: a hardware profile and a number of nodes")
+    model: MoeModelSpec = spec_field(help="the MoE transformer: a preset (plus overrides) or every field")
+    training: TrainingSpec = spec_field(help="batch, sequence, precision, optimizer, recomputation")
+    layout: ParallelLayout = spec_field(help="parallel sizes (Megatron semantics)")
+    routing: RoutingSpec = spec_field(RoutingSpec(), help="how the router spreads tokens over experts")
+    simulation: SimulationSpec = spec_field(SimulationSpec(), help="steps and master seed")
+    gate: GateSpec = spec_field(GateSpec(), help="capacity and drops")
+    network: NetworkSpec = spec_field(NetworkSpec(), help="how collectives are timed")
+    placement: PlacementSpec = spec_field(PlacementSpec(), help="expert placement policy and memory budget")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
         lay, mod, tr = self.layout, self.model, self.training
         gpus = self.cluster.num_gpus
         require(lay.world_size == gpus, "layout", f"tp*dp*pp = {lay.tp}*{lay.dp}*{lay.pp} = {lay.world_size}",
@@ -55,6 +56,7 @@ class Scenario:
             ok = mod.num_experts % trace.num_experts == 0 or trace.num_experts % mod.num_experts == 0
             require(ok, "routing.trace", f"{trace.num_experts} experts in the trace",
                     f"a trace whose experts divide or are divided by model.num_experts ({mod.num_experts})")
+        return self
 
     @property
     def num_micro_batches(self) -> int:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from moesim.spec.base import INT_MAX, SpecModel, spec_field
 
-from moesim.spec.errors import require
+MAX_STEPS = 100_000
 
 
-@dataclass(frozen=True)
-class SimulationSpec:
-    steps: int = 3  # measured steps
-    warmup_steps: int = 0  # simulated first and left out of the statistics
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps", self.steps,
-                "an integer in [1, 100000]")
-        require(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= 100_000, "warmup_steps",
-                self.warmup_steps, "an integer in [0, 100000]")
-        require(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+class SimulationSpec(SpecModel):
+    steps: int = spec_field(3, help="measured steps", unit="steps", ge=1, le=MAX_STEPS)
+    warmup_steps: int = spec_field(0, help="simulated first and left out of the statistics", unit="steps", ge=0,
+                                   le=MAX_STEPS)
+    seed: int = spec_field(0, help="master seed: one SeedSequence spawns every component's generator", ge=0,
+                           le=INT_MAX)

@@ -2,51 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from pydantic import model_validator
 
+from moesim.spec.base import Count, SpecEnum, SpecModel, spec_field
+from moesim.spec.dtype import Dtype
 from moesim.spec.errors import require
-from moesim.spec.hardware import Dtype
 
 
-class Optimizer(Enum):
+class Optimizer(SpecEnum):
     ADAM = "adam"
 
 
-class Recompute(Enum):
+class Recompute(SpecEnum):
     NONE = "none"  # keep every activation
     SELECTIVE = "selective"  # recompute the attention core (Korthikanti et al.), keep the rest
     FULL = "full"  # keep only each layer's input; rerun the forward in the backward
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    name: Optimizer = Optimizer.ADAM
+class OptimizerSpec(SpecModel):
+    name: Optimizer = spec_field(Optimizer.ADAM, help="the optimizer")
     # Mixed-precision Adam: fp32 master weights + m + v = 12 bytes per parameter.
-    state_bytes_per_param: float = 12.0
-    distributed: bool = False  # shard optimizer state over data-parallel ranks (ZeRO-1 / Megatron)
-
-    def __post_init__(self) -> None:
-        require(self.state_bytes_per_param >= 0, "state_bytes_per_param", self.state_bytes_per_param,
-                ">= 0 bytes per parameter")
+    state_bytes_per_param: float = spec_field(12.0, help="optimizer state per parameter (Adam: fp32 master + m + "
+                                              "v = 12)", unit="bytes per parameter", ge=0)
+    distributed: bool = spec_field(False, help="shard optimizer state over data-parallel ranks (ZeRO-1 / "
+                                   "Megatron --use-distributed-optimizer)")
 
 
-@dataclass(frozen=True)
-class TrainingSpec:
-    global_batch_size: int  # sequences per optimizer step
-    seq_len: int  # tokens per sequence
-    micro_batch_size: int  # sequences per micro-batch per data-parallel rank
-    dtype: Dtype = Dtype.BF16  # weights, activations and GEMMs
-    grad_dtype: Dtype = Dtype.FP32  # gradient accumulation buffers
-    optimizer: OptimizerSpec = OptimizerSpec()
-    recompute: Recompute = Recompute.NONE
+class TrainingSpec(SpecModel):
+    global_batch_size: Count = spec_field(help="sequences per optimizer step", unit="sequences", ge=1)
+    seq_len: Count = spec_field(help="tokens per sequence", unit="tokens", ge=1)
+    micro_batch_size: Count = spec_field(help="sequences per micro-batch per data-parallel rank", unit="sequences",
+                                         ge=1)
+    dtype: Dtype = spec_field(Dtype.BF16, help="weights, activations and GEMMs")
+    grad_dtype: Dtype = spec_field(Dtype.FP32, help="gradient accumulation buffers")
+    optimizer: OptimizerSpec = spec_field(OptimizerSpec(), help="optimizer and its state")
+    recompute: Recompute = spec_field(Recompute.NONE, help="activation recomputation")
 
-    def __post_init__(self) -> None:
-        for key in ("global_batch_size", "seq_len", "micro_batch_size"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+    @model_validator(mode="after")
+    def _micro_fits(self) -> TrainingSpec:
         require(self.micro_batch_size <= self.global_batch_size, "micro_batch_size", self.micro_batch_size,
                 f"<= global_batch_size ({self.global_batch_size}) sequences")
+        return self
 
     @property
     def tokens_per_step(self) -> int:

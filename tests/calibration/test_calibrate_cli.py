@@ -1,6 +1,5 @@
 """`moesim calibrate --quick` on 2 gloo ranks writes a profile the simulator runs on; the cluster-kit path."""
 
-import dataclasses
 
 import pytest
 
@@ -36,9 +35,8 @@ def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
 @pytest.mark.parametrize("model", list(NetworkModelKind))
 def test_the_simulator_runs_on_the_calibrated_profile(calibrated, model):
     sc = scenario(nodes=1, gpus_per_node=2, layout=ParallelLayout(tp=1, pp=1, dp=2, ep=2), steps=1)
-    sc = dataclasses.replace(sc, cluster=ClusterSpec(load_profile(calibrated), 1),
-                             training=dataclasses.replace(sc.training, dtype=Dtype.FP32),
-                             network=NetworkSpec(model=model))
+    sc = sc.replace(cluster=ClusterSpec(load_profile(calibrated), 1), training=sc.training.replace(dtype=Dtype.FP32),
+                    network=NetworkSpec(model=model))
     s = summarize(simulate(sc))
     assert s["step_time_s"] > 0 and s["breakdown_s"]["all_to_all"] > 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ def make(model=MIXTRAL, nodes=1, training=None, **layout) -> Scenario:
 
 
 def with_training(scenario: Scenario, **changes) -> Scenario:
-    return dataclasses.replace(scenario, training=dataclasses.replace(scenario.training, **changes))
+    return scenario.replace(training=scenario.training.replace(**changes))
 
 
 @pytest.mark.parametrize("layout", [dict(dp=8, ep=8), dict(dp=8, ep=4, etp=2), dict(tp=2, dp=4, ep=4),

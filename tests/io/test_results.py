@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moesim.io.results import write_bytes_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from moesim.io.results import WriteError, write_bytes_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 
 def _names(directory: Path) -> list[str]:
@@ -73,7 +73,7 @@ def test_failure_while_writing_removes_temp_file(tmp_path: Path) -> None:
             args[0].write(b"partial")
             raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"could not write .*records.parquet: disk full; nothing there was changed"):
         write_parquet_atomic(target, Boom({"a": [1]}))
     assert target.read_bytes() == b"old"
     assert _names(tmp_path) == ["records.parquet"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -75,8 +76,8 @@ CASES = [
     _case("unknown-top-level-key", set_("colour", "blue"), "colour", "blue", "no such key", "allowed: "),
     _case("unknown-nested-key", set_("training.learning_rate", 3e-4), "training.learning_rate", 3e-4,
           "no such key", "seq_len"),
-    _case("typo-required-section", rename("training", "trainig"), "trainig", Shown("{'dtype': 'bf16', 'global_batch_size': 32, "),
-          "did you mean 'training'"),
+    _case("typo-required-section", rename("training", "trainig"), "trainig",
+          Shown("{'dtype': 'bf16', 'global_batch_size': 32, "), "did you mean 'training'"),
     _case("typo-required-nested-key", rename("training.seq_len", "seq_lenn"), "training.seq_lenn", 4096,
           "did you mean 'seq_len'"),
     _case("typo-optional-layout-key", rename("layout.tp", "tpp"), "layout.tpp", 2, "did you mean 'tp'"),
@@ -118,7 +119,7 @@ CASES = [
           "model.num_attention_heads", 0, ">= 1"),
     _case("negative-optimizer-bytes", set_("training.optimizer.state_bytes_per_param", -1),
           "training.optimizer.state_bytes_per_param", -1, "bytes per parameter"),
-    _case("zero-steps", set_("simulation.steps", 0), "simulation.steps", 0, ">= 1"),
+    _case("zero-steps", set_("simulation.steps", 0), "simulation.steps", 0, "[1, 100000]"),
     _case("negative-seed", set_("simulation.seed", -1), "simulation.seed", -1, ">= 0"),
     _case("too-many-steps", set_("simulation.steps", 10**6), "simulation.steps", 10**6, "100000"),
     _case("huge-int-for-number", set_("training.optimizer.state_bytes_per_param", 10**400),
@@ -294,13 +295,15 @@ def test_good_referenced_profile_validates(tmp_path, capsys, quickstart_doc):
     assert main(["validate", str(_write(tmp_path / "scenario.yaml", quickstart_doc))]) == 0
 
 
-def test_first_bad_file_of_several_is_reported(tmp_path, capsys, quickstart_doc):
+def test_every_bad_file_of_several_is_reported(tmp_path, capsys, quickstart_doc):
+    """One line per invalid file, then how many were invalid (moesim validate checks them all)."""
     good = _write(tmp_path / "good.yaml", quickstart_doc)
     bad = _write(tmp_path / "bad.yaml", {**quickstart_doc, "colour": "blue"})
     assert main(["validate", str(good), str(bad)]) == 2
     captured = capsys.readouterr()
     assert f"{good}: ok" in captured.out
-    assert captured.err.count("\n") == 1 and f"{bad}: colour: got 'blue'" in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and f"{bad}: colour: got 'blue'" in lines[0] and "1 of 2 files invalid" in lines[1]
 
 
 def test_bad_command_line_is_one_line(capsys):

@@ -1,7 +1,6 @@
 """Hierarchical all-to-all, ring channels, hierarchical all-reduce, contention between concurrent groups and the
 per-peer issue cost, against closed forms."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -133,7 +132,7 @@ def test_more_bandwidth_never_slower_for_any_collective(model, algorithm):
     rng = np.random.default_rng(3)
     spec = NetworkSpec(model=model, solver=FlowSolver.BOUND, all_to_all=algorithm)
     slow = build_network(ClusterSpec(h100(), 4), spec)
-    fast_nvl = dataclasses.replace(h100(), node=dataclasses.replace(h100().node, nvlink_bandwidth_bytes_per_s=900e9))
+    fast_nvl = h100().replace(node=h100().node.replace(nvlink_bandwidth_bytes_per_s=900e9))
     for prof in (h100(8, 1.7), fast_nvl):
         fast = build_network(ClusterSpec(prof, 4), spec)
         for _ in range(10):

@@ -1,4 +1,3 @@
-import dataclasses
 
 import numpy as np
 
@@ -11,7 +10,7 @@ from helpers import h100
 
 def topo(nodes=2, **fabric):
     prof = h100()
-    prof = dataclasses.replace(prof, fabric=dataclasses.replace(prof.fabric, **fabric))
+    prof = prof.replace(fabric=prof.fabric.replace(**fabric))
     return build_topology(ClusterSpec(prof, nodes))
 
 

@@ -1,13 +1,11 @@
 """The scenario's network section drives every collective the simulator times."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from moesim.cli import main
 from moesim.io.scenario import parse_scenario
-from moesim.io.strict import Section
 from moesim.metrics.summary import summarize
 from moesim.sim.simulate import simulate
 from moesim.spec import ParallelLayout
@@ -20,22 +18,22 @@ from helpers import scenario, tiny_model
 def across_nodes(zipf_s=1.0, **network):
     sc = scenario(nodes=2, layout=ParallelLayout(tp=1, pp=1, dp=16, ep=16), zipf_s=zipf_s, global_batch=16,
                   model=tiny_model(num_experts=32))
-    return dataclasses.replace(sc, network=NetworkSpec(**network))
+    return sc.replace(network=NetworkSpec(**network))
 
 
 def test_the_network_section_parses_and_rejects_bad_values(quickstart_doc, tmp_path):
     doc = quickstart_doc
     doc["network"] = {"model": "alpha_beta", "all_to_all": "hierarchical", "cross_rail": "spine"}
-    sc = parse_scenario(Section(doc), "q", tmp_path)
+    sc = parse_scenario(doc, "q", tmp_path)
     assert sc.network == NetworkSpec(model=NetworkModelKind.ALPHA_BETA, all_to_all=AllToAllAlgorithm.HIERARCHICAL,
                                      cross_rail=CrossRail.SPINE)
     doc["network"] = {"all_to_all": "2dh"}
     with pytest.raises(SpecError) as err:
-        parse_scenario(Section(doc), "q", tmp_path)
+        parse_scenario(doc, "q", tmp_path)
     assert "network.all_to_all" in str(err.value) and "hierarchical" in str(err.value)
     doc["network"] = {"algorithm": "direct"}
     with pytest.raises(SpecError, match="network.algorithm"):
-        parse_scenario(Section(doc), "q", tmp_path)
+        parse_scenario(doc, "q", tmp_path)
 
 
 def test_every_network_choice_simulates_and_splits_bytes_by_tier():

@@ -9,7 +9,6 @@ import yaml
 
 from moesim.cli import main
 from moesim.io.scenario import parse_scenario
-from moesim.io.strict import Section
 from moesim.metrics.summary import summarize
 from moesim.sim.placement_driver import integer_rows
 from moesim.sim.simulate import simulate
@@ -39,7 +38,7 @@ simulation: {steps: 12, warmup_steps: 0, seed: 3}
 def load(policy: str, **placement) -> object:
     doc = yaml.safe_load(DOC)
     doc["placement"].update(policy=policy, **placement)
-    return parse_scenario(Section(doc), "t", ROOT / "scenarios")
+    return parse_scenario(doc, "t", ROOT / "scenarios")
 
 
 @pytest.mark.parametrize("policy", [k.value for k in PlacementPolicyKind])
@@ -106,7 +105,7 @@ def test_bad_placement_input_names_its_key(placement, key):
     doc = yaml.safe_load(DOC)
     doc["placement"].update(placement)
     with pytest.raises(SpecError) as err:
-        parse_scenario(Section(doc), "t", ROOT / "scenarios")
+        parse_scenario(doc, "t", ROOT / "scenarios")
     assert err.value.key == key, str(err.value)
 
 
@@ -139,11 +138,11 @@ def test_trace_layers_selects_layers(tmp_path):
     doc["model"].update(num_experts=32, num_layers=1)
     doc["routing"] = {"trace": str(TRACE), "trace_layers": [6]}
     doc["placement"] = {}
-    sc = parse_scenario(Section(doc), "t", tmp_path)
+    sc = parse_scenario(doc, "t", tmp_path)
     assert sc.routing.trace.num_layers == 1 and "layers 6" in sc.routing.trace.source
     doc["routing"]["trace_layers"] = [24]
     with pytest.raises(SpecError, match="routing.trace_layers"):
-        parse_scenario(Section(doc), "t", tmp_path)
+        parse_scenario(doc, "t", tmp_path)
 
 
 def test_run_writes_placement_events(tmp_path):

@@ -1,6 +1,5 @@
 """Routing, gates and traces inside whole simulations."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -23,8 +22,7 @@ LAYOUT = ParallelLayout(tp=1, pp=1, dp=8, ep=8)
 
 
 def run(gate=GateSpec(), zipf_s=1.5, **kw):
-    sc = dataclasses.replace(scenario(layout=LAYOUT, model=tiny_model(num_experts=16), seq_len=1024, zipf_s=zipf_s,
-                                      **kw), gate=gate)
+    sc = scenario(layout=LAYOUT, model=tiny_model(num_experts=16), seq_len=1024, zipf_s=zipf_s, **kw).replace(gate=gate)
     return summarize(simulate(sc))
 
 
@@ -53,7 +51,7 @@ def test_replaying_a_trace_uses_its_counts():
     counts[..., 1:] = 1024 // 15
     trace = RoutingTrace(counts, np.array([1, 2]), 2, "test")
     sc = scenario(layout=LAYOUT, model=tiny_model(num_experts=16), seq_len=1024)
-    sc = dataclasses.replace(sc, routing=RoutingSpec(RoutingDistribution.TRACE, trace=trace, trace_ref="test"))
+    sc = sc.replace(routing=RoutingSpec(RoutingDistribution.TRACE, trace=trace, trace_ref="test"))
     s = summarize(simulate(sc))
     balanced = summarize(simulate(scenario(layout=LAYOUT, model=tiny_model(num_experts=16), seq_len=1024)))
     assert s["expert_load_max_over_mean"] > 5
@@ -94,8 +92,8 @@ def test_smartmoe_replay_scenario_runs(tmp_path, capsys):
 
 
 def test_layer_all_to_all_bytes_match_the_records():
-    sc = dataclasses.replace(scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4), zipf_s=1.0),
-                             gate=GateSpec(capacity_factor=1.5, pad_to_capacity=True))
+    sc = scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4), zipf_s=1.0).replace(
+        gate=GateSpec(capacity_factor=1.5, pad_to_capacity=True))
     result = simulate(sc)
     s = summarize(result)
     per_step = result.layer_stats.groupby("step")["a2a_bytes"].sum().mean()
