@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from moesim.io.scenario import parse_scenario
+from moesim.loader import parse_scenario
 from moesim.metrics.summary import summarize
 from moesim.sim.simulate import SimResult, simulate
 

@@ -2,6 +2,7 @@
 
 Public API (imported lazily, so `import moesim.spec` stays free of simpy and plotting):
     load_scenario(path) -> Scenario          strict YAML -> frozen specs
+    load_scenarios(path) -> (keys, points)   the same for a file with a `sweep:` (one Scenario per point)
     simulate(scenario) -> SimResult          SimPy simulation of warm-up + measured steps
     summarize(result) -> dict                step-time percentiles, breakdown, MFU, memory, imbalance
     write_run(out_dir, result, summary)      summary.json, records.parquet, trace.json, plots (atomic)
@@ -15,7 +16,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_scenario": "moesim.io.scenario",
+    "load_scenario": "moesim.loader",
+    "load_scenarios": "moesim.loader",
     "simulate": "moesim.sim.simulate",
     "SimResult": "moesim.sim.simulate",
     "summarize": "moesim.metrics.summary",

@@ -231,7 +231,7 @@ def _override(scenario, steps: int | None, seed: int | None):
 
 def _run(args) -> int:
     from moesim.io.staged_dir import check_out_dir, default_run_dir  # noqa: PLC0415 - keep `validate` light
-    from moesim.io.sweep import load_scenarios  # noqa: PLC0415
+    from moesim.loader import load_scenarios  # noqa: PLC0415
 
     if args.trace is not None and not (args.trace.is_file() or args.trace.is_dir()):
         raise SpecError("--trace", str(args.trace), "an existing trace file or directory")
@@ -326,7 +326,7 @@ def _run_sweep(keys: list[str], points: list, out: Path, args, name: str) -> int
 
 def _validate(args) -> int:
     """Check every file and report each; exit 2 when any is invalid."""
-    from moesim.io.sweep import load_scenarios  # noqa: PLC0415
+    from moesim.loader import load_scenarios  # noqa: PLC0415
 
     failed = 0
     for path in args.scenarios:
@@ -348,11 +348,9 @@ def _schema(args) -> int:
     import json  # noqa: PLC0415
 
     from moesim.io.results import write_text_atomic  # noqa: PLC0415
-    from moesim.placement.registry import POLICIES  # noqa: PLC0415
     from moesim.spec.schema import profile_json_schema, scenario_json_schema  # noqa: PLC0415
 
-    policies = {kind: params for kind, (params, _) in POLICIES.items()}
-    schema = scenario_json_schema(policies) if args.kind == "scenario" else profile_json_schema()
+    schema = scenario_json_schema() if args.kind == "scenario" else profile_json_schema()
     text = json.dumps(schema, indent=2) + "\n"
     if args.out is None:
         print(text, end="")

@@ -7,52 +7,43 @@ from __future__ import annotations
 import dataclasses
 import types
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
-from collections.abc import Mapping
 
 from pydantic import Field, create_model
 
 from moesim.io.document import Reader, check_keys, validate
 from moesim.io.profile import available_profiles, load_profile, resolve_profile
-from moesim.io.strict import is_file, read_yaml_mapping
+from moesim.io.strict import is_file
 from moesim.spec.base import INT_MAX, SpecModel
 from moesim.spec.document import ClusterFileKeys, RoutingFileKeys
 from moesim.spec.errors import SpecError
 from moesim.spec.placement import PlacementPolicyKind
+from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.presets import MODEL_PRESETS
 from moesim.spec.render import join
 from moesim.spec.routing import RoutingDistribution
 from moesim.spec.routing_presets import ROUTING_PRESETS
 from moesim.spec.scenario import Scenario
+from moesim.spec.trace import RoutingTrace
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """One scenario file (without `sweep`: moesim.io.sweep.load_scenarios expands sweeps)."""
-    path = Path(path)
-    data = read_yaml_mapping(path, "scenario")
-    try:
-        if "sweep" in data:
-            raise SpecError("sweep", data["sweep"], "no sweep in a single scenario (moesim.io.sweep.load_scenarios "
-                                                    "and `moesim run` expand sweeps)")
-        return parse_scenario(data, default_name=path.stem, base_dir=path.parent)
-    except SpecError as err:
-        raise err.with_source(str(path)) from None
+TraceFitter = Callable[[RoutingTrace, "RoutingDistribution | None"], dict]
 
 
-def parse_scenario(doc: Mapping, default_name: str, base_dir: Path) -> Scenario:
+def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFitter | None = None) -> Scenario:
     """`doc`: the parsed YAML (a `sweep` key in it is left to moesim.io.sweep). Relative paths in it are relative
-    to `base_dir`."""
+    to `base_dir`. `fit(trace, family)` turns a trace into RoutingSpec fields for `routing.fit_from` (fitting is
+    above this layer: moesim.loader passes moesim.routing's)."""
     if not isinstance(doc, Mapping):
         raise SpecError("", type(doc).__name__, "a mapping of keys at the top of the scenario")
     fields = Reader().fields(Scenario, doc, "")  # unknown keys first: a typo'd key leaves a conflicting default
     fields.setdefault("name", default_name)
     _cluster(_section(doc, "cluster"), fields, base_dir)
     _model(fields)
-    _routing(_section(doc, "routing"), fields, base_dir)
+    _routing(_section(doc, "routing"), fields, base_dir, fit)
     _placement(_section(doc, "placement"), fields)
-    scenario = validate(Scenario, fields, doc)
-    _check_placement(scenario)
-    return scenario
+    return validate(Scenario, fields, doc)
 
 
 def _section(doc: Mapping, key: str) -> Mapping:
@@ -89,7 +80,7 @@ def _model(fields: dict) -> None:
         fields["model"] = {**_preset(MODEL_PRESETS, model["preset"], "model.preset").model_dump(), **model}
 
 
-def _routing(raw: Mapping, fields: dict, base_dir: Path) -> None:
+def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None) -> None:
     """A preset, a synthetic family, a trace to replay, or a trace to fit; explicit keys override a preset."""
     routing = fields.get("routing")
     if not isinstance(routing, dict):
@@ -107,11 +98,11 @@ def _routing(raw: Mapping, fields: dict, base_dir: Path) -> None:
             trace = _select_layers(raw["trace_layers"], keys.trace_layers, trace)
         routing.update(distribution=RoutingDistribution.TRACE, trace=trace, trace_ref=keys.trace)
     if keys.fit_from is not None:
-        from moesim.routing.fit import fit_trace  # noqa: PLC0415 - numpy fitting only when a fit is asked for
-
-        fit = fit_trace(_load_trace("routing.fit_from", keys.fit_from, base_dir))
-        spec = fit.to_routing_spec(keys.fit_family)
-        routing.update(distribution=spec.distribution, per_layer=spec.per_layer, trace_ref=f"fit of {keys.fit_from}")
+        if fit is None:
+            raise SpecError("routing.fit_from", keys.fit_from, "a scenario read with moesim.load_scenario (fitting "
+                                                               "a trace needs moesim.routing)")
+        routing.update(fit(_load_trace("routing.fit_from", keys.fit_from, base_dir), keys.fit_family),
+                       trace_ref=f"fit of {keys.fit_from}")
 
 
 def _select_layers(written: Any, layers: tuple[int, ...], trace: Any) -> Any:
@@ -135,15 +126,13 @@ def _load_trace(key: str, ref: str, base_dir: Path) -> Any:
 
 def _placement(raw: Mapping, fields: dict) -> None:
     """Each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), typed by the fields
-    of its dataclass in moesim/placement/. Every sub-section given is checked, so that a sweep over `policy` can
-    carry them all; the chosen policy's becomes `params`."""
-    from moesim.placement.registry import POLICIES  # noqa: PLC0415 - keeps the spec layer free of policies
-
+    of its dataclass in moesim/spec/placement_params.py. Every sub-section given is checked, so that a sweep over
+    `policy` can carry them all; the chosen policy's becomes `params`."""
     placement = fields.get("placement")
     if not isinstance(placement, dict):
         return
     kind = PlacementPolicyKind.from_yaml(placement.get("policy", PlacementPolicyKind.STATIC))
-    for other, (params_cls, _) in POLICIES.items():
+    for other, params_cls in POLICY_PARAMS.items():
         if other.value in raw or other is kind:
             params = _policy_params(params_cls, raw.get(other.value), f"placement.{other.value}")
             if other is kind:
@@ -179,16 +168,3 @@ def _int64(hint: Any) -> Any:
     if get_origin(hint) in (Union, types.UnionType) and set(get_args(hint)) == {int, type(None)}:
         return Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)] | None
     return hint
-
-
-def _check_placement(sc: Scenario) -> None:
-    """Some policy parameters are only valid for a cluster (EPLB's replica count must fill whole ranks):
-    build the policy once so that the error names the key now, not in the middle of a run."""
-    from moesim.placement.context import placement_context  # noqa: PLC0415
-    from moesim.placement.registry import make_policy  # noqa: PLC0415
-
-    try:
-        make_policy(sc.placement, placement_context(sc, 0)).initial()
-    except SpecError as err:
-        key = err.key if err.key.startswith("placement.") else f"placement.{sc.placement.policy.value}.{err.key}"
-        raise SpecError(key, err.value, err.expected) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 from moesim.io.document import validate
@@ -17,10 +18,12 @@ from moesim.spec.scenario import Scenario
 MAX_POINTS = 1000
 
 
-def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[str], list[tuple[dict, Scenario]]]:
+def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[..., Scenario] = parse_scenario
+                   ) -> tuple[list[str], list[tuple[dict, Scenario]]]:
     """(swept key paths, [(values by key path, scenario)]); a file without `sweep` gives one point.
     `trace` (from the command line) replaces the routing with the replay of that trace and drops swept
-    routing keys; the file's `routing.trace_layers` is kept."""
+    routing keys; the file's `routing.trace_layers` is kept. `parse(doc, default_name=, base_dir=)` reads one
+    point (moesim.loader passes one that can also fit traces and check placement parameters)."""
     path = Path(path)
     data = read_yaml_mapping(path, "scenario")
     sweep = data.pop("sweep", None)
@@ -42,7 +45,7 @@ def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[st
             if label and isinstance(data.get("name", path.stem), str):  # a bad name is left for the loader to report
                 doc["name"] = f"{data.get('name', path.stem)}[{label}]"
             try:
-                points.append((values, parse_scenario(doc, default_name=path.stem, base_dir=path.parent)))
+                points.append((values, parse(doc, default_name=path.stem, base_dir=path.parent)))
             except SpecError as err:
                 where = f" (sweep point {label})" if label else ""
                 raise SpecError(err.key, err.value, f"{err.expected}{where}", err.source) from None

@@ -9,11 +9,29 @@ Without a scenario (docs/placement.md shows it running):
 Importing this package pulls in numpy and moesim.spec only (no simpy, torch or matplotlib).
 """
 
-from moesim.placement.base import (EMPTY, Placement, PlacementContext, PlacementError, PlacementPolicy,
-                                   ReplicaSplit, balance_ratio, contiguous, layer_time_s, moved_slots)
+from moesim.placement.base import (
+                                   EMPTY,
+                                   Placement,
+                                   PlacementContext,
+                                   PlacementError,
+                                   PlacementPolicy,
+                                   ReplicaSplit,
+                                   balance_ratio,
+                                   contiguous,
+                                   layer_time_s,
+                                   moved_slots,
+)
 from moesim.placement.costs import Migration, migration, replica_sync_s, shadow_s
-from moesim.placement.eplb import (EplbParams, EplbPolicy, balanced_packing, gpu_load, keep_slots,
-                                   rebalance_experts, replicate_experts, use_hierarchical)
+from moesim.placement.eplb import (
+                                   EplbParams,
+                                   EplbPolicy,
+                                   balanced_packing,
+                                   gpu_load,
+                                   keep_slots,
+                                   rebalance_experts,
+                                   replicate_experts,
+                                   use_hierarchical,
+)
 from moesim.placement.fastermoe import FasterMoeParams, FasterMoePolicy
 from moesim.placement.flexmoe import FlexMoeParams, FlexMoePolicy
 from moesim.placement.registry import POLICIES, make_policy

@@ -12,12 +12,12 @@ extra replica goes to the first expert with the largest per-replica load (np.arg
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
 from moesim.placement.base import EMPTY, Placement, PlacementContext
 from moesim.spec.errors import require
+from moesim.spec.placement_params import EplbParams
 
 
 def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,32 +180,6 @@ def keep_slots(new: Placement, current: Placement) -> Placement:
     return Placement(slot_expert, split=new.split, copies=copies)
 
 
-@dataclass(frozen=True)
-class EplbParams:
-    """redundant_experts: physical experts beyond E per layer (P = E + redundant_experts, a multiple of G).
-    period_steps: steps between rebalances (DeepSeek-V3: "periodically"). history_steps: steps in the moving
-    average that estimates the loads. num_groups: expert groups of group-limited routing (1 = none).
-    hierarchical: allow the node-aware policy (used only when num_groups % nodes == 0, as in EPLB)."""
-
-    redundant_experts: int = 0
-    period_steps: int = 100
-    history_steps: int = 100
-    num_groups: int = 1
-    hierarchical: bool = True
-
-    def __post_init__(self) -> None:
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        require(is_int(self.redundant_experts) and self.redundant_experts >= 0, "redundant_experts",
-                self.redundant_experts, "an integer >= 0 (extra expert replicas per layer)")
-        require(is_int(self.period_steps) and self.period_steps >= 1, "period_steps", self.period_steps,
-                "an integer >= 1 (steps)")
-        require(is_int(self.history_steps) and self.history_steps >= 1, "history_steps", self.history_steps,
-                "an integer >= 1 (steps)")
-        require(is_int(self.num_groups) and self.num_groups >= 1, "num_groups", self.num_groups,
-                "an integer >= 1 (expert groups)")
-        require(isinstance(self.hierarchical, bool), "hierarchical", self.hierarchical, "true or false")
 
 
 class EplbPolicy:

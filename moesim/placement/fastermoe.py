@@ -16,28 +16,11 @@ Shapes: G = EP ranks, E = logical experts, M = micro-batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from moesim.placement.base import EMPTY, Placement, PlacementContext, ReplicaSplit, contiguous
-from moesim.spec.errors import require
-
-
-@dataclass(frozen=True)
-class FasterMoeParams:
-    shadowing: bool = True
-    topology_gate: bool = False
-    outgoing_fraction: float = 0.14  # phi: the share of a source's assignments allowed to leave its node
-    max_shadows: int | None = None  # None: any number of experts (up to E)
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.shadowing, bool), "shadowing", self.shadowing, "true or false")
-        require(isinstance(self.topology_gate, bool), "topology_gate", self.topology_gate, "true or false")
-        require(isinstance(self.outgoing_fraction, (int, float)) and 0.0 <= self.outgoing_fraction <= 1.0,
-                "outgoing_fraction", self.outgoing_fraction, "a fraction in [0, 1] (of a source's assignments)")
-        require(self.max_shadows is None or (isinstance(self.max_shadows, int) and self.max_shadows >= 0),
-                "max_shadows", self.max_shadows, "null (no limit) or an integer >= 0 (experts)")
+from moesim.spec.placement_params import FasterMoeParams
 
 
 def _slowest_bandwidth(ctx: PlacementContext) -> float:

@@ -13,31 +13,13 @@ E = logical experts, M = micro-batches.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from moesim.placement.base import (EMPTY, Placement, PlacementContext, balance_ratio, contiguous, layer_time_s)
+from moesim.placement.base import EMPTY, Placement, PlacementContext, balance_ratio, contiguous, layer_time_s
 from moesim.spec.errors import require
-
-
-@dataclass(frozen=True)
-class FlexMoeParams:
-    threshold: float = 1.2  # balance ratio (max / mean rank load) above which a re-plan is tried
-    horizon_steps: int = 50  # steps a new placement is expected to serve: the gain is amortised over them
-    history_steps: int = 10  # moving-average window of per-expert loads (earlier steps only)
-    max_moves_per_step: int = 64  # at most this many replica additions per decision
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.threshold, (int, float)) and 1.0 <= self.threshold <= 1e6, "threshold",
-                self.threshold, "a balance ratio in [1, 1e6] (max / mean rank load)")
-        require(isinstance(self.horizon_steps, int) and self.horizon_steps >= 1, "horizon_steps",
-                self.horizon_steps, "an integer >= 1 (steps)")
-        require(isinstance(self.history_steps, int) and self.history_steps >= 1, "history_steps",
-                self.history_steps, "an integer >= 1 (steps)")
-        require(isinstance(self.max_moves_per_step, int) and self.max_moves_per_step >= 1, "max_moves_per_step",
-                self.max_moves_per_step, "an integer >= 1 (replica moves)")
+from moesim.spec.placement_params import FlexMoeParams
 
 
 class Move(NamedTuple):

@@ -7,12 +7,10 @@ the run, outside any placement policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from moesim.placement.base import EMPTY, Placement, PlacementContext, PlacementError, contiguous
-from moesim.spec.errors import require
+from moesim.spec.placement_params import SmartMoeParams
 
 
 def greedy_replace(history_load: np.ndarray, current: Placement) -> Placement:
@@ -60,21 +58,6 @@ def greedy_replace(history_load: np.ndarray, current: Placement) -> Placement:
     return Placement(slot_expert, split=current.split)
 
 
-@dataclass(frozen=True)
-class SmartMoeParams:
-    """freq: steps between decisions (the artifact's dynamic_freq; 10, Fig. 13 also uses 100).
-    history_steps: how many steps right before a decision are recorded and averaged (artifact: 2)."""
-
-    freq: int = 10
-    history_steps: int = 2
-
-    def __post_init__(self) -> None:
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        require(is_int(self.freq) and self.freq >= 1, "freq", self.freq, "an integer >= 1 (steps)")
-        require(is_int(self.history_steps) and 1 <= self.history_steps <= self.freq, "history_steps",
-                self.history_steps, f"an integer in [1, freq = {self.freq}] (steps)")
 
 
 class SmartMoePolicy:

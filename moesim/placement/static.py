@@ -5,16 +5,10 @@ Every other policy is compared against it, so it never looks at the loads and ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from moesim.placement.base import Placement, PlacementContext, contiguous
-
-
-@dataclass(frozen=True)
-class StaticParams:
-    """No knobs: the baseline is the layout plain expert parallelism gives."""
+from moesim.spec.placement_params import StaticParams
 
 
 class StaticPolicy:

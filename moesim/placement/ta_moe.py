@@ -12,23 +12,10 @@ Shapes: G = EP ranks, E = logical experts (E/G per rank, contiguous), M = micro-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from moesim.placement.base import Placement, PlacementContext, contiguous
-from moesim.spec.errors import require
-
-
-@dataclass(frozen=True)
-class TaMoeParams:
-    # lambda: 0 leaves routing as it is, 1 routes exactly by the target pattern. An auxiliary loss pulls routing
-    # toward the target without reaching it; 0.5 is a middle assumption (the paper reports no strength)
-    strength: float = 0.5
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.strength, (int, float)) and 0.0 <= self.strength <= 1.0, "strength", self.strength,
-                "a number in [0, 1] (0: natural routing, 1: the topology target)")
+from moesim.spec.placement_params import TaMoeParams
 
 
 def _owner(ctx: PlacementContext) -> np.ndarray:

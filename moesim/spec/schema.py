@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from enum import Enum
 from typing import Any, Literal, get_args, get_origin, get_type_hints
-from collections.abc import Mapping
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -17,6 +16,7 @@ from moesim.spec.base import INT_MAX, FieldMeta, field_meta
 from moesim.spec.document import FILE_KEYS, SourceKey
 from moesim.spec.hardware import ClusterProfile
 from moesim.spec.placement import PlacementPolicyKind
+from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.presets import MODEL_PRESETS
 from moesim.spec.render import is_model, unwrap
 from moesim.spec.routing_presets import ROUTING_PRESETS
@@ -27,10 +27,8 @@ _BOUNDS = ((at.Ge, "ge", "minimum"), (at.Gt, "gt", "exclusiveMinimum"), (at.Le, 
            (at.Lt, "lt", "exclusiveMaximum"))
 
 
-def scenario_json_schema(policy_params: Mapping[PlacementPolicyKind, type] | None = None) -> dict:
-    """A scenario file. `policy_params`: each policy's parameter dataclass (moesim.placement.registry; the
-    placement layer sits above spec, so its caller passes it); without it, a policy's sub-section is any
-    mapping."""
+def scenario_json_schema() -> dict:
+    """A scenario file, with each placement policy's sub-section (moesim.spec.placement_params)."""
     schema = {"$schema": DIALECT, "title": "moesim scenario",
               "description": "A scenario for `moesim run` / `moesim validate` (scenarios/*.yaml).",
               **_object(Scenario)}
@@ -39,7 +37,7 @@ def scenario_json_schema(policy_params: Mapping[PlacementPolicyKind, type] | Non
         preset = props[section]["properties"]["preset"]
         preset["enum"] = list(presets)
         preset.pop("default", None)  # no preset: every key spelt out
-    for kind, params_cls in (policy_params or {}).items():
+    for kind, params_cls in POLICY_PARAMS.items():
         props["placement"]["properties"][kind.value] = _nullable(_params(params_cls, kind))
     return schema
 

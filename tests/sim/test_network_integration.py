@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moesim.cli import main
-from moesim.io.scenario import parse_scenario
+from moesim.loader import parse_scenario
 from moesim.metrics.summary import summarize
 from moesim.sim.simulate import simulate
 from moesim.spec import ParallelLayout

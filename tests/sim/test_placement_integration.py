@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from moesim.cli import main
-from moesim.io.scenario import parse_scenario
+from moesim.loader import parse_scenario
 from moesim.metrics.summary import summarize
 from moesim.sim.placement_driver import integer_rows
 from moesim.sim.simulate import simulate

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moesim.cli import main
-from moesim.io.sweep import load_scenarios
+from moesim.loader import load_scenarios
 from moesim.metrics.summary import summarize
 from moesim.sim.simulate import simulate
 from moesim.spec import ParallelLayout

@@ -1,0 +1,57 @@
+"""Scenario files -> validated Scenarios, with the checks that need the model layers above moesim.io: a routing
+trace fitted (`routing.fit_from`) and the placement policy built once, so that a parameter valid only for this
+cluster (EPLB's replica count must fill whole ranks) is refused at load time, naming its key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from moesim.io import scenario as scenario_io
+from moesim.io import sweep as sweep_io
+from moesim.io.strict import read_yaml_mapping
+from moesim.placement.context import placement_context
+from moesim.placement.registry import make_policy
+from moesim.routing.fit import fit_trace
+from moesim.spec.errors import SpecError
+from moesim.spec.routing import RoutingDistribution
+from moesim.spec.scenario import Scenario
+from moesim.spec.trace import RoutingTrace
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """One scenario file (without `sweep`: load_scenarios expands sweeps)."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "scenario")
+    try:
+        if "sweep" in data:
+            raise SpecError("sweep", data["sweep"], "no sweep in a single scenario (moesim.load_scenarios and "
+                                                    "`moesim run` expand sweeps)")
+        return parse_scenario(data, default_name=path.stem, base_dir=path.parent)
+    except SpecError as err:
+        raise err.with_source(str(path)) from None
+
+
+def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[str], list[tuple[dict, Scenario]]]:
+    """(swept key paths, [(values by key path, scenario)]) of a file with or without `sweep`; `trace` replaces
+    the file's routing with the replay of that trace (moesim.io.sweep.load_scenarios)."""
+    return sweep_io.load_scenarios(path, trace, parse=parse_scenario)
+
+
+def parse_scenario(doc: Mapping, default_name: str, base_dir: Path) -> Scenario:
+    scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit)
+    _check_placement(scenario)
+    return scenario
+
+
+def _fit(trace: RoutingTrace, family: RoutingDistribution | None) -> dict:
+    spec = fit_trace(trace).to_routing_spec(family)
+    return {"distribution": spec.distribution, "per_layer": spec.per_layer}
+
+
+def _check_placement(sc: Scenario) -> None:
+    try:
+        make_policy(sc.placement, placement_context(sc, 0)).initial()
+    except SpecError as err:
+        key = err.key if err.key.startswith("placement.") else f"placement.{sc.placement.policy.value}.{err.key}"
+        raise SpecError(key, err.value, err.expected) from None
