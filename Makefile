@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make run` (set up, then simulate the quickstart) and `make test`.
+# Two commands on a fresh machine: `make run` (set up, then simulate the quickstart) and `make test` (lint,
+# the import-layer contract, then the tests).
 # Both create .venv from the pins in requirements.txt when it is missing or older than the pins.
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -20,6 +21,8 @@ run: $(STAMP)
 	$(VENV)/bin/moesim run scenarios/quickstart.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check moesim tests benchmarks calibrate
+	$(VENV)/bin/lint-imports --no-cache
 	TRITON_INTERPRET=1 MPLBACKEND=Agg $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -14,7 +14,7 @@ from moesim.calibration.kernels import FULL_TOKENS, QUICK_SHAPES, QUICK_TOKENS, 
 
 
 def main() -> None:
-    import torch  # noqa: PLC0415
+    import torch
 
     quick = "--quick" in sys.argv
     gpu = torch.cuda.is_available()

@@ -58,7 +58,8 @@ def main() -> None:
         for levels in (8, 64, None):
             rng = np.random.default_rng(args.seed)
             links, nbytes, weight, cap = instance(rng, n_rows, levels)
-            rates_ms = best_ms(lambda: max_min_rates_bytes_per_s(links, weight, cap), args.repeats)
+            rates_ms = best_ms(lambda links=links, weight=weight, cap=cap: max_min_rates_bytes_per_s(links, weight, cap),
+                               args.repeats)
             bound = link_bound_s(links, nbytes, weight, cap)
             exact = None
             for rtol in (1e-12, 1e-2, 5e-2, 2e-1):
@@ -66,7 +67,8 @@ def main() -> None:
                     continue  # one event per row: seconds, not ms
                 t = flow_completion_times(links, nbytes, weight, cap, reallocation_rtol=rtol)
                 events = np.unique(t).size
-                ms = best_ms(lambda: flow_completion_times(links, nbytes, weight, cap, reallocation_rtol=rtol),
+                ms = best_ms(lambda links=links, nbytes=nbytes, weight=weight, cap=cap, rtol=rtol:
+                             flow_completion_times(links, nbytes, weight, cap, reallocation_rtol=rtol),
                              1 if events > 2000 else args.repeats)
                 exact = t if rtol == 1e-12 else exact
                 err = "" if exact is None else f"{np.abs(t / exact - 1).max():9.2%}"

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from moesim.calibration.collectives import (COLLECTIVE_OPS, FULL_SIZES_BYTES, P2P_FULL_BYTES,  # noqa: E402
+from moesim.calibration.collectives import (COLLECTIVE_OPS, FULL_SIZES_BYTES, P2P_FULL_BYTES,
                                             P2P_QUICK_BYTES, QUICK_SIZES_BYTES, report_error)
-from moesim.calibration.errors import CalibrationError  # noqa: E402
-from moesim.calibration.launch import SamplePlan, init_from_env, measure_and_write  # noqa: E402
-from moesim.spec.errors import SpecError  # noqa: E402
+from moesim.calibration.errors import CalibrationError
+from moesim.calibration.launch import SamplePlan, init_from_env, measure_and_write
+from moesim.spec.errors import SpecError
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}  # binary, as nccl-tests' -b/-e

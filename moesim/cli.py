@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
     run.add_argument("--steps", type=int, help="override simulation.steps")
     run.add_argument("--seed", type=int, help="override simulation.seed")
-    run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing "
-                                                "(.parquet, SmartMoE .npz or log directory); swept routing keys are dropped")
+    run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing (.parquet, "
+                                                "SmartMoE .npz or log directory); swept routing keys are dropped")
     run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
     run.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
                      help="refuse a scenario whose estimated simulation time exceeds this (default: one hour)")
@@ -191,7 +191,7 @@ def _main(argv: list[str]) -> int:
         print("moesim: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `moesim run ... | head`: the reader left; stop quietly
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush cannot fail
+        sys.stdout = open(os.devnull, "w")
         return 141
 
 

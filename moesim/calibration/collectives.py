@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,7 @@ class _Steps:
         self._thread = threading.Thread(target=self._watch, name=f"moesim-calibration-watchdog-{rank}",
                                         daemon=True)
 
-    def __enter__(self) -> "_Steps":
+    def __enter__(self) -> _Steps:
         self._thread.start()
         return self
 

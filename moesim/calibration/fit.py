@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -226,7 +226,7 @@ class AlphaBeta:
         return self.alpha_s + np.asarray(nbytes, dtype=np.float64) / self.bandwidth_bytes_per_s
 
 
-def fit_alpha_beta(bytes: np.ndarray, time_s: np.ndarray) -> AlphaBeta:  # noqa: A002 - the brief's name
+def fit_alpha_beta(bytes: np.ndarray, time_s: np.ndarray) -> AlphaBeta:
     """Fit T = alpha + bytes / bandwidth by least squares in relative error (weights 1 / T), alpha >= 0,
     bandwidth > 0. bytes [n] >= 0 (nccl-tests "size"), time_s [n] > 0; needs >= 2 distinct sizes."""
     nbytes = np.asarray(bytes, dtype=np.float64).ravel()

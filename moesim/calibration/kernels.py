@@ -77,7 +77,8 @@ def measure_kernels(shapes, tokens, dtype_name: str, device: str, repeats: int, 
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     if impls is None:
-        impls = ("triton", "torch_loop", "torch_matmul") if device.startswith("cuda") else ("torch_loop", "torch_matmul")
+        cpu_impls = ("torch_loop", "torch_matmul")
+        impls = ("triton", *cpu_impls) if device.startswith("cuda") else cpu_impls
     gen = torch.Generator(device="cpu").manual_seed(seed)
     timed = _timer(device)
     rows = []

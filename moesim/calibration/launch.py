@@ -19,10 +19,10 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from multiprocessing.connection import wait as wait_for_any
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -80,7 +80,7 @@ def _run_meta(plan: SamplePlan, hostnames: list[str] | None, layout_hosts: list[
 
     backend = dist.get_backend()
     meta = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "backend": backend,
         "world_size": dist.get_world_size(),
         "hosts": layout_hosts,
@@ -163,7 +163,7 @@ def _rank_main(rank: int, world_size: int, port: int, ranks_per_node: int | None
     except (CalibrationError, SpecError) as exc:
         report_error(str(exc))
         code = 1
-    except BaseException as exc:  # noqa: BLE001 - whatever it was, the parent must hear of it in one line
+    except BaseException as exc:
         traceback.print_exc()
         report_error(f"rank {rank}: {type(exc).__name__}: {' '.join(str(exc).split())}")
         code = 1

@@ -83,8 +83,8 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
     the profile and its samples. Returns the profile path."""
     import torch  # noqa: PLC0415
 
-    from moesim.calibration.collectives import FULL_SIZES_BYTES, P2P_FULL_BYTES, P2P_QUICK_BYTES, QUICK_SIZES_BYTES
-    from moesim.calibration.launch import SamplePlan, calibration_worker, run_local
+    from moesim.calibration.collectives import FULL_SIZES_BYTES, P2P_FULL_BYTES, P2P_QUICK_BYTES, QUICK_SIZES_BYTES  # noqa: PLC0415 - spawns ranks: loaded only to calibrate
+    from moesim.calibration.launch import SamplePlan, calibration_worker, run_local  # noqa: PLC0415 - spawns ranks: loaded only to calibrate
 
     _refuse_overwrite(out, force)
     if not ranks or any(r < 2 for r in ranks):

@@ -283,7 +283,7 @@ def _shard_counts(torch: Any, chosen: Any, cfg: RecorderConfig) -> Any:
 
 def record_trace(config: RecorderConfig, progress: ProgressFn | None = None) -> RoutingTrace:
     """Train the configured model and return its router's counts at config.recorded_steps."""
-    import torch
+    import torch  # noqa: PLC0415 - torch only when a trace is recorded
 
     device = _resolve_device(torch, config.device)
     corpus = load_corpus(config.text_source, config.text_budget_bytes)

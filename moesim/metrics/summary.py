@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import numpy as np
@@ -79,6 +81,25 @@ _INPUTS_OF = {  # summary field prefix -> the inputs that produce it, for the er
 }
 
 
+def provenance(sc) -> dict:
+    """What produced a result, so that two results can always be told apart: moesim's version, the seed, the
+    steps, and the resolved scenario (presets expanded, profile inlined, SI units) with its SHA-256. A replayed
+    trace is represented by the SHA-256 of its counts."""
+    from moesim import __version__  # noqa: PLC0415 - the package root imports this module lazily
+
+    resolved = sc.model_dump(mode="json", exclude={"routing": {"trace"}})
+    trace = sc.routing.trace
+    if trace is not None:
+        counts = np.ascontiguousarray(trace.counts)
+        digest = hashlib.sha256(repr((counts.shape, counts.dtype.str)).encode())
+        digest.update(counts.tobytes())
+        resolved["routing"]["trace_sha256"] = digest.hexdigest()
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {"moesim_version": __version__, "seed": sc.simulation.seed, "steps": sc.simulation.steps,
+            "warmup_steps": sc.simulation.warmup_steps,
+            "scenario_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "scenario": resolved}
+
+
 def check_finite(value, path: str = "") -> None:
     """Raise ResultError for the first NaN/inf anywhere in a (nested) summary."""
     if isinstance(value, dict):
@@ -143,4 +164,5 @@ def _summary(result: SimResult) -> dict:
         "step_times_s": [float(x) for x in measured],
         "per_layer": [{"layer": int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS}}
                       for layer, row in per_layer.iterrows()],
+        "provenance": provenance(sc),
     }

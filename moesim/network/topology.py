@@ -92,7 +92,8 @@ def build_topology(cluster: ClusterSpec, nodes_per_leaf: int = NODES_PER_LEAF) -
     leaves = groups * (n_nic if p.fabric.rail_optimized else 1)
     nics_per_leaf = per_leaf * (1 if p.fabric.rail_optimized else n_nic)
     uplink = nics_per_leaf * nic / p.fabric.oversubscription  # leaf-to-spine capacity, each direction
-    capacity = np.concatenate([np.full(2 * num_gpus, nvl), np.full(2 * nodes * n_nic, nic), np.full(2 * leaves, uplink)])
+    capacity = np.concatenate([np.full(2 * num_gpus, nvl), np.full(2 * nodes * n_nic, nic),
+                               np.full(2 * leaves, uplink)])
     tier = np.concatenate([np.zeros(2 * num_gpus, int), np.ones(2 * nodes * n_nic, int), np.full(2 * leaves, 2)])
     return Topology(num_gpus, g, n_nic, per_leaf, p.fabric.rail_optimized, capacity, tier, nvl_latency, nic_latency)
 

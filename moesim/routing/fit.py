@@ -113,7 +113,7 @@ class FitReport:
         obs = [lf.best.max_over_mean_observed for lf in self.layers]
         mod = [lf.best.max_over_mean_model for lf in self.layers]
         rmse = [lf.best.rmse * e for lf in self.layers]
-        return (f"overall: best " + ", ".join(f"{f.value} {n}/{len(self.layers)}" for f, n in wins.items())
+        return ("overall: best " + ", ".join(f"{f.value} {n}/{len(self.layers)}" for f, n in wins.items())
                 + f"; best rmse median {np.median(rmse):.3f} max {max(rmse):.3f}; max/mean observed "
                 f"{min(obs):.2f}-{max(obs):.2f}, model {min(mod):.2f}-{max(mod):.2f}"
                 + ("; * = at the end of the search range" if any(at_bound(f) for lf in self.layers for f in lf.fits)

@@ -2,8 +2,8 @@
 randomly placed); a temporal model evolves it; per (micro-batch, source rank) variation perturbs it; the
 top-k cap clips it; multinomial sampling turns it into counts.
 
-Shapes: shares [layers, E] (rows sum to 1); SyntheticRouter.next_step gives loads [micro_batches, layers, sources, E] (int32 counts of
-(token, expert) assignments; each row sums to tokens * top_k).
+Shapes: shares [layers, E] (rows sum to 1); SyntheticRouter.next_step gives loads [micro_batches, layers, sources, E]
+(int32 counts of (token, expert) assignments; each row sums to tokens * top_k).
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from moesim.calibration.collectives import (  # noqa: E402
+from moesim.calibration.collectives import (
     Layout, _Steps, discover_tiers, group_elements, layout_from_keys, measure_collectives, p2p_pairs,
     sample_row, skewed_splits)
-from moesim.calibration.errors import CalibrationError  # noqa: E402
-from moesim.calibration.launch import SamplePlan, calibration_worker, run_local  # noqa: E402
-from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS  # noqa: E402
-from moesim.spec.errors import SpecError  # noqa: E402
+from moesim.calibration.errors import CalibrationError
+from moesim.calibration.launch import SamplePlan, calibration_worker, run_local
+from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS
+from moesim.spec.errors import SpecError
 
 SIZES_BYTES = (4 << 10, 256 << 10)
 

@@ -1,6 +1,5 @@
 """Calibration samples -> profile YAML -> loaded profile -> used by the simulator; broken tables rejected."""
 
-import dataclasses
 
 import numpy as np
 import pandas as pd

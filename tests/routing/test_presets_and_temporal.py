@@ -64,7 +64,8 @@ def test_drift_moves_the_shares_and_stays_near_the_base():
 
 def test_source_variation_makes_ranks_differ():
     flat = SyntheticRouter(RoutingSpec(), 1, 64, 8, np.random.default_rng(0)).next_step(1, 8, 8192)[0, 0]
-    varied = SyntheticRouter(RoutingSpec(source_sigma=1.0), 1, 64, 8, np.random.default_rng(0)).next_step(1, 8, 8192)[0, 0]
+    varied = SyntheticRouter(RoutingSpec(source_sigma=1.0), 1, 64, 8,
+                             np.random.default_rng(0)).next_step(1, 8, 8192)[0, 0]
     spread = lambda x: float(np.std(x / x.sum(-1, keepdims=True), axis=0).mean())  # noqa: E731
     assert spread(varied) > 4 * spread(flat)
 
