@@ -305,16 +305,14 @@ def _run_one(scenario, out: Path, args) -> int:
 
 
 def _run_sweep(keys: list[str], points: list, out: Path, args, name: str) -> int:
-    import pandas as pd  # noqa: PLC0415
-
     from moesim.io.staged_dir import staged_dir  # noqa: PLC0415
-    from moesim.report.sweep import format_sweep_table, sweep_row, write_sweep_files  # noqa: PLC0415
+    from moesim.report.sweep import format_sweep_table, sweep_row, sweep_table, write_sweep_files  # noqa: PLC0415
 
     t0 = time.perf_counter()
     rows = []
     for i, (values, scenario) in enumerate(points):
         rows.append(sweep_row(values, _simulate(scenario, f"point {i + 1}/{len(points)}")[1]))
-    table = pd.DataFrame(rows)
+    table = sweep_table(rows, keys)
     print(format_sweep_table(table, keys))
     print(f"{len(points)} points simulated in {time.perf_counter() - t0:.1f} s wall")
     if not args.no_files:

@@ -27,6 +27,14 @@ def sweep_row(values: dict, summary: dict) -> dict:
             **{f"a2a_{t}_GB": net["a2a_bytes_per_step"][t] / 1e9 for t in ("nvlink", "nic", "spine")}}
 
 
+def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:
+    """The rows as a table; swept columns keep their values as written (a null stays None, never NaN)."""
+    table = pd.DataFrame(rows)
+    for key in keys:
+        table[key] = pd.Series([row[key] for row in rows], dtype=object)
+    return table
+
+
 def _shown(table: pd.DataFrame, keys: list[str], null: str) -> pd.DataFrame:
     """Swept values as users read them: a null capacity factor is `dropless`; other nulls print as `null`."""
     shown = table.copy()
