@@ -19,19 +19,32 @@ _BUCKET_OF_OP = {op.value: bucket for op, bucket in BREAKDOWN_OF.items()}
 
 def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
     """[rank x bucket] seconds per measured step, averaged over measured steps. Rows add up to each rank's
-    mean step time. The waiting part of collectives is its own bucket, `straggler_wait`."""
+    mean step time. The waiting part of collectives is its own bucket, `straggler_wait`.
+    Groups integer codes under a mask of the records (no string column, no filtered copy of the frame); each
+    (rank, bucket) sums the same values in the same order as the former pivot table: identical numbers."""
     rec = result.records
-    rec = rec[rec["step"].isin(result.measured_steps)]
-    dur = (rec["end_s"] - rec["start_s"]).to_numpy()
-    wait = rec["wait_s"].to_numpy()
-    bucket = rec["op"].astype(str).map(_BUCKET_OF_OP).to_numpy()
-    frame = pd.DataFrame({"rank": np.concatenate([rec["rank"].to_numpy()] * 2),
-                          "bucket": np.concatenate([bucket, np.full(len(rec), "straggler_wait")]),
-                          "seconds": np.concatenate([dur - wait, wait])})
-    table = frame.pivot_table(index="rank", columns="bucket", values="seconds", aggfunc="sum", fill_value=0.0)
+    measured = rec["step"].isin(result.measured_steps).to_numpy()
+    op = rec["op"].array  # Categorical
+    bucket_of_code = np.array([BREAKDOWN_BUCKETS.index(_BUCKET_OF_OP[o]) for o in op.categories], dtype=np.int8)
+    rank = rec["rank"].to_numpy()[measured]
+    wait = rec["wait_s"].to_numpy()[measured]
+    busy = rec["end_s"].to_numpy()[measured] - rec["start_s"].to_numpy()[measured] - wait
+    by_op = pd.Series(busy).groupby([rank, bucket_of_code[op.codes[measured]]]).sum()
+    straggler = np.full(len(rank), BREAKDOWN_BUCKETS.index("straggler_wait"), np.int8)
+    by_wait = pd.Series(wait).groupby([rank, straggler]).sum()
+    table = pd.concat([by_op, by_wait]).unstack(fill_value=0.0)
+    table.columns = [BREAKDOWN_BUCKETS[c] for c in table.columns]
     table = table.reindex(index=range(result.scenario.layout.world_size), columns=list(BREAKDOWN_BUCKETS),
                           fill_value=0.0)
+    table.index.name, table.columns.name = "rank", "bucket"
     return table / len(result.measured_steps)
+
+
+def _a2a_bytes_per_step(result: SimResult) -> float:
+    """Dispatch + combine bytes per measured step, summed over a mask (no filtered copy of the records)."""
+    rec = result.records
+    mask = (rec["op"].isin(["dispatch", "combine"]) & rec["step"].isin(result.measured_steps)).to_numpy()
+    return float(pd.Series(rec["bytes"].to_numpy()[mask]).sum() / len(result.measured_steps))
 
 
 def network_usage(result: SimResult) -> dict:
@@ -123,8 +136,6 @@ def _summary(result: SimResult) -> dict:
     breakdown = per_rank_breakdown(result).mean(axis=0)
     stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
     per_layer = stats.groupby("layer")[list(LAYER_STAT_COLUMNS)].mean()
-    rec = result.records
-    a2a = rec[rec["op"].isin(["dispatch", "combine"]) & rec["step"].isin(result.measured_steps)]
     hbm = sc.cluster.profile.gpu.hbm_bytes
     dropped = float(stats["dropped_fraction"].mean())
     capacity_s = p50 * sc.layout.world_size * peak  # FLOP the GPUs could have done in the step
@@ -158,7 +169,7 @@ def _summary(result: SimResult) -> dict:
         "dropped_first_choice_fraction": float(stats["dropped_first_fraction"].mean()),
         "padding_fraction": float(stats["padding_fraction"].mean()),
         "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),
-        "all_to_all_bytes_per_step": float(a2a["bytes"].sum() / len(measured)),
+        "all_to_all_bytes_per_step": _a2a_bytes_per_step(result),
         "network": network_usage(result),
         "placement": placement_summary(result),
         "step_times_s": [float(x) for x in measured],

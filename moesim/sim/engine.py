@@ -15,7 +15,7 @@ import numpy as np
 import simpy
 
 from moesim.cost.compute import backward_multiplier
-from moesim.sim.records import OpKind, Phase, RecordLog
+from moesim.sim.records import OpKind, Phase, RankRecords, RecordLog
 from moesim.sim.workload import MoeLayerWork, StaticWork
 from moesim.spec.scenario import Scenario
 
@@ -114,11 +114,13 @@ def simulate_step(ctx: StepContext, start_order: np.ndarray | None = None) -> fl
     for rank in range(world):
         if finish[rank] < step_s:
             ctx.log.add(ctx.step, rank, -1, -1, Phase.STEP, OpKind.IDLE, float(finish[rank]), step_s)
+    ctx.log.flush()  # the step's per-rank buffers become columns now, before the next step's arrays are built
     return step_s
 
 
 def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, finish: np.ndarray):
-    sc, st, log, step = ctx.sc, ctx.static, ctx.log, ctx.step
+    sc, st = ctx.sc, ctx.static
+    log = ctx.log.rank(ctx.step, rank)  # this rank's buffer for the step: no lookup per op
     lay = sc.layout
     q_count = lay.ranks_per_stage
     stage, q = divmod(rank, q_count)
@@ -127,7 +129,7 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
     pw = ctx.placement
     if pw is not None:
         ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
-        yield from _compute(env, log, step, rank, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
+        yield from _compute(env, log, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
     for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
         fwd = phase is Phase.FORWARD
         upstream = stage > 0 if fwd else not last
@@ -135,43 +137,43 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
             t0 = env.now
             yield mail.receive((rank, mb, phase))
             if env.now > t0:
-                log.add(step, rank, mb, -1, phase, OpKind.PP_WAIT, t0, env.now)
+                log.add(mb, -1, phase, OpKind.PP_WAIT, t0, env.now)
         if last and not fwd:
-            yield from _compute(env, log, step, rank, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
+            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
         for layer in (layers if fwd else reversed(layers)):
-            yield from _layer(env, ctx, rdv, rank, stage, q, layer, mb, phase)
+            yield from _layer(env, ctx, rdv, log, stage, q, layer, mb, phase)
         if last and fwd:
-            yield from _compute(env, log, step, rank, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
+            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
         downstream = not last if fwd else stage > 0
         if downstream:
             peer = rank + q_count if fwd else rank - q_count
             link_stage = stage if fwd else stage - 1
             mail.send((peer, mb, phase), float(st.p2p_s[link_stage, q]))
-    yield from _collective(env, rdv, log, step, rank, ("dp", stage, q % lay.tp), lay.dp,
+    yield from _collective(env, rdv, log, ("dp", stage, q % lay.tp), lay.dp,
                            float(st.dp_dense_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_DENSE,
                            float(st.grad_bytes[stage, 0]))
-    yield from _collective(env, rdv, log, step, rank, ("edp", stage, q % (lay.ep * lay.etp)), lay.edp,
+    yield from _collective(env, rdv, log, ("edp", stage, q % (lay.ep * lay.etp)), lay.edp,
                            float(st.dp_expert_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_EXPERT,
                            float(st.grad_bytes[stage, 1]))
     if pw is not None and pw.replica_sync_s[stage] > 0:
-        yield from _compute(env, log, step, rank, -1, -1, Phase.STEP,
+        yield from _compute(env, log, -1, -1, Phase.STEP,
                             ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
-    yield from _compute(env, log, step, rank, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
+    yield from _compute(env, log, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
     finish[rank] = env.now
 
 
-def _layer(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, q: int, layer: int, mb: int,
+def _layer(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int, mb: int,
            phase: Phase):
     """Forward: attention (+ dense FFN | router) -> TP collectives -> dispatch -> experts -> combine.
     Backward runs the same blocks in reverse order with backward costs."""
     fwd = phase is Phase.FORWARD
     blocks = [_dense_block, _moe_block] if fwd else [_moe_block, _dense_block]
     for block in blocks:
-        yield from block(env, ctx, rdv, rank, stage, q, layer, mb, phase)
+        yield from block(env, ctx, rdv, log, stage, q, layer, mb, phase)
 
 
-def _dense_block(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, q: int, layer: int, mb: int,
-                 phase: Phase):
+def _dense_block(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int,
+                 mb: int, phase: Phase):
     lc, lay, fwd = ctx.static.layers, ctx.sc.layout, phase is Phase.FORWARD
     is_moe = layer in ctx.moe
     ops = [(OpKind.ATTENTION, lc.attention_fwd_s if fwd else lc.attention_bwd_s)]
@@ -179,54 +181,53 @@ def _dense_block(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, 
         ops.append((OpKind.ROUTER, lc.router_fwd_s if fwd else lc.router_bwd_s))
     else:
         ops.append((OpKind.DENSE_FFN, lc.dense_ffn_fwd_s if fwd else lc.dense_ffn_bwd_s))
-    yield from _compute(env, ctx.log, ctx.step, rank, mb, layer, phase, ops)
+    yield from _compute(env, log, mb, layer, phase, ops)
     if lay.tp > 1:
-        yield from _collective(env, rdv, ctx.log, ctx.step, rank, ("tp", layer, mb, phase, stage, q // lay.tp),
+        yield from _collective(env, rdv, log, ("tp", layer, mb, phase, stage, q // lay.tp),
                                lay.tp, float(ctx.static.tp_comm_s[stage, q, int(is_moe)]), mb, layer, phase,
                                OpKind.TP_COMM)
 
 
-def _moe_block(env, ctx: StepContext, rdv: Rendezvous, rank: int, stage: int, q: int, layer: int, mb: int,
-               phase: Phase):
+def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int,
+               mb: int, phase: Phase):
     moe = ctx.moe.get(layer)
     if moe is None:
         return
-    lay, log, step = ctx.sc.layout, ctx.log, ctx.step
+    lay = ctx.sc.layout
     group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
     factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(ctx.sc.training.recompute)
     ready = ctx.placement.layer_ready_s.get(layer, 0.0) if ctx.placement is not None else 0.0
     if env.now < ready:  # an overlapped migration has not delivered this layer's experts yet
-        log.add(step, rank, mb, layer, phase, OpKind.MIGRATION, env.now, ready)
+        log.add(mb, layer, phase, OpKind.MIGRATION, env.now, ready)
         yield env.timeout(ready - env.now)
     nbytes = float(moe.sent_bytes[mb, q])
-    yield from _collective(env, rdv, log, step, rank, ("dispatch", layer, mb, phase, group), lay.ep,
+    yield from _collective(env, rdv, log, ("dispatch", layer, mb, phase, group), lay.ep,
                            float(moe.dispatch_s[mb, q]), mb,
                            layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
-    yield from _compute(env, log, step, rank, mb, layer, phase,
+    yield from _compute(env, log, mb, layer, phase,
                         ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
-    yield from _collective(env, rdv, log, step, rank, ("combine", layer, mb, phase, group), lay.ep,
+    yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
                            float(moe.combine_s[mb, q]), mb,
                            layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))
 
 
-def _compute(env, log: RecordLog, step: int, rank: int, mb: int, layer: int, phase: Phase, ops, rows: int = 0):
+def _compute(env, log: RankRecords, mb: int, layer: int, phase: Phase, ops, rows: int = 0):
     """Back-to-back compute ops as ONE timeout; each still gets its own record."""
     t = env.now
     total = 0.0
     for op, seconds in ops:
-        log.add(step, rank, mb, layer, phase, op, t + total, t + total + seconds, 0.0, rows)
+        log.add(mb, layer, phase, op, t + total, t + total + seconds, 0.0, rows)
         total += seconds
     if total > 0:
         yield env.timeout(total)
 
 
-def _collective(env, rdv: Rendezvous, log: RecordLog, step: int, rank: int, key: tuple, size: int,
-                duration_s: float, mb: int, layer: int, phase: Phase, op: OpKind, nbytes: float = 0.0,
-                rows: int = 0):
+def _collective(env, rdv: Rendezvous, log: RankRecords, key: tuple, size: int, duration_s: float, mb: int,
+                layer: int, phase: Phase, op: OpKind, nbytes: float = 0.0, rows: int = 0):
     t0 = env.now
     if size > 1:
         yield rdv.arrive(key, size, duration_s)
     elif duration_s > 0:
         yield env.timeout(duration_s)
     wait_s = max(0.0, env.now - duration_s - t0)  # the group started when its last member arrived
-    log.add(step, rank, mb, layer, phase, op, t0, env.now, nbytes, rows, wait_s)
+    log.add(mb, layer, phase, op, t0, env.now, nbytes, rows, wait_s)

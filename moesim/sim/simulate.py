@@ -3,6 +3,7 @@ generator per component, so the same seed gives byte-identical records."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +80,14 @@ class _Loads:
                             sc.model.num_experts, sc.tokens_routed_per_rank * sc.model.top_k, self.rng)
 
 
-def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False) -> SimResult:
-    """`network` overrides the model the scenario's `network:` section asks for (tests pass their own)."""
+Progress = Callable[[int, int], None]  # (steps done, steps total), called after each simulated step
+
+
+def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False,
+             progress: Progress | None = None) -> SimResult:
+    """`network` overrides the model the scenario's `network:` section asks for (tests pass their own).
+    `progress(steps_done, steps_total)` is called after each step, warm-up included (the CLI shows a rate and
+    an ETA from it); moesim.sim.estimate.estimate_cost says what the run will cost before it starts."""
     net = network or build_network(sc.cluster, sc.network)
     links = net if isinstance(net, FlowNetwork) else FlowNetwork(sc.cluster, sc.network)
     lay, m = sc.layout, sc.model
@@ -114,9 +121,11 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
         order = order_rng.permutation(lay.world_size) if shuffle_start_order else None
         step_times[step] = simulate_step(StepContext(sc, static, work, step, log,
                                                      placement_work if driver.active else None), order)
-    # Canonical order: by step and rank, each rank's records in program order. The order SimPy interleaves
-    # processes in is then invisible, so summaries and files are byte-identical for any start order.
-    records = log.to_frame().sort_values(["step", "rank"], kind="stable", ignore_index=True)
+        if progress is not None:
+            progress(step + 1, total)
+    # The log is in canonical order (by step and rank, each rank's records in program order): the order SimPy
+    # interleaves processes in is invisible, so summaries and files are byte-identical for any start order.
+    records = log.to_frame()
     moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
     usage = LinkUsage(links.topology.link_tier, links.topology.link_capacity_bytes_per_s, link_bytes)

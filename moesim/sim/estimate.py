@@ -1,0 +1,195 @@
+"""What a simulation will cost, known before it is spent: SimPy events, record rows, array sizes, peak memory
+and wall time of `simulate()` + `summarize()`, from the scenario alone (arithmetic only, well under 1 ms).
+
+The counts mirror the engine (moesim/sim/engine.py) op by op; the few that depend on the run (pipeline waits,
+placement moves, end-of-step idling) use the bounds or typical values noted where they are counted, so
+events and record rows come out within a few percent. Bytes and seconds multiply the counts by the constants
+below, measured with benchmarks/bench_memory.py and per-phase timings on a 2-core x86_64 VM (Python 3.11,
+numpy 2.4, pandas 3.1, simpy 4.1, no GPU); other machines differ by their single-core speed. Re-measure them
+when the engine, the record log or metrics.summarize change (bench_memory.py prints estimate / measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.sim.records import BUFFER_BYTES_PER_RECORD, RECORD_BYTES
+from moesim.spec.placement import PlacementPolicyKind
+from moesim.spec.scenario import Scenario
+
+MIB = 2**20
+
+# --- memory (bytes) ---
+# RSS of a fresh interpreter after importing moesim (numpy, pandas, simpy, pydantic) and loading a scenario:
+# 119 MiB for every shipped scenario without a trace.
+BASELINE_RSS_BYTES = 119 * MIB
+# Loading a routing trace peaks at about twice its counts (npz decompression + validation), then holds them.
+TRACE_LOAD_PEAK_PER_BYTE = 2.2
+# Static work, network model, placement driver, lazily imported modules: quickstart at 32 sequences peaks
+# 26 MiB above the baseline, 10 MiB of which are its records.
+SIM_FIXED_BYTES = 16 * MIB
+# array.array over-allocates by up to 1/16 when it grows; the freed per-rank buffers of a step stay in the
+# allocator's heap, so one step's buffers count once more.
+ARRAY_SLACK = 1.06
+# Synthetic routing per (micro-batch, MoE layer, source rank, expert) element of one step: multinomial draws
+# (int64) + the int32 loads + the previous step's loads still referenced (deepseek-v3-256: ~184 MiB for 8.0 M).
+ROUTING_BYTES_PER_ELEMENT = 24
+ROUTING_SIGMA_BYTES_PER_ELEMENT = 64  # source_sigma > 0 adds float64 normal draws and capped-share temporaries
+# moe_layer_work temporaries per [M, q, E] element of one layer (gate, split, per-rank rows; deepseek: 3.9 MiB).
+LAYER_WORK_BYTES_PER_ELEMENT = 32
+# metrics.summarize per measured record: the breakdown groups integer op codes under a mask of the records
+# (masked columns and group keys; measured with the quickstart at 32-4,096 sequences). The former pivot table
+# over a string column took 340 bytes and 0.9 us a record.
+SUMMARIZE_BYTES_PER_ROW = 70
+SUMMARIZE_FIXED_BYTES = 10 * MIB
+LAYER_STATS_BYTES_PER_ROW = 13 * 8  # one float64/int64 per column per (step, layer, micro-batch)
+LAYER_STATS_BYTES_PER_FRAME = 8_000  # one small DataFrame per (step, MoE layer) until the final concat
+
+# --- time (seconds), single core ---
+# The engine runs 200-250 k SimPy events/s here (deepseek-v3-256: 0.70 M events in 3.5 s; quickstart at 1,024
+# sequences: 2.83 M in 11.9 s), below bare SimPy's 0.5-0.7 M/s because each event resumes a rank's generator,
+# which records ~1.7 ops. A least-squares split over quickstart (32-1,024 sequences), deepseek-v3-256 and
+# smartmoe-replay: 2.5 us per event + 0.8 us per record (RankRecords.add alone: 0.5 us), within 25 % of each.
+ENGINE_S_PER_EVENT = 2.5e-6
+ENGINE_S_PER_ROW = 0.8e-6
+ROUTING_S_PER_ELEMENT = 95e-9  # numpy multinomial (deepseek-v3-256: 0.78 s per step for 8.0 M elements)
+TRACE_S_PER_ELEMENT = 10e-9  # trace replay: gather + rescale
+# moe_layer_work per (step, MoE layer): a fixed part (gate, network model, stats frame), per micro-batch
+# (all-to-all per micro-batch) and per [M, q, E] element (quickstart 32 -> 1,024 sequences: 0.7 -> 4.2 ms).
+LAYER_WORK_S_PER_CALL = 0.7e-3
+LAYER_WORK_S_PER_MICRO_BATCH = 14e-6
+LAYER_WORK_S_PER_ELEMENT = 12e-9
+SUMMARIZE_S_PER_ROW = 0.2e-6  # metrics.summarize per measured record (masked group sums)
+FIXED_S = 0.1  # network model, static work, result assembly
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Counts are exact or within a few percent; bytes and seconds within ~2x on the machine the constants
+    come from (see the module docstring). Bytes are resident memory of the whole process."""
+
+    steps: int  # warm-up + measured
+    events: int  # SimPy events processed, all steps
+    record_rows: int  # rows of SimResult.records
+    measured_record_rows: int  # of which in measured steps (what summarize reads)
+    routing_elements_per_step: int  # loads [micro-batches, MoE layers, ranks per stage, experts]
+    record_bytes: int  # SimResult.records
+    simulate_peak_bytes: int  # above the baseline, during simulate()
+    summarize_peak_bytes: int  # above the baseline, during summarize() (records included)
+    baseline_memory_bytes: int  # interpreter, imports, scenario (and its trace) before simulate()
+    peak_memory_bytes: int  # process peak RSS
+    simulate_s: float
+    summarize_s: float
+    wall_s: float  # simulate() + summarize()
+
+    def describe(self) -> str:
+        return (f"~{_si(self.events)} SimPy events, {_si(self.record_rows)} records "
+                f"({self.record_bytes / MIB:,.0f} MiB), peak memory ~{_mib(self.peak_memory_bytes)}, "
+                f"~{_duration(self.wall_s)} for {self.steps} steps")
+
+
+def estimate_cost(sc: Scenario) -> CostEstimate:
+    """The cost of `summarize(simulate(sc))` from the scenario alone."""
+    steps = sc.simulation.warmup_steps + sc.simulation.steps
+    rows_per_step, events_per_step = records_per_step(sc), events_per_step_count(sc)
+    rows, measured = rows_per_step * steps, rows_per_step * sc.simulation.steps
+    elements = routing_elements_per_step(sc)
+    record_bytes = int(rows * RECORD_BYTES * ARRAY_SLACK)
+    sim_peak = int(SIM_FIXED_BYTES + record_bytes + rows_per_step * BUFFER_BYTES_PER_RECORD * ARRAY_SLACK
+                   + _routing_bytes(sc, elements) + _layer_bytes(sc, steps))
+    summarize_peak = int(sim_peak + measured * SUMMARIZE_BYTES_PER_ROW + SUMMARIZE_FIXED_BYTES)
+    trace_bytes = sc.routing.trace.counts.nbytes if sc.routing.trace is not None else 0
+    baseline = BASELINE_RSS_BYTES + trace_bytes
+    peak = max(BASELINE_RSS_BYTES + int(TRACE_LOAD_PEAK_PER_BYTE * trace_bytes), baseline + summarize_peak)
+    engine_s = events_per_step * steps * ENGINE_S_PER_EVENT + rows * ENGINE_S_PER_ROW
+    simulate_s = FIXED_S + engine_s + _workload_s(sc, steps, elements)
+    summarize_s = measured * SUMMARIZE_S_PER_ROW
+    return CostEstimate(steps, events_per_step * steps, rows, measured, elements, record_bytes, sim_peak,
+                        summarize_peak, baseline, peak, simulate_s, summarize_s, simulate_s + summarize_s)
+
+
+def _layers_per_stage(sc: Scenario) -> list[tuple[int, int]]:
+    """[(layers, MoE layers)] per pipeline stage."""
+    per = sc.layers_per_stage
+    return [(per, sum(sc.model.is_moe_layer(layer) for layer in range(s * per, (s + 1) * per)))
+            for s in range(sc.layout.pp)]
+
+
+def records_per_step(sc: Scenario) -> int:
+    """Rows one step appends, op by op as engine._rank emits them."""
+    lay, mbs = sc.layout, sc.num_micro_batches
+    tp_comm = 1 if lay.tp > 1 else 0
+    rows = 0
+    for stage, (layers, moe) in enumerate(_layers_per_stage(sc)):
+        per_pass = layers * (2 + tp_comm) + 3 * moe  # attention + router|dense FFN (+ TP), dispatch/expert/combine
+        per_pass += stage == lay.pp - 1  # LM head
+        # pipeline waits: at most one per received pass; counted in full (they are < 3 % of the rows)
+        waits = mbs * ((stage > 0) + (stage < lay.pp - 1))
+        rows += lay.ranks_per_stage * (2 * mbs * per_pass + waits + 3)  # + dp sync dense, expert, optimizer
+    rows += (lay.pp - 1) * lay.ranks_per_stage  # idle: ranks of the stages that finish before the slowest
+    if sc.placement.policy is not PlacementPolicyKind.STATIC:
+        rows += lay.world_size  # a migration, shadow or replica-sync op per rank and step, typically one
+    return rows
+
+
+def events_per_step_count(sc: Scenario) -> int:
+    """SimPy events one step processes: a timeout per back-to-back compute run, two per collective group
+    (the group's timeout and its completion) and per pipeline message, two per process (start, end)."""
+    lay, mbs = sc.layout, sc.num_micro_batches
+    q = lay.ranks_per_stage
+    per_member = {size: (2.0 / size if size > 1 else 0.0) for size in (lay.tp, lay.ep, lay.dp, lay.edp)}
+    events = 2.0 * lay.world_size
+    for stage, (layers, moe) in enumerate(_layers_per_stage(sc)):
+        per_pass = layers * (1 + per_member[lay.tp]) + moe * (1 + 2 * per_member[lay.ep])
+        per_pass += stage == lay.pp - 1  # LM head
+        events += q * (2 * mbs * per_pass + 1 + per_member[lay.dp] + per_member[lay.edp])  # + optimizer
+    events += 2 * (lay.pp - 1) * q * 2 * mbs  # activations forward, gradients backward
+    if sc.placement.policy is not PlacementPolicyKind.STATIC:
+        events += lay.world_size
+    return round(events)
+
+
+def routing_elements_per_step(sc: Scenario) -> int:
+    """Elements of one step's loads [micro-batches, MoE layers, ranks per stage, experts]."""
+    return sc.num_micro_batches * sc.model.num_moe_layers * sc.layout.ranks_per_stage * sc.model.num_experts
+
+
+def _layer_elements(sc: Scenario) -> int:
+    return sc.num_micro_batches * sc.layout.ranks_per_stage * sc.model.num_experts
+
+
+def _routing_bytes(sc: Scenario, elements: int) -> int:
+    sigma = sc.routing.trace is None and sc.routing.source_sigma > 0
+    return elements * (ROUTING_SIGMA_BYTES_PER_ELEMENT if sigma else ROUTING_BYTES_PER_ELEMENT)
+
+
+def _layer_bytes(sc: Scenario, steps: int) -> int:
+    """One layer's moe_layer_work temporaries + the layer stats of every step (held until the end)."""
+    frames = steps * sc.model.num_moe_layers
+    stats = frames * (sc.num_micro_batches * LAYER_STATS_BYTES_PER_ROW + LAYER_STATS_BYTES_PER_FRAME)
+    return _layer_elements(sc) * LAYER_WORK_BYTES_PER_ELEMENT + stats
+
+
+def _workload_s(sc: Scenario, steps: int, elements: int) -> float:
+    """Routing draws and moe_layer_work, per step and MoE layer (numpy)."""
+    per_element = TRACE_S_PER_ELEMENT if sc.routing.trace is not None else ROUTING_S_PER_ELEMENT
+    per_call = (LAYER_WORK_S_PER_CALL + sc.num_micro_batches * LAYER_WORK_S_PER_MICRO_BATCH
+                + _layer_elements(sc) * LAYER_WORK_S_PER_ELEMENT)
+    return steps * (elements * per_element + sc.model.num_moe_layers * per_call)
+
+
+def _si(count: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f}"
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / MIB:.0f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.1f} s"
