@@ -46,7 +46,7 @@ def safe_slug(name: str) -> str:
     """A scenario name as one safe directory name: letters, digits, '.', '_' and '-' kept, every other run of
     characters (path separators, '..', NUL, control characters, spaces) becomes one '-'; no leading dot."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-    slug = re.sub(r"\.{2,}", "-", slug).strip(".-")[:_SLUG_MAX_CHARS].strip(".-")
+    slug = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", "-", slug)).strip(".-")[:_SLUG_MAX_CHARS].strip(".-")
     return slug or "scenario"
 
 
