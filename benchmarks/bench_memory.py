@@ -40,7 +40,7 @@ def child(path: str) -> None:
     wall_s = time.perf_counter() - t0
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline_bytes,
                       "wall_s": wall_s, "simulate_s": sim_s, "record_rows": len(result.records),
-                      "step_time_s": summary["step_time_s"]}))
+                      "step_time_s": summary.step_time_s}))
 
 
 def peak_rss_bytes() -> int:

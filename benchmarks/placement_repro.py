@@ -14,6 +14,7 @@ import yaml
 
 from moesim.loader import parse_scenario
 from moesim.metrics.summary import summarize
+from moesim.metrics.types import RunSummary
 from moesim.sim.simulate import SimResult, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def doc(name: str) -> dict:
     return data
 
 
-def run(data: dict) -> tuple[SimResult, dict]:
+def run(data: dict) -> tuple[SimResult, RunSummary]:
     sc = parse_scenario(copy.deepcopy(data), "repro", SCENARIOS)
     res = simulate(sc)
     return res, summarize(res)
@@ -54,8 +55,8 @@ def fig13() -> None:
         res, s = run(data)
         ms = moe_layer_ms(res)
         base = base or ms
-        print(f"| {label} | {ms:.2f} | {base / ms:.2f}x | {1e3 * s['step_time_s']:.2f} | {s['placement']['changes']} "
-              f"| {1e3 * s['placement']['migration_s']:.1f} |")
+        print(f"| {label} | {ms:.2f} | {base / ms:.2f}x | {1e3 * s.step_time_s:.2f} | {s.placement.changes} "
+              f"| {1e3 * s.placement.migration_s:.1f} |")
 
 
 def replication() -> None:
@@ -69,8 +70,8 @@ def replication() -> None:
         data = doc("smartmoe-fig13")
         data["placement"] = {"slots_per_gpu": 5, **placement}
         res, s = run(data)
-        print(f"| {label} | {moe_layer_ms(res):.2f} | {s['placement']['balance_ratio_mean']:.2f} | "
-              f"{1e3 * s['step_time_s']:.2f} | {s['placement']['changes']} |")
+        print(f"| {label} | {moe_layer_ms(res):.2f} | {s.placement.balance_ratio_mean:.2f} | "
+              f"{1e3 * s.step_time_s:.2f} | {s.placement.changes} |")
 
 
 def fastermoe() -> None:
@@ -90,9 +91,9 @@ def fastermoe() -> None:
                 data["placement"] = {"policy": policy}
                 _, s = run(data)
                 times[policy] = s
-            st, fm = times["static"]["step_time_s"], times["fastermoe"]["step_time_s"]
+            st, fm = times["static"].step_time_s, times["fastermoe"].step_time_s
             print(f"| {nodes} x 8 H100 | {share:.2f} | {1e3 * st:.1f} | {1e3 * fm:.1f} | {st / fm:.2f}x | "
-                  f"{1e3 * times['fastermoe']['breakdown_s']['placement']:.2f} |")
+                  f"{1e3 * times['fastermoe'].breakdown_s['placement']:.2f} |")
 
 
 def tamoe() -> None:
@@ -107,8 +108,8 @@ def tamoe() -> None:
         m = res.a2a_matrices.sum(0)  # [ep, ep]
         node = np.arange(32) // 8
         share = m[node[:, None] == node[None, :]].sum() / m.sum()
-        print(f"| {strength} | {share:.3f} | {s['breakdown_s']['all_to_all']:.3f} | "
-              f"{s['network']['a2a_bytes_per_step']['nic'] / 1e9:.1f} | {s['step_time_s']:.3f} |")
+        print(f"| {strength} | {share:.3f} | {s.breakdown_s['all_to_all']:.3f} | "
+              f"{s.network.a2a_bytes_per_step['nic'] / 1e9:.1f} | {s.step_time_s:.3f} |")
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Public API (imported lazily, so `import moesim.spec` stays free of simpy and plo
     load_scenario(path) -> Scenario          strict YAML -> frozen specs
     load_scenarios(path) -> (keys, points)   the same for a file with a `sweep:` (one Scenario per point)
     simulate(scenario) -> SimResult          SimPy simulation of warm-up + measured steps
-    summarize(result) -> dict                step-time percentiles, breakdown, MFU, memory, imbalance
+    summarize(result) -> RunSummary          step-time percentiles, breakdown, MFU, memory, imbalance: frozen,
+                                             typed fields; RunSummary.to_dict() is what summary.json holds
     write_run(out_dir, result, summary)      summary.json, records.parquet, trace.json, plots (atomic)
 """
 
@@ -21,6 +22,7 @@ _EXPORTS = {
     "simulate": "moesim.sim.simulate",
     "SimResult": "moesim.sim.simulate",
     "summarize": "moesim.metrics.summary",
+    "RunSummary": "moesim.metrics.types",
     "write_run": "moesim.report.run_dir",
     "Scenario": "moesim.spec.scenario",
     "SpecError": "moesim.spec.errors",

@@ -1,1 +1,2 @@
-"""Records -> DataFrames -> summaries (moesim.metrics.summary); errors for impossible results."""
+"""Records -> DataFrames -> summaries (computed in moesim.metrics.summary, typed in moesim.metrics.types);
+errors for impossible results."""

@@ -11,6 +11,8 @@ import pandas as pd
 
 from moesim.cost.compute import model_flop_per_token, routed_expert_flop_per_token
 from moesim.metrics.errors import ResultError
+from moesim.metrics.types import (LayerSummary, LayoutDegrees, LinkUtilisation, NetworkSummary, PlacementSummary,
+                                  ProfileRef, Provenance, RunSummary)
 from moesim.sim.records import BREAKDOWN_BUCKETS, BREAKDOWN_OF
 from moesim.sim.simulate import LAYER_STAT_COLUMNS, TIERS, SimResult
 
@@ -47,40 +49,42 @@ def _a2a_bytes_per_step(result: SimResult) -> float:
     return float(pd.Series(rec["bytes"].to_numpy()[mask]).sum() / len(result.measured_steps))
 
 
-def network_usage(result: SimResult) -> dict:
+def network_usage(result: SimResult) -> NetworkSummary:
     """All-to-all traffic per tier and per-link utilisation (bytes / (capacity x step time)) over measured
     steps. Only the MoE all-to-alls are counted, not TP, DP or pipeline traffic."""
     sc, lk = result.scenario, result.links
     steps = result.measured_steps
     per_step = lk.bytes_per_step[steps]  # [steps, links]
     util = per_step / (lk.capacity_bytes_per_s * result.step_times_s[steps, None])
-    out: dict = {"model": sc.network.model.value, "solver": sc.network.solver.value,
-                 "cross_rail": sc.network.cross_rail.value, "all_to_all": sc.network.all_to_all.value,
-                 "all_reduce": sc.network.all_reduce.value, "a2a_bytes_per_step": {}, "a2a_link_utilisation": {}}
+    bytes_per_step, utilisation = {}, {}
     for t, name in enumerate(TIERS):
         on = lk.link_tier == t
-        out["a2a_bytes_per_step"][name] = float(per_step[:, on].sum(-1).mean() / 2.0)  # egress + ingress
+        bytes_per_step[name] = float(per_step[:, on].sum(-1).mean() / 2.0)  # egress + ingress
         u = util[:, on]
-        out["a2a_link_utilisation"][name] = {"mean": float(u.mean()) if u.size else 0.0,
-                                             "max": float(u.max(-1).mean()) if u.size else 0.0}
-    return out
+        utilisation[name] = LinkUtilisation(mean=float(u.mean()) if u.size else 0.0,
+                                            max=float(u.max(-1).mean()) if u.size else 0.0)
+    return NetworkSummary(model=sc.network.model.value, solver=sc.network.solver.value,
+                          cross_rail=sc.network.cross_rail.value, all_to_all=sc.network.all_to_all.value,
+                          all_reduce=sc.network.all_reduce.value, a2a_bytes_per_step=bytes_per_step,
+                          a2a_link_utilisation=utilisation)
 
 
-def placement_summary(result: SimResult) -> dict:
+def placement_summary(result: SimResult) -> PlacementSummary:
     sc, ev = result.scenario, result.placement_events
     stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
     per_step = stats.groupby("step")["gpu_max_over_mean"].mean()
-    return {"policy": sc.placement.policy.value, "slots_per_gpu": sc.placement.slots_per_gpu,
-            "migration": sc.placement.migration.value, "changes": int(len(ev)),
-            "moved_slots": int(ev["moved_slots"].sum()), "migration_bytes": float(ev["migration_bytes"].sum()),
-            "migration_s": float(ev["migration_s"].sum()),
-            "balance_ratio_mean": float(per_step.mean()), "balance_ratio_p95": float(np.percentile(per_step, 95))}
+    return PlacementSummary(
+        policy=sc.placement.policy.value, slots_per_gpu=sc.placement.slots_per_gpu,
+        migration=sc.placement.migration.value, changes=int(len(ev)), moved_slots=int(ev["moved_slots"].sum()),
+        migration_bytes=float(ev["migration_bytes"].sum()), migration_s=float(ev["migration_s"].sum()),
+        balance_ratio_mean=float(per_step.mean()), balance_ratio_p95=float(np.percentile(per_step, 95)))
 
 
-def summarize(result: SimResult) -> dict:
-    """Every number is finite; a NaN or inf raises ResultError naming the field and the inputs behind it."""
+def summarize(result: SimResult) -> RunSummary:
+    """Every number is finite; a NaN or inf raises ResultError naming the field (its key path in
+    summary.json) and the inputs behind it."""
     summary = _summary(result)
-    check_finite(summary)
+    check_finite(summary.to_dict())
     return summary
 
 
@@ -94,7 +98,7 @@ _INPUTS_OF = {  # summary field prefix -> the inputs that produce it, for the er
 }
 
 
-def provenance(sc) -> dict:
+def provenance(sc) -> Provenance:
     """What produced a result, so that two results can always be told apart: moesim's version, the seed, the
     steps, and the resolved scenario (presets expanded, profile inlined, SI units) with its SHA-256. A replayed
     trace is represented by the SHA-256 of its counts."""
@@ -108,9 +112,9 @@ def provenance(sc) -> dict:
         digest.update(counts.tobytes())
         resolved["routing"]["trace_sha256"] = digest.hexdigest()
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return {"moesim_version": __version__, "seed": sc.simulation.seed, "steps": sc.simulation.steps,
-            "warmup_steps": sc.simulation.warmup_steps,
-            "scenario_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "scenario": resolved}
+    return Provenance(moesim_version=__version__, seed=sc.simulation.seed, steps=sc.simulation.steps,
+                      warmup_steps=sc.simulation.warmup_steps,
+                      scenario_sha256=hashlib.sha256(canonical.encode()).hexdigest(), scenario=resolved)
 
 
 def check_finite(value, path: str = "") -> None:
@@ -126,8 +130,8 @@ def check_finite(value, path: str = "") -> None:
         raise ResultError(f"summary {path} is {value}: not a finite number; check {inputs}")
 
 
-def _summary(result: SimResult) -> dict:
-    sc = result.scenario
+def _summary(result: SimResult) -> RunSummary:
+    sc, lay = result.scenario, result.scenario.layout
     measured = result.step_times_s[result.measured_steps]
     p50 = float(np.percentile(measured, 50))
     tokens = sc.training.tokens_per_step
@@ -138,42 +142,41 @@ def _summary(result: SimResult) -> dict:
     per_layer = stats.groupby("layer")[list(LAYER_STAT_COLUMNS)].mean()
     hbm = sc.cluster.profile.gpu.hbm_bytes
     dropped = float(stats["dropped_fraction"].mean())
-    capacity_s = p50 * sc.layout.world_size * peak  # FLOP the GPUs could have done in the step
+    capacity_s = p50 * lay.world_size * peak  # FLOP the GPUs could have done in the step
     mem = result.peak_memory_bytes
-    return {
-        "scenario": sc.name,
-        "gpus": sc.layout.world_size,
-        "layout": {"tp": sc.layout.tp, "pp": sc.layout.pp, "dp": sc.layout.dp, "ep": sc.layout.ep,
-                   "etp": sc.layout.etp, "edp": sc.layout.edp},
-        "profile": {"name": sc.cluster.profile.name, "status": sc.cluster.profile.status},
-        "measured_steps": int(len(measured)),
-        "step_time_s": p50,
-        "step_time_p95_s": float(np.percentile(measured, 95)),
-        "step_time_p99_s": float(np.percentile(measured, 99)),
-        "step_time_mean_s": float(measured.mean()),
-        "tokens_per_s": tokens / p50,
+    return RunSummary(
+        scenario=sc.name,
+        gpus=lay.world_size,
+        layout=LayoutDegrees(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, etp=lay.etp, edp=lay.edp),
+        profile=ProfileRef(name=sc.cluster.profile.name, status=sc.cluster.profile.status),
+        measured_steps=int(len(measured)),
+        step_time_s=p50,
+        step_time_p95_s=float(np.percentile(measured, 95)),
+        step_time_p99_s=float(np.percentile(measured, 99)),
+        step_time_mean_s=float(measured.mean()),
+        tokens_per_s=tokens / p50,
         # MFU counts the FLOPs the model really did: a dropped assignment skips its expert (the convention of
         # Megatron-LM's and PaLM's MFU: useful model FLOPs, no padding, no recompute). `mfu_nominal` counts
         # every token as if nothing were dropped.
-        "mfu": (nominal_flop - routed_expert_flop_per_token(sc.model) * tokens * dropped) / capacity_s,
-        "mfu_nominal": nominal_flop / capacity_s,
-        "capacity_factor": sc.gate.capacity_factor,
-        "breakdown_s": {k: float(v) for k, v in breakdown.items()},
-        "peak_memory_bytes": [float(x) for x in mem],
-        "peak_memory_bytes_max": float(mem.max()),
-        "hbm_bytes": float(hbm),
-        "fits_in_memory": bool(mem.max() <= hbm),
-        "expert_load_max_over_mean": float(stats["expert_max_over_mean"].mean()),
-        "gpu_load_max_over_mean": float(stats["gpu_max_over_mean"].mean()),
-        "dropped_fraction": dropped,
-        "dropped_first_choice_fraction": float(stats["dropped_first_fraction"].mean()),
-        "padding_fraction": float(stats["padding_fraction"].mean()),
-        "unrouted_token_fraction": float(stats["unrouted_fraction"].mean()),
-        "all_to_all_bytes_per_step": _a2a_bytes_per_step(result),
-        "network": network_usage(result),
-        "placement": placement_summary(result),
-        "step_times_s": [float(x) for x in measured],
-        "per_layer": [{"layer": int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS}}
-                      for layer, row in per_layer.iterrows()],
-        "provenance": provenance(sc),
-    }
+        mfu=(nominal_flop - routed_expert_flop_per_token(sc.model) * tokens * dropped) / capacity_s,
+        mfu_nominal=nominal_flop / capacity_s,
+        capacity_factor=sc.gate.capacity_factor,
+        breakdown_s={k: float(v) for k, v in breakdown.items()},
+        peak_memory_bytes=tuple(float(x) for x in mem),
+        peak_memory_bytes_max=float(mem.max()),
+        hbm_bytes=float(hbm),
+        fits_in_memory=bool(mem.max() <= hbm),
+        expert_load_max_over_mean=float(stats["expert_max_over_mean"].mean()),
+        gpu_load_max_over_mean=float(stats["gpu_max_over_mean"].mean()),
+        dropped_fraction=dropped,
+        dropped_first_choice_fraction=float(stats["dropped_first_fraction"].mean()),
+        padding_fraction=float(stats["padding_fraction"].mean()),
+        unrouted_token_fraction=float(stats["unrouted_fraction"].mean()),
+        all_to_all_bytes_per_step=_a2a_bytes_per_step(result),
+        network=network_usage(result),
+        placement=placement_summary(result),
+        step_times_s=tuple(float(x) for x in measured),
+        per_layer=tuple(LayerSummary(layer=int(layer), **{k: float(row[k]) for k in LAYER_STAT_COLUMNS})
+                        for layer, row in per_layer.iterrows()),
+        provenance=provenance(sc),
+    )

@@ -11,6 +11,7 @@ from moesim.export.perfetto import chrome_trace, write_chrome_trace
 from moesim.io.results import write_figure_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from moesim.io.staged_dir import staged_dir
 from moesim.metrics.summary import per_rank_breakdown
+from moesim.metrics.types import RunSummary
 from moesim.sim.simulate import SimResult
 from moesim.viz.breakdown import breakdown_figure, per_rank_figure
 from moesim.viz.distribution import step_time_histogram
@@ -19,7 +20,7 @@ from moesim.viz.network import a2a_heatmap
 PER_RANK_PLOT_MAX_RANKS = 64
 
 
-def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = False) -> list[Path]:
+def write_run(out_dir: Path, result: SimResult, summary: RunSummary, force: bool = False) -> list[Path]:
     """Write the run into a staging directory and swap it in as `out_dir` once every file is there. Returns
     the paths of the files as they are in `out_dir`. Raises SpecError for an --out that is not ours to
     replace, WriteError when the files cannot be written (then `out_dir` is as it was)."""
@@ -29,14 +30,14 @@ def write_run(out_dir: Path, result: SimResult, summary: dict, force: bool = Fal
     return [out_dir / name for name in names]
 
 
-def write_run_files(out_dir: Path, result: SimResult, summary: dict) -> list[Path]:
+def write_run_files(out_dir: Path, result: SimResult, summary: RunSummary) -> list[Path]:
     """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, placement_events.csv,
     breakdown_per_rank.csv, trace.json (the first measured step) and four PNG plots, into an existing
     directory. Returns the paths written."""
     sc = result.scenario
     per_rank = per_rank_breakdown(result)
     written = [
-        write_json_atomic(out_dir / "summary.json", summary),
+        write_json_atomic(out_dir / "summary.json", summary.to_dict()),
         write_parquet_atomic(out_dir / "records.parquet", result.records),
         write_parquet_atomic(out_dir / "layer_stats.parquet", result.layer_stats),
         write_parquet_atomic(out_dir / "a2a_matrices.parquet", a2a_frame(result)),
@@ -49,7 +50,7 @@ def write_run_files(out_dir: Path, result: SimResult, summary: dict) -> list[Pat
     written.append(write_chrome_trace(out_dir / "trace.json", trace))
     title = f"{sc.name}: {sc.model.name} on {sc.layout.world_size} x {sc.cluster.profile.gpu.name}"
     written.append(write_figure_atomic(out_dir / "breakdown.png",
-                                       breakdown_figure(summary["breakdown_s"], summary["step_time_mean_s"], title)))
+                                       breakdown_figure(summary.breakdown_s, summary.step_time_mean_s, title)))
     if sc.layout.world_size <= PER_RANK_PLOT_MAX_RANKS:
         grouped, label = per_rank, "per rank"
     else:  # too many bars: average the ranks of each pipeline stage

@@ -7,24 +7,23 @@ from pathlib import Path
 import pandas as pd
 
 from moesim.io.results import write_figure_atomic, write_text_atomic
+from moesim.metrics.types import RunSummary
 from moesim.viz.sweep import sweep_figure
 
-SWEEP_COLUMNS = ("step_time_s", "step_time_p95_s", "step_time_p99_s", "tokens_per_s", "mfu", "dropped_fraction",
-                 "dropped_first_choice_fraction", "padding_fraction", "expert_load_max_over_mean",
-                 "gpu_load_max_over_mean", "peak_memory_bytes_max", "fits_in_memory")
 
-
-
-
-def sweep_row(values: dict, summary: dict) -> dict:
+def sweep_row(values: dict, s: RunSummary) -> dict:
     """One table row: the swept values (as written in the sweep) and the point's summary metrics."""
-    net, placement = summary["network"], summary["placement"]
-    return {**values, **{k: summary[k] for k in SWEEP_COLUMNS},
-            "all_to_all_s": summary["breakdown_s"]["all_to_all"],
-            "balance_ratio": placement["balance_ratio_mean"],
-            "placement_changes": placement["changes"],
-            "migration_s": placement["migration_s"],
-            **{f"a2a_{t}_GB": net["a2a_bytes_per_step"][t] / 1e9 for t in ("nvlink", "nic", "spine")}}
+    return {**values,
+            "step_time_s": s.step_time_s, "step_time_p95_s": s.step_time_p95_s, "step_time_p99_s": s.step_time_p99_s,
+            "tokens_per_s": s.tokens_per_s, "mfu": s.mfu, "dropped_fraction": s.dropped_fraction,
+            "dropped_first_choice_fraction": s.dropped_first_choice_fraction, "padding_fraction": s.padding_fraction,
+            "expert_load_max_over_mean": s.expert_load_max_over_mean,
+            "gpu_load_max_over_mean": s.gpu_load_max_over_mean,
+            "peak_memory_bytes_max": s.peak_memory_bytes_max, "fits_in_memory": s.fits_in_memory,
+            "all_to_all_s": s.breakdown_s["all_to_all"],
+            "balance_ratio": s.placement.balance_ratio_mean, "placement_changes": s.placement.changes,
+            "migration_s": s.placement.migration_s,
+            **{f"a2a_{tier}_GB": sent / 1e9 for tier, sent in s.network.a2a_bytes_per_step.items()}}
 
 
 def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:

@@ -38,7 +38,7 @@ def test_the_simulator_runs_on_the_calibrated_profile(calibrated, model):
     sc = sc.replace(cluster=ClusterSpec(load_profile(calibrated), 1), training=sc.training.replace(dtype=Dtype.FP32),
                     network=NetworkSpec(model=model))
     s = summarize(simulate(sc))
-    assert s["step_time_s"] > 0 and s["breakdown_s"]["all_to_all"] > 0
+    assert s.step_time_s > 0 and s.breakdown_s["all_to_all"] > 0
 
 
 def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, tmp_path, capsys):

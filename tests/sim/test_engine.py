@@ -67,7 +67,7 @@ def test_one_gpu_without_communication_is_the_sum_of_its_compute():
 
 
 def _p50(**kw) -> float:
-    return summarize(simulate(scenario(**kw)))["step_time_s"]
+    return summarize(simulate(scenario(**kw))).step_time_s
 
 
 def test_more_bandwidth_is_never_slower():
@@ -90,7 +90,7 @@ def test_more_skew_is_never_faster():
 def test_same_seed_same_results_and_other_seed_differs():
     a, b = simulate(scenario(zipf_s=1.0, seed=7)), simulate(scenario(zipf_s=1.0, seed=7))
     assert a.records.equals(b.records)
-    assert json.dumps(summarize(a)) == json.dumps(summarize(b))
+    assert json.dumps(summarize(a).to_dict()) == json.dumps(summarize(b).to_dict())
     c = simulate(scenario(zipf_s=1.0, seed=8))
     assert not a.records.equals(c.records)
 
@@ -100,7 +100,7 @@ def test_permuting_process_start_order_does_not_change_anything():
     plain = simulate(sc)
     shuffled = simulate(sc, shuffle_start_order=True)
     assert plain.records.equals(shuffled.records)
-    assert json.dumps(summarize(plain)) == json.dumps(summarize(shuffled))
+    assert json.dumps(summarize(plain).to_dict()) == json.dumps(summarize(shuffled).to_dict())
 
 
 def test_tokens_dispatched_equal_tokens_combined():
@@ -119,12 +119,12 @@ def test_breakdown_buckets_add_up_to_each_ranks_step_time():
     per_rank = per_rank_breakdown(result)
     assert np.allclose(per_rank.sum(axis=1), result.step_times_s.mean(), rtol=1e-12)
     s = summarize(result)
-    assert sum(s["breakdown_s"].values()) == pytest.approx(s["step_time_mean_s"], rel=1e-12)
+    assert sum(s.breakdown_s.values()) == pytest.approx(s.step_time_mean_s, rel=1e-12)
 
 
 def test_skew_shows_up_as_straggler_wait_not_transfer():
     lay = ParallelLayout(tp=1, pp=1, dp=8, ep=8)
     flat = summarize(simulate(scenario(layout=lay, model=tiny_model(num_experts=16), seq_len=1024)))
     hot = summarize(simulate(scenario(layout=lay, model=tiny_model(num_experts=16), seq_len=1024, zipf_s=2.0)))
-    assert hot["breakdown_s"]["straggler_wait"] > 3 * flat["breakdown_s"]["straggler_wait"]
-    assert hot["expert_load_max_over_mean"] > 3 * flat["expert_load_max_over_mean"]
+    assert hot.breakdown_s["straggler_wait"] > 3 * flat.breakdown_s["straggler_wait"]
+    assert hot.expert_load_max_over_mean > 3 * flat.expert_load_max_over_mean

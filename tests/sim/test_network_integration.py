@@ -42,12 +42,12 @@ def test_every_network_choice_simulates_and_splits_bytes_by_tier():
         for algorithm in AllToAllAlgorithm:
             s = summarize(simulate(across_nodes(model=model, all_to_all=algorithm)))
             results[model, algorithm] = s
-            assert s["network"]["a2a_bytes_per_step"]["nic"] > 0
-            assert s["network"]["a2a_bytes_per_step"]["nvlink"] > 0
-            assert 0 < s["network"]["a2a_link_utilisation"]["nic"]["max"] <= 1
+            assert s.network.a2a_bytes_per_step["nic"] > 0
+            assert s.network.a2a_bytes_per_step["nvlink"] > 0
+            assert 0 < s.network.a2a_link_utilisation["nic"].max <= 1
     flow = NetworkModelKind.FLOW
-    assert results[flow, AllToAllAlgorithm.DIRECT]["step_time_s"] != \
-        results[flow, AllToAllAlgorithm.HIERARCHICAL]["step_time_s"]
+    assert results[flow, AllToAllAlgorithm.DIRECT].step_time_s != \
+        results[flow, AllToAllAlgorithm.HIERARCHICAL].step_time_s
 
 
 def test_skew_makes_the_dispatch_slower_than_balanced_and_shows_in_the_matrix():

@@ -46,7 +46,7 @@ def test_every_policy_runs_from_yaml_and_is_deterministic(policy):
     sc = load(policy)
     a, b = summarize(simulate(sc)), summarize(simulate(sc))
     assert a == b
-    assert a["placement"]["policy"] == policy and a["step_time_s"] > 0
+    assert a.placement.policy == policy and a.step_time_s > 0
 
 
 def test_rebalancing_policies_beat_static_balance_under_skew_and_record_their_moves():
@@ -54,7 +54,7 @@ def test_rebalancing_policies_beat_static_balance_under_skew_and_record_their_mo
     for policy in ("smartmoe", "flexmoe", "eplb"):
         res = simulate(load(policy))
         s = summarize(res)
-        assert s["placement"]["balance_ratio_mean"] < static["placement"]["balance_ratio_mean"], policy
+        assert s.placement.balance_ratio_mean < static.placement.balance_ratio_mean, policy
         ev = res.placement_events
         # A re-placement is judged on the loads it was planned from; on the step's own loads a placement that
         # is already near 1.0 may score a hair worse (EPLB re-places every period, as upstream does).
@@ -78,18 +78,18 @@ def test_shadows_and_replicas_cost_time_in_their_buckets():
     fm = simulate(load("fastermoe"))
     assert (fm.records["op"] == "shadow").any()
     eplb = summarize(simulate(load("eplb")))
-    assert eplb["breakdown_s"]["placement"] > 0
+    assert eplb.breakdown_s["placement"] > 0
     assert (simulate(load("eplb")).records["op"] == "replica_sync").any()
 
 
 def test_reserved_slots_cost_memory():
     four, six = (summarize(simulate(load("static", slots_per_gpu=s))) for s in (4, 6))
-    assert six["peak_memory_bytes_max"] > four["peak_memory_bytes_max"]
+    assert six.peak_memory_bytes_max > four.peak_memory_bytes_max
 
 
 def test_ta_moe_moves_dispatch_bytes_onto_nvlink():
     static, ta = (summarize(simulate(load(p))) for p in ("static", "ta_moe"))
-    nic = lambda s: s["network"]["a2a_bytes_per_step"]["nic"]  # noqa: E731
+    nic = lambda s: s.network.a2a_bytes_per_step["nic"]  # noqa: E731
     assert nic(ta) < nic(static)
 
 

@@ -28,20 +28,20 @@ def run(gate=GateSpec(), zipf_s=1.5, **kw):
 
 def test_capacity_drops_tokens_and_shortens_the_straggler():
     dropless, capped = run(), run(GateSpec(capacity_factor=1.0))
-    assert dropless["dropped_fraction"] == 0 and capped["dropped_fraction"] > 0.2
-    assert capped["step_time_s"] < dropless["step_time_s"]
-    assert capped["gpu_load_max_over_mean"] < dropless["gpu_load_max_over_mean"]
+    assert dropless.dropped_fraction == 0 and capped.dropped_fraction > 0.2
+    assert capped.step_time_s < dropless.step_time_s
+    assert capped.gpu_load_max_over_mean < dropless.gpu_load_max_over_mean
 
 
 def test_padding_costs_time_and_bytes():
     plain, padded = run(GateSpec(capacity_factor=2.0)), run(GateSpec(capacity_factor=2.0, pad_to_capacity=True))
-    assert padded["padding_fraction"] > 0.2 and plain["padding_fraction"] == 0
-    assert padded["step_time_s"] > plain["step_time_s"]
-    assert padded["all_to_all_bytes_per_step"] > plain["all_to_all_bytes_per_step"]
+    assert padded.padding_fraction > 0.2 and plain.padding_fraction == 0
+    assert padded.step_time_s > plain.step_time_s
+    assert padded.all_to_all_bytes_per_step > plain.all_to_all_bytes_per_step
 
 
 def test_more_skew_drops_more_at_fixed_capacity():
-    drops = [run(GateSpec(capacity_factor=1.25), zipf_s=s)["dropped_fraction"] for s in (0.0, 0.5, 1.0, 2.0)]
+    drops = [run(GateSpec(capacity_factor=1.25), zipf_s=s).dropped_fraction for s in (0.0, 0.5, 1.0, 2.0)]
     assert all(a < b for a, b in zip(drops, drops[1:])), drops
 
 
@@ -54,8 +54,8 @@ def test_replaying_a_trace_uses_its_counts():
     sc = sc.replace(routing=RoutingSpec(RoutingDistribution.TRACE, trace=trace, trace_ref="test"))
     s = summarize(simulate(sc))
     balanced = summarize(simulate(scenario(layout=LAYOUT, model=tiny_model(num_experts=16), seq_len=1024)))
-    assert s["expert_load_max_over_mean"] > 5
-    assert s["step_time_s"] > balanced["step_time_s"]
+    assert s.expert_load_max_over_mean > 5
+    assert s.step_time_s > balanced.step_time_s
 
 
 def test_sweep_file_expands_and_runs(tmp_path, capsys):
@@ -98,4 +98,4 @@ def test_layer_all_to_all_bytes_match_the_records():
     s = summarize(result)
     per_step = result.layer_stats.groupby("step")["a2a_bytes"].sum().mean()
     # the records count dispatch and combine, forward and backward: four times the dispatch bytes
-    assert s["all_to_all_bytes_per_step"] == pytest.approx(4 * per_step)
+    assert s.all_to_all_bytes_per_step == pytest.approx(4 * per_step)

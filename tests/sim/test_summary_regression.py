@@ -75,7 +75,7 @@ def compute(name: str, tmp_dir: Path) -> dict:
     path = tmp_dir / f"{name}.yaml"
     path.write_text(SCENARIOS[name])
     result = simulate(load_scenario(path))
-    return {"summary": flatten(summarize(result)), "records": fingerprint(result.records)}
+    return {"summary": flatten(summarize(result).to_dict()), "records": fingerprint(result.records)}
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
