@@ -119,3 +119,52 @@ def test_stale_staging_of_a_dead_process_is_removed_and_an_aside_run_restored(tm
 def test_scenario_name_is_only_a_label(name: str, slug: str) -> None:
     assert safe_slug(name) == slug
     assert default_run_dir(name) == Path("runs") / slug
+
+
+def test_a_symlinked_out_replaces_the_run_it_points_at(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "run"
+    with staged_dir(real) as staging:
+        _write(staging, {"summary.json": "old"})
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with staged_dir(link) as staging:
+        _write(staging, {"summary.json": "new"})
+    assert link.is_symlink() and (link / "summary.json").read_text() == "new"
+    assert _names(tmp_path) == ["link", "real"] and _names(tmp_path / "real") == ["run"]
+
+
+@pytest.mark.parametrize("where", [".", "..", "sub/..", ""])
+def test_the_current_directory_and_its_parents_are_refused_up_front(tmp_path: Path, monkeypatch, where: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SpecError, match="not the current directory"):
+        check_out_dir(Path(where), force=True)
+
+
+def test_a_users_file_inside_a_previous_run_is_never_deleted_unasked(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with staged_dir(out) as staging:
+        _write(staging, {"summary.json": "old"})
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="notes.txt"):
+        check_out_dir(out, force=False)
+    with staged_dir(out, force=True) as staging:
+        _write(staging, {"summary.json": "new"})
+    assert (out / "notes.txt").read_text() == "mine" and (out / "summary.json").read_text() == "new"
+
+
+def test_glob_characters_in_the_name_touch_no_other_target(tmp_path: Path) -> None:
+    dead_pid = 2**22 + 12345
+    other_aside = tmp_path / f".a1.moesim-old-{dead_pid}-abcd"  # belongs to target "a1", not "a[1]"
+    other_aside.mkdir()
+    recover_stale(tmp_path / "a[1]")
+    assert other_aside.is_dir() and not (tmp_path / "a[1]").exists()
+
+
+def test_a_second_write_in_the_same_process_keeps_the_first_ones_staging(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with staged_dir(out) as first:
+        _write(first, {"summary.json": "first"})
+        check_out_dir(out, force=False)  # cleans stale staging: must not take a live one of this process
+        assert (first / "summary.json").is_file()
+    assert (out / "summary.json").read_text() == "first"
