@@ -201,6 +201,7 @@ def _calibrate(args) -> int:
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise SpecError("--timeout", args.timeout, "a finite number of seconds > 0")
+    _refuse_overwrite(args.out, args.force)  # before minutes of measurements, not after
     try:
         if args.from_samples is not None:
             profile_from_samples(args.from_samples, args.out, force=args.force, base=args.base, name=args.name)
@@ -267,7 +268,7 @@ def _check_cost(scenarios: list, args) -> None:
     for flag, value in (("--max-wall-s", args.max_wall_s), ("--max-memory-GiB", args.max_memory_GiB)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise SpecError(flag, value, "a finite number > 0")
-    estimates = [estimate_cost(sc) for sc in scenarios]
+    estimates = [estimate_cost(sc, write_files=not args.no_files and len(scenarios) == 1) for sc in scenarios]
     wall_s = sum(e.wall_s for e in estimates)
     memory_bytes = max(e.peak_memory_bytes for e in estimates)
     limit_bytes = args.max_memory_GiB * 2**30 if args.max_memory_GiB is not None else _available_memory_bytes()

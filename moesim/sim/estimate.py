@@ -62,6 +62,15 @@ LAYER_WORK_S_PER_ELEMENT = 12e-9
 SUMMARIZE_S_PER_ROW = 0.2e-6  # metrics.summarize per measured record (masked group sums)
 FIXED_S = 0.1  # network model, static work, result assembly
 
+# --- writing a run's files (report.run_dir), on top of the summarize peak: the Perfetto trace of one step is
+# built as one Python dict per event before it is serialised, records.parquet converts the records to Arrow.
+# Quickstart at 256 and 1,024 sequences, 3 steps: +268 / +894 MB and +1.9 / +6.4 s over --no-files.
+TRACE_MAX_RANKS = 64  # trace.json shows at most this many ranks (export.perfetto's default)
+WRITE_BYTES_PER_TRACE_EVENT = 950
+WRITE_BYTES_PER_RECORD = 60
+WRITE_S_PER_TRACE_EVENT = 7.2e-6
+WRITE_S_PER_RECORD = 0.3e-6
+
 
 @dataclass(frozen=True)
 class CostEstimate:
@@ -80,7 +89,9 @@ class CostEstimate:
     peak_memory_bytes: int  # process peak RSS
     simulate_s: float
     summarize_s: float
-    wall_s: float  # simulate() + summarize()
+    write_bytes: int  # above the summarize peak, while the run's files are written (0 without files)
+    write_s: float
+    wall_s: float  # simulate() + summarize() (+ writing the files)
 
     def describe(self) -> str:
         return (f"~{_si(self.events)} SimPy events, {_si(self.record_rows)} records "
@@ -88,8 +99,9 @@ class CostEstimate:
                 f"~{_duration(self.wall_s)} for {self.steps} steps")
 
 
-def estimate_cost(sc: Scenario) -> CostEstimate:
-    """The cost of `summarize(simulate(sc))` from the scenario alone."""
+def estimate_cost(sc: Scenario, write_files: bool = False) -> CostEstimate:
+    """The cost of `summarize(simulate(sc))` from the scenario alone; with `write_files`, also of writing the
+    run's files (`moesim run` without --no-files)."""
     steps = sc.simulation.warmup_steps + sc.simulation.steps
     rows_per_step, events_per_step = records_per_step(sc), events_per_step_count(sc)
     rows, measured = rows_per_step * steps, rows_per_step * sc.simulation.steps
@@ -104,8 +116,17 @@ def estimate_cost(sc: Scenario) -> CostEstimate:
     engine_s = events_per_step * steps * ENGINE_S_PER_EVENT + rows * ENGINE_S_PER_ROW
     simulate_s = FIXED_S + engine_s + _workload_s(sc, steps, elements)
     summarize_s = measured * SUMMARIZE_S_PER_ROW
+    write_bytes, write_s = _write_cost(sc, rows_per_step, rows) if write_files else (0, 0.0)
     return CostEstimate(steps, events_per_step * steps, rows, measured, elements, record_bytes, sim_peak,
-                        summarize_peak, baseline, peak, simulate_s, summarize_s, simulate_s + summarize_s)
+                        summarize_peak, baseline, peak + write_bytes, simulate_s, summarize_s, write_bytes,
+                        write_s, simulate_s + summarize_s + write_s)
+
+
+def _write_cost(sc: Scenario, rows_per_step: int, rows: int) -> tuple[int, float]:
+    """(bytes, seconds) of writing the files: trace.json holds one step of at most TRACE_MAX_RANKS ranks."""
+    trace_events = rows_per_step * min(1.0, TRACE_MAX_RANKS / sc.layout.world_size)
+    return (int(trace_events * WRITE_BYTES_PER_TRACE_EVENT + rows * WRITE_BYTES_PER_RECORD),
+            trace_events * WRITE_S_PER_TRACE_EVENT + rows * WRITE_S_PER_RECORD)
 
 
 def _layers_per_stage(sc: Scenario) -> list[tuple[int, int]]:
