@@ -274,11 +274,13 @@ def _check_cost(scenarios: list, args) -> None:
     limit_bytes = args.max_memory_GiB * 2**30 if args.max_memory_GiB is not None else _available_memory_bytes()
     what = estimates[0].describe() if len(estimates) == 1 else f"{len(estimates)} points"
     if wall_s > args.max_wall_s:
-        raise SpecError("--max-wall-s", f"{args.max_wall_s:g}",
+        raise SpecError("--max-wall-s", args.max_wall_s,
                         f"a run estimated to fit: this one needs about {wall_s:,.0f} s ({what}); pass "
                         f"--max-wall-s {math.ceil(wall_s * 1.5)} to run it anyway, or simulate fewer steps")
     if memory_bytes > limit_bytes:
-        raise SpecError("--max-memory-GiB", f"{limit_bytes / 2**30:.1f}",
+        given = args.max_memory_GiB if args.max_memory_GiB is not None else \
+            f"no value: the memory available here, {limit_bytes / 2**30:.1f} GiB"
+        raise SpecError("--max-memory-GiB", given,
                         f"a run estimated to fit: this one needs about {memory_bytes / 2**30:.1f} GiB ({what}); "
                         f"pass --max-memory-GiB {math.ceil(memory_bytes * 1.25 / 2**30)} to run it anyway")
 

@@ -130,3 +130,14 @@ def test_progress_reports_every_step_including_warmup(quickstart_doc, tmp_path):
     with_progress = simulate(sc, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert with_progress.step_times_s.tobytes() == simulate(sc).step_times_s.tobytes()
+
+
+def test_writing_the_files_is_part_of_the_estimate(quickstart_doc, tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(quickstart_doc))
+    sc = load_scenario(path)
+    bare, with_files = estimate_cost(sc), estimate_cost(sc, write_files=True)
+    assert bare.write_bytes == 0 and bare.write_s == 0
+    assert with_files.write_bytes > 0
+    assert with_files.peak_memory_bytes == bare.peak_memory_bytes + with_files.write_bytes
+    assert with_files.wall_s == bare.wall_s + with_files.write_s
