@@ -6,17 +6,20 @@ missing rows are zeros, duplicate rows add up) plus key/value metadata `moesim_t
 (layers, micro-batches, source ranks, experts), `steps`, `top_k` (may be absent) and `source`.
 The shared SmartMoE counts.npz and the SmartMoE artifact's raw logs load into the same structure.
 
-Every reader distrusts its file: declared sizes are checked against MAX_TRACE_CELLS (and Parquet's row count
-against MAX_TRACE_ROWS) before anything is allocated; counts must be whole numbers in [0, MAX_COUNT], never
-wrapped or truncated; indices must lie inside the sizes; steps must be strictly increasing. Every problem is
-one SpecError naming the file (for a log directory, the log at fault).
+Every reader distrusts its file: declared sizes are checked against MAX_TRACE_CELLS (Parquet's row count against
+MAX_TRACE_ROWS, a raw log's size against MAX_LOG_BYTES) before anything is allocated; counts must be whole numbers
+in [0, MAX_COUNT], never wrapped or truncated; indices must lie inside the sizes; steps must be strictly increasing.
+Every problem is one SpecError naming the file (for a log directory, the log at fault). A trace read from a file
+remembers it (RoutingTrace.path), so that later errors about the trace (a fit too large) name it too.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
+import os
 import re
 import zipfile
 import zlib
@@ -205,7 +208,7 @@ def _densify(table: pa.Table, meta: dict, src: str) -> RoutingTrace:
                                                        "(rows with the same step and indices add up)")
     counts = np.zeros(shape, dtype=np.int32)
     counts.reshape(-1)[cells] = tokens
-    return RoutingTrace(counts, np.asarray(steps, dtype=np.int64), meta["top_k"], meta["source"] or src)
+    return RoutingTrace(counts, np.asarray(steps, dtype=np.int64), meta["top_k"], meta["source"] or src, src)
 
 
 def _add_duplicates(cells: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +239,7 @@ def load_smartmoe_npz(path: Path) -> RoutingTrace:
         dtype = counts.dtype if counts.dtype.isnative and np.can_cast(counts.dtype, np.int32) else np.int32
         counts = np.ascontiguousarray(counts.transpose(0, 1, 3, 2, 4), dtype=dtype)  # -> [S, L, M, R, E]
         return RoutingTrace(counts, iterations.astype(np.int64), 2,
-                            f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}")
+                            f"SmartMoE artifact trace (thu-pacman/SmartMoE-AE moe_trace, GPL-3.0) via {path.name}", src)
     except SpecError as err:
         raise err.with_source(src) from None
 
@@ -308,11 +311,18 @@ def _npy_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
 _LOG_GLOB = "table_iter*_rank*.log"
 _LOG_NAME = re.compile(r"table_iter([0-9]+)_rank([0-9]+)\.log")
 _LOG_LINE = "'layer: [[counts of micro-batch 0], [micro-batch 1], ...]'"
+# Bytes of one log read at most, checked before reading it. json.loads holds each count of a line as a Python
+# object (a count written in 2-5 bytes of text takes 8-90 bytes), so parsing needs up to ~25x the log's size (at
+# the cap: 250-400 MiB and 0.5-3 s, measured). 16 MiB still admits over a million counts per log (iteration x
+# rank), e.g. 64 layers x 32 micro-batches x 512 experts written as 177.0; the SmartMoE artifact's logs are a few KiB.
+MAX_LOG_BYTES = 16 * 2**20
 
 
 def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace:
     """The SmartMoE artifact's raw logs: table_iter{N}_rank{r}.log, one line per layer `layer: [[E counts] x mbs]`.
-    Every iteration has one log per rank 0..R-1, all of the same shape; counts may be written as 177.0."""
+    Every iteration has one log per rank 0..R-1, all of the same shape; counts may be written as 177.0. Each log is
+    at most MAX_LOG_BYTES, and the trace's size is checked against MAX_TRACE_CELLS from the first log's first line
+    on (before the rest is parsed)."""
     directory = Path(directory)
     try:
         files = _log_files(directory)
@@ -320,9 +330,16 @@ def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace
         ranks = sorted({r for _, r in files})
         _check_complete(files, iters, ranks)
         first_key = (iters[0], 0)
-        first = _parse_log(files[first_key])  # [L, M, E]
+
+        def check(layers: int, mbs: int, experts: int) -> None:  # the logs' total, named by the directory
+            try:
+                check_cells((len(iters), layers, mbs, len(ranks), experts), "logs")
+            except SpecError as err:
+                raise err.with_source(str(directory)) from None
+
+        first = _parse_log(files[first_key], check)  # [L, M, E]
         shape = (len(iters), first.shape[0], first.shape[1], len(ranks), first.shape[2])
-        check_cells(shape, "logs")  # before np.zeros; each log is parsed one at a time
+        check_cells(shape, "logs")  # before np.zeros (check already did, layer by layer); logs parsed one at a time
         counts = np.zeros(shape, dtype=np.int32)
         position = {it: i for i, it in enumerate(iters)}
         for (it, rank), f in sorted(files.items()):
@@ -331,7 +348,8 @@ def import_smartmoe_logs(directory: Path, top_k: int | None = 2) -> RoutingTrace
                 raise SpecError("layers", table.shape, f"(layers, micro_batches, experts) = {first.shape} as in "
                                                        f"{files[first_key].name}", source=str(f))
             counts[position[it], :, :, rank, :] = table
-        return RoutingTrace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}")
+        return RoutingTrace(counts, np.array(iters, dtype=np.int64), top_k, f"SmartMoE raw logs in {directory}",
+                            str(directory))
     except SpecError as err:
         raise err.with_source(str(directory)) from None
 
@@ -370,16 +388,13 @@ def _check_complete(files: dict, iters: list[int], ranks: list[int]) -> None:
         raise SpecError("rank", missing, "one log per iteration and rank (0..R-1)")
 
 
-def _parse_log(path: Path) -> np.ndarray:
-    """int32 [layers, micro_batches, experts] from one log file."""
+def _parse_log(path: Path, check=None) -> np.ndarray:
+    """int32 [layers, micro_batches, experts] from one log file of at most MAX_LOG_BYTES. `check(layers,
+    micro_batches, experts)`, when given, is called after each line, before the next is parsed."""
     src = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("", src, f"a readable UTF-8 text log ({type(exc).__name__})", source=src) from None
     rows: dict[int, np.ndarray] = {}
     try:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(_read_log(path).splitlines(), start=1):
             if not line.strip():
                 continue
             head, sep, body = line.partition(":")
@@ -388,7 +403,9 @@ def _parse_log(path: Path) -> np.ndarray:
                 raise SpecError(f"line {lineno}", line, f"{_LOG_LINE} with a whole layer number")
             if int(layer.group(1)) in rows:
                 raise SpecError(f"line {lineno}", int(layer.group(1)), "each layer once")
-            rows[int(layer.group(1))] = _parse_table(body, f"line {lineno}")
+            rows[int(layer.group(1))] = table = _parse_table(body, f"line {lineno}")
+            if check is not None:
+                check(len(rows), *table.shape)
         layers = sorted(rows)
         if not layers or layers != list(range(len(layers))):
             raise SpecError("layers", layers, "layers 0..L-1 with none missing, one line each")
@@ -398,6 +415,26 @@ def _parse_log(path: Path) -> np.ndarray:
     except SpecError as err:
         raise err.with_source(src) from None
     return np.stack([rows[l] for l in layers])
+
+
+def _read_log(path: Path) -> str:
+    """The log's text; its size is checked against MAX_LOG_BYTES before reading, and at most one byte more is read
+    (a file that grows, or reports no size, cannot slip past)."""
+    src, limit = str(path), MAX_LOG_BYTES  # read at call time: tests lower it
+    expected = f"a log of at most {limit:,} bytes (MAX_LOG_BYTES)"
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise SpecError("size", f"{size:,} bytes", expected, source=src)
+            raw = f.read(size + 1)  # read(n) allocates n bytes up front: the size, not the cap
+            if len(raw) > size:  # it grew, or reports no size (as /proc files do): the rest up to the cap, plus one
+                raw += f.read(limit + 1 - len(raw))
+        if len(raw) > limit:
+            raise SpecError("size", f"more than {limit:,} bytes", expected, source=src)
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("", src, f"a readable UTF-8 text log ({type(exc).__name__})", source=src) from None
 
 
 def _parse_table(body: str, where: str) -> np.ndarray:
@@ -411,9 +448,22 @@ def _parse_table(body: str, where: str) -> np.ndarray:
     width = len(table[0])
     if any(len(r) != width for r in table):
         raise SpecError(where, [len(r) for r in table], "rows of equal length (one count per expert)")
-    flat = [v for r in table for v in r]
-    for j, v in enumerate(flat):  # bool, None, str, nested lists, fractions, inf and huge values all stop here
-        if type(v) not in (int, float) or not 0 <= v <= MAX_COUNT or v != int(v):
-            raise SpecError(f"{where} micro-batch {j // width} expert {j % width}", v,
-                            f"a whole number of assignments in [0, {MAX_COUNT:,}]")
-    return np.array(flat, dtype=np.int64).reshape(len(table), width).astype(np.int32)
+    try:  # vectorised: the loop in _refuse_count only names the first bad count
+        if not set(map(type, itertools.chain.from_iterable(table))) <= {int, float}:  # bool, None, str, lists
+            raise ValueError(where)
+        values = np.array(table, dtype=np.float64)  # exact for every whole number up to 2**53; huge ints raise
+        if not np.all((values >= 0) & (values <= MAX_COUNT) & (values == np.floor(values))):  # NaN fails too
+            raise ValueError(where)
+    except (ValueError, OverflowError):
+        _refuse_count(table, where)
+    return values.astype(np.int32)  # whole numbers in [0, MAX_COUNT]: exact
+
+
+def _refuse_count(table: list, where: str) -> None:
+    """The error naming the first count that is not a whole number of assignments in [0, MAX_COUNT]."""
+    expected = f"a whole number of assignments in [0, {MAX_COUNT:,}]"
+    for i, row in enumerate(table):
+        for j, v in enumerate(row):  # fractions, inf and huge values stop here
+            if type(v) not in (int, float) or not 0 <= v <= MAX_COUNT or v != int(v):
+                raise SpecError(f"{where} micro-batch {i} expert {j}", v, expected)
+    raise SpecError(where, "counts", expected)  # unreachable: the vectorised check refuses only what this refuses

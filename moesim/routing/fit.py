@@ -14,6 +14,18 @@ objective moves smoothly with the parameter:
   G(a) = G(a+1) U^(1/a) for a < 1 (exact in law; numpy's sampler would shift the stream at every rejection);
 - multinomial sampling: its Gaussian limit with the exact covariance n(diag p - p p^T), clipped at zero.
 A test checks the model curves against `family_shares` + `Generator.multinomial` directly.
+
+Bounds (checked by check_fit_size from the trace's sizes before anything sized by them is allocated; the error
+names the trace's file):
+- MAX_FIT_RANDOM_BYTES: the common random numbers (draws x experts x _RANDOM_BYTES_PER_CELL = 152 bytes) are the one
+  array the fit holds whole: 512 MiB admits 13,797 experts at the default 256 draws (a fit of that one layer peaks
+  at ~0.8 GiB and takes ~20 s).
+- MAX_FIT_MODEL_SHARES: layers x draws x experts, the model shares computed per candidate parameter, bounds the
+  fit's time (~3 us per model share on one core over the 147 candidates of the three families: 2**27 take ~7 min;
+  DeepSeek-V3's 58 layers x 256 experts need 3.8 M).
+Everything else is computed in chunks of at most _CHUNK_ELEMENTS values (or one candidate's draws x experts, which
+the first bound caps), and the observed curves a block of (step, micro-batch) rows at a time, so the fit needs the
+trace plus a bounded working set whatever the trace's shape. A MemoryError anyway is one SpecError line.
 """
 
 from __future__ import annotations
@@ -36,6 +48,11 @@ DRAWS = 256  # Monte Carlo draws per model curve (64 leaves a seed-to-seed sprea
 _GRID_POINTS, _REFINE_POINTS, _REFINE_ROUNDS = 21, 7, 4  # final resolution: range / 20 / 3**4
 _CHUNK_ELEMENTS = 1 << 23  # layers are searched in chunks of at most this many (layer, candidate, draw, expert)
 _GAMMA_PROPOSALS = 8  # Marsaglia-Tsang accepts >= 95 % for shape >= 1: all 8 rejected has p < 1e-10
+# normal, boost_log_u and sampling, plus gamma_x and gamma_log_u per proposal, all float64: 152 bytes per cell
+_RANDOM_BYTES_PER_CELL = (3 + 2 * _GAMMA_PROPOSALS) * np.dtype(np.float64).itemsize
+MAX_FIT_RANDOM_BYTES = 2**29  # the common random numbers held whole (draws x experts cells): 512 MiB
+MAX_FIT_MODEL_SHARES = 2**27  # layers x draws x experts: the work per candidate parameter (time, not memory)
+_OBSERVED_CHUNK_ELEMENTS = 1 << 22  # (row, expert) shares of one layer sorted at a time by observed_curves
 
 
 @dataclass(frozen=True)
@@ -202,18 +219,40 @@ def model_curves(family: RoutingDistribution, params: np.ndarray, totals: np.nda
 
 
 def observed_curves(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray, int]:
-    """([L, E] mean sorted-share curve, [L] mean row total, rows per layer) over the non-empty (step, mb) rows."""
-    counts = trace.counts.sum(axis=3, dtype=np.int64)  # [S, L, M, E]
+    """([L, E] mean sorted-share curve, [L] mean row total, rows per layer) over the non-empty (step, mb) rows.
+    A block of rows at a time, each layer's curve summed row after row (the same sums as one pass over all rows)."""
     num_layers, num_experts = trace.num_layers, trace.num_experts
-    rows = np.moveaxis(counts, 1, 0).reshape(num_layers, -1, num_experts)
-    totals = rows.sum(axis=-1)
-    valid = totals > 0
-    used = valid.sum(axis=1)
-    if num_layers == 0 or np.any(used == 0):
-        raise SpecError("counts", trace.counts.shape, "a trace with at least one non-empty row in every layer")
-    shares = rows / np.maximum(totals, 1)[..., None]
-    curves = (-np.sort(-shares, axis=-1) * valid[..., None]).sum(axis=1) / used[:, None]
-    return curves, (totals * valid).sum(axis=1) / used, int(used.min())
+    if num_layers == 0:
+        raise SpecError("counts", trace.counts.shape, "a trace with at least one layer", source=trace.path)
+    curves = np.zeros((num_layers, num_experts))
+    totals, used = np.zeros(num_layers, dtype=np.int64), np.zeros(num_layers, dtype=np.int64)
+    for layer in range(num_layers):
+        for rows in _row_blocks(trace.counts, layer):  # int64 [rows, E]
+            row_totals = rows.sum(axis=-1)
+            valid = row_totals > 0
+            shares = rows / np.maximum(row_totals, 1)[:, None]
+            curves[layer] = np.add.reduce(np.vstack([curves[layer], -np.sort(-shares, axis=-1) * valid[:, None]]))
+            totals[layer] += (row_totals * valid).sum()
+            used[layer] += valid.sum()
+    if np.any(used == 0):
+        raise SpecError("counts", trace.counts.shape, "a trace with at least one non-empty row in every layer",
+                        source=trace.path)
+    return curves / used[:, None], totals / used, int(used.min())
+
+
+def _row_blocks(counts: np.ndarray, layer: int):
+    """One layer's (step, micro-batch) rows in order, summed over source ranks: int64 [rows, E] blocks of at most
+    _OBSERVED_CHUNK_ELEMENTS values (or one row)."""
+    num_steps, _, num_mbs, _, num_experts = counts.shape
+    rows = max(1, _OBSERVED_CHUNK_ELEMENTS // num_experts)
+    if num_mbs <= rows:
+        steps = rows // max(num_mbs, 1)  # no micro-batches: no rows, and the caller says so
+        for s in range(0, num_steps, steps):
+            yield counts[s:s + steps, layer].sum(axis=2, dtype=np.int64).reshape(-1, num_experts)
+        return
+    for s in range(num_steps):
+        for m in range(0, num_mbs, rows):
+            yield counts[s, layer, m:m + rows].sum(axis=1, dtype=np.int64)
 
 
 def _search(family: RoutingDistribution, observed: np.ndarray, totals: np.ndarray, top_k: int,
@@ -238,12 +277,23 @@ def _search_chunk(family: RoutingDistribution, observed: np.ndarray, totals: np.
     for n in (_GRID_POINTS, *([_REFINE_POINTS] * _REFINE_ROUNDS)):
         grid = lo_b + (hi_b - lo_b) * np.linspace(0.0, 1.0, n)  # [1 or L, n]
         params = 10.0 ** grid if log else grid
-        curves = model_curves(family, params, totals[:, None], num_experts, top_k, _rn=rn)  # [L, n, E]
+        curves = _curves(family, params, totals, top_k, rn)  # [L, n, E]
         sse = ((curves - observed[:, None, :]) ** 2).mean(axis=-1)
         best = sse.argmin(axis=1)
         centre, step = np.broadcast_to(grid, sse.shape)[idx, best], (hi_b - lo_b)[:, 0] / (n - 1)
         lo_b, hi_b = np.maximum(centre - step, lo)[:, None], np.minimum(centre + step, hi)[:, None]
     return np.broadcast_to(params, sse.shape)[idx, best], np.sqrt(sse[idx, best]), curves[idx, best]
+
+
+def _curves(family: RoutingDistribution, params: np.ndarray, totals: np.ndarray, top_k: int,
+            rn: _Draws) -> np.ndarray:
+    """[L, n, E] model_curves of params [1 or L, n] at totals [L], a few candidates at a time so that no temporary
+    holds more than _CHUNK_ELEMENTS values (or one candidate's draws x experts). Each candidate is computed alone
+    either way: the chunking changes no number."""
+    num_experts, n = rn.normal.shape[-1], params.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // (totals.shape[0] * rn.normal.size))
+    return np.concatenate([model_curves(family, params[:, j:j + step], totals[:, None], num_experts, top_k, _rn=rn)
+                           for j in range(0, n, step)], axis=1)
 
 
 def _resolve_top_k(trace: RoutingTrace, top_k: int | None) -> int:
@@ -255,18 +305,45 @@ def _resolve_top_k(trace: RoutingTrace, top_k: int | None) -> int:
     return int(k)
 
 
+def check_fit_size(trace: RoutingTrace, draws: int = DRAWS) -> None:
+    """Raise (naming the trace's file) unless fitting `trace` with `draws` stays within MAX_FIT_RANDOM_BYTES and
+    MAX_FIT_MODEL_SHARES. Integer arithmetic on the sizes alone: nothing is allocated."""
+    max_bytes, max_shares = MAX_FIT_RANDOM_BYTES, MAX_FIT_MODEL_SHARES  # read at call time: tests lower them
+    layers, experts = trace.num_layers, trace.num_experts
+    if draws * experts * _RANDOM_BYTES_PER_CELL > max_bytes:
+        raise SpecError("num_experts", experts,
+                        f"at most {max_bytes // (draws * _RANDOM_BYTES_PER_CELL):,} experts to fit with {draws} draws "
+                        f"(the fit's random numbers take experts x draws x {_RANDOM_BYTES_PER_CELL} bytes, at most "
+                        f"MAX_FIT_RANDOM_BYTES = {max_bytes:,})", source=trace.path)
+    if layers * draws * experts > max_shares:
+        raise SpecError("num_layers", layers,
+                        f"at most {max_shares // (draws * experts):,} layers to fit with {experts} experts and {draws} "
+                        f"draws (layers x draws x experts at most MAX_FIT_MODEL_SHARES = {max_shares:,}: the fit's "
+                        "time)", source=trace.path)
+
+
 def fit_trace(trace: RoutingTrace, top_k: int | None = None, seed: int = 0, *, draws: int = DRAWS) -> FitReport:
     """Fit Zipf, Dirichlet and log-normal to every layer of `trace` (deterministic for a given seed and draws).
     top_k: experts per token (caps every share at 1/top_k); defaults to the trace's. All (step, micro-batch) rows
     are used: the observed side is one pass over the counts, and the cost is in the model curves,
-    about layers * 3 families * 49 candidates * draws * E * log E."""
+    about layers * 3 families * 49 candidates * draws * E * log E (bounded by check_fit_size first)."""
     k = _resolve_top_k(trace, top_k)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError("seed", seed, "an integer >= 0")
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
         raise SpecError("draws", draws, "an integer >= 1 (Monte Carlo draws per model curve)")
     if trace.num_experts < 2:
-        raise SpecError("num_experts", trace.num_experts, "at least 2 experts to fit a skew")
+        raise SpecError("num_experts", trace.num_experts, "at least 2 experts to fit a skew", source=trace.path)
+    check_fit_size(trace, int(draws))
+    try:
+        return _fit(trace, k, seed, int(draws))
+    except MemoryError:  # the bounds above make this unlikely on any machine that holds the trace; never a traceback
+        raise SpecError("counts", f"a trace of shape {trace.counts.shape} and {draws} draws",
+                        "a trace whose fit fits in this machine's memory (MemoryError while fitting it)",
+                        source=trace.path) from None
+
+
+def _fit(trace: RoutingTrace, k: int, seed: int, draws: int) -> FitReport:
     observed, totals, rows = observed_curves(trace)
     num_experts = trace.num_experts
     rn = _draws(seed, draws, num_experts)

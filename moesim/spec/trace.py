@@ -30,6 +30,7 @@ class RoutingTrace:
     steps: np.ndarray  # [steps] the training step (iteration) of each snapshot, strictly increasing
     top_k: int | None  # experts per token when known (each row then sums to tokens * top_k)
     source: str  # where the trace comes from
+    path: str | None = None  # the file or log directory it was read from (errors about the trace name it)
 
     def __post_init__(self) -> None:
         if not isinstance(self.counts, np.ndarray) or self.counts.ndim != 5:
