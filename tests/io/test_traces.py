@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moesim.io.traces import (TRACE_COLUMNS, import_smartmoe_logs, load_smartmoe_npz, load_trace, read_trace,
+from moesim.io.smartmoe import import_smartmoe_logs, load_smartmoe_npz
+from moesim.io.traces import (TRACE_COLUMNS, load_trace, read_trace,
                               write_trace)
 from moesim.spec.errors import SpecError
 from moesim.spec.trace import RoutingTrace

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 import moesim.io.traces as traces
 import moesim.spec.trace as trace_spec
-from moesim.io.traces import TRACE_COLUMNS, import_smartmoe_logs, load_smartmoe_npz, load_trace, read_trace
+from moesim.io.smartmoe import import_smartmoe_logs, load_smartmoe_npz
+from moesim.io.traces import TRACE_COLUMNS, load_trace, read_trace
 from moesim.spec.errors import SpecError
 from moesim.spec.trace import MAX_COUNT, MAX_TRACE_CELLS, RoutingTrace
 

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import moesim.io.traces as traces
+import moesim.io.smartmoe as traces
 import moesim.spec.trace as trace_spec
-from moesim.io.traces import MAX_LOG_BYTES, import_smartmoe_logs
+from moesim.io.smartmoe import MAX_LOG_BYTES, import_smartmoe_logs
 from moesim.spec.errors import SpecError
 
 
