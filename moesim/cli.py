@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from moesim.io.results import WriteError
+from moesim.io.safe_yaml import yaml_int
 from moesim.metrics.errors import ResultError
 from moesim.spec.errors import SpecError
 
@@ -33,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path, help="scenario YAML file")
     run.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>)")
     run.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
-    run.add_argument("--steps", type=int, help="override simulation.steps")
-    run.add_argument("--seed", type=int, help="override simulation.seed")
+    run.add_argument("--steps", type=yaml_int, help="override simulation.steps")  # 10, 0x10, 0o10 as in YAML
+    run.add_argument("--seed", type=yaml_int, help="override simulation.seed")
     run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing (.parquet, "
                                                 "SmartMoE .npz or log directory); swept routing keys are dropped")
     run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")

@@ -174,6 +174,10 @@ SNIPPETS = [
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 7)),
     "l0: &l0 [1]\n" + "".join(f"l{i}: &l{i} [*l{i - 1}]\n" for i in range(1, 100)),
     "cluster: {profile: dgx-h100, nodes: 1, nodes: 2}", "1: a\n0x1: b\n", "sweeep: {routing.zipf_s: [1]}",
+    # YAML 1.2 core resolution: what YAML 1.1 read differently, explicit tags it refuses, huge hex and octal
+    "a: yes\nb: 1:08:16\nc: 010\nd: 1e-6\ne: .inf\nf: 0o17\ng: 1_000\nh: 2026-11-23", "true: 1\nTrue: 2\n",
+    "a: !!int '1:08'", "a: !!float x", "a: !!bool yes", "name: " + "0x" + "f" * 20_000, "name: 0o" + "7" * 20_000,
+    "cluster: {profile: dgx-h100, nodes: 0x" + "f" * 5000 + "}", "yes: 1\n'yes': 2\n", "~: 1\nnull: 2\n",
 ]
 
 

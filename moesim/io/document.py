@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from moesim.io.strict import finite_float
 from moesim.spec.base import FieldMeta, field_meta
 from moesim.spec.document import FILE_KEYS, SourceKey
-from moesim.spec.errors import SpecError
+from moesim.spec.errors import SpecError, show_value
 from moesim.spec.render import REQUIRED, describe, is_model, join, spec_error, unknown_key, unwrap
 
 _NO_META = FieldMeta(key="", unit="", scale=1.0, sourced=False, in_file=True, expected=None)
@@ -58,7 +58,7 @@ def file_keys(model: type[BaseModel]) -> dict[str, str | None]:
 def check_keys(raw: Mapping, path: str, allowed: Any) -> None:
     for key, value in raw.items():
         if not isinstance(key, str):
-            raise SpecError(join(path, str(key)), key, "string keys only")
+            raise SpecError(join(path, show_value(key)), key, "string keys only")
         if key not in allowed:
             raise unknown_key(path, key, value, allowed)
 

@@ -2,6 +2,12 @@
 are bounded BEFORE the structure is built; a key given twice in one mapping is an error; every failure is one
 SpecError line. libyaml (CSafeLoader) parses where it is installed, the pure-Python safe loader elsewhere.
 
+Plain scalars are resolved by the YAML 1.2 core schema, not PyYAML's YAML 1.1 rules: `1e-6` is a number (1.1: a
+string), `010` is ten (1.1: octal 8), `1:08` is a string (1.1: sexagesimal 68), `yes`/`on`/`no`/`off` are strings
+(1.1: booleans) and `2026-11-23` is a string (1.1: a date). Integers: `[-+]?[0-9]+`, `0o[0-7]+`, `0x[0-9a-fA-F]+`;
+floats: `1.5`, `.5`, `1e-6`, `-.inf`, `.nan`; booleans: true/True/TRUE/false/False/FALSE; null: null/Null/NULL/~ or
+nothing. Merge keys (`<<`) are still understood.
+
 Why each bound: libyaml's composer recurses once per nesting level (100,000 '[' crash the interpreter), so the
 depth is counted on the token stream first, which needs no recursion. Aliases share nodes, so a few lines can
 stand for billions of values ("billion laughs"): the composed node graph is measured, each alias counted as the
@@ -10,11 +16,12 @@ then walks at most MAX_YAML_NODES values, MAX_YAML_DEPTH deep."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
-from moesim.spec.errors import SpecError, Verbatim
+from moesim.spec.errors import SpecError, Verbatim, show_value
 
 MAX_YAML_BYTES = 64 * 2**20  # 64 MiB: a scenario or profile is kilobytes; traces are not YAML
 MAX_YAML_DEPTH = 64  # nesting levels (mappings and lists); the deepest shipped file has 8
@@ -72,12 +79,72 @@ def check_tokens(text: str) -> None:
             depth -= 1
 
 
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)\Z")
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)\Z")
+_TAG = "tag:yaml.org,2002:"
+
+
+def yaml_int(text: str) -> int:
+    """An integer as the YAML 1.2 core schema reads it: decimal (leading zeros allowed: `010` is 10), `0o17`
+    or `0x1F`. Raises ValueError for anything else (also usable as an argparse type, for --seed and --steps)."""
+    text = text.strip() if isinstance(text, str) else text
+    if not isinstance(text, str) or not _INT.match(text):
+        raise ValueError(f"not an integer: {text!r}")
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+yaml_int.__name__ = "integer"  # argparse's message: "invalid integer value: 'x'"
+
+
+def _yaml_float(text: str) -> float:
+    lower = text.lower()
+    if lower.endswith(".inf"):
+        return float("-inf") if lower.startswith("-") else float("inf")
+    if lower == ".nan":
+        return float("nan")
+    return float(text)
+
+
 class _Loader(_BASE):  # type: ignore[misc, valid-type]
-    """The safe loader, measuring the composed node graph before constructing anything from it."""
+    """The safe loader with YAML 1.2 core resolution, measuring the composed node graph before constructing
+    anything from it."""
+
+    yaml_implicit_resolvers: dict = {}  # replaced wholesale below (YAML 1.1's are inherited otherwise)
 
     def construct_document(self, node: yaml.Node) -> Any:
         _Measure(self).run(node)
         return super().construct_document(node)
+
+    def _scalar(self, node: yaml.Node, pattern: re.Pattern, what: str) -> str:
+        """The scalar's text when it matches `pattern` (an explicit tag such as `!!int 1:08` may not)."""
+        text = self.construct_scalar(node)
+        if not pattern.match(text):
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not {what} in YAML 1.2",
+                                                    node.start_mark)
+        return text
+
+    def construct_core_int(self, node: yaml.Node) -> int:
+        return yaml_int(self._scalar(node, _INT, "an integer"))
+
+    def construct_core_float(self, node: yaml.Node) -> float:
+        return _yaml_float(self._scalar(node, _FLOAT, "a number"))
+
+    def construct_core_bool(self, node: yaml.Node) -> bool:
+        return self._scalar(node, _BOOL, "a boolean").lower() == "true"
+
+
+for _tag, _pattern, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456789"),
+                               ("float", _FLOAT, "-+.0123456789"), ("null", _NULL, ["~", "n", "N", ""]),
+                               ("merge", re.compile(r"^<<\Z"), "<")):
+    _Loader.add_implicit_resolver(_TAG + _tag, _pattern, list(_first))  # ints before floats: `10` is an int
+_Loader.add_constructor(_TAG + "int", _Loader.construct_core_int)
+_Loader.add_constructor(_TAG + "float", _Loader.construct_core_float)
+_Loader.add_constructor(_TAG + "bool", _Loader.construct_core_bool)
 
 
 class _Measure:
@@ -129,13 +196,13 @@ class _Measure:
         out, seen = [], {}
         for key_node, value_node in node.value:
             key = self._key(key_node)
+            label = "?" if key is None else key if isinstance(key, str) else show_value(key)  # true, not True
             if key is not None and key in seen:
-                where = f"{path}.{key}" if path else str(key)
-                raise SpecError(where, f"a second '{key}' at line {key_node.start_mark.line + 1}",
-                                f"each key once in a mapping (the first '{key}' is at line {seen[key] + 1})")
+                where = f"{path}.{label}" if path else label
+                raise SpecError(where, f"a second '{label}' at line {key_node.start_mark.line + 1}",
+                                f"each key once in a mapping (the first '{label}' is at line {seen[key] + 1})")
             if key is not None:
                 seen[key] = key_node.start_mark.line
-            label = str(key) if key is not None else "?"
             out += [(key_node, path), (value_node, f"{path}.{label}" if path else label)]
         return out
 

@@ -5,23 +5,19 @@ a trace loaded (or fitted), each policy's parameters read -- and the whole is va
 from __future__ import annotations
 
 import dataclasses
-import types
 from pathlib import Path
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-from pydantic import Field, create_model
-
-from moesim.io.document import Reader, check_keys, validate
+from moesim.io.document import Reader, validate
 from moesim.io.profile import available_profiles, load_profile, resolve_profile
-from moesim.io.strict import is_file
-from moesim.spec.base import INT_MAX, SpecModel
-from moesim.spec.document import ClusterFileKeys, RoutingFileKeys
-from moesim.spec.errors import SpecError
+from moesim.io.strict import describe_document, is_file, path_kind
+from moesim.spec.base import SpecModel
+from moesim.spec.document import ClusterFileKeys, PlacementFileKeys, RoutingFileKeys
+from moesim.spec.errors import SpecError, Verbatim
 from moesim.spec.placement import PlacementPolicyKind
 from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.presets import MODEL_PRESETS
-from moesim.spec.render import join
 from moesim.spec.routing import RoutingDistribution
 from moesim.spec.routing_presets import ROUTING_PRESETS
 from moesim.spec.scenario import Scenario
@@ -36,7 +32,7 @@ def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFi
     to `base_dir`. `fit(trace, family)` turns a trace into RoutingSpec fields for `routing.fit_from` (fitting is
     above this layer: moesim.loader passes moesim.routing's)."""
     if not isinstance(doc, Mapping):
-        raise SpecError("", type(doc).__name__, "a mapping of keys at the top of the scenario")
+        raise SpecError("", describe_document(doc), "a mapping of keys at the top of the scenario")
     fields = Reader().fields(Scenario, doc, "")  # unknown keys first: a typo'd key leaves a conflicting default
     fields.setdefault("name", default_name)
     _cluster(_section(doc, "cluster"), fields, base_dir)
@@ -62,7 +58,8 @@ def _cluster(raw: Mapping, fields: dict, base_dir: Path) -> None:
     ref = _file_keys(ClusterFileKeys, raw, "cluster").profile
     path = resolve_profile(ref, base_dir)
     if not is_file(path):
-        raise SpecError("cluster.profile", ref,
+        kind = path_kind(path)
+        raise SpecError("cluster.profile", ref if kind is None else Verbatim(f"{ref!r} ({kind})"),
                         f"a profile name ({', '.join(available_profiles())}) or a path to a profile YAML file")
     fields["cluster"]["profile"] = load_profile(path)
 
@@ -125,46 +122,14 @@ def _load_trace(key: str, ref: str, base_dir: Path) -> Any:
 
 
 def _placement(raw: Mapping, fields: dict) -> None:
-    """Each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), typed by the fields
-    of its dataclass in moesim/spec/placement_params.py. Every sub-section given is checked, so that a sweep over
-    `policy` can carry them all; the chosen policy's becomes `params`."""
+    """Each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), a spec model of
+    moesim/spec/placement_params.py. Every sub-section given is checked, so that a sweep over `policy` can carry
+    them all; the chosen policy's (its defaults when absent) becomes `params`."""
     placement = fields.get("placement")
     if not isinstance(placement, dict):
         return
+    given = _file_keys(PlacementFileKeys, raw, "placement")
     kind = PlacementPolicyKind.from_yaml(placement.get("policy", PlacementPolicyKind.STATIC))
-    for other, params_cls in POLICY_PARAMS.items():
-        if other.value in raw or other is kind:
-            params = _policy_params(params_cls, raw.get(other.value), f"placement.{other.value}")
-            if other is kind:
-                placement["params"] = params
-
-
-def _policy_params(params_cls: type, raw: Any, path: str) -> Any:
-    """The policy's frozen dataclass from its sub-section: types checked strictly by a model with the dataclass's
-    fields, then the dataclass's own checks (__post_init__)."""
-    raw = {} if raw is None else raw
-    if not isinstance(raw, Mapping):
-        raise SpecError(path, raw, "a mapping of keys")
-    names = [f.name for f in dataclasses.fields(params_cls)]
-    check_keys(raw, path, names)
-    values = validate(_params_model(params_cls), dict(raw), raw, path)
-    try:
-        return params_cls(**{name: getattr(values, name) for name in raw})
-    except SpecError as err:
-        raise SpecError(join(path, err.key) if err.key else path, err.value, err.expected) from None
-
-
-def _params_model(params_cls: type) -> type[SpecModel]:
-    hints = {name: _int64(hint) for name, hint in get_type_hints(params_cls).items()}
-    return create_model(f"{params_cls.__name__}File", __base__=SpecModel,
-                        **{f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else ...)
-                           for f in dataclasses.fields(params_cls)})
-
-
-def _int64(hint: Any) -> Any:
-    """Integers as every count in moesim: within int64 (a window of 2**63 steps would overflow later)."""
-    if hint is int:
-        return Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)]
-    if get_origin(hint) in (Union, types.UnionType) and set(get_args(hint)) == {int, type(None)}:
-        return Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)] | None
-    return hint
+    if isinstance(kind, PlacementPolicyKind):  # else validation refuses the policy
+        params = getattr(given, kind.value)
+        placement["params"] = params if params is not None else POLICY_PARAMS[kind]()

@@ -4,11 +4,12 @@ the limits of moesim.io.safe_yaml, every failure one SpecError naming the file."
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
 from moesim.io.safe_yaml import MAX_YAML_BYTES, load_yaml
-from moesim.spec.errors import SpecError
+from moesim.spec.errors import SpecError, Verbatim
 
 
 def is_file(path: Path) -> bool:
@@ -17,6 +18,31 @@ def is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
+
+
+def path_kind(path: Path) -> str | None:
+    """What is at `path` when it is not a regular file ("a directory", "a FIFO (named pipe)"...); None when
+    nothing is there (or it cannot be looked at). Never opens it: opening a FIFO would block."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def not_a_file(path: Path, what: str) -> SpecError:
+    """The error for a path that is not a regular file: missing, or something else (a directory, a FIFO)."""
+    kind = path_kind(path)
+    if kind is None:
+        return SpecError("", str(path), f"an existing {what} file", source=str(path))
+    return SpecError("", Verbatim(kind), f"a regular {what} file", source=str(path))
+
+
+def describe_document(data: object) -> object:
+    """A parsed document that is not a mapping, as an error line shows it: an empty file says so."""
+    return Verbatim("an empty file (no YAML document)") if data is None else data
 
 
 def finite_float(value: Any) -> float | None:
@@ -54,7 +80,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     """Parse a YAML file whose top level must be a mapping. Errors name the file."""
     source = str(path)
     if not is_file(path):
-        raise SpecError("", source, f"an existing {what} file", source=source)
+        raise not_a_file(path, what)
     try:
         size_bytes = path.stat().st_size
     except OSError:
@@ -68,5 +94,5 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     except SpecError as err:
         raise err.with_source(source) from None
     if not isinstance(data, dict):
-        raise SpecError("", type(data).__name__, f"a mapping of keys at the top of the {what}", source=source)
+        raise SpecError("", describe_document(data), f"a mapping of keys at the top of the {what}", source=source)
     return data

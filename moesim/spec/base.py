@@ -48,7 +48,9 @@ def _not_bool(value: Any) -> Any:
 LISTS_AS_TUPLES = BeforeValidator(_lists_as_tuples)
 NOT_BOOL = BeforeValidator(_not_bool)
 NonEmptyStr = Annotated[str, StringConstraints(pattern=r"\S")]  # blank is as good as missing
-Count = Annotated[int, Field(le=INT_MAX)]
+# `lt`, not `le`: pydantic keeps only the last `le` of a field, so a field's own `le=` (spec_field) would be
+# replaced by this one; `lt` is a separate constraint and both hold
+Count = Annotated[int, Field(lt=INT_MAX + 1)]
 
 
 class FieldMeta(NamedTuple):

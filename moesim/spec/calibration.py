@@ -10,6 +10,8 @@ from pydantic import field_validator
 
 from moesim import units
 from moesim.spec.base import LISTS_AS_TUPLES, Count, NonEmptyStr, SpecModel, spec_field
+from moesim.spec.bounds import (BANDWIDTH, FRACTION, INT32_MAX, LATENCY, MAX_BYTES_PER_S, MAX_FFN, MAX_HIDDEN,
+                                MAX_MEMORY_BYTES, MAX_RANKS, MAX_TILE_ROWS, MIN_TABLE_BYTES_PER_S)
 from moesim.spec.dtype import Dtype
 from moesim.spec.errors import require
 
@@ -18,11 +20,12 @@ CollectiveOp = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all
 Table = Annotated[tuple[tuple[float, float], ...], LISTS_AS_TUPLES]
 
 
-def _increasing_positive(table: tuple, max_second: float | None = None) -> tuple:
-    """Sizes strictly increasing (a shuffled or duplicated table means a broken calibration file), values > 0."""
-    ok = all(a > 0 and b > 0 and (max_second is None or b <= max_second) for a, b in table) and \
+def _increasing_within(table: tuple, max_size: float, low: float, high: float) -> tuple:
+    """Sizes in (0, max_size] strictly increasing (a shuffled or duplicated table means a broken calibration
+    file), values in [low, high] and > 0 (the field's `expected` says both in the written unit)."""
+    ok = all(0 < a <= max_size and 0 < b and low <= b <= high for a, b in table) and \
         all(y[0] > x[0] for x, y in zip(table, table[1:]))
-    require(ok, "", table, "sizes > 0 strictly increasing, values > 0")
+    require(ok, "", table, f"sizes in (0, {max_size:g}] strictly increasing, values > 0 in [{low:g}, {high:g}]")
     return table
 
 
@@ -31,38 +34,41 @@ class ExpertKernelCalibration(SpecModel):
 
     impl: NonEmptyStr = spec_field(help="the measured implementation: triton, torch_loop")
     dtype: Dtype = spec_field(help="the measured dtype")
-    hidden: Count = spec_field(help="hidden size of the measured shape", ge=1)
-    ffn: Count = spec_field(help="expert FFN size of the measured shape", ge=1)
-    t0_s: float = spec_field(help="fixed cost per expert", yaml="t0_us", unit="us", scale=units.US, ge=0)
-    eff_max: float = spec_field(help="asymptotic fraction of peak", unit="(fraction)", gt=0, le=1.0)
-    tile_rows: Count = spec_field(help="row tile each expert is padded to", ge=1)
+    hidden: Count = spec_field(help="hidden size of the measured shape", ge=1, le=MAX_HIDDEN)
+    ffn: Count = spec_field(help="expert FFN size of the measured shape", ge=1, le=MAX_FFN)
+    t0_s: float = spec_field(help="fixed cost per expert", yaml="t0_us", unit="us", scale=units.US, **LATENCY)
+    eff_max: float = spec_field(help="asymptotic fraction of peak", unit="(fraction)", **FRACTION)
+    tile_rows: Count = spec_field(help="row tile each expert is padded to", ge=1, le=MAX_TILE_ROWS)
     fit_rel_error: float = spec_field(0.0, help="mean relative error of the fit (a report, not used)", ge=0)
     table: Table = spec_field(
         help="(rows per expert, efficiency) as measured, for reports", yaml="table_rows", min_length=1,
-        expected="[[rows per expert, efficiency], ...] with rows strictly increasing and efficiency in (0, 1]")
+        expected=f"[[rows per expert, efficiency], ...] with rows in (0, {INT32_MAX}] strictly increasing and "
+                 f"efficiency in (0, 1]")
 
     @field_validator("table")
     @classmethod
     def _table(cls, table: tuple) -> tuple:
-        return _increasing_positive(table, max_second=1.0)
+        return _increasing_within(table, INT32_MAX, 0.0, 1.0)
 
 
 class CollectiveCalibration(SpecModel):
     """One collective on one tier: alpha-beta fit plus the measured busbw per size (nccl-tests conventions)."""
 
-    ranks: Count = spec_field(help="ranks in the measured group", ge=2)
-    alpha_s: float = spec_field(help="fitted latency", yaml="alpha_us", unit="us", scale=units.US, ge=0)
+    ranks: Count = spec_field(help="ranks in the measured group", ge=2, le=MAX_RANKS)
+    alpha_s: float = spec_field(help="fitted latency", yaml="alpha_us", unit="us", scale=units.US, **LATENCY)
     bandwidth_bytes_per_s: float = spec_field(help="fitted asymptotic algbw", yaml="bandwidth_GBps", unit="GB/s",
-                                              scale=units.GB_PER_S, gt=0)
+                                              scale=units.GB_PER_S, **BANDWIDTH)
     fit_rel_error: float = spec_field(0.0, help="mean relative error of the fit (a report, not used)", ge=0)
     table: Table = spec_field(
         help="(bytes per rank, busbw) as measured", scale=(1.0, units.GB_PER_S), min_length=1,
-        expected="[[bytes per rank, busbw GB/s], ...] with bytes strictly increasing and busbw > 0")
+        expected=f"[[bytes per rank, busbw GB/s], ...] with bytes in (0, {MAX_MEMORY_BYTES:g}] strictly "
+                 f"increasing and busbw in [{MIN_TABLE_BYTES_PER_S / units.GB_PER_S:g}, "
+                 f"{MAX_BYTES_PER_S / units.GB_PER_S:g}] GB/s")
 
     @field_validator("table")
     @classmethod
     def _table(cls, table: tuple) -> tuple:
-        return _increasing_positive(table)
+        return _increasing_within(table, MAX_MEMORY_BYTES, MIN_TABLE_BYTES_PER_S, MAX_BYTES_PER_S)
 
     def time_s(self, nbytes: float, factor: float) -> float:
         """Seconds for a per-rank size of nbytes: size x factor / busbw(size) inside the measured range. Below

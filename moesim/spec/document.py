@@ -9,9 +9,11 @@ from typing import Annotated
 from pydantic import Field, create_model, field_validator
 
 from moesim.spec.base import LISTS_AS_TUPLES, NonEmptyStr, SpecModel, spec_field
+from moesim.spec.bounds import FRACTION
 from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec, EfficiencyCurve
-from moesim.spec.placement import PlacementPolicyKind, PlacementSpec
+from moesim.spec.placement import PlacementSpec
+from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.routing import RoutingDistribution, RoutingSpec
 from moesim.spec.scenario import Scenario
 
@@ -50,8 +52,8 @@ class RoutingFileKeys(SpecModel):
 
 
 class CurveFileKeys(SpecModel):
-    value: float | None = spec_field(None, help="a constant efficiency (instead of table_GFLOP)",
-                                     unit="(fraction of peak)", gt=0.0, le=1.0)
+    value: float = spec_field(help="a constant efficiency (instead of table_GFLOP)", unit="(fraction of peak)",
+                              **FRACTION)
 
 
 class SourceKey(SpecModel):
@@ -61,9 +63,10 @@ class SourceKey(SpecModel):
 
 PlacementFileKeys = create_model(
     "PlacementFileKeys", __base__=SpecModel,
-    **{kind.value: (dict | None, spec_field(None, help=f"parameters of the {kind.value} policy (the fields of its "
-                                                       f"dataclass in moesim/placement/)"))
-       for kind in PlacementPolicyKind})
+    **{kind.value: (params_cls | None, spec_field(None, help=f"parameters of the {kind.value} policy "
+                                                              f"({params_cls.__name__}); checked whenever "
+                                                              f"given, used when it is the policy"))
+       for kind, params_cls in POLICY_PARAMS.items()})
 
 # spec model -> the keys its section of a file has beyond the spec's own fields
 FILE_KEYS: dict[type, type[SpecModel]] = {Scenario: ScenarioFileKeys, ClusterSpec: ClusterFileKeys,

@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import reprlib
 
-_SHORT_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+
+class _YamlRepr(reprlib.Repr):
+    """reprlib's bounded repr, with the scalars YAML spells differently written as a file writes them (true, false,
+    null) and integers too long to print (Python refuses beyond 4,300 digits) summarised."""
+
+    def repr_bool(self, x: bool, level: int) -> str:
+        return "true" if x else "false"
+
+    def repr_NoneType(self, x: None, level: int) -> str:  # reprlib dispatches on type names
+        return "null"
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than Python converts to text (sys.get_int_max_str_digits)
+            return f"{'-' if x < 0 else ''}an integer of about {int(x.bit_length() * 0.30103) + 1} digits"
+
+
+_SHORT_REPR = _YamlRepr()  # Python 3.11's Repr takes no keyword arguments
 _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
 _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 6
 _SHORT_REPR.maxlevel = 3
@@ -15,7 +33,8 @@ class Verbatim(str):
 
 
 def show_value(value: object) -> str:
-    """The bad value as error lines show it: a bounded repr, so a huge value never stalls the message."""
+    """The bad value as error lines show it: a bounded repr, so a huge value never stalls the message; booleans
+    and null as YAML writes them (`true`, not `True`)."""
     if isinstance(value, Verbatim):
         return str(value)
     text = _SHORT_REPR.repr(value)

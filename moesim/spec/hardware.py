@@ -10,12 +10,12 @@ from pydantic import Field, field_validator
 
 from moesim import units
 from moesim.spec.base import LISTS_AS_TUPLES, NOT_BOOL, Count, NonEmptyStr, SpecModel, spec_field
+from moesim.spec.bounds import (MAX_DEVICES, MAX_FLOP, MAX_FLOP_PER_S, MAX_MEMORY_BYTES, MAX_NODES,
+                                MAX_OVERSUBSCRIPTION, MAX_TILE_ROWS, MIN_EFFICIENCY, MIN_FLOP_PER_S,
+                                MIN_MEMORY_BYTES, BANDWIDTH, FRACTION, LATENCY)
 from moesim.spec.calibration import Calibration
 from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError, require
-
-
-_FRACTION = dict(gt=0.0, le=1.0)
 
 
 class EfficiencyCurve(SpecModel):
@@ -26,15 +26,17 @@ class EfficiencyCurve(SpecModel):
     points: Annotated[tuple[tuple[float, float], ...], LISTS_AS_TUPLES] = spec_field(
         help="(FLOP of one operation, fraction of peak) pairs", yaml="table_GFLOP", unit="GFLOP",
         scale=(units.GFLOP, 1.0), min_length=1,
-        expected="a list of [GFLOP, efficiency] pairs with GFLOP increasing and efficiency in (0, 1]")
+        expected=f"a list of [GFLOP, efficiency] pairs with GFLOP increasing, in (0, {MAX_FLOP / units.GFLOP:g}], "
+                 f"and efficiency in [{MIN_EFFICIENCY:g}, 1]")
 
     @field_validator("points")
     @classmethod
     def _ordered(cls, points: tuple) -> tuple:
         flops = [p[0] for p in points]
-        ok = all(f > 0 for f in flops) and all(b > a for a, b in zip(flops, flops[1:])) \
-            and all(0 < eff <= 1 for _, eff in points)
-        require(ok, "", points, "(flop, efficiency) pairs with flop > 0 increasing and efficiency in (0, 1]")
+        ok = all(0 < f <= MAX_FLOP for f in flops) and all(b > a for a, b in zip(flops, flops[1:])) \
+            and all(MIN_EFFICIENCY <= eff <= 1 for _, eff in points)
+        require(ok, "", points, f"(flop, efficiency) pairs with flop in (0, {MAX_FLOP:g}] increasing and "
+                                f"efficiency in [{MIN_EFFICIENCY:g}, 1]")
         return points
 
     @staticmethod
@@ -57,14 +59,14 @@ class EfficiencyCurve(SpecModel):
 
 class GpuSpec(SpecModel):
     name: NonEmptyStr = spec_field(help="the GPU model, as reports show it")
-    peak_flop_per_s: dict[Dtype, Annotated[float, Field(gt=0)]] = spec_field(
+    peak_flop_per_s: dict[Dtype, Annotated[float, Field(ge=MIN_FLOP_PER_S, le=MAX_FLOP_PER_S)]] = spec_field(
         help="dense peak (no 2:4 sparsity) per dtype", yaml="peak_dense_TFLOPs", unit="TFLOP/s",
         scale=units.TFLOP, sourced=True, min_length=1,
         expected=f"a peak for at least one dtype ({', '.join(d.value for d in Dtype)}) in TFLOP/s")
     hbm_bytes: float = spec_field(help="HBM capacity", yaml="hbm_GB", unit="GB", scale=units.GB, sourced=True,
-                                  gt=0)
+                                  ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
     hbm_bandwidth_bytes_per_s: float = spec_field(help="HBM bandwidth", yaml="hbm_bandwidth_GBps", unit="GB/s",
-                                                  scale=units.GB_PER_S, sourced=True, gt=0)
+                                                  scale=units.GB_PER_S, sourced=True, **BANDWIDTH)
 
     def peak(self, dtype: Dtype) -> float:
         if dtype not in self.peak_flop_per_s:
@@ -76,37 +78,38 @@ class GpuSpec(SpecModel):
 class NodeSpec(SpecModel):
     """One NVLink/NVSwitch domain. Bandwidths are per GPU, one direction."""
 
-    gpus_per_node: Count = spec_field(help="GPUs in one NVLink domain", unit="GPUs", sourced=True, ge=1)
+    gpus_per_node: Count = spec_field(help="GPUs in one NVLink domain", unit="GPUs", sourced=True, ge=1,
+                                      le=MAX_DEVICES)
     nvlink_bandwidth_bytes_per_s: float = spec_field(
         help="NVLink bandwidth per GPU, one direction", yaml="nvlink_GBps", unit="GB/s per GPU, one direction",
-        scale=units.GB_PER_S, sourced=True, gt=0)
+        scale=units.GB_PER_S, sourced=True, **BANDWIDTH)
     nvlink_latency_s: float = spec_field(help="per-hop NVLink latency", yaml="nvlink_latency_us", unit="us",
-                                         scale=units.US, sourced=True, ge=0)
+                                         scale=units.US, sourced=True, **LATENCY)
     nvlink_efficiency: float = spec_field(help="achievable fraction of the link rate for collectives",
-                                          unit="(fraction)", sourced=True, **_FRACTION)
+                                          unit="(fraction)", sourced=True, **FRACTION)
     nvlink_peer_overhead_s: float = spec_field(
         0.0, help="issue cost per intra-node peer of an all-to-all (LogGP's o)", yaml="nvlink_peer_overhead_us",
-        unit="us", scale=units.US, sourced=True, ge=0)
+        unit="us", scale=units.US, sourced=True, **LATENCY)
 
 
 class FabricSpec(SpecModel):
     """Scale-out network. Bandwidth is per NIC, one direction."""
 
-    nics_per_node: Count = spec_field(help="NICs per node", unit="NICs", sourced=True, ge=1)
+    nics_per_node: Count = spec_field(help="NICs per node", unit="NICs", sourced=True, ge=1, le=MAX_DEVICES)
     nic_bandwidth_bytes_per_s: float = spec_field(help="line rate per NIC, one direction", yaml="nic_Gbps",
                                                   unit="Gb/s per NIC, one direction", scale=units.GBIT_PER_S,
-                                                  sourced=True, gt=0)
+                                                  sourced=True, **BANDWIDTH)
     nic_latency_s: float = spec_field(help="network latency", yaml="nic_latency_us", unit="us", scale=units.US,
-                                      sourced=True, ge=0)
+                                      sourced=True, **LATENCY)
     nic_efficiency: float = spec_field(help="achievable fraction of the line rate", unit="(fraction)",
-                                       sourced=True, **_FRACTION)
+                                       sourced=True, **FRACTION)
     rail_optimized: bool = spec_field(help="rail-optimised fabric: GPU i of every node shares leaf switch i",
                                       sourced=True)
     oversubscription: float = spec_field(help="leaf-to-spine oversubscription; 1 = full bisection",
-                                         unit="(ratio, >= 1)", sourced=True, ge=1.0)
+                                         unit="(ratio)", sourced=True, ge=1.0, le=MAX_OVERSUBSCRIPTION)
     nic_peer_overhead_s: float = spec_field(
         0.0, help="issue cost per inter-node peer of an all-to-all (LogGP's o)", yaml="nic_peer_overhead_us",
-        unit="us", scale=units.US, sourced=True, ge=0)
+        unit="us", scale=units.US, sourced=True, **LATENCY)
 
 
 class ComputeEfficiency(SpecModel):
@@ -115,7 +118,7 @@ class ComputeEfficiency(SpecModel):
     attention: EfficiencyCurve = spec_field(help="the fused attention core (QK^T, softmax, AV)",
                                             yaml="attention_efficiency", unit="(fraction of peak)", sourced=True)
     tile_rows: Count = spec_field(help="expert GEMM row tile: each expert's rows are padded up to a multiple",
-                                  yaml="expert_tile_rows", unit="rows", sourced=True, ge=1)
+                                  yaml="expert_tile_rows", unit="rows", sourced=True, ge=1, le=MAX_TILE_ROWS)
 
     @field_validator("tile_rows")
     @classmethod
@@ -150,7 +153,7 @@ class ClusterSpec(SpecModel):
 
     profile: ClusterProfile = spec_field(help="the kind of machine (the file names it: cluster.profile)",
                                          in_file=False)
-    nodes: Count = spec_field(help="nodes of the profile's kind", unit="nodes", ge=1)
+    nodes: Count = spec_field(help="nodes of the profile's kind", unit="nodes", ge=1, le=MAX_NODES)
 
     @property
     def num_nodes(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import model_validator
 
 from moesim.spec.base import Count, NonEmptyStr, SpecEnum, SpecModel, spec_field
+from moesim.spec.bounds import MAX_EXPERTS, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB
 from moesim.spec.errors import require
 
 
@@ -25,21 +26,22 @@ class MoeModelSpec(SpecModel):
     preset: str = spec_field("", help="start from this preset (moesim.spec.presets, `moesim list`); the other "
                                       "keys override its values")
     name: NonEmptyStr = spec_field("custom", help="the model's name in reports (default: the preset's)")
-    num_layers: Count = spec_field(help="transformer layers", ge=1)
-    hidden_size: Count = spec_field(help="model width", ge=1)
-    num_attention_heads: Count = spec_field(help="query heads", ge=1)
-    num_kv_heads: Count = spec_field(help="key/value heads (grouped-query attention)", ge=1)
+    num_layers: Count = spec_field(help="transformer layers", ge=1, le=MAX_LAYERS)
+    hidden_size: Count = spec_field(help="model width", ge=1, le=MAX_HIDDEN)
+    num_attention_heads: Count = spec_field(help="query heads", ge=1, le=MAX_HEADS)
+    num_kv_heads: Count = spec_field(help="key/value heads (grouped-query attention)", ge=1, le=MAX_HEADS)
     head_dim: Count | None = spec_field(None, help="width of one head; default: hidden_size / num_attention_heads",
-                                        ge=1)
-    dense_ffn_size: Count = spec_field(0, help="FFN width of the dense (non-MoE) layers", ge=0)
-    expert_ffn_size: Count = spec_field(help="FFN width of one routed expert", ge=1)
-    num_experts: Count = spec_field(help="routed experts per MoE layer", ge=1)
-    top_k: Count = spec_field(help="routed experts per token", ge=1)
-    num_shared_experts: Count = spec_field(0, help="always-on experts, each expert_ffn_size wide", ge=0)
-    vocab_size: Count = spec_field(help="vocabulary size", ge=1)
+                                        ge=1, le=MAX_HEADS)
+    dense_ffn_size: Count = spec_field(0, help="FFN width of the dense (non-MoE) layers", ge=0, le=MAX_FFN)
+    expert_ffn_size: Count = spec_field(help="FFN width of one routed expert", ge=1, le=MAX_FFN)
+    num_experts: Count = spec_field(help="routed experts per MoE layer", ge=1, le=MAX_EXPERTS)
+    top_k: Count = spec_field(help="routed experts per token", ge=1, le=MAX_EXPERTS)
+    num_shared_experts: Count = spec_field(0, help="always-on experts, each expert_ffn_size wide", ge=0,
+                                           le=MAX_EXPERTS)
+    vocab_size: Count = spec_field(help="vocabulary size", ge=1, le=MAX_VOCAB)
     activation: Activation = spec_field(help="FFN activation: swiglu (3 matrices) or gelu (2)")
-    first_k_dense: Count = spec_field(0, help="the first k layers are dense", ge=0)
-    moe_every: Count = spec_field(1, help="after those, every n-th layer is MoE (1 = all)", ge=1)
+    first_k_dense: Count = spec_field(0, help="the first k layers are dense", ge=0, le=MAX_LAYERS)
+    moe_every: Count = spec_field(1, help="after those, every n-th layer is MoE (1 = all)", ge=1, le=MAX_LAYERS)
     source: str = spec_field("", help="where the numbers come from")
 
     @model_validator(mode="before")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from moesim.spec.base import Count, SpecEnum, SpecModel, spec_field
+from moesim.spec.bounds import MAX_EXPERTS
 
 
 class PlacementPolicyKind(SpecEnum):
@@ -22,13 +23,14 @@ class MigrationMode(SpecEnum):
 
 
 class PlacementSpec(SpecModel):
-    """In the file, each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), typed
-    by the fields of its dataclass in moesim/placement/; every sub-section given is checked, so that a sweep over
-    `policy` can carry them all."""
+    """In the file, each policy's parameters live in a sub-section named after it (`smartmoe: {freq: 10}`), a spec
+    model of moesim/spec/placement_params.py; every sub-section given is checked, so that a sweep over `policy`
+    can carry them all."""
 
     policy: PlacementPolicyKind = spec_field(PlacementPolicyKind.STATIC, help="the expert placement policy")
-    params: Any = spec_field(None, in_file=False, help="the policy's frozen parameter dataclass "
-                                                       "(moesim.placement.registry); None = its defaults")
+    params: Any = spec_field(None, in_file=False, help="the policy's parameters (a model of "
+                                                       "moesim.spec.placement_params); None = its defaults")
     slots_per_gpu: Count | None = spec_field(None, help="expert slots per EP rank (memory budget); null = "
-                                             "experts / ep", unit="(expert slots per EP rank)", ge=1)
+                                             "experts / ep", unit="(expert slots per EP rank)", ge=1,
+                                             le=MAX_EXPERTS)
     migration: MigrationMode = spec_field(MigrationMode.BLOCKING, help="how moved experts are transferred")

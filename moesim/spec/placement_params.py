@@ -1,113 +1,95 @@
 """Each placement policy's parameters (the `placement.<policy>:` sub-sections of a scenario), declared once here
 so that the scenario reader and the JSON Schema need nothing from moesim.placement; the policies themselves live
-in moesim/placement/. Frozen dataclasses whose __post_init__ checks values (SpecError naming the field)."""
+in moesim/placement/. Frozen spec models: every field with its type, default, bounds, unit and help text; bad
+values raise SpecError naming the field."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import model_validator
 
-import numpy as np
-
+from moesim.spec.base import Count, SpecModel, spec_field
+from moesim.spec.bounds import MAX_EXPERTS
 from moesim.spec.errors import require
 from moesim.spec.placement import PlacementPolicyKind
 
+_STEPS = "steps"
 
-@dataclass(frozen=True)
-class StaticParams:
+
+class StaticParams(SpecModel):
     """No knobs: the baseline is the layout plain expert parallelism gives."""
 
 
-@dataclass(frozen=True)
-class FasterMoeParams:
-    shadowing: bool = True
-    topology_gate: bool = False
-    outgoing_fraction: float = 0.14  # phi: the share of a source's assignments allowed to leave its node
-    max_shadows: int | None = None  # None: any number of experts (up to E)
+class FasterMoeParams(SpecModel):
+    """FasterMoE (He et al., PPoPP 2022): per-step shadowing of hot experts, optional topology-aware gate."""
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.shadowing, bool), "shadowing", self.shadowing, "true or false")
-        require(isinstance(self.topology_gate, bool), "topology_gate", self.topology_gate, "true or false")
-        require(isinstance(self.outgoing_fraction, (int, float)) and 0.0 <= self.outgoing_fraction <= 1.0,
-                "outgoing_fraction", self.outgoing_fraction, "a fraction in [0, 1] (of a source's assignments)")
-        require(self.max_shadows is None or (isinstance(self.max_shadows, int) and self.max_shadows >= 0),
-                "max_shadows", self.max_shadows, "null (no limit) or an integer >= 0 (experts)")
-
-
-@dataclass(frozen=True)
-class SmartMoeParams:
-    """freq: steps between decisions (the artifact's dynamic_freq; 10, Fig. 13 also uses 100).
-    history_steps: how many steps right before a decision are recorded and averaged (artifact: 2)."""
-
-    freq: int = 10
-    history_steps: int = 2
-
-    def __post_init__(self) -> None:
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        require(is_int(self.freq) and self.freq >= 1, "freq", self.freq, "an integer >= 1 (steps)")
-        require(is_int(self.history_steps) and 1 <= self.history_steps <= self.freq, "history_steps",
-                self.history_steps, f"an integer in [1, freq = {self.freq}] (steps)")
+    shadowing: bool = spec_field(True, help="replicate (shadow) the hot experts of each step on every rank when "
+                                            "FasterMoE's cost model says it pays")
+    topology_gate: bool = spec_field(False, help="the topology-aware gate: cap the share of each source's "
+                                                 "assignments that leaves its node at outgoing_fraction")
+    outgoing_fraction: float = spec_field(0.14, help="phi: the share of a source's assignments allowed to leave "
+                                                     "its node (with topology_gate)",
+                                          unit="(fraction of a source's assignments)", ge=0.0, le=1.0)
+    max_shadows: Count | None = spec_field(None, help="at most this many experts shadowed per step; null: any "
+                                                      "number (up to all experts)", unit="experts", ge=0,
+                                        le=MAX_EXPERTS)
 
 
-@dataclass(frozen=True)
-class FlexMoeParams:
-    threshold: float = 1.2  # balance ratio (max / mean rank load) above which a re-plan is tried
-    horizon_steps: int = 50  # steps a new placement is expected to serve: the gain is amortised over them
-    history_steps: int = 10  # moving-average window of per-expert loads (earlier steps only)
-    max_moves_per_step: int = 64  # at most this many replica additions per decision
+class SmartMoeParams(SpecModel):
+    """SmartMoE (Zhai et al., USENIX ATC 2023): periodic greedy re-packing over fixed slots, no replication."""
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.threshold, (int, float)) and 1.0 <= self.threshold <= 1e6, "threshold",
-                self.threshold, "a balance ratio in [1, 1e6] (max / mean rank load)")
-        require(isinstance(self.horizon_steps, int) and self.horizon_steps >= 1, "horizon_steps",
-                self.horizon_steps, "an integer >= 1 (steps)")
-        require(isinstance(self.history_steps, int) and self.history_steps >= 1, "history_steps",
-                self.history_steps, "an integer >= 1 (steps)")
-        require(isinstance(self.max_moves_per_step, int) and self.max_moves_per_step >= 1, "max_moves_per_step",
-                self.max_moves_per_step, "an integer >= 1 (replica moves)")
+    freq: Count = spec_field(10, help="steps between decisions (the artifact's dynamic_freq; 10, Fig. 13 also "
+                                      "uses 100)", unit=_STEPS, ge=1)
+    history_steps: Count = spec_field(2, help="how many steps right before a decision are recorded and averaged "
+                                              "(artifact: 2); at most freq", unit=_STEPS, ge=1)
+
+    @model_validator(mode="after")
+    def _history_within_period(self) -> SmartMoeParams:
+        require(self.history_steps <= self.freq, "history_steps", self.history_steps,
+                f"an integer in [1, freq = {self.freq}] (steps)")
+        return self
 
 
-@dataclass(frozen=True)
-class TaMoeParams:
-    # lambda: 0 leaves routing as it is, 1 routes exactly by the target pattern. An auxiliary loss pulls routing
-    # toward the target without reaching it; 0.5 is a middle assumption (the paper reports no strength)
-    strength: float = 0.5
+class FlexMoeParams(SpecModel):
+    """FlexMoE (Nie et al., SIGMOD 2023, reconstructed): replicas expanded, shrunk and migrated by a balance
+    threshold and a cost test."""
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.strength, (int, float)) and 0.0 <= self.strength <= 1.0, "strength", self.strength,
-                "a number in [0, 1] (0: natural routing, 1: the topology target)")
-
-
-@dataclass(frozen=True)
-class EplbParams:
-    """redundant_experts: physical experts beyond E per layer (P = E + redundant_experts, a multiple of G).
-    period_steps: steps between rebalances (DeepSeek-V3: "periodically"). history_steps: steps in the moving
-    average that estimates the loads. num_groups: expert groups of group-limited routing (1 = none).
-    hierarchical: allow the node-aware policy (used only when num_groups % nodes == 0, as in EPLB)."""
-
-    redundant_experts: int = 0
-    period_steps: int = 100
-    history_steps: int = 100
-    num_groups: int = 1
-    hierarchical: bool = True
-
-    def __post_init__(self) -> None:
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        require(is_int(self.redundant_experts) and self.redundant_experts >= 0, "redundant_experts",
-                self.redundant_experts, "an integer >= 0 (extra expert replicas per layer)")
-        require(is_int(self.period_steps) and self.period_steps >= 1, "period_steps", self.period_steps,
-                "an integer >= 1 (steps)")
-        require(is_int(self.history_steps) and self.history_steps >= 1, "history_steps", self.history_steps,
-                "an integer >= 1 (steps)")
-        require(is_int(self.num_groups) and self.num_groups >= 1, "num_groups", self.num_groups,
-                "an integer >= 1 (expert groups)")
-        require(isinstance(self.hierarchical, bool), "hierarchical", self.hierarchical, "true or false")
+    threshold: float = spec_field(1.2, help="balance ratio (max / mean rank load) above which a re-plan is tried",
+                                  unit="(max / mean rank load)", ge=1.0, le=1e6)
+    horizon_steps: Count = spec_field(50, help="steps a new placement is expected to serve: the gain is "
+                                               "amortised over them", unit=_STEPS, ge=1)
+    history_steps: Count = spec_field(10, help="moving-average window of per-expert loads (earlier steps only)",
+                                      unit=_STEPS, ge=1)
+    max_moves_per_step: Count = spec_field(64, help="at most this many replica additions per decision",
+                                           unit="replica moves", ge=1)
 
 
-POLICY_PARAMS: dict[PlacementPolicyKind, type] = {
+class TaMoeParams(SpecModel):
+    """TA-MoE (Chen et al., NeurIPS 2022): routing pulled toward the topology-optimal dispatch pattern."""
+
+    strength: float = spec_field(0.5, help="lambda: 0 leaves routing as it is, 1 routes exactly by the target "
+                                           "pattern; an auxiliary loss pulls routing toward the target without "
+                                           "reaching it, 0.5 is a middle assumption (the paper reports no "
+                                           "strength)", unit="(0: natural routing, 1: the topology target)",
+                                 ge=0.0, le=1.0)
+
+
+class EplbParams(SpecModel):
+    """DeepSeek's EPLB: redundant experts, hierarchical (node-aware) or global packing."""
+
+    redundant_experts: Count = spec_field(0, help="physical experts beyond E per layer (P = E + "
+                                                  "redundant_experts, a multiple of the EP ranks)",
+                                          unit="extra expert replicas per layer", ge=0)
+    period_steps: Count = spec_field(100, help='steps between rebalances (DeepSeek-V3: "periodically")',
+                                     unit=_STEPS, ge=1)
+    history_steps: Count = spec_field(100, help="steps in the moving average that estimates the loads",
+                                      unit=_STEPS, ge=1)
+    num_groups: Count = spec_field(1, help="expert groups of group-limited routing (1 = none); a divisor of the "
+                                           "experts", unit="expert groups", ge=1)
+    hierarchical: bool = spec_field(True, help="allow the node-aware policy (used only when num_groups % nodes "
+                                               "== 0, as in EPLB)")
+
+
+POLICY_PARAMS: dict[PlacementPolicyKind, type[SpecModel]] = {
     PlacementPolicyKind.STATIC: StaticParams,
     PlacementPolicyKind.FASTERMOE: FasterMoeParams,
     PlacementPolicyKind.SMARTMOE: SmartMoeParams,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import operator
+import re
 import types
 from dataclasses import dataclass, field
 from enum import Enum
@@ -43,6 +44,8 @@ def unknown_key(path: str, key: str, value: Any, allowed: Iterable[str]) -> Spec
     lower = {k.lower(): k for k in allowed}
     close = difflib.get_close_matches(key.lower(), list(lower), n=1, cutoff=0.6)
     hint = f" (did you mean '{lower[close[0]]}'?)" if close else ""
+    if not allowed:
+        return SpecError(join(path, key), value, f"no keys here ({path or 'this mapping'} takes none)")
     return SpecError(join(path, key), value, f"no such key{hint}; allowed: {', '.join(allowed)}")
 
 
@@ -140,14 +143,20 @@ def _bounds(constraints: list, scale: Any, etype: str) -> tuple[str, str]:
     """(the range in words, a note said only to a value beyond int64)."""
     lo = hi = None
     lo_open = hi_open = False
-    for c in constraints:
+    for c in constraints:  # the tightest of each side (a field's own bound and its type's int64 range)
         if isinstance(c, (at.Ge, at.Gt)):
-            lo, lo_open = (c.ge, False) if isinstance(c, at.Ge) else (c.gt, True)
+            bound, is_open = (c.ge, False) if isinstance(c, at.Ge) else (c.gt, True)
+            if lo is None or bound > lo or (bound == lo and is_open):
+                lo, lo_open = bound, is_open
         elif isinstance(c, (at.Le, at.Lt)):
-            hi, hi_open = (c.le, False) if isinstance(c, at.Le) else (c.lt, True)
+            bound, is_open = (c.le, False) if isinstance(c, at.Le) else (c.lt, True)
+            if hi is None or bound < hi or (bound == hi and is_open):
+                hi, hi_open = bound, is_open
     note = ""
-    if hi == INT_MAX:  # every integer has it (int64); said only to the value that broke it
-        hi, note = None, (f" and at most 2**63 - 1 ({INT_MAX})" if etype == "less_than_equal" else "")
+    if (hi == INT_MAX and not hi_open) or (hi == INT_MAX + 1 and hi_open):  # every integer has it (int64; Count
+        # says `< 2**63`): said only to the value that broke it
+        hi, note = None, (f" and at most 2**63 - 1 ({INT_MAX})" if etype in ("less_than_equal", "less_than")
+                          else "")
     if lo == -INT_MAX:
         lo, note = None, (f" in [-{INT_MAX}, {INT_MAX}]" if etype in ("less_than_equal", "greater_than_equal")
                           else note)
@@ -225,7 +234,24 @@ def spec_error(err: ValidationError, model: type, doc: Any = NO_DOC, prefix: str
                              else f"keys that are {describe(w.key_type)}")
         key = path.pop()
         return unknown_key(dotted(path, prefix), str(key), value, allowed)
-    return SpecError(dotted(path, prefix), value, _expected(etype, w, cause))
+    return SpecError(dotted(path, prefix), value, _expected(etype, w, cause) + _yaml11_hint(w.annotation, value))
+
+
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+_YAML11_NUMBER = re.compile(r"[-+]?[0-9][0-9_]*(?:[:.][0-9_]+)*(?:[eE][-+]?[0-9]+)?")
+
+
+def _yaml11_hint(annotation: Any, value: Any) -> str:
+    """Text that YAML 1.1 (and so many other tools) would have read as a boolean or a number, but the YAML 1.2
+    core schema moesim reads with does not: say so, next to what to write instead."""
+    base = unwrap(annotation)[0]
+    if not isinstance(value, str):
+        return ""
+    if base is bool and value.lower() in _YAML11_BOOLS:
+        return f" ({value} is text in YAML 1.2: write true or false)"
+    if base in (int, float) and ("_" in value or ":" in value) and _YAML11_NUMBER.fullmatch(value):
+        return f" ({value} is text in YAML 1.2: write the number without '_' or ':')"
+    return ""
 
 
 def _expected(etype: str, w: _Where, cause: Any) -> str:

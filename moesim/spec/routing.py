@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import ConfigDict, model_validator
 
 from moesim.spec.base import LISTS_AS_TUPLES, Count, SpecEnum, SpecModel, spec_field
+from moesim.spec.bounds import INT32_MAX, MAX_EXPERTS
 from moesim.spec.errors import require
 from moesim.spec.trace import RoutingTrace
 
@@ -64,7 +65,8 @@ class RoutingSpec(SpecModel):
                                         le=1e6)
     lognormal_sigma: float = spec_field(1.0, help="lognormal: shares proportional to exp(sigma * N(0, 1))",
                                         ge=0.0, le=20.0)
-    hot_experts: Count = spec_field(1, help="hot_set: experts sharing hot_fraction", unit="experts", ge=1)
+    hot_experts: Count = spec_field(1, help="hot_set: experts sharing hot_fraction", unit="experts", ge=1,
+                                    le=MAX_EXPERTS)
     hot_fraction: float = spec_field(0.5, help="hot_set: fraction of the assignments the hot experts get",
                                      unit="(fraction)", gt=0.0, lt=1.0)
     per_layer: Annotated[tuple[LayerSkew, ...], LISTS_AS_TUPLES] = spec_field(
@@ -128,7 +130,7 @@ class GateSpec(SpecModel):
                                                ge=-1e6, le=1e6)
     scope: CapacityScope = spec_field(CapacityScope.PER_SOURCE, help="per_source (Megatron, DeepSpeed) or global "
                                       "(FastMoE Switch gate)")
-    min_capacity: Count = spec_field(0, help="capacity never below this", unit="tokens", ge=0)
+    min_capacity: Count = spec_field(0, help="capacity never below this", unit="tokens", ge=0, le=INT32_MAX)
     drop_policy: DropPolicy = spec_field(DropPolicy.PROBS, help="which assignments are kept when over capacity")
     first_choice_priority: bool = spec_field(False, help="with drop_policy position: DeepSpeed fills first "
                                              "choices first")

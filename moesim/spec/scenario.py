@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from moesim.spec.base import NonEmptyStr, SpecModel, spec_field
+from moesim.spec.bounds import INT32_MAX
 from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec
 from moesim.spec.layout import ParallelLayout
@@ -47,6 +48,11 @@ class Scenario(SpecModel):
         require(tr.global_batch_size % sequences_per_round == 0, "training.global_batch_size",
                 tr.global_batch_size, f"a multiple of layout.dp x training.micro_batch_size "
                 f"({lay.dp} x {tr.micro_batch_size} = {sequences_per_round}) sequences")
+        assignments = self.tokens_routed_per_rank * mod.top_k  # per (micro-batch, source rank): int32 loads
+        require(assignments <= INT32_MAX, "training.seq_len", tr.seq_len,
+                f"micro_batch_size x seq_len / layout.tp x model.top_k ({tr.micro_batch_size} x {tr.seq_len} / "
+                f"{lay.tp} x {mod.top_k} = {assignments}) at most {INT32_MAX} assignments routed per rank and "
+                f"micro-batch")
         self.cluster.profile.gpu.peak(tr.dtype)  # the GPU must have a peak for the training dtype
         slots = self.placement.slots_per_gpu
         require(slots is None or slots >= mod.num_experts // lay.ep, "placement.slots_per_gpu", slots,

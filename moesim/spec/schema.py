@@ -4,9 +4,8 @@ leaves, the keys io reads itself (moesim.spec.document), presets and each placem
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -15,8 +14,6 @@ from pydantic_core import PydanticUndefined
 from moesim.spec.base import INT_MAX, FieldMeta, field_meta
 from moesim.spec.document import FILE_KEYS, SourceKey
 from moesim.spec.hardware import ClusterProfile
-from moesim.spec.placement import PlacementPolicyKind
-from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.presets import MODEL_PRESETS
 from moesim.spec.render import is_model, unwrap
 from moesim.spec.routing_presets import ROUTING_PRESETS
@@ -28,7 +25,8 @@ _BOUNDS = ((at.Ge, "ge", "minimum"), (at.Gt, "gt", "exclusiveMinimum"), (at.Le, 
 
 
 def scenario_json_schema() -> dict:
-    """A scenario file, with each placement policy's sub-section (moesim.spec.placement_params)."""
+    """A scenario file, with each placement policy's sub-section (moesim.spec.placement_params) and the model and
+    routing presets."""
     schema = {"$schema": DIALECT, "title": "moesim scenario",
               "description": "A scenario for `moesim run` / `moesim validate` (scenarios/*.yaml).",
               **_object(Scenario)}
@@ -37,8 +35,6 @@ def scenario_json_schema() -> dict:
         preset = props[section]["properties"]["preset"]
         preset["enum"] = list(presets)
         preset.pop("default", None)  # no preset: every key spelt out
-    for kind, params_cls in POLICY_PARAMS.items():
-        props["placement"]["properties"][kind.value] = _nullable(_params(params_cls, kind))
     return schema
 
 
@@ -74,9 +70,9 @@ def _object(model: type[BaseModel]) -> dict:
 
 def _field(info: Any, meta: FieldMeta) -> dict:
     schema = _type(info.annotation, info.metadata, meta.scale)
-    if meta.sourced:
-        schema = _sourced(info.annotation, schema)
     text = info.description or ""
+    if meta.sourced:
+        schema = _sourced(info.annotation, schema, f"the value [{meta.unit}]" if meta.unit else "the value")
     schema["description"] = f"{text} [{meta.unit}]" if meta.unit else text
     default = info.get_default(call_default_factory=True) if not info.is_required() else PydanticUndefined
     shown = _json_default(default, meta.scale)
@@ -97,18 +93,18 @@ def _json_default(value: Any, scale: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str, dict)) else PydanticUndefined
 
 
-def _sourced(annotation: Any, value_schema: dict) -> dict:
+def _sourced(annotation: Any, value_schema: dict, value_text: str) -> dict:
     """`{value: X, source: "..."}`; per key for a mapping (a peak per dtype); a model's keys for a model (an
-    efficiency curve: `value` or `table_GFLOP`)."""
+    efficiency curve: `value` or `table_GFLOP`). `value_text`: the description of X."""
     source = _field(SourceKey.model_fields["source"], field_meta("source", SourceKey.model_fields["source"]))
     base = unwrap(annotation)[0]
     if get_origin(base) is dict:
-        inner = value_schema["additionalProperties"]
+        inner = {**value_schema["additionalProperties"], "description": value_text}
         return {**value_schema, "additionalProperties": _leaf({"value": inner}, ["value"], source)}
     if is_model(base):
         props = value_schema["properties"]
         return {**_leaf(props, [], source), "oneOf": [{"required": [key]} for key in props]}
-    return _leaf({"value": value_schema}, ["value"], source)
+    return _leaf({"value": {**value_schema, "description": value_text}}, ["value"], source)
 
 
 def _leaf(props: dict, required: list, source: dict) -> dict:
@@ -158,7 +154,7 @@ def _bounds(constraints: list, scale: Any) -> dict:
     out = {}
     for c in constraints:
         for kind, attr, key in _BOUNDS:
-            if isinstance(c, kind) and abs(getattr(c, attr)) != INT_MAX:  # int64's own range goes unsaid
+            if isinstance(c, kind) and abs(getattr(c, attr)) not in (INT_MAX, INT_MAX + 1):  # int64's goes unsaid
                 value = getattr(c, attr)
                 out[key] = value / divide if divide != 1.0 else value
     return out
@@ -176,16 +172,3 @@ def _lengths(constraints: list, what: str) -> dict:
 
 def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _params(params_cls: type, kind: PlacementPolicyKind) -> dict:
-    """A policy's sub-section: the fields of its parameter dataclass."""
-    hints = get_type_hints(params_cls)
-    props = {}
-    for f in dataclasses.fields(params_cls):
-        schema = _type(hints[f.name])
-        if f.default is not dataclasses.MISSING:
-            schema["default"] = f.default
-        props[f.name] = schema
-    return {"type": "object", "properties": props, "additionalProperties": False,
-            "description": f"parameters of the {kind.value} policy ({params_cls.__name__})"}

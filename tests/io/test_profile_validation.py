@@ -112,7 +112,7 @@ MUTATIONS = [
                  "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [1, 0.6]], "GFLOP increasing",
                  id="table-repeated-size"),
     pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]]),
-                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]], "efficiency in (0, 1]",
+                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]], "efficiency in [0.001, 1]",
                  id="table-efficiency-above-one"),
     pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [10**400, 0.6]]),
                  "compute.matmul_efficiency.table_GFLOP", [10**400, 0.6], "pairs", id="table-huge-size"),
@@ -123,8 +123,8 @@ MUTATIONS = [
     pytest.param(_set("compute.expert_tile_rows.value", 96), "compute.expert_tile_rows.value", 96,
                  "a power of two >= 1 rows", id="tile-rows-not-power-of-two"),
     pytest.param(_set("compute.expert_tile_rows.value", 128.0), "compute.expert_tile_rows.value", 128.0,
-                 "an integer >= 1 rows", id="tile-rows-float"),
-    pytest.param(_set("node.gpus_per_node.value", 0), "node.gpus_per_node.value", 0, ">= 1 GPUs",
+                 "an integer in [1, 65536] rows", id="tile-rows-float"),
+    pytest.param(_set("node.gpus_per_node.value", 0), "node.gpus_per_node.value", 0, "in [1, 4096] GPUs",
                  id="zero-gpus-per-node"),
     pytest.param(_set("fabric.nic_Gbps.value", -400), "fabric.nic_Gbps.value", -400, "Gb/s per NIC",
                  id="negative-bandwidth"),
@@ -132,7 +132,7 @@ MUTATIONS = [
                  id="string-bandwidth"),
     pytest.param(_set("node.nvlink_latency_us.value", float("inf")), "node.nvlink_latency_us.value", float("inf"),
                  "a finite number", id="infinite-latency"),
-    pytest.param(_set("fabric.oversubscription.value", 0.5), "fabric.oversubscription.value", 0.5, ">= 1",
+    pytest.param(_set("fabric.oversubscription.value", 0.5), "fabric.oversubscription.value", 0.5, "in [1.0, 100.0]",
                  id="oversubscription-below-one"),
     pytest.param(_set("gpu.peak_dense_TFLOPs", {}), "gpu.peak_dense_TFLOPs", {}, "at least one dtype",
                  id="no-peaks"),
@@ -144,6 +144,41 @@ MUTATIONS = [
     pytest.param(_set("schema_version", 2), "schema_version", 2, "1", id="wrong-schema-version"),
     pytest.param(_delete("status"), "status", None, "required", id="missing-status"),
     pytest.param(_set("node", [8, 450]), "node", [8, 450], "a mapping", id="list-for-section"),
+    # physical bounds, said in the unit the key is written in (moesim.spec.bounds)
+    pytest.param(_set("gpu.peak_dense_TFLOPs.bf16.value", 1e-300), "gpu.peak_dense_TFLOPs.bf16.value", 1e-300,
+                 "a number in [0.001, 1e+09] TFLOP/s", id="peak-1e-300"),
+    pytest.param(_set("gpu.peak_dense_TFLOPs.bf16.value", 2e9), "gpu.peak_dense_TFLOPs.bf16.value", 2e9,
+                 "a number in [0.001, 1e+09] TFLOP/s", id="peak-above-1e21-flops"),
+    pytest.param(_set("gpu.hbm_GB.value", 1e-300), "gpu.hbm_GB.value", 1e-300, "a number in [0.001, 1e+06] GB",
+                 id="hbm-1e-300"),
+    pytest.param(_set("gpu.hbm_bandwidth_GBps.value", 1e-4), "gpu.hbm_bandwidth_GBps.value", 1e-4,
+                 "a number in [0.001, 1e+06] GB/s", id="hbm-bandwidth-below-1MBps"),
+    pytest.param(_set("fabric.nic_Gbps.value", 1e-300), "fabric.nic_Gbps.value", 1e-300,
+                 "a number in [0.008, 8e+06] Gb/s per NIC", id="nic-1e-300"),
+    pytest.param(_set("node.nvlink_GBps.value", 1e7), "node.nvlink_GBps.value", 1e7,
+                 "a number in [0.001, 1e+06] GB/s per GPU", id="nvlink-above-1PBps"),
+    pytest.param(_set("node.nvlink_latency_us.value", 1e300), "node.nvlink_latency_us.value", 1e300,
+                 "a number in [0, 1e+06] us", id="nvlink-latency-1e300"),
+    pytest.param(_set("fabric.nic_peer_overhead_us.value", 2e6), "fabric.nic_peer_overhead_us.value", 2e6,
+                 "a number in [0, 1e+06] us", id="peer-overhead-above-1s"),
+    pytest.param(_set("node.nvlink_efficiency.value", 1e-300), "node.nvlink_efficiency.value", 1e-300,
+                 "a number in [0.001, 1.0]", id="efficiency-1e-300"),
+    pytest.param(_set("compute.attention_efficiency.value", 1e-300), "compute.attention_efficiency.value", 1e-300,
+                 "a number in [0.001, 1.0] (fraction of peak)", id="constant-curve-1e-300"),
+    pytest.param(_set("compute.attention_efficiency.value", None), "compute.attention_efficiency.value", None,
+                 "number in [0.001, 1.0] (fraction of peak)", id="constant-curve-null"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 1e-300]]), "compute.matmul_efficiency.table_GFLOP",
+                 [[1, 1e-300]], "efficiency in [0.001, 1]", id="table-efficiency-1e-300"),
+    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1e300, 0.5]]), "compute.matmul_efficiency.table_GFLOP",
+                 [1e300, 0.5], "GFLOP increasing, in (0, 1e+21]", id="table-gflop-1e300"),  # the row shown
+    pytest.param(_set("node.gpus_per_node.value", 10**6), "node.gpus_per_node.value", 10**6, "in [1, 4096] GPUs",
+                 id="gpus-per-node-huge"),
+    pytest.param(_set("fabric.nics_per_node.value", 5000), "fabric.nics_per_node.value", 5000, "in [1, 4096] NICs",
+                 id="nics-per-node-huge"),
+    pytest.param(_set("fabric.oversubscription.value", 1e300), "fabric.oversubscription.value", 1e300,
+                 "in [1.0, 100.0]", id="oversubscription-huge"),
+    pytest.param(_set("compute.expert_tile_rows.value", 2**20), "compute.expert_tile_rows.value", 2**20,
+                 "in [1, 65536] rows", id="tile-rows-huge"),
 ]
 
 
@@ -182,3 +217,33 @@ def test_missing_profile_file(tmp_path):
     with pytest.raises(SpecError) as info:
         load_profile(path)
     assert info.value.source == str(path) and "an existing hardware profile file" in info.value.one_line()
+
+
+CPU = PROFILE_DIR / "cpu-gloo-2c.yaml"
+
+
+@pytest.mark.parametrize("path, value, key, expected", [
+    (("collectives", "intra_node", "all_gather", "alpha_us"), 1e300,
+     "calibration.collectives.intra_node.all_gather.alpha_us", "a number in [0, 1e+06] us"),
+    (("collectives", "intra_node", "all_gather", "bandwidth_GBps"), 1e-300,
+     "calibration.collectives.intra_node.all_gather.bandwidth_GBps", "a number in [0.001, 1e+06] GB/s"),
+    (("collectives", "intra_node", "all_gather", "table"), [[1024, 1e-300]],
+     "calibration.collectives.intra_node.all_gather.table", "busbw in [1e-06, 1e+06] GB/s"),
+    (("collectives", "intra_node", "all_gather", "ranks"), 2**40,
+     "calibration.collectives.intra_node.all_gather.ranks", "an integer in [2, 1048576]"),
+    (("expert_kernels", 0, "eff_max"), 1e-300, "calibration.expert_kernels[0].eff_max", "a number in [0.001, 1.0]"),
+    (("expert_kernels", 0, "t0_us"), 1e300, "calibration.expert_kernels[0].t0_us", "a number in [0, 1e+06] us"),
+    (("expert_kernels", 0, "hidden"), 2**40, "calibration.expert_kernels[0].hidden", "an integer in [1, 1048576]"),
+])
+def test_calibration_numbers_have_physical_bounds(tmp_path, path, value, key, expected):
+    doc = yaml.safe_load(CPU.read_text(encoding="utf-8"))
+    node = doc["calibration"]
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    out = tmp_path / "cpu.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_profile(out)
+    line = info.value.one_line()
+    assert info.value.key == key and f"{key}: got " in line and expected in line, line

@@ -3,6 +3,7 @@ and what is allowed (DESIGN.md rule 4). Every case starts from scenarios/quickst
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,19 +105,19 @@ CASES = [
     _case("int-for-string", set_("cluster.profile", 100), "cluster.profile", 100, "a non-empty string"),
     _case("int-for-enum", set_("training.dtype", 16), "training.dtype", 16, "bf16"),
     # negative and zero sizes
-    _case("negative-seq-len", set_("training.seq_len", -4096), "training.seq_len", -4096, ">= 1 tokens"),
+    _case("negative-seq-len", set_("training.seq_len", -4096), "training.seq_len", -4096, "in [1, 16777216] tokens"),
     _case("zero-global-batch", set_("training.global_batch_size", 0), "training.global_batch_size", 0,
-          ">= 1 sequences"),
-    _case("negative-nodes", set_("cluster.nodes", -2), "cluster.nodes", -2, ">= 1 nodes"),
-    _case("zero-nodes", set_("cluster.nodes", 0), "cluster.nodes", 0, ">= 1 nodes"),
+          "in [1, 16777216] sequences"),
+    _case("negative-nodes", set_("cluster.nodes", -2), "cluster.nodes", -2, "in [1, 65536] nodes"),
+    _case("zero-nodes", set_("cluster.nodes", 0), "cluster.nodes", 0, "in [1, 65536] nodes"),
     _case("zero-tp", set_("layout.tp", 0), "layout.tp", 0, ">= 1"),
     _case("negative-pp", set_("layout.pp", -1), "layout.pp", -1, ">= 1"),
-    _case("zero-top-k", set_("model.top_k", 0), "model.top_k", 0, ">= 1"),
-    _case("negative-experts", set_("model.num_experts", -8), "model.num_experts", -8, ">= 1"),
+    _case("zero-top-k", set_("model.top_k", 0), "model.top_k", 0, "in [1, 16384]"),
+    _case("negative-experts", set_("model.num_experts", -8), "model.num_experts", -8, "in [1, 16384]"),
     _case("zero-hidden-size-custom-model", [custom_model, set_("model.hidden_size", 0)], "model.hidden_size", 0,
-          ">= 1"),
+          "in [1, 1048576]"),
     _case("zero-heads-custom-model", [custom_model, set_("model.num_attention_heads", 0)],
-          "model.num_attention_heads", 0, ">= 1"),
+          "model.num_attention_heads", 0, "in [1, 65536]"),
     _case("negative-optimizer-bytes", set_("training.optimizer.state_bytes_per_param", -1),
           "training.optimizer.state_bytes_per_param", -1, "bytes per parameter"),
     _case("zero-steps", set_("simulation.steps", 0), "simulation.steps", 0, "[1, 100000]"),
@@ -161,6 +162,37 @@ CASES = [
     _case("zipf-s-with-balanced", set_("routing.distribution", "balanced"), "routing.zipf_s", 0.5,
           "only with distribution: zipf"),
     _case("zipf-s-out-of-range", set_("routing.zipf_s", 11), "routing.zipf_s", 11, "[0.0, 10.0]"),
+    # sizes beyond moesim.spec.bounds: nothing derived from them may overflow
+    _case("huge-hidden-size", [custom_model, set_("model.hidden_size", 2**40)], "model.hidden_size", 2**40,
+          "an integer in [1, 1048576]"),
+    _case("huge-num-layers", set_("model.num_layers", 10**6), "model.num_layers", 10**6, "in [1, 4096]"),
+    _case("huge-vocab", set_("model.vocab_size", 2**30), "model.vocab_size", 2**30, "in [1, 16777216]"),
+    _case("huge-experts", set_("model.num_experts", 2**20), "model.num_experts", 2**20, "in [1, 16384]"),
+    _case("huge-seq-len", set_("training.seq_len", 2**30), "training.seq_len", 2**30, "in [1, 16777216] tokens"),
+    _case("huge-optimizer-state", set_("training.optimizer.state_bytes_per_param", 1e300),
+          "training.optimizer.state_bytes_per_param", 1e300, "in [0, 1024.0] bytes per parameter"),
+    _case("huge-min-capacity", set_("gate", {"min_capacity": 2**40}), "gate.min_capacity", 2**40,
+          "in [0, 2147483647] tokens"),
+    _case("huge-slots", set_("placement", {"slots_per_gpu": 10**6}), "placement.slots_per_gpu", 10**6,
+          "in [1, 16384]"),
+    _case("assignments-beyond-int32", [set_("training.seq_len", 2**20), set_("training.micro_batch_size", 2048),
+                                       set_("training.global_batch_size", 8192)], "training.seq_len", 2**20,
+          "(2048 x 1048576 / 2 x 2 = 2147483648) at most 2147483647 assignments routed per rank and micro-batch"),
+    # placement policy parameters (moesim.spec.placement_params), read like every other section
+    _case("smartmoe-history-beyond-freq", set_("placement", {"policy": "smartmoe", "smartmoe": {
+        "freq": 3, "history_steps": 5}}), "placement.smartmoe.history_steps", 5, "an integer in [1, freq = 3]"),
+    _case("policy-param-typo", set_("placement", {"policy": "eplb", "eplb": {"period_step": 5}}),
+          "placement.eplb.period_step", 5, "did you mean 'period_steps'", "history_steps"),
+    _case("unchosen-policy-params-checked", set_("placement", {"policy": "static", "flexmoe": {"threshold": 0.5}}),
+          "placement.flexmoe.threshold", 0.5, "a number in [1.0, 1000000.0] (max / mean rank load)"),
+    _case("policy-params-not-a-mapping", set_("placement", {"eplb": 5}), "placement.eplb", 5,
+          "a mapping of keys or null"),
+    _case("policy-param-yes", set_("placement", {"eplb": {"hierarchical": "yes"}}), "placement.eplb.hierarchical",
+          "yes", "true or false (yes is text in YAML 1.2"),
+    _case("policy-param-string-for-int", set_("placement", {"fastermoe": {"max_shadows": "4"}}),
+          "placement.fastermoe.max_shadows", "4", "an integer in [0, 16384] experts or null"),
+    _case("static-takes-no-params", set_("placement", {"static": {"x": 1}}), "placement.static.x", 1,
+          "no keys here (placement.static takes none)"),
     # missing required keys
     _case("missing-seq-len", delete("training.seq_len"), "training.seq_len", None, "required"),
     _case("missing-nodes", delete("cluster.nodes"), "cluster.nodes", None, "required"),
@@ -223,7 +255,33 @@ def test_missing_scenario_file(tmp_path, capsys):
 
 def test_directory_instead_of_file(tmp_path, capsys):
     line = _fails_with_one_line(tmp_path, capsys)
-    assert f"{tmp_path}: " in line and "an existing scenario file" in line
+    assert f"{tmp_path}: <top level>: got a directory; expected a regular scenario file" in line
+
+
+def test_fifo_instead_of_file_is_refused_without_opening_it(tmp_path, capsys):
+    fifo = tmp_path / "scenario.yaml"
+    os.mkfifo(fifo)  # opening it for reading would block: validate must not
+    line = _fails_with_one_line(fifo, capsys)
+    assert f"{fifo}: <top level>: got a FIFO (named pipe); expected a regular scenario file" in line
+
+
+def test_profile_path_that_is_a_directory(tmp_path, capsys, quickstart_doc):
+    (tmp_path / "profiles.yaml").mkdir()
+    quickstart_doc["cluster"]["profile"] = "profiles.yaml"
+    line = _fails_with_one_line(_write(tmp_path / "scenario.yaml", quickstart_doc), capsys)
+    assert "cluster.profile: got 'profiles.yaml' (a directory); expected a profile name" in line
+
+
+@pytest.mark.parametrize("mutate, shown", [
+    (set_("cluster.nodes", True), "cluster.nodes: got true; "),
+    (set_("layout.tp", False), "layout.tp: got false; "),
+    (set_("cluster.nodes", None), "cluster.nodes: got null; "),
+    (set_("training.seq_len", [True, None]), "training.seq_len: got [true, null]; "),
+])
+def test_values_are_shown_as_yaml_writes_them(tmp_path, capsys, quickstart_doc, mutate, shown):
+    mutate(quickstart_doc)
+    line = _fails_with_one_line(_write(tmp_path / "scenario.yaml", quickstart_doc), capsys)
+    assert shown in line
 
 
 def test_file_name_too_long(tmp_path, capsys):
@@ -236,11 +294,12 @@ def test_file_name_too_long(tmp_path, capsys):
     pytest.param("a: [1, 2", "YAML syntax error at line ", id="unclosed-list"),
     pytest.param("cluster:\n  nodes: 2\n\tprofile: x\n", "YAML syntax error at line 3", id="tab-indent"),
     pytest.param("name: a\nname: b\n: :\n- x", "YAML syntax error", id="garbage"),
-    pytest.param("- 1\n- 2\n", "got 'list'; expected a mapping of keys at the top of the scenario",
+    pytest.param("- 1\n- 2\n", "got [1, 2]; expected a mapping of keys at the top of the scenario",
                  id="top-level-list"),
-    pytest.param("just a string\n", "got 'str'", id="top-level-string"),
-    pytest.param("", "got 'NoneType'; expected a mapping of keys at the top", id="empty-file"),
-    pytest.param("# only a comment\n", "got 'NoneType'", id="only-comment"),
+    pytest.param("just a string\n", "got 'just a string'", id="top-level-string"),
+    pytest.param("", "got an empty file (no YAML document); expected a mapping of keys at the top", id="empty-file"),
+    pytest.param("# only a comment\n", "got an empty file (no YAML document)", id="only-comment"),
+    pytest.param("---\n...\n", "got an empty file (no YAML document)", id="empty-document"),
     pytest.param("!!python/object/apply:os.system ['true']\n", "YAML syntax error", id="python-tag"),
     pytest.param("1: x\n", "1: got 1; expected string keys only", id="int-key"),
     pytest.param("a: 1\x00\n", "YAML syntax error", id="nul-byte"),

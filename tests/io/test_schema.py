@@ -143,7 +143,8 @@ def test_the_profile_schema_wants_sourced_numbers_in_written_units():
     bare["gpu"]["hbm_GB"] = 80
     assert list(errors(profile_json_schema(), bare))
     hbm = profile_json_schema()["properties"]["gpu"]["properties"]["hbm_GB"]
-    assert hbm["properties"]["value"]["exclusiveMinimum"] == 0 and "[GB]" in hbm["description"]
+    assert hbm["properties"]["value"]["minimum"] == 0.001 and "[GB]" in hbm["description"]  # 1 MB
+    assert hbm["properties"]["value"]["maximum"] == 1e6  # 1 PB
     latency = profile_json_schema()["properties"]["node"]["properties"]["nvlink_peer_overhead_us"]
     assert latency["default"] == 0.0 and "[us]" in latency["description"]
 
@@ -167,3 +168,54 @@ def test_schema_command_prints_and_writes_json(tmp_path, capsys, kind):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--force" in err
     assert main(["schema", kind, "--out", str(out), "--force"]) == 0
+
+
+def test_every_placement_property_is_described_with_bounds_and_units():
+    """The policies' sub-sections come from their spec models: every property has help text, a type, and (for
+    numbers) its bounds; units are in the description."""
+    placement = scenario_json_schema()["properties"]["placement"]["properties"]
+    policies = ["static", "fastermoe", "smartmoe", "flexmoe", "ta_moe", "eplb"]
+    assert set(policies) <= set(placement)
+    described = 0
+    for kind in policies:
+        section = placement[kind]
+        assert section["description"].startswith(f"parameters of the {kind} policy")
+        body = section["anyOf"][0]
+        assert body["type"] == "object" and body["additionalProperties"] is False
+        for name, prop in body["properties"].items():
+            assert prop.get("description"), f"placement.{kind}.{name}"
+            assert "default" in prop, f"placement.{kind}.{name}"
+            described += 1
+    assert described == 16
+    smartmoe = placement["smartmoe"]["anyOf"][0]["properties"]
+    assert smartmoe["freq"]["minimum"] == 1 and "[steps]" in smartmoe["freq"]["description"]
+    flexmoe = placement["flexmoe"]["anyOf"][0]["properties"]
+    assert (flexmoe["threshold"]["minimum"], flexmoe["threshold"]["maximum"]) == (1.0, 1e6)
+
+
+def test_every_property_of_both_schemas_has_a_description():
+    def walk(node: Any, path: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, prop in node.get("properties", {}).items():
+                if not prop.get("description"):
+                    yield f"{path}.{key}"
+                yield from walk(prop, f"{path}.{key}")
+            for key in ("anyOf", "oneOf"):
+                for branch in node.get(key, []):
+                    yield from walk(branch, path)
+            if isinstance(node.get("additionalProperties"), dict):
+                yield from walk(node["additionalProperties"], f"{path}.*")
+            if isinstance(node.get("items"), dict):
+                yield from walk(node["items"], f"{path}[]")
+    assert list(walk(scenario_json_schema(), "$")) == []
+    assert list(walk(profile_json_schema(), "$")) == []
+
+
+def test_profile_schema_bounds_are_in_written_units():
+    props = profile_json_schema()["properties"]
+    peak = props["gpu"]["properties"]["peak_dense_TFLOPs"]["additionalProperties"]["properties"]["value"]
+    assert (peak["minimum"], peak["maximum"]) == (0.001, 1e9)  # 1 GFLOP/s .. 1 ZFLOP/s
+    nic = props["fabric"]["properties"]["nic_Gbps"]["properties"]["value"]
+    assert (nic["minimum"], nic["maximum"]) == (0.008, 8e6)  # 1 MB/s .. 1 PB/s
+    latency = props["node"]["properties"]["nvlink_latency_us"]["properties"]["value"]
+    assert (latency["minimum"], latency["maximum"]) == (0.0, 1e6)  # at most 1 s
