@@ -38,8 +38,9 @@ def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[st
     return sweep_io.load_scenarios(path, trace, parse=parse_scenario)
 
 
-def parse_scenario(doc: Mapping, default_name: str, base_dir: Path) -> Scenario:
-    scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit)
+def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, cache: dict | None = None) -> Scenario:
+    """One scenario document (moesim.io.scenario.parse_scenario, with trace fitting and the placement check)."""
+    scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit, cache=cache)
     _check_placement(scenario)
     return scenario
 

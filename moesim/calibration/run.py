@@ -13,13 +13,14 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from moesim.calibration.kernels import (FULL_TOKENS, QUICK_SHAPES, QUICK_TOKENS, KernelShape, measure_kernels,
                                         measure_memory_bandwidth, preset_shapes)
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
 from moesim.calibration.samples import COLLECTIVE_COLUMNS, KERNEL_COLUMNS
 from moesim.io.results import write_text_atomic
+from moesim.io.safe_yaml import dump_yaml
+from moesim.io.strict import read_yaml_mapping
 from moesim.spec.errors import SpecError
 
 CPU_FULL_SHAPES = (KernelShape(256, 512, 8), KernelShape(1024, 1024, 8))
@@ -164,7 +165,7 @@ def profile_from_samples(samples: Path, out: Path, *, force: bool, base: Path | 
     if base is None:
         raise SpecError("--base", None, "a datasheet profile for what the cluster kit does not measure (peaks, "
                                         "memory, compute), e.g. --base hw_profiles/dgx-h100.yaml")
-    base_doc = yaml.safe_load(base.read_text()) if base is not None else None
+    base_doc = read_yaml_mapping(base, "profile")  # the same rules and limits as every profile read
     if base_doc is not None:
         base_doc.pop("calibration", None)
     provenance = {"date": date.today().isoformat(), "device": meta.get("device", "unknown"),
@@ -191,7 +192,7 @@ def _write_profile(path: Path, doc: dict) -> None:
 
     header = ("# Written by `moesim calibrate`; every number's source is beside it and the raw samples are in the\n"
               "# samples directory named under calibration.samples.\n")
-    text = header + yaml.safe_dump(to_yaml_ready(doc), sort_keys=False, width=120)
+    text = header + dump_yaml(to_yaml_ready(doc))
     tmp = path.with_name(path.name + ".check.yaml")
     tmp.write_text(text)
     try:

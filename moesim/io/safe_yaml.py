@@ -142,6 +142,23 @@ for _tag, _pattern, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456
                                ("float", _FLOAT, "-+.0123456789"), ("null", _NULL, ["~", "n", "N", ""]),
                                ("merge", re.compile(r"^<<\Z"), "<")):
     _Loader.add_implicit_resolver(_TAG + _tag, _pattern, list(_first))  # ints before floats: `10` is an int
+class _Dumper(yaml.SafeDumper):
+    """Writes what _Loader reads back unchanged: a string that YAML 1.2 would take for a number, a boolean or
+    null (`1e-6`, `yes` is fine, `true` is not) is quoted."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+for _tag, _pattern, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456789"),
+                               ("float", _FLOAT, "-+.0123456789"), ("null", _NULL, ["~", "n", "N", ""])):
+    _Dumper.add_implicit_resolver(_TAG + _tag, _pattern, list(_first))
+
+
+def dump_yaml(data: Any) -> str:
+    """`data` as block YAML, keys in their order, read back identically by this module's loader."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+
+
 _Loader.add_constructor(_TAG + "int", _Loader.construct_core_int)
 _Loader.add_constructor(_TAG + "float", _Loader.construct_core_float)
 _Loader.add_constructor(_TAG + "bool", _Loader.construct_core_bool)

@@ -5,6 +5,7 @@ a trace loaded (or fitted), each policy's parameters read -- and the whole is va
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,17 +28,19 @@ from moesim.spec.trace import RoutingTrace
 TraceFitter = Callable[[RoutingTrace, "RoutingDistribution | None"], dict]
 
 
-def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFitter | None = None) -> Scenario:
+def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFitter | None = None,
+                   cache: dict | None = None) -> Scenario:
     """`doc`: the parsed YAML (a `sweep` key in it is left to moesim.io.sweep). Relative paths in it are relative
     to `base_dir`. `fit(trace, family)` turns a trace into RoutingSpec fields for `routing.fit_from` (fitting is
-    above this layer: moesim.loader passes moesim.routing's)."""
+    above this layer: moesim.loader passes moesim.routing's). `cache`: a dict shared by the points of one sweep,
+    so that a trace is read, cut to `trace_layers` and fitted once, not once per point (traces are frozen)."""
     if not isinstance(doc, Mapping):
         raise SpecError("", describe_document(doc), "a mapping of keys at the top of the scenario")
     fields = Reader().fields(Scenario, doc, "")  # unknown keys first: a typo'd key leaves a conflicting default
     fields.setdefault("name", default_name)
     _cluster(_section(doc, "cluster"), fields, base_dir)
     _model(fields)
-    _routing(_section(doc, "routing"), fields, base_dir, fit)
+    _routing(_section(doc, "routing"), fields, base_dir, fit, {} if cache is None else cache)
     _placement(_section(doc, "placement"), fields)
     return validate(Scenario, fields, doc)
 
@@ -77,7 +80,7 @@ def _model(fields: dict) -> None:
         fields["model"] = {**_preset(MODEL_PRESETS, model["preset"], "model.preset").model_dump(), **model}
 
 
-def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None) -> None:
+def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None, cache: dict) -> None:
     """A preset, a synthetic family, a trace to replay, or a trace to fit; explicit keys override a preset."""
     routing = fields.get("routing")
     if not isinstance(routing, dict):
@@ -90,16 +93,25 @@ def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None
     if keys.trace_layers is not None and keys.trace is None:
         raise SpecError("routing.trace_layers", raw["trace_layers"], "only together with trace")
     if keys.trace is not None:
-        trace = _load_trace("routing.trace", keys.trace, base_dir)
+        trace = _load_trace("routing.trace", keys.trace, base_dir, cache)
         if keys.trace_layers is not None:
-            trace = _select_layers(raw["trace_layers"], keys.trace_layers, trace)
+            whole = trace
+            trace = _cached(cache, ("layers", id(whole), keys.trace_layers),
+                            lambda: _select_layers(raw["trace_layers"], keys.trace_layers, whole))
         routing.update(distribution=RoutingDistribution.TRACE, trace=trace, trace_ref=keys.trace)
     if keys.fit_from is not None:
         if fit is None:
             raise SpecError("routing.fit_from", keys.fit_from, "a scenario read with moesim.load_scenario (fitting "
                                                                "a trace needs moesim.routing)")
-        routing.update(fit(_load_trace("routing.fit_from", keys.fit_from, base_dir), keys.fit_family),
-                       trace_ref=f"fit of {keys.fit_from}")
+        source = _load_trace("routing.fit_from", keys.fit_from, base_dir, cache)
+        fitted = _cached(cache, ("fit", id(source), keys.fit_family), lambda: fit(source, keys.fit_family))
+        routing.update(fitted, trace_ref=f"fit of {keys.fit_from}")
+
+
+def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _select_layers(written: Any, layers: tuple[int, ...], trace: Any) -> Any:
@@ -111,14 +123,14 @@ def _select_layers(written: Any, layers: tuple[int, ...], trace: Any) -> Any:
                                source=f"{trace.source}, layers {', '.join(map(str, layers))}")
 
 
-def _load_trace(key: str, ref: str, base_dir: Path) -> Any:
+def _load_trace(key: str, ref: str, base_dir: Path, cache: dict) -> Any:
     from moesim.io.traces import load_trace  # noqa: PLC0415 - pyarrow only when a trace is used
 
     path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
     if not is_file(path) and not path.is_dir():
         raise SpecError(key, ref, "a trace file (.parquet, .npz) or a directory of SmartMoE logs, relative to the "
                                   "scenario file")
-    return load_trace(path)
+    return _cached(cache, ("trace", os.path.realpath(path)), lambda: load_trace(path))
 
 
 def _placement(raw: Mapping, fields: dict) -> None:

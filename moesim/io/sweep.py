@@ -22,8 +22,9 @@ def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[
                    ) -> tuple[list[str], list[tuple[dict, Scenario]]]:
     """(swept key paths, [(values by key path, scenario)]); a file without `sweep` gives one point.
     `trace` (from the command line) replaces the routing with the replay of that trace and drops swept
-    routing keys; the file's `routing.trace_layers` is kept. `parse(doc, default_name=, base_dir=)` reads one
-    point (moesim.loader passes one that can also fit traces and check placement parameters)."""
+    routing keys; the file's `routing.trace_layers` is kept. `parse(doc, default_name=, base_dir=, cache=)` reads
+    one point (moesim.loader passes one that can also fit traces and check placement parameters); the points
+    share one cache, so a trace is read once per sweep."""
     path = Path(path)
     data = read_yaml_mapping(path, "scenario")
     sweep = data.pop("sweep", None)
@@ -35,7 +36,7 @@ def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[
             sweep = {k: v for k, v in sweep.items() if not str(k).startswith("routing.")} or None
     try:
         keys, grid = _grid(sweep)
-        points = []
+        points, cache = [], {}
         for combo in grid:
             values = dict(zip(keys, combo))
             doc = _copy(data) if values else data
@@ -45,7 +46,7 @@ def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[
             if label and isinstance(data.get("name", path.stem), str):  # a bad name is left for the loader to report
                 doc["name"] = f"{data.get('name', path.stem)}[{label}]"
             try:
-                points.append((values, parse(doc, default_name=path.stem, base_dir=path.parent)))
+                points.append((values, parse(doc, default_name=path.stem, base_dir=path.parent, cache=cache)))
             except SpecError as err:
                 where = f" (sweep point {label})" if label else ""
                 raise SpecError(err.key, err.value, f"{err.expected}{where}", err.source) from None

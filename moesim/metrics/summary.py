@@ -91,10 +91,10 @@ def summarize(result: SimResult) -> RunSummary:
 _INPUTS_OF = {  # summary field prefix -> the inputs that produce it, for the error message
     "step_time": "the profile's peaks, efficiencies and bandwidths (cluster.profile) and the model sizes",
     "tokens_per_s": "the step time (cluster.profile) and training.global_batch_size x training.seq_len",
-    "mfu": "the GPU peak for training.dtype (gpu.peak_tflops) and the step time",
+    "mfu": "the GPU peak for training.dtype (gpu.peak_dense_TFLOPs.<dtype>) and the step time",
     "breakdown": "the profile's peaks, efficiencies and bandwidths (cluster.profile)",
     "peak_memory": "the model sizes and training.optimizer.state_bytes_per_param",
-    "network": "the profile's link bandwidths (node.nvlink_GBps, fabric.nic_GBps)",
+    "network": "the profile's link bandwidths (node.nvlink_GBps, fabric.nic_Gbps)",
 }
 
 

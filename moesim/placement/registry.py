@@ -1,5 +1,5 @@
-"""Policy kind -> (parameter dataclass, policy class). The one place that knows every policy class; the parameter
-dataclasses are declared in moesim.spec.placement_params."""
+"""Policy kind -> (parameter model, policy class). The one place that knows every policy class; the parameter
+models are declared in moesim.spec.placement_params."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ POLICIES: dict[PlacementPolicyKind, tuple[type, type]] = {
 def make_policy(spec: PlacementSpec | PlacementPolicyKind | str, ctx: PlacementContext,
                 params: object = None) -> PlacementPolicy:
     """One MoE layer's policy. `spec`: a scenario's PlacementSpec (its params are used), or a policy kind
-    (`PlacementPolicyKind.EPLB` or `"eplb"`) with `params`, that policy's parameter dataclass (None: defaults)."""
+    (`PlacementPolicyKind.EPLB` or `"eplb"`) with `params`, that policy's parameter model (None: defaults)."""
     if isinstance(spec, PlacementSpec):  # the scenario reader has already typed its params
         params_cls, policy_cls = POLICIES[spec.policy]
         return policy_cls(ctx, spec.params if spec.params is not None else params_cls())

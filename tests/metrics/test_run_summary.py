@@ -63,5 +63,5 @@ def test_a_non_finite_number_is_named_by_its_summary_json_path(summary):
                                   a2a_link_utilisation={**summary.network.a2a_link_utilisation, "nic": nic})
     with pytest.raises(ResultError, match=r"summary network\.a2a_link_utilisation\.nic\.max is inf"):
         check_finite(dataclasses.replace(summary, network=network).to_dict())
-    with pytest.raises(ResultError, match=r"summary mfu is nan: .*gpu\.peak_tflops"):
+    with pytest.raises(ResultError, match=r"summary mfu is nan: .*gpu\.peak_dense_TFLOPs"):
         check_finite(dataclasses.replace(summary, mfu=math.nan).to_dict())

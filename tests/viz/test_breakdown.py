@@ -71,3 +71,13 @@ def test_per_rank_figure_png(tmp_path: Path, n: int, tick_labels: list[str]) -> 
 def test_per_rank_figure_rejects_empty_table() -> None:
     with pytest.raises(ValueError, match="empty"):
         per_rank_figure(pd.DataFrame(columns=["compute"]), title="x")
+
+
+@pytest.mark.parametrize("times", [[1.0, 1.0 + 2e-16, 1.0], [5.0], [1e-300, 1.0000001e-300], [0.0, 0.0]])
+def test_step_time_histogram_draws_times_a_few_ulps_apart(times):
+    import numpy as np
+
+    from moesim.viz.distribution import step_time_histogram
+
+    fig = step_time_histogram(np.array(times), "nearly constant")
+    assert len(fig.axes[0].patches) >= 1
