@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
                      help="refuse a scenario whose estimated peak memory exceeds this (default: the memory "
                           "available on this machine)")
+    _sweep_parser(sub.add_parser("sweep", help="run a scenario file's sweep points in parallel processes; "
+                                               "rerunning resumes an interrupted sweep"))
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
@@ -63,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     _trace_parsers(sub.add_parser("trace", help="record, fit or import routing traces")
                    .add_subparsers(dest="trace_command", required=True, parser_class=_Parser))
     return p
+
+
+def _sweep_parser(sw) -> None:
+    sw.add_argument("scenario", type=Path, help="scenario YAML file with a sweep: section")
+    sw.add_argument("--jobs", type=yaml_int, help="worker processes (default: the number of CPUs)")
+    sw.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-sweep)")
+    sw.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
+    sw.add_argument("--steps", type=yaml_int, help="override simulation.steps")
+    sw.add_argument("--seed", type=yaml_int, help="override simulation.seed")
+    sw.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
+                    help="refuse a sweep whose estimated wall time (over --jobs processes) exceeds this")
+    sw.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
+                    help="refuse a sweep whose estimated peak memory (--jobs points at once) exceeds this "
+                         "(default: the memory available on this machine)")
 
 
 # `moesim trace record` flag -> RecorderConfig field (the flags mirror the fields)
@@ -181,7 +197,7 @@ def _main(argv: list[str]) -> int:
         with warnings.catch_warnings():  # libraries' warnings are not the user's business; errors are ours
             warnings.simplefilter("ignore")
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
-                    "calibrate": _calibrate, "schema": _schema}[args.command](args)
+                    "calibrate": _calibrate, "schema": _schema, "sweep": _sweep}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -220,15 +236,9 @@ def _calibrate(args) -> int:
 
 
 def _override(scenario, steps: int | None, seed: int | None):
-    sim = scenario.simulation
-    fields = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
-    if not fields:
-        return scenario
-    try:  # the same checks as simulation.steps / simulation.seed in YAML (the seed: an integer in [0, 2**63))
-        new_sim = sim.replace(**fields)
-    except SpecError as err:
-        raise SpecError(f"--{err.key}", err.value, err.expected) from None
-    return scenario.model_copy(update={"simulation": new_sim})  # no cross-field rule involves the simulation
+    from moesim.loader import with_simulation  # noqa: PLC0415
+
+    return with_simulation(scenario, steps, seed)
 
 
 def _run(args) -> int:
@@ -241,7 +251,7 @@ def _run(args) -> int:
     points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
     base_name = points[0][1].name.split("[", 1)[0]
     out = args.out or default_run_dir(base_name)
-    _check_cost([sc for _, sc in points], args)
+    _check_cost([sc for _, sc in points], args, write_files=not args.no_files and len(points) == 1)
     if not args.no_files:
         check_out_dir(out, args.force)  # refuse before simulating, not after
     if not keys:
@@ -261,17 +271,17 @@ def _available_memory_bytes() -> float:
     return math.inf
 
 
-def _check_cost(scenarios: list, args) -> None:
+def _check_cost(scenarios: list, args, write_files: bool, jobs: int = 1) -> None:
     """Refuse, before any work, what would take more than --max-wall-s or more memory than --max-memory-GiB
-    (one point at a time for a sweep: memory is the largest point's, time the sum)."""
+    (a sweep runs `jobs` points at a time: memory is the largest point's times that, time the sum over it)."""
     from moesim.sim.estimate import estimate_cost  # noqa: PLC0415
 
     for flag, value in (("--max-wall-s", args.max_wall_s), ("--max-memory-GiB", args.max_memory_GiB)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise SpecError(flag, value, "a finite number > 0")
-    estimates = [estimate_cost(sc, write_files=not args.no_files and len(scenarios) == 1) for sc in scenarios]
-    wall_s = sum(e.wall_s for e in estimates)
-    memory_bytes = max(e.peak_memory_bytes for e in estimates)
+    estimates = [estimate_cost(sc, write_files=write_files) for sc in scenarios]
+    wall_s = sum(e.wall_s for e in estimates) / jobs
+    memory_bytes = max(e.peak_memory_bytes for e in estimates) * jobs
     limit_bytes = args.max_memory_GiB * 2**30 if args.max_memory_GiB is not None else _available_memory_bytes()
     what = estimates[0].describe() if len(estimates) == 1 else f"{len(estimates)} points"
     if wall_s > args.max_wall_s:
@@ -323,6 +333,41 @@ def _run_sweep(keys: list[str], points: list, out: Path, args, name: str) -> int
         with staged_dir(out, args.force) as staging:
             names = [p.name for p in write_sweep_files(staging, table, keys, f"{name}: {len(points)} points")]
         print(f"wrote {', '.join(str(out / n) for n in names)}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from moesim.io.staged_dir import default_run_dir  # noqa: PLC0415
+    from moesim.report.progress import Progress  # noqa: PLC0415
+    from moesim.report.sweep import format_sweep_table, sweep_row, sweep_table, write_sweep_files  # noqa: PLC0415
+    from moesim.sweep import plan_sweep, prepare_sweep_dir, run_sweep  # noqa: PLC0415
+
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise SpecError("--jobs", jobs, "a number of worker processes >= 1")
+    plan = plan_sweep(args.scenario, args.steps, args.seed)  # every point checked before anything runs
+    if not plan.keys:
+        raise SpecError("sweep", None, f"a sweep: section in {args.scenario} (`moesim run` runs one scenario)")
+    out = prepare_sweep_dir(args.out or default_run_dir(f"{plan.name}-sweep"), args.force)
+    todo = plan.todo(out)
+    if todo:
+        _check_cost([p.scenario for p in todo], args, write_files=False, jobs=min(jobs, len(todo)))
+    print(f"{len(plan.points)} points: {len(plan.points) - len(todo)} already in {out}/points"
+          + (f", simulating {len(todo)} in {min(jobs, len(todo))} processes" if todo else ""), file=sys.stderr)
+    t0 = time.perf_counter()
+    outcome = run_sweep(plan, out, jobs, sweep_row, Progress("sweep", "points"))
+    for line in outcome.failures:
+        print(f"moesim: error: {line}", file=sys.stderr)
+    if outcome.failures:
+        print(f"moesim: {len(outcome.failures)} of {len(todo)} points failed; the others are in {out}/points",
+              file=sys.stderr)
+        return EXIT_FAILED
+    table = sweep_table(outcome.rows, plan.keys)
+    print(format_sweep_table(table.drop(columns="point_key"), plan.keys))
+    print(f"{outcome.simulated} points simulated in {time.perf_counter() - t0:.1f} s wall with --jobs {jobs}, "
+          f"{outcome.skipped} already done")
+    names = [p.name for p in write_sweep_files(out, table, plan.keys, f"{plan.name}: {len(plan.points)} points")]
+    print(f"wrote {', '.join(str(out / n) for n in names)} and {len(plan.points)} rows in {out}/points/")
     return 0
 
 

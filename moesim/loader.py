@@ -38,6 +38,19 @@ def load_scenarios(path: str | Path, trace: Path | None = None) -> tuple[list[st
     return sweep_io.load_scenarios(path, trace, parse=parse_scenario)
 
 
+def with_simulation(scenario: Scenario, steps: int | None, seed: int | None) -> Scenario:
+    """The scenario with simulation.steps / simulation.seed replaced (command-line overrides), checked as in
+    YAML (the seed: an integer in [0, 2**63)); a bad value names its flag, e.g. `--steps`."""
+    fields = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    if not fields:
+        return scenario
+    try:
+        new_sim = scenario.simulation.replace(**fields)
+    except SpecError as err:
+        raise SpecError(f"--{err.key}", err.value, err.expected) from None
+    return scenario.model_copy(update={"simulation": new_sim})  # no cross-field rule involves the simulation
+
+
 def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, cache: dict | None = None) -> Scenario:
     """One scenario document (moesim.io.scenario.parse_scenario, with trace fitting and the placement check)."""
     scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit, cache=cache)

@@ -1,5 +1,7 @@
 """Scenario sweeps: a scenario YAML may carry `sweep: {section.key: [values...], ...}`; every point of the
-cartesian product is the base document with those keys replaced, parsed by the same strict loader."""
+cartesian product is the base document with those keys replaced, parsed by the same strict loader.
+`sweep: {zip: {a.b: [...], c.d: [...]}}` pairs lists of equal length element by element (the i-th point takes
+the i-th value of each); a zipped group is one axis of the cartesian product with the other keys."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
 
 MAX_POINTS = 1000
+ZIP_KEY = "zip"
 
 
 def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[..., Scenario] = parse_scenario
@@ -33,7 +36,7 @@ def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[
         data["routing"] = {"trace": str(Path(trace).resolve()),
                            **({"trace_layers": old["trace_layers"]} if "trace_layers" in old else {})}
         if isinstance(sweep, dict):
-            sweep = {k: v for k, v in sweep.items() if not str(k).startswith("routing.")} or None
+            sweep = _without_routing(sweep)
     try:
         keys, grid = _grid(sweep)
         points, cache = [], {}
@@ -55,6 +58,16 @@ def load_scenarios(path: str | Path, trace: Path | None = None, parse: Callable[
     return keys, points
 
 
+def _without_routing(sweep: dict) -> dict | None:
+    """The sweep without routing keys (a replayed trace replaces the routing), zipped ones included."""
+    kept = {k: v for k, v in sweep.items() if not str(k).startswith("routing.")}
+    if isinstance(kept.get(ZIP_KEY), dict):
+        kept[ZIP_KEY] = {k: v for k, v in kept[ZIP_KEY].items() if not str(k).startswith("routing.")}
+        if not kept[ZIP_KEY]:
+            del kept[ZIP_KEY]
+    return kept or None
+
+
 def _copy(data: dict) -> dict:
     try:
         return copy.deepcopy(data)
@@ -68,20 +81,48 @@ def _grid(sweep) -> tuple[list[str], list[tuple]]:
     validate(ScenarioFileKeys, {"sweep": sweep}, {"sweep": sweep})
     if not sweep:
         raise SpecError("sweep", sweep, "a mapping of dotted key paths to lists of values")
-    keys, lists = [], []
+    axes: list[tuple[list[str], list[tuple]]] = []  # (keys, rows of values): zipped keys share one axis
     for key, values in sweep.items():
-        if not isinstance(key, str) or "." not in key or key.split(".")[0] == "sweep":
-            raise SpecError("sweep", key, "dotted key paths such as routing.zipf_s")
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"sweep.{key}", values, "a non-empty list of values")
-        keys.append(key)
-        lists.append(values)
+        if key == ZIP_KEY:
+            axes.append(_zipped(values))
+            continue
+        _check_list(key, values, f"sweep.{key}")
+        axes.append(([key], [(v,) for v in values]))
+    keys = [key for axis_keys, _ in axes for key in axis_keys]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise SpecError(f"sweep.{ZIP_KEY}.{twice[0]}", twice[0], "each key path swept once (zipped or not)")
     total = 1
-    for values in lists:
-        total *= len(values)
+    for _, rows in axes:
+        total *= len(rows)
     if total > MAX_POINTS:
         raise SpecError("sweep", f"{total} points", f"at most {MAX_POINTS} points")
-    return keys, list(itertools.product(*lists))
+    combos = itertools.product(*(rows for _, rows in axes))
+    return keys, [tuple(itertools.chain.from_iterable(parts)) for parts in combos]
+
+
+def _check_list(key, values, where: str) -> None:
+    if not isinstance(key, str) or "." not in key or key.split(".")[0] == "sweep":
+        raise SpecError(where.rsplit(".", 1)[0] if isinstance(key, str) else "sweep", key,
+                        f"dotted key paths such as routing.zipf_s (or `{ZIP_KEY}:` for zipped lists)")
+    if not isinstance(values, list) or not values:
+        raise SpecError(where, values, "a non-empty list of values")
+
+
+def _zipped(group) -> tuple[list[str], list[tuple]]:
+    """`zip: {a.b: [...], c.d: [...]}` -> (keys, one row per index); all lists of one length."""
+    if not isinstance(group, dict) or not group:
+        raise SpecError(f"sweep.{ZIP_KEY}", group, "a mapping of dotted key paths to lists of equal length")
+    keys = list(group)
+    for key in keys:
+        _check_list(key, group[key], f"sweep.{ZIP_KEY}.{key}")
+    first = keys[0]
+    for key in keys[1:]:
+        if len(group[key]) != len(group[first]):
+            raise SpecError(f"sweep.{ZIP_KEY}.{key}", f"{len(group[key])} values",
+                            f"as many values as sweep.{ZIP_KEY}.{first} ({len(group[first])}): zipped lists "
+                            f"pair up element by element")
+    return keys, list(zip(*(group[key] for key in keys)))
 
 
 def _set(doc: dict, dotted: str, value) -> None:

@@ -21,9 +21,10 @@ FIT_FAMILIES = (RoutingDistribution.ZIPF, RoutingDistribution.DIRICHLET, Routing
 
 
 class ScenarioFileKeys(SpecModel):
-    sweep: dict[str, list] | None = spec_field(
-        None, help="dotted key path -> list of values; every point of their cartesian product is simulated",
-        expected="a mapping of dotted key paths to lists of values")
+    sweep: dict[str, list | dict[str, list]] | None = spec_field(
+        None, help="dotted key path -> list of values; every point of their cartesian product is simulated. "
+                   "`zip: {key.path: [...], ...}` pairs lists of equal length element by element, as one axis",
+        expected="a mapping of dotted key paths to lists of values (and `zip:` to such a mapping)")
 
 
 class ClusterFileKeys(SpecModel):
