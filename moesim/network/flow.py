@@ -57,14 +57,31 @@ class FlowNetwork(CollectiveTimes):
         groups, every phase of the configured algorithm). For accounting: per-tier bytes and utilisation."""
         m = np.asarray(bytes_matrix, dtype=np.float64)
         ranks = np.asarray(ranks, dtype=np.int64)
-        phases = hierarchical_all_to_all(m, ranks, self.gpus_per_node) \
-            if self.spec.all_to_all is AllToAllAlgorithm.HIERARCHICAL else [m]
         G, n = ranks.shape
         k = int(np.prod(m.shape[:-3], dtype=np.int64))
         total = np.zeros((k, self.num_links))
-        for p in phases:
+        for p in self._phases(m, ranks):
             total += self._group_loads(p.reshape(k, G, n, n), ranks).sum(1)
         return total.reshape(m.shape[:-3] + (self.num_links,))
+
+    def all_to_all_and_link_bytes(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(all_to_all_s, link_bytes) of one exchange [..., G, n, n], ranks [G, n], with every group's link loads
+        computed once for both (the same numbers, bit for bit, as the two calls)."""
+        m = np.asarray(bytes_matrix, dtype=np.float64)
+        ranks = np.asarray(ranks, dtype=np.int64)
+        G, n = ranks.shape
+        k = int(np.prod(m.shape[:-3], dtype=np.int64))
+        total = np.zeros((k, self.num_links))
+        phases = self._phases(m, ranks)
+        # the same expressions as CollectiveTimes.all_to_all_s, so the times are identical
+        t = sum(self._direct_s(p, ranks, link_bytes=total) for p in phases) if len(phases) > 1 \
+            else self._direct_s(m, ranks, link_bytes=total)
+        return t, total.reshape(m.shape[:-3] + (self.num_links,))
+
+    def _phases(self, m: np.ndarray, ranks: np.ndarray) -> list[np.ndarray]:
+        if self.spec.all_to_all is AllToAllAlgorithm.HIERARCHICAL:
+            return hierarchical_all_to_all(m, ranks, self.gpus_per_node)
+        return [m]
 
     def _members_per_node(self, ranks: np.ndarray) -> int | None:
         """m when every group lists its members node by node, m per node (the usual EP / DP group): then the
@@ -139,27 +156,32 @@ class FlowNetwork(CollectiveTimes):
         hop = np.where(own, 0.0, by_rail)  # bytes that first hop over NVLink to the rail's proxy GPU
         proxy = node[:, :, None] * g + np.arange(nics) * g // nics
         src_nic = node[:, :, None] * nics + np.arange(nics)
-        offset = np.arange(B) * size
-        load = np.zeros(B * size)
+        load = np.zeros((B, size))
+        rows = np.arange(B)
 
-        def add(links: np.ndarray, weights: np.ndarray) -> None:
-            idx = links + offset.reshape((B,) + (1,) * (links.ndim - 1))
-            load[:] += np.bincount(idx.ravel(), np.broadcast_to(weights, links.shape).ravel(), B * size)
+        def add(links: np.ndarray, first: np.ndarray, width: int, weights: np.ndarray) -> None:
+            """Bytes onto one family of links [first, first + width): a bincount over that family only (the
+            same sums in the same order as over all links, without touching the others)."""
+            first = int(first)
+            idx = links - first + (rows * width).reshape((B,) + (1,) * (links.ndim - 1))
+            w = np.broadcast_to(weights, links.shape).ravel()
+            load[:, first:first + width] += np.bincount(idx.ravel(), w, B * width).reshape(B, width)
 
-        add(topo.nvl_out(ranks), intra_out + hop.sum(2))
-        add(topo.nvl_in(ranks), intra_in)
-        add(topo.nvl_in(proxy), hop)
-        add(topo.nic_out(src_nic), by_rail)
-        add(topo.nic_in(nic), inter.sum(1))
+        gpus, nic_links, leaves = topo.num_gpus, topo.num_nodes * nics, topo.num_leaves
+        add(topo.nvl_out(ranks), topo.nvl_out(0), gpus, intra_out + hop.sum(2))
+        add(topo.nvl_in(ranks), topo.nvl_in(0), gpus, intra_in)
+        add(topo.nvl_in(proxy), topo.nvl_in(0), gpus, hop)
+        add(topo.nic_out(src_nic), topo.nic_out(0), nic_links, by_rail)
+        add(topo.nic_in(nic), topo.nic_in(0), nic_links, inter.sum(1))
         if groups > 1:  # on one rail, only node groups under different leaves cross the spine
             other = group[:, :, None, None] != np.arange(groups)  # [B, src, 1, dst group]
             spine = np.where(other, by, 0.0)
             rails = np.arange(nics)[None, None, :, None]
             up = np.broadcast_to(group[:, :, None, None] * nics + rails, spine.shape)
             down = np.broadcast_to(np.arange(groups) * nics + rails, spine.shape)
-            add(topo.leaf_up(up), spine)
-            add(topo.leaf_down(down), spine)
-        return load.reshape(B, size)
+            add(topo.leaf_up(up), topo.leaf_up(0), leaves, spine)
+            add(topo.leaf_down(down), topo.leaf_down(0), leaves, spine)
+        return load
 
     def _peer_overhead_s(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         """[k, G, n, n] -> [k, G]: the busiest member's per-peer issue cost, sends or receives."""
@@ -176,7 +198,8 @@ class FlowNetwork(CollectiveTimes):
         return self._ring_latency_s[tier]
 
     def _direct_s(self, matrices: np.ndarray, ranks: np.ndarray, peer_overhead: bool = True,
-                  ring_step: bool = False) -> np.ndarray:
+                  ring_step: bool = False, link_bytes: np.ndarray | None = None) -> np.ndarray:
+        """`link_bytes` [k, links], when given, accumulates the exchange's link loads (all groups)."""
         m = np.asarray(matrices, dtype=np.float64)
         G, n = ranks.shape
         lead = m.shape[:-3]
@@ -188,10 +211,14 @@ class FlowNetwork(CollectiveTimes):
             step = max(1, _CHUNK_ELEMENTS // max(1, G * self.num_links))
             for lo in range(0, k, step):
                 loads = self._group_loads(flat[lo:lo + step], ranks)  # [c, G, L]
+                if link_bytes is not None:
+                    link_bytes[lo:lo + step] += loads.sum(1)
                 total = loads.sum(1, keepdims=True) / cap
                 drain[lo:lo + step] = np.where(loads > 0, total, 0.0).max(-1)
         else:
             drain = np.array([self._maxmin_groups(x, ranks) for x in flat]).reshape(k, G)
+            if link_bytes is not None:
+                link_bytes += self._group_loads(flat, ranks).sum(1)
         inter_any, any_bytes = self._crossings(flat, ranks)
         nic_s, nvl_s = (self._ring_latency_s["inter_node"], self._ring_latency_s["intra_node"]) if ring_step \
             else (self.topology.nic_latency_s, self.topology.nvlink_latency_s)

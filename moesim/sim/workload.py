@@ -75,6 +75,15 @@ def layer_costs(sc: Scenario) -> LayerCosts:
                       head, 2.0 * head)
 
 
+def _all_to_all(net: CollectiveModel, links: FlowNetwork, groups: np.ndarray,
+                ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(time [M, G], link bytes [M, links]) of one exchange: when the timing model is the link model, each
+    group's link loads are computed once for both."""
+    if net is links:
+        return links.all_to_all_and_link_bytes(groups, ranks)
+    return net.all_to_all_s(groups, ranks), links.link_bytes(groups, ranks)
+
+
 def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads: np.ndarray, stage: int,
                    gate_rng: np.random.Generator, placement: Placement | None = None) -> MoeLayerWork:
     """loads [M, q, E]: assignments each local rank's router asks for, per expert, in this layer.
@@ -113,9 +122,9 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
     back = groups.swapaxes(-1, -2)
-    dispatch = net.all_to_all_s(groups, ranks).reshape(M, lay.edp, lay.etp)
-    combine = net.all_to_all_s(back, ranks).reshape(M, lay.edp, lay.etp)
-    dispatch_links = links.link_bytes(groups, ranks)  # [M, links]
+    dispatch, dispatch_links = _all_to_all(net, links, groups, ranks)  # [M, edp * etp], [M, links]
+    combine, combine_links = _all_to_all(net, links, back, ranks)
+    dispatch, combine = dispatch.reshape(M, lay.edp, lay.etp), combine.reshape(M, lay.edp, lay.etp)
     tier = links.topology.link_tier
     # a byte crossing a tier loads one egress and one ingress link of it
     tier_bytes = np.stack([dispatch_links[:, tier == t].sum(-1) / 2.0 for t in range(3)], axis=-1)
@@ -149,7 +158,7 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         unrouted_fraction=per_micro_batch(gate.unrouted_tokens) / tokens,
         a2a_bytes=sent_bytes.reshape(M, -1).sum(-1),
         a2a_tier_bytes=tier_bytes,
-        link_bytes=dispatch_links.sum(0) + links.link_bytes(back, ranks).sum(0),
+        link_bytes=dispatch_links.sum(0) + combine_links.sum(0),
         a2a_matrix=groups[:, 0].mean(0),
     )
 

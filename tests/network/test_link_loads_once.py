@@ -1,0 +1,53 @@
+"""`FlowNetwork.all_to_all_and_link_bytes` (what moe_layer_work calls: each group's link loads computed once for
+timing and byte accounting) gives exactly, bit for bit, the separate `all_to_all_s` and `link_bytes`."""
+
+import numpy as np
+import pytest
+
+from moesim.network import FlowNetwork
+from moesim.spec import ClusterSpec
+from moesim.spec.network import AllToAllAlgorithm, CrossRail, FlowSolver, NetworkSpec
+
+from helpers import h100
+
+SPECS = [
+    NetworkSpec(),
+    NetworkSpec(cross_rail=CrossRail.SPINE),
+    NetworkSpec(all_to_all=AllToAllAlgorithm.HIERARCHICAL),
+    NetworkSpec(solver=FlowSolver.MAXMIN),
+]
+
+
+def _uneven(rng, lead, G, n):
+    """Skewed byte matrices with holes (some pairs send nothing) and one hot receiver per group."""
+    m = rng.exponential(1e6, size=(*lead, G, n, n)) * (rng.random((*lead, G, n, n)) < 0.6)
+    m[..., rng.integers(n)] *= 20.0
+    return m
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.solver.value}-{s.cross_rail.value}-{s.all_to_all.value}")
+@pytest.mark.parametrize("nodes,ranks", [
+    (4, np.arange(32).reshape(2, 16)),  # two EP groups of 2 nodes x 8, node-contiguous
+    (4, np.arange(32).reshape(16, 2).T),  # two interleaved groups, 4 members on each node
+    (66, np.arange(66 * 8).reshape(66, 8)[::2, :4].reshape(3, 44)),  # 3 groups, the last across two leaves
+])
+def test_once_per_exchange_equals_separate_timing_and_link_bytes(spec, nodes, ranks):
+    if spec.solver is FlowSolver.MAXMIN and nodes > 4:
+        pytest.skip("max-min over hundreds of flows: slow, and the small cases cover its branch")
+    net = FlowNetwork(ClusterSpec(h100(), nodes), spec)
+    rng = np.random.default_rng(nodes)
+    G, n = ranks.shape
+    for lead in [(3,), (2, 2)]:
+        m = _uneven(rng, lead, G, n)
+        t, links = net.all_to_all_and_link_bytes(m, ranks)
+        assert t.shape == (*lead, G) and links.shape == (*lead, net.num_links)
+        assert np.array_equal(t, net.all_to_all_s(m, ranks))
+        assert np.array_equal(links, net.link_bytes(m, ranks))
+
+
+def test_shared_nics_once_equals_separate():
+    net = FlowNetwork(ClusterSpec(h100().replace(fabric=h100().fabric.replace(nics_per_node=4)), 4), NetworkSpec())
+    m = _uneven(np.random.default_rng(3), (4,), 1, 32)
+    t, links = net.all_to_all_and_link_bytes(m, np.arange(32)[None])
+    assert np.array_equal(t, net.all_to_all_s(m, np.arange(32)[None]))
+    assert np.array_equal(links, net.link_bytes(m, np.arange(32)[None]))
