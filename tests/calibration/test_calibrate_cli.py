@@ -58,11 +58,3 @@ def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, 
     assert main(["calibrate", "--from-samples", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.yaml")]) == 2
     assert main(["calibrate", "--ranks", "1", "--out", str(tmp_path / "y.yaml")]) == 2
 
-
-def test_a_passed_deadline_names_the_step_in_progress(tmp_path, capsys):
-    """The deadline message says which operation, size and repeat the ranks were in (or that none had begun)."""
-    code = main(["calibrate", "--out", str(tmp_path / "p.yaml"), "--quick", "--ranks", "2", "--timeout", "3"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "the deadline of 3 s passed" in err[0]
-    assert " B, " in err[0] or "before the first measurement started" in err[0]
-    assert not (tmp_path / "p.yaml").exists()

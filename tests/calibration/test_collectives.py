@@ -62,6 +62,13 @@ def _hang_on_rank1(rank: int, world_size: int) -> None:
     dist.barrier()
 
 
+def _stuck_in_a_step(rank: int, world_size: int, label: str) -> None:
+    from moesim.calibration.collectives import _Steps
+
+    with _Steps(rank, timeout_s=3600) as steps, steps.step(label):
+        time.sleep(3600)
+
+
 # ------------------------------------------------------------------------------------------------ real runs
 
 def _check_rows(frame: pd.DataFrame, tier: str, ranks: int) -> None:
@@ -137,6 +144,13 @@ def test_a_hung_rank_is_ended_by_the_deadline(workers_importable):
     with pytest.raises(CalibrationError, match=r"(deadline of 6 s passed|still running)"):
         run_local(2, _hang_on_rank1, (), timeout_s=6, op_timeout_s=60)
     assert time.monotonic() - start_s < 15
+
+
+def test_a_passed_deadline_names_the_operation_size_and_repeat_in_progress(workers_importable):
+    label = "all_to_all inter_node 4096 B, repeat 2"
+    with pytest.raises(CalibrationError) as err:
+        run_local(2, _stuck_in_a_step, (label,), timeout_s=8, op_timeout_s=60)
+    assert f"the deadline of 8 s passed during {label}" in str(err.value)
 
 
 def test_a_failed_step_is_named_and_a_stuck_step_reported():
