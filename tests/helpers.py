@@ -45,3 +45,22 @@ def scenario(*, nodes: int = 1, gpus_per_node: int = 8, layout: ParallelLayout |
         routing=routing,
         simulation=SimulationSpec(steps=steps, warmup_steps=0, seed=seed),
     )
+
+
+def signal_when(proc, ready, send, deadline_s: float = 120.0, poll_s: float = 0.002) -> None:
+    """Poll `ready()` while `proc` (a subprocess.Popen) runs; the first time it holds, call `send()` (e.g. a
+    signal). Then wait for the process to end, and never leave it running."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                send()
+                break
+            time.sleep(poll_s)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import signal_when
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
@@ -38,20 +39,10 @@ def _kill_when(out: Path, seed: int, sig: int, min_staged_files: int) -> None:
     """Start a rerun into `out`; send `sig` once its staging directory holds `min_staged_files` files (0: as
     soon as the process is up, i.e. while it simulates)."""
     proc = subprocess.Popen(_cmd(out, seed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        if min_staged_files == 0:
-            time.sleep(0.5)
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _staged_files(out.parent, out.name) >= min_staged_files:
-                proc.send_signal(sig)
-                break
-            time.sleep(0.002)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    if min_staged_files == 0:
+        time.sleep(0.5)
+    signal_when(proc, lambda: _staged_files(out.parent, out.name) >= min_staged_files,
+                lambda: proc.send_signal(sig))
 
 
 @pytest.fixture(scope="module")

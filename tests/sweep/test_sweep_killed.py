@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
+from helpers import signal_when
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,18 +33,9 @@ def _kill_after_first_point(scenario: Path, out: Path) -> int:
     point files at that moment."""
     proc = subprocess.Popen(_cmd(scenario, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 60
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if list((out / "points").glob("*.parquet")) if (out / "points").is_dir() else []:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    points = out / "points"
+    signal_when(proc, lambda: points.is_dir() and any(points.glob("*.parquet")),
+                lambda: os.killpg(proc.pid, signal.SIGKILL), deadline_s=60, poll_s=0.005)
     return len(list((out / "points").glob("*.parquet")))
 
 
