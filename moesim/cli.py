@@ -33,17 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="simulate a scenario and write its outputs")
     run.add_argument("scenario", type=Path, help="scenario YAML file")
     run.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>)")
-    run.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
-    run.add_argument("--steps", type=yaml_int, help="override simulation.steps")  # 10, 0x10, 0o10 as in YAML
-    run.add_argument("--seed", type=yaml_int, help="override simulation.seed")
+    _run_flags(run, "a scenario whose")
     run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing (.parquet, "
                                                 "SmartMoE .npz or log directory); swept routing keys are dropped")
     run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
-    run.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
-                     help="refuse a scenario whose estimated simulation time exceeds this (default: one hour)")
-    run.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
-                     help="refuse a scenario whose estimated peak memory exceeds this (default: the memory "
-                          "available on this machine)")
     _sweep_parser(sub.add_parser("sweep", help="run a scenario file's sweep points in parallel processes; "
                                                "rerunning resumes an interrupted sweep"))
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
@@ -67,18 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_flags(p, refused: str) -> None:
+    """The flags `run` and `sweep` share. `refused`: what the cost limits refuse, e.g. "a sweep whose"."""
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
+    p.add_argument("--steps", type=yaml_int, help="override simulation.steps")  # 10, 0x10, 0o10 as in YAML
+    p.add_argument("--seed", type=yaml_int, help="override simulation.seed")
+    p.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
+                   help=f"refuse {refused} estimated wall time exceeds this (default: one hour)")
+    p.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
+                   help=f"refuse {refused} estimated peak memory exceeds this (default: the memory available "
+                        "on this machine)")
+
+
 def _sweep_parser(sw) -> None:
     sw.add_argument("scenario", type=Path, help="scenario YAML file with a sweep: section")
     sw.add_argument("--jobs", type=yaml_int, help="worker processes (default: the number of CPUs)")
     sw.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-sweep)")
-    sw.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
-    sw.add_argument("--steps", type=yaml_int, help="override simulation.steps")
-    sw.add_argument("--seed", type=yaml_int, help="override simulation.seed")
-    sw.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
-                    help="refuse a sweep whose estimated wall time (over --jobs processes) exceeds this")
-    sw.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
-                    help="refuse a sweep whose estimated peak memory (--jobs points at once) exceeds this "
-                         "(default: the memory available on this machine)")
+    _run_flags(sw, "a sweep (--jobs points at a time) whose")
 
 
 # `moesim trace record` flag -> RecorderConfig field (the flags mirror the fields)
@@ -208,7 +206,7 @@ def _main(argv: list[str]) -> int:
         print("moesim: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `moesim run ... | head`: the reader left; stop quietly
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # so the interpreter's final flush cannot fail
         return 141
 
 
@@ -235,20 +233,14 @@ def _calibrate(args) -> int:
     return 0
 
 
-def _override(scenario, steps: int | None, seed: int | None):
-    from moesim.loader import with_simulation  # noqa: PLC0415
-
-    return with_simulation(scenario, steps, seed)
-
-
 def _run(args) -> int:
     from moesim.io.staged_dir import check_out_dir, default_run_dir  # noqa: PLC0415 - keep `validate` light
-    from moesim.loader import load_scenarios  # noqa: PLC0415
+    from moesim.loader import load_scenarios, with_simulation  # noqa: PLC0415
 
     if args.trace is not None and not (args.trace.is_file() or args.trace.is_dir()):
         raise SpecError("--trace", str(args.trace), "an existing trace file or directory")
     keys, points = load_scenarios(args.scenario, args.trace)
-    points = [(values, _override(sc, args.steps, args.seed)) for values, sc in points]
+    points = [(values, with_simulation(sc, args.steps, args.seed)) for values, sc in points]
     base_name = points[0][1].name.split("[", 1)[0]
     out = args.out or default_run_dir(base_name)
     _check_cost([sc for _, sc in points], args, write_files=not args.no_files and len(points) == 1)

@@ -105,12 +105,8 @@ def provenance(sc) -> Provenance:
     from moesim import __version__  # noqa: PLC0415 - the package root imports this module lazily
 
     resolved = sc.model_dump(mode="json", exclude={"routing": {"trace"}})
-    trace = sc.routing.trace
-    if trace is not None:
-        counts = np.ascontiguousarray(trace.counts)
-        digest = hashlib.sha256(repr((counts.shape, counts.dtype.str)).encode())
-        digest.update(counts.tobytes())
-        resolved["routing"]["trace_sha256"] = digest.hexdigest()
+    if sc.routing.trace is not None:
+        resolved["routing"]["trace_sha256"] = sc.routing.trace.counts_sha256
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Provenance(moesim_version=__version__, seed=sc.simulation.seed, steps=sc.simulation.steps,
                       warmup_steps=sc.simulation.warmup_steps,
