@@ -13,6 +13,7 @@ from moesim.io.staged_dir import staged_dir
 from moesim.metrics.summary import per_rank_breakdown
 from moesim.metrics.types import RunSummary
 from moesim.sim.simulate import SimResult
+from moesim.spec.simulation import RecordDetail
 from moesim.viz.breakdown import breakdown_figure, per_rank_figure
 from moesim.viz.distribution import step_time_histogram
 from moesim.viz.network import a2a_heatmap
@@ -33,21 +34,25 @@ def write_run(out_dir: Path, result: SimResult, summary: RunSummary, force: bool
 def write_run_files(out_dir: Path, result: SimResult, summary: RunSummary) -> list[Path]:
     """summary.json, records.parquet, layer_stats.parquet, a2a_matrices.parquet, placement_events.csv,
     breakdown_per_rank.csv, trace.json (the first measured step) and four PNG plots, into an existing
-    directory. Returns the paths written."""
+    directory. Returns the paths written. With simulation.records per_rank, records.parquet holds the per-rank
+    sums and there is no trace.json (no op times to draw); with summary, neither is written."""
     sc = result.scenario
+    detail = sc.simulation.records
     per_rank = per_rank_breakdown(result)
-    written = [
-        write_json_atomic(out_dir / "summary.json", summary.to_dict()),
-        write_parquet_atomic(out_dir / "records.parquet", result.records),
+    written = [write_json_atomic(out_dir / "summary.json", summary.to_dict())]
+    if detail is not RecordDetail.SUMMARY:
+        written.append(write_parquet_atomic(out_dir / "records.parquet", result.records))
+    written += [
         write_parquet_atomic(out_dir / "layer_stats.parquet", result.layer_stats),
         write_parquet_atomic(out_dir / "a2a_matrices.parquet", a2a_frame(result)),
         write_text_atomic(out_dir / "placement_events.csv",
                           result.placement_events.to_csv(index=False, float_format="%.9g")),
         write_text_atomic(out_dir / "breakdown_per_rank.csv", per_rank.to_csv(float_format="%.9g")),
     ]
-    first = int(result.measured_steps[0])
-    trace = chrome_trace(result.records, ranks_per_node=sc.cluster.profile.node.gpus_per_node, steps=[first])
-    written.append(write_chrome_trace(out_dir / "trace.json", trace))
+    if detail is RecordDetail.FULL:
+        first = int(result.measured_steps[0])
+        trace = chrome_trace(result.records, ranks_per_node=sc.cluster.profile.node.gpus_per_node, steps=[first])
+        written.append(write_chrome_trace(out_dir / "trace.json", trace))
     title = f"{sc.name}: {sc.model.name} on {sc.layout.world_size} x {sc.cluster.profile.gpu.name}"
     written.append(write_figure_atomic(out_dir / "breakdown.png",
                                        breakdown_figure(summary.breakdown_s, summary.step_time_mean_s, title)))

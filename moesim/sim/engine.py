@@ -1,10 +1,14 @@
-"""The SimPy engine: one process per rank replays a 1F1B schedule of one training step.
+"""The SimPy engine: one process per pipeline stage replays Megatron's 1F1B schedule of one training step for all
+of the stage's ranks at once.
 
 Per micro-batch and layer: attention (+ dense FFN, or router + shared experts) -> tensor-parallel collectives
--> dispatch all-to-all -> expert compute -> combine all-to-all; backward mirrors it. Collectives are
-rendezvous: a group's collective starts when its last member arrives and every member resumes at its end
-(one shared event per group, never one per message). Durations come precomputed from sim/workload.py, so
-the result depends only on arrival times, never on the order SimPy resumes processes.
+-> dispatch all-to-all -> expert compute -> combine all-to-all; backward mirrors it. A stage's ranks run the same
+op sequence and differ only in durations and arrival times, so a stage's process carries `t`, the vector of its
+ranks' clocks (seconds since the step start): compute adds each rank's duration; a collective (TP, EP, DP and
+expert-DP groups all lie inside one stage) ends for every member at the group's last arrival plus its duration.
+Only pipeline messages cross stages: SimPy events whose value is the vector of per-rank arrival times. A
+stage's SimPy clock follows its earliest rank, so SimPy orders the stages' interplay; durations come precomputed
+from sim/workload.py, and the result depends only on arrival times, never on the order SimPy resumes processes.
 """
 
 from __future__ import annotations
@@ -15,38 +19,15 @@ import numpy as np
 import simpy
 
 from moesim.cost.compute import backward_multiplier
-from moesim.sim.records import OpKind, Phase, RankRecords, RecordLog
+from moesim.sim.records import OpKind, Phase, RecordBlock, RecordLog
 from moesim.sim.workload import MoeLayerWork, StaticWork
 from moesim.spec.scenario import Scenario
 
 
-class Rendezvous:
-    """Collectives as rendezvous: `arrive` returns the group's completion event, which fires `duration_s`
-    after the last of `size` members arrived."""
-
-    def __init__(self, env: simpy.Environment):
-        self.env = env
-        self._pending: dict[tuple, list] = {}
-
-    def arrive(self, key: tuple, size: int, duration_s: float) -> simpy.Event:
-        entry = self._pending.get(key)
-        if entry is None:
-            entry = self._pending[key] = [0, self.env.event()]
-        entry[0] += 1
-        if entry[0] == size:
-            del self._pending[key]
-            done = entry[1]
-            self.env.timeout(duration_s).callbacks.append(lambda _event: done.succeed())
-        return entry[1]
-
-    @property
-    def open_groups(self) -> int:
-        return len(self._pending)
-
-
 class Mailbox:
-    """Point-to-point pipeline messages: the sender never blocks; the receiver waits for the arrival.
-    Whichever side comes first creates the message's event; the second takes it out of the box."""
+    """Pipeline messages between stages: the sender never blocks; the receiver waits for the arrival. Whichever
+    side comes first creates the message's event; the second takes it out of the box. A message's value is the
+    vector of its arrival times per rank; its event fires when the first of them has arrived."""
 
     def __init__(self, env: simpy.Environment):
         self.env = env
@@ -58,12 +39,16 @@ class Mailbox:
             ev = self._events[key] = self.env.event()
         return ev
 
-    def send(self, key: tuple, transfer_s: float) -> None:
+    def send(self, key: tuple, arrival_s: np.ndarray) -> None:
         ev = self._take(key)
-        self.env.timeout(transfer_s).callbacks.append(lambda _event: ev.succeed())
+        self.env.timeout(float(arrival_s.min()) - self.env.now).callbacks.append(lambda _e: ev.succeed(arrival_s))
 
     def receive(self, key: tuple) -> simpy.Event:
         return self._take(key)
+
+    @property
+    def undelivered(self) -> int:
+        return len(self._events)
 
 
 def one_f_one_b(stage: int, num_stages: int, num_micro_batches: int) -> list[tuple[Phase, int]]:
@@ -99,135 +84,146 @@ class StepContext:
 
 def simulate_step(ctx: StepContext, start_order: np.ndarray | None = None) -> float:
     """Run one step; append its records; return the step time (s). `start_order` permutes the order in
-    which rank processes are created (a test uses it to show the order does not matter)."""
+    which the stages' processes are created (a test uses it to show the order does not matter)."""
     env = simpy.Environment()
-    rdv, mail = Rendezvous(env), Mailbox(env)
-    world = ctx.sc.layout.world_size
-    finish = np.zeros(world)
-    order = np.arange(world) if start_order is None else np.asarray(start_order)
-    for rank in order:
-        env.process(_rank(env, ctx, rdv, mail, int(rank), finish))
+    mail = Mailbox(env)
+    lay = ctx.sc.layout
+    finish = np.zeros((lay.pp, lay.ranks_per_stage))
+    blocks = [ctx.log.block(ctx.step, s * lay.ranks_per_stage, lay.ranks_per_stage) for s in range(lay.pp)]
+    order = np.arange(lay.pp) if start_order is None else np.asarray(start_order)
+    for stage in order:
+        env.process(_Stage(env, ctx, mail, int(stage), blocks[int(stage)]).run(finish))
     env.run()
-    if rdv.open_groups:  # a member never arrived: a schedule bug, not user input
-        raise AssertionError(f"{rdv.open_groups} collectives never completed")
+    if mail.undelivered:  # a message nobody sent or received: a schedule bug, not user input
+        raise AssertionError(f"{mail.undelivered} pipeline messages never delivered")
     step_s = float(finish.max())
-    for rank in range(world):
-        if finish[rank] < step_s:
-            ctx.log.add(ctx.step, rank, -1, -1, Phase.STEP, OpKind.IDLE, float(finish[rank]), step_s)
-    ctx.log.flush()  # the step's per-rank buffers become columns now, before the next step's arrays are built
+    for stage, blk in enumerate(blocks):
+        idle = finish[stage] < step_s
+        if idle.any():
+            blk.add(-1, -1, Phase.STEP, OpKind.IDLE, finish[stage], step_s, keep=idle)
+    ctx.log.flush()  # the step's blocks become columns now, before the next step's arrays are built
     return step_s
 
 
-def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, finish: np.ndarray):
-    sc, st = ctx.sc, ctx.static
-    log = ctx.log.rank(ctx.step, rank)  # this rank's buffer for the step: no lookup per op
-    lay = sc.layout
-    q_count = lay.ranks_per_stage
-    stage, q = divmod(rank, q_count)
-    layers = range(stage * sc.layers_per_stage, (stage + 1) * sc.layers_per_stage)
-    last = stage == lay.pp - 1
-    pw = ctx.placement
-    if pw is not None:
-        ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
-        yield from _compute(env, log, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
-    for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
-        fwd = phase is Phase.FORWARD
-        upstream = stage > 0 if fwd else not last
-        if upstream:
-            t0 = env.now
-            yield mail.receive((rank, mb, phase))
-            if env.now > t0:
-                log.add(mb, -1, phase, OpKind.PP_WAIT, t0, env.now)
-        if last and not fwd:
-            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
-        for layer in (layers if fwd else reversed(layers)):
-            yield from _layer(env, ctx, rdv, log, stage, q, layer, mb, phase)
-        if last and fwd:
-            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
-        downstream = not last if fwd else stage > 0
-        if downstream:
-            peer = rank + q_count if fwd else rank - q_count
-            link_stage = stage if fwd else stage - 1
-            mail.send((peer, mb, phase), float(st.p2p_s[link_stage, q]))
-    yield from _collective(env, rdv, log, ("dp", stage, q % lay.tp), lay.dp,
-                           float(st.dp_dense_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_DENSE,
-                           float(st.grad_bytes[stage, 0]))
-    yield from _collective(env, rdv, log, ("edp", stage, q % (lay.ep * lay.etp)), lay.edp,
-                           float(st.dp_expert_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_EXPERT,
-                           float(st.grad_bytes[stage, 1]))
-    if pw is not None and pw.replica_sync_s[stage] > 0:
-        yield from _compute(env, log, -1, -1, Phase.STEP,
-                            ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
-    yield from _compute(env, log, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
-    finish[rank] = env.now
+def _group_end(t: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Each rank's group's last arrival, where the stage's ranks reshaped to `shape` form groups along `axis`."""
+    return np.broadcast_to(t.reshape(shape).max(axis=axis, keepdims=True), shape).reshape(-1)
 
 
-def _layer(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int, mb: int,
-           phase: Phase):
-    """Forward: attention (+ dense FFN | router) -> TP collectives -> dispatch -> experts -> combine.
-    Backward runs the same blocks in reverse order with backward costs."""
-    fwd = phase is Phase.FORWARD
-    blocks = [_dense_block, _moe_block] if fwd else [_moe_block, _dense_block]
-    for block in blocks:
-        yield from block(env, ctx, rdv, log, stage, q, layer, mb, phase)
+class _Stage:
+    """One pipeline stage's ranks, q = 0 .. ranks_per_stage - 1 (q = tp_rank + tp * dp_rank
+    = etp_rank + etp * (ep_rank + ep * edp_rank), moesim.sim.workload)."""
 
+    def __init__(self, env: simpy.Environment, ctx: StepContext, mail: Mailbox, stage: int, log: RecordBlock):
+        self.env, self.ctx, self.mail, self.stage, self.log = env, ctx, mail, stage, log
+        lay = ctx.sc.layout
+        q = lay.ranks_per_stage
+        # collective groups as (shape, axis) over the stage's ranks
+        self.tp_group = ((q // lay.tp, lay.tp), 1)  # q // tp
+        self.ep_group = ((lay.edp, lay.ep, lay.etp), 1)  # (q // (ep * etp), q % etp)
+        self.dp_group = ((lay.dp, lay.tp), 0)  # q % tp
+        self.edp_group = ((lay.edp, lay.ep * lay.etp), 0)  # q % (ep * etp)
 
-def _dense_block(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int,
-                 mb: int, phase: Phase):
-    lc, lay, fwd = ctx.static.layers, ctx.sc.layout, phase is Phase.FORWARD
-    is_moe = layer in ctx.moe
-    ops = [(OpKind.ATTENTION, lc.attention_fwd_s if fwd else lc.attention_bwd_s)]
-    if is_moe:
-        ops.append((OpKind.ROUTER, lc.router_fwd_s if fwd else lc.router_bwd_s))
-    else:
-        ops.append((OpKind.DENSE_FFN, lc.dense_ffn_fwd_s if fwd else lc.dense_ffn_bwd_s))
-    yield from _compute(env, log, mb, layer, phase, ops)
-    if lay.tp > 1:
-        yield from _collective(env, rdv, log, ("tp", layer, mb, phase, stage, q // lay.tp),
-                               lay.tp, float(ctx.static.tp_comm_s[stage, q, int(is_moe)]), mb, layer, phase,
-                               OpKind.TP_COMM)
+    def run(self, finish: np.ndarray):
+        ctx, st, stage = self.ctx, self.ctx.static, self.stage
+        sc, lay = ctx.sc, ctx.sc.layout
+        layers = range(stage * sc.layers_per_stage, (stage + 1) * sc.layers_per_stage)
+        last = stage == lay.pp - 1
+        t = np.zeros(lay.ranks_per_stage)
+        pw = ctx.placement
+        if pw is not None:
+            ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
+            t = self._compute(t, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
+        for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
+            fwd = phase is Phase.FORWARD
+            if stage > 0 if fwd else not last:  # upstream
+                arrival = yield self.mail.receive((stage, mb, phase))
+                waited = arrival > t
+                if waited.any():
+                    self.log.add(mb, -1, phase, OpKind.PP_WAIT, t, arrival, keep=waited)
+                    t = np.where(waited, arrival, t)
+            if last and not fwd:
+                t = self._compute(t, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
+            for layer in (layers if fwd else reversed(layers)):
+                t = self._layer(t, layer, mb, phase)
+            if last and fwd:
+                t = self._compute(t, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
+            if not last if fwd else stage > 0:  # downstream
+                yield from self._advance(t)
+                link_stage = stage if fwd else stage - 1
+                self.mail.send((stage + 1 if fwd else stage - 1, mb, phase), t + st.p2p_s[link_stage])
+        t = self._collective(t, self.dp_group, lay.dp, st.dp_dense_s[stage], -1, -1, Phase.STEP,
+                             OpKind.DP_SYNC_DENSE, float(st.grad_bytes[stage, 0]))
+        t = self._collective(t, self.edp_group, lay.edp, st.dp_expert_s[stage], -1, -1, Phase.STEP,
+                             OpKind.DP_SYNC_EXPERT, float(st.grad_bytes[stage, 1]))
+        if pw is not None and pw.replica_sync_s[stage] > 0:
+            t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
+        t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
+        yield from self._advance(t)
+        finish[stage] = t
 
+    def _advance(self, t: np.ndarray):
+        """Move the stage's SimPy clock to its earliest rank (it never runs ahead of any rank)."""
+        delay = float(t.min()) - self.env.now
+        if delay > 0:
+            yield self.env.timeout(delay)
 
-def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankRecords, stage: int, q: int, layer: int,
-               mb: int, phase: Phase):
-    moe = ctx.moe.get(layer)
-    if moe is None:
-        return
-    lay = ctx.sc.layout
-    group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
-    factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(ctx.sc.training.recompute)
-    ready = ctx.placement.layer_ready_s.get(layer, 0.0) if ctx.placement is not None else 0.0
-    if env.now < ready:  # an overlapped migration has not delivered this layer's experts yet
-        log.add(mb, layer, phase, OpKind.MIGRATION, env.now, ready)
-        yield env.timeout(ready - env.now)
-    nbytes = float(moe.sent_bytes[mb, q])
-    yield from _collective(env, rdv, log, ("dispatch", layer, mb, phase, group), lay.ep,
-                           float(moe.dispatch_s[mb, q]), mb,
-                           layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
-    yield from _compute(env, log, mb, layer, phase,
-                        ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
-    yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
-                           float(moe.combine_s[mb, q]), mb,
-                           layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))
+    def _layer(self, t: np.ndarray, layer: int, mb: int, phase: Phase) -> np.ndarray:
+        """Forward: attention (+ dense FFN | router) -> TP collectives -> dispatch -> experts -> combine.
+        Backward runs the same blocks in reverse order with backward costs."""
+        if phase is Phase.FORWARD:
+            return self._moe_block(self._dense_block(t, layer, mb, phase), layer, mb, phase)
+        return self._dense_block(self._moe_block(t, layer, mb, phase), layer, mb, phase)
 
+    def _dense_block(self, t: np.ndarray, layer: int, mb: int, phase: Phase) -> np.ndarray:
+        ctx, fwd = self.ctx, phase is Phase.FORWARD
+        lc, lay = ctx.static.layers, ctx.sc.layout
+        is_moe = layer in ctx.moe
+        ops = [(OpKind.ATTENTION, lc.attention_fwd_s if fwd else lc.attention_bwd_s)]
+        if is_moe:
+            ops.append((OpKind.ROUTER, lc.router_fwd_s if fwd else lc.router_bwd_s))
+        else:
+            ops.append((OpKind.DENSE_FFN, lc.dense_ffn_fwd_s if fwd else lc.dense_ffn_bwd_s))
+        t = self._compute(t, mb, layer, phase, ops)
+        if lay.tp > 1:
+            t = self._collective(t, self.tp_group, lay.tp, ctx.static.tp_comm_s[self.stage, :, int(is_moe)], mb,
+                                 layer, phase, OpKind.TP_COMM)
+        return t
 
-def _compute(env, log: RankRecords, mb: int, layer: int, phase: Phase, ops, rows: int = 0):
-    """Back-to-back compute ops as ONE timeout; each still gets its own record."""
-    t = env.now
-    total = 0.0
-    for op, seconds in ops:
-        log.add(mb, layer, phase, op, t + total, t + total + seconds, 0.0, rows)
-        total += seconds
-    if total > 0:
-        yield env.timeout(total)
+    def _moe_block(self, t: np.ndarray, layer: int, mb: int, phase: Phase) -> np.ndarray:
+        moe = self.ctx.moe.get(layer)
+        if moe is None:
+            return t
+        sc = self.ctx.sc
+        factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(sc.training.recompute)
+        pw = self.ctx.placement
+        ready = pw.layer_ready_s.get(layer, 0.0) if pw is not None else 0.0
+        late = t < ready  # an overlapped migration has not delivered this layer's experts yet
+        if late.any():
+            self.log.add(mb, layer, phase, OpKind.MIGRATION, t, ready, keep=late)
+            t = np.where(late, t + (ready - t), t)
+        ep = sc.layout.ep
+        t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
+                             moe.sent_bytes[mb], moe.sent_rows[mb])
+        t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, moe.expert_fwd_s[mb] * factor),),
+                          rows=moe.expert_rows[mb])
+        return self._collective(t, self.ep_group, ep, moe.combine_s[mb], mb, layer, phase, OpKind.COMBINE,
+                                moe.sent_bytes[mb], moe.returned_rows[mb])
 
+    def _compute(self, t: np.ndarray, mb: int, layer: int, phase: Phase, ops, rows=0) -> np.ndarray:
+        """Back-to-back compute ops: each its own record, the clock advanced once by their sum."""
+        total = 0.0
+        for op, seconds in ops:
+            start = t + total
+            self.log.add(mb, layer, phase, op, start, start + seconds, 0.0, rows)
+            total = total + seconds
+        return t + total
 
-def _collective(env, rdv: Rendezvous, log: RankRecords, key: tuple, size: int, duration_s: float, mb: int,
-                layer: int, phase: Phase, op: OpKind, nbytes: float = 0.0, rows: int = 0):
-    t0 = env.now
-    if size > 1:
-        yield rdv.arrive(key, size, duration_s)
-    elif duration_s > 0:
-        yield env.timeout(duration_s)
-    wait_s = max(0.0, env.now - duration_s - t0)  # the group started when its last member arrived
-    log.add(mb, layer, phase, op, t0, env.now, nbytes, rows, wait_s)
+    def _collective(self, t: np.ndarray, group: tuple, size: int, duration_s: np.ndarray, mb: int, layer: int,
+                    phase: Phase, op: OpKind, nbytes=0.0, rows=0) -> np.ndarray:
+        """Every member ends when the group's last member has arrived and the collective has run. A group's
+        members share one duration (sim/workload.py computes it per group)."""
+        end = (_group_end(t, *group) if size > 1 else t) + duration_s
+        wait_s = np.maximum(0.0, end - duration_s - t)  # the group started when its last member arrived
+        self.log.add(mb, layer, phase, op, t, end, nbytes, rows, wait_s)
+        return end

@@ -3,9 +3,11 @@ and wall time of `simulate()` + `summarize()`, from the scenario alone (arithmet
 
 The counts mirror the engine (moesim/sim/engine.py) op by op; the few that depend on the run (pipeline waits,
 placement moves, end-of-step idling) use the bounds or typical values noted where they are counted, so
-events and record rows come out within a few percent. Bytes and seconds multiply the counts by the constants
-below, measured with benchmarks/bench_memory.py and per-phase timings on a 2-core x86_64 VM (Python 3.11,
-numpy 2.4, pandas 3.1, simpy 4.1, no GPU); other machines differ by their single-core speed. Re-measure them
+events and record rows come out within a few percent (summed records, simulation.records per_rank | summary,
+within about 10 %: which stages idle at the end of a step is known only after it). Bytes and seconds multiply
+the counts by the constants below, measured with benchmarks/bench_memory.py and per-phase timings on a 2-core
+x86_64 VM (Python 3.11, numpy 2.4, pandas 3.1, simpy 4.1, no GPU); other machines differ by their single-core
+speed. Re-measure them
 when the engine, the record log or metrics.summarize change (bench_memory.py prints estimate / measured).
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from moesim.sim.records import BUFFER_BYTES_PER_RECORD, RECORD_BYTES
 from moesim.spec.placement import PlacementPolicyKind
 from moesim.spec.scenario import Scenario
+from moesim.spec.simulation import RecordDetail, RoutingDraws
 
 MIB = 2**20
 
@@ -28,12 +31,14 @@ TRACE_LOAD_PEAK_PER_BYTE = 2.2
 # Static work, network model, placement driver, lazily imported modules: quickstart at 32 sequences peaks
 # 26 MiB above the baseline, 10 MiB of which are its records.
 SIM_FIXED_BYTES = 16 * MIB
-# array.array over-allocates by up to 1/16 when it grows; the freed per-rank buffers of a step stay in the
-# allocator's heap, so one step's buffers count once more.
-ARRAY_SLACK = 1.06
-# Synthetic routing per (micro-batch, MoE layer, source rank, expert) element of one step: multinomial draws
-# (int64) + the int32 loads + the previous step's loads still referenced (deepseek-v3-256: ~184 MiB for 8.0 M).
-ROUTING_BYTES_PER_ELEMENT = 24
+# One op of one stage while its step runs: the block's tuple and its vectors' headers; per record: its start
+# and end (and, for collectives, wait/bytes/rows) values; per record of the stage being flushed: the float64
+# columns before their typed copy.
+BUFFER_BYTES_PER_OP = 600
+FLUSH_BYTES_PER_RECORD = 150
+# Synthetic routing per (micro-batch, MoE layer, source rank, expert) element of one step: the int32 loads and
+# the previous step's, still referenced; the draws' int64 temporaries are one micro-batch large.
+ROUTING_BYTES_PER_ELEMENT = 8
 ROUTING_SIGMA_BYTES_PER_ELEMENT = 64  # source_sigma > 0 adds float64 normal draws and capped-share temporaries
 # moe_layer_work temporaries per [M, q, E] element of one layer (gate, split, per-rank rows; deepseek: 3.9 MiB).
 LAYER_WORK_BYTES_PER_ELEMENT = 32
@@ -46,19 +51,24 @@ LAYER_STATS_BYTES_PER_ROW = 13 * 8  # one float64/int64 per column per (step, la
 LAYER_STATS_BYTES_PER_FRAME = 8_000  # one small DataFrame per (step, MoE layer) until the final concat
 
 # --- time (seconds), single core ---
-# The engine runs 200-250 k SimPy events/s here (deepseek-v3-256: 0.70 M events in 3.5 s; quickstart at 1,024
-# sequences: 2.83 M in 11.9 s), below bare SimPy's 0.5-0.7 M/s because each event resumes a rank's generator,
-# which records ~1.7 ops. A least-squares split over quickstart (32-1,024 sequences), deepseek-v3-256 and
-# smartmoe-replay: 2.5 us per event + 0.8 us per record (RankRecords.add alone: 0.5 us), within 25 % of each.
-ENGINE_S_PER_EVENT = 2.5e-6
-ENGINE_S_PER_ROW = 0.8e-6
-ROUTING_S_PER_ELEMENT = 95e-9  # numpy multinomial (deepseek-v3-256: 0.78 s per step for 8.0 M elements)
+# The engine (sim/engine.py), fitted over quickstart (64 and 1,024 sequences) and the DeepSeek-V3-like scenario
+# of benchmarks/bench_scale.py (256-2,048 GPUs), one thread: per op of a stage (a numpy block over its ranks;
+# about the same when records are summed as they come), per SimPy event (pipeline messages), per record (blocks
+# flushed to columns, then the frame).
+ENGINE_S_PER_OP = 8.5e-6
+ENGINE_S_PER_SUMMED_OP = 9e-6
+ENGINE_S_PER_EVENT = 5e-6
+ENGINE_S_PER_ROW = 0.16e-6
+ROUTING_S_PER_ELEMENT = 85e-9  # numpy multinomial (2,048 GPUs: 5.3 s per step for 64 M elements)
+ROUTING_NORMAL_S_PER_ELEMENT = 34e-9  # simulation.routing_draws: normal (the same step: 2.2 s)
 TRACE_S_PER_ELEMENT = 10e-9  # trace replay: gather + rescale
 # moe_layer_work per (step, MoE layer): a fixed part (gate, network model, stats frame), per micro-batch
-# (all-to-all per micro-batch) and per [M, q, E] element (quickstart 32 -> 1,024 sequences: 0.7 -> 4.2 ms).
+# (all-to-all per micro-batch), per [M, q, E] element (quickstart 32 -> 1,024 sequences: 0.7 -> 4.2 ms) and per
+# all-to-all matrix element [M, EP groups, ep, ep] (the link model; 2,048 GPUs, ep 128: 38 ms per layer).
 LAYER_WORK_S_PER_CALL = 0.7e-3
 LAYER_WORK_S_PER_MICRO_BATCH = 14e-6
 LAYER_WORK_S_PER_ELEMENT = 12e-9
+LAYER_WORK_S_PER_MATRIX_ELEMENT = 45e-9
 SUMMARIZE_S_PER_ROW = 0.2e-6  # metrics.summarize per measured record (masked group sums)
 FIXED_S = 0.1  # network model, static work, result assembly
 
@@ -103,17 +113,22 @@ def estimate_cost(sc: Scenario, write_files: bool = False) -> CostEstimate:
     """The cost of `summarize(simulate(sc))` from the scenario alone; with `write_files`, also of writing the
     run's files (`moesim run` without --no-files)."""
     steps = sc.simulation.warmup_steps + sc.simulation.steps
-    rows_per_step, events_per_step = records_per_step(sc), events_per_step_count(sc)
+    rows_per_step, events_per_step, ops = records_per_step(sc), events_per_step_count(sc), ops_per_step(sc)
     rows, measured = rows_per_step * steps, rows_per_step * sc.simulation.steps
     elements = routing_elements_per_step(sc)
-    record_bytes = int(rows * RECORD_BYTES * ARRAY_SLACK)
-    sim_peak = int(SIM_FIXED_BYTES + record_bytes + rows_per_step * BUFFER_BYTES_PER_RECORD * ARRAY_SLACK
-                   + _routing_bytes(sc, elements) + _layer_bytes(sc, steps))
+    record_bytes = int(rows * RECORD_BYTES)
+    full = sc.simulation.records is RecordDetail.FULL
+    # one step's blocks, then one stage's columns at a time (float64 before the typed copy) while flushed
+    step_bytes = ops * BUFFER_BYTES_PER_OP
+    if full:
+        step_bytes += rows_per_step * (BUFFER_BYTES_PER_RECORD + FLUSH_BYTES_PER_RECORD / sc.layout.pp)
+    sim_peak = int(SIM_FIXED_BYTES + record_bytes + step_bytes + _routing_bytes(sc, elements) + _layer_bytes(sc, steps))
     summarize_peak = int(sim_peak + measured * SUMMARIZE_BYTES_PER_ROW + SUMMARIZE_FIXED_BYTES)
     trace_bytes = sc.routing.trace.counts.nbytes if sc.routing.trace is not None else 0
     baseline = BASELINE_RSS_BYTES + trace_bytes
     peak = max(BASELINE_RSS_BYTES + int(TRACE_LOAD_PEAK_PER_BYTE * trace_bytes), baseline + summarize_peak)
-    engine_s = events_per_step * steps * ENGINE_S_PER_EVENT + rows * ENGINE_S_PER_ROW
+    per_op_s = ENGINE_S_PER_OP if full else ENGINE_S_PER_SUMMED_OP
+    engine_s = steps * (ops * per_op_s + events_per_step * ENGINE_S_PER_EVENT) + rows * ENGINE_S_PER_ROW
     simulate_s = FIXED_S + engine_s + _workload_s(sc, steps, elements)
     summarize_s = measured * SUMMARIZE_S_PER_ROW
     write_bytes, write_s = _write_cost(sc, rows_per_step, rows) if write_files else (0, 0.0)
@@ -123,8 +138,12 @@ def estimate_cost(sc: Scenario, write_files: bool = False) -> CostEstimate:
 
 
 def _write_cost(sc: Scenario, rows_per_step: int, rows: int) -> tuple[int, float]:
-    """(bytes, seconds) of writing the files: trace.json holds one step of at most TRACE_MAX_RANKS ranks."""
-    trace_events = rows_per_step * min(1.0, TRACE_MAX_RANKS / sc.layout.world_size)
+    """(bytes, seconds) of writing the files: trace.json holds one step of at most TRACE_MAX_RANKS ranks (only with
+    full records); records.parquet is not written with summary records."""
+    detail = sc.simulation.records
+    trace_events = rows_per_step * min(1.0, TRACE_MAX_RANKS / sc.layout.world_size) \
+        if detail is RecordDetail.FULL else 0.0
+    rows = rows if detail is not RecordDetail.SUMMARY else 0
     return (int(trace_events * WRITE_BYTES_PER_TRACE_EVENT + rows * WRITE_BYTES_PER_RECORD),
             trace_events * WRITE_S_PER_TRACE_EVENT + rows * WRITE_S_PER_RECORD)
 
@@ -136,38 +155,50 @@ def _layers_per_stage(sc: Scenario) -> list[tuple[int, int]]:
             for s in range(sc.layout.pp)]
 
 
-def records_per_step(sc: Scenario) -> int:
-    """Rows one step appends, op by op as engine._rank emits them."""
+def _ops_per_stage(sc: Scenario) -> list[int]:
+    """Ops one step adds per stage (each a numpy block over the stage's ranks), as engine._Stage emits them."""
     lay, mbs = sc.layout, sc.num_micro_batches
     tp_comm = 1 if lay.tp > 1 else 0
-    rows = 0
+    ops = []
     for stage, (layers, moe) in enumerate(_layers_per_stage(sc)):
         per_pass = layers * (2 + tp_comm) + 3 * moe  # attention + router|dense FFN (+ TP), dispatch/expert/combine
         per_pass += stage == lay.pp - 1  # LM head
         # pipeline waits: at most one per received pass; counted in full (they are < 3 % of the rows)
         waits = mbs * ((stage > 0) + (stage < lay.pp - 1))
-        rows += lay.ranks_per_stage * (2 * mbs * per_pass + waits + 3)  # + dp sync dense, expert, optimizer
-    rows += (lay.pp - 1) * lay.ranks_per_stage  # idle: ranks of the stages that finish before the slowest
-    if sc.placement.policy is not PlacementPolicyKind.STATIC:
-        rows += lay.world_size  # a migration, shadow or replica-sync op per rank and step, typically one
-    return rows
+        n = 2 * mbs * per_pass + waits + 3  # + dp sync dense, expert, optimizer
+        n += stage < lay.pp - 1  # idle: the stages that finish before the slowest (typically all but the last)
+        n += sc.placement.policy is not PlacementPolicyKind.STATIC  # a migration, shadow or replica sync op
+        ops.append(n)
+    return ops
+
+
+def _kinds_per_rank(sc: Scenario, stage: int, layers: int, moe: int) -> int:
+    """Distinct (phase, op kind) of one rank of `stage`: its rows per step when records are summed."""
+    lay = sc.layout
+    per_pass = 1 + (moe > 0) + (layers > moe) + (lay.tp > 1) + 3 * (moe > 0) + (stage == lay.pp - 1)
+    waits = (stage > 0) + (stage < lay.pp - 1)
+    return 2 * per_pass + waits + 3 + (stage < lay.pp - 1) + (sc.placement.policy is not PlacementPolicyKind.STATIC)
+
+
+def records_per_step(sc: Scenario) -> int:
+    """Rows one step appends: one per op and rank, or (simulation.records per_rank | summary) one per rank and
+    (phase, op kind)."""
+    q = sc.layout.ranks_per_stage
+    if sc.simulation.records is not RecordDetail.FULL:
+        return q * sum(_kinds_per_rank(sc, s, *lm) for s, lm in enumerate(_layers_per_stage(sc)))
+    return q * sum(_ops_per_stage(sc))
+
+
+def ops_per_step(sc: Scenario) -> int:
+    """Blocks the engine adds in one step (one per op and stage)."""
+    return sum(_ops_per_stage(sc))
 
 
 def events_per_step_count(sc: Scenario) -> int:
-    """SimPy events one step processes: a timeout per back-to-back compute run, two per collective group
-    (the group's timeout and its completion) and per pipeline message, two per process (start, end)."""
-    lay, mbs = sc.layout, sc.num_micro_batches
-    q = lay.ranks_per_stage
-    per_member = {size: (2.0 / size if size > 1 else 0.0) for size in (lay.tp, lay.ep, lay.dp, lay.edp)}
-    events = 2.0 * lay.world_size
-    for stage, (layers, moe) in enumerate(_layers_per_stage(sc)):
-        per_pass = layers * (1 + per_member[lay.tp]) + moe * (1 + 2 * per_member[lay.ep])
-        per_pass += stage == lay.pp - 1  # LM head
-        events += q * (2 * mbs * per_pass + 1 + per_member[lay.dp] + per_member[lay.edp])  # + optimizer
-    events += 2 * (lay.pp - 1) * q * 2 * mbs  # activations forward, gradients backward
-    if sc.placement.policy is not PlacementPolicyKind.STATIC:
-        events += lay.world_size
-    return round(events)
+    """SimPy events one step processes: per stage its process's start and end and a last clock advance; per
+    pipeline message the sender's clock advance, the transfer's timeout and the message; the empty queue's end."""
+    lay = sc.layout
+    return 3 * lay.pp + 3 * 2 * (lay.pp - 1) * sc.num_micro_batches + 1
 
 
 def routing_elements_per_step(sc: Scenario) -> int:
@@ -193,9 +224,16 @@ def _layer_bytes(sc: Scenario, steps: int) -> int:
 
 def _workload_s(sc: Scenario, steps: int, elements: int) -> float:
     """Routing draws and moe_layer_work, per step and MoE layer (numpy)."""
-    per_element = TRACE_S_PER_ELEMENT if sc.routing.trace is not None else ROUTING_S_PER_ELEMENT
+    if sc.routing.trace is not None:
+        per_element = TRACE_S_PER_ELEMENT
+    elif sc.simulation.routing_draws is RoutingDraws.NORMAL:
+        per_element = ROUTING_NORMAL_S_PER_ELEMENT
+    else:
+        per_element = ROUTING_S_PER_ELEMENT
+    lay = sc.layout
+    matrix = sc.num_micro_batches * lay.edp * lay.etp * lay.ep * lay.ep
     per_call = (LAYER_WORK_S_PER_CALL + sc.num_micro_batches * LAYER_WORK_S_PER_MICRO_BATCH
-                + _layer_elements(sc) * LAYER_WORK_S_PER_ELEMENT)
+                + _layer_elements(sc) * LAYER_WORK_S_PER_ELEMENT + matrix * LAYER_WORK_S_PER_MATRIX_ELEMENT)
     return steps * (elements * per_element + sc.model.num_moe_layers * per_call)
 
 

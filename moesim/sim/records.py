@@ -1,13 +1,15 @@
-"""Typed per-rank, per-op records the simulator emits. Columnar on purpose: a large step emits millions.
+"""Typed records the simulator emits, one per (step, rank, op). Columnar on purpose: a large step emits millions.
+The engine adds them a pipeline stage at a time, as numpy blocks (one vector over the stage's ranks per op).
 This module does not import simpy, so metrics/export/viz can read records without the engine."""
 
 from __future__ import annotations
 
-from array import array
 from enum import Enum
 
 import numpy as np
 import pandas as pd
+
+from moesim.spec.simulation import RecordDetail
 
 
 class Phase(Enum):
@@ -55,46 +57,86 @@ RECORD_COLUMNS = ("step", "rank", "micro_batch", "layer", "phase", "op", "start_
                   "wait_s")
 
 _PHASES, _OPS = tuple(Phase), tuple(OpKind)
-# Keyed by the member's `_value_` (a plain attribute, its str hash cached): hashing an Enum member calls a
-# Python-level __hash__, which made the engine's per-op `add` a third slower.
-_PHASE_CODE = {p._value_: i for i, p in enumerate(_PHASES)}
-_OP_CODE = {o._value_: i for i, o in enumerate(_OPS)}
-# The columns a rank's buffer holds, with their array.array typecode and the frame's dtype. step and rank are
-# the same for a whole buffer: they are written once per buffer, when it is flushed.
-_BUFFER_COLUMNS = (("micro_batch", "i", np.int32), ("layer", "i", np.int32), ("phase", "b", np.int8),
-                   ("op", "b", np.int8), ("start_s", "d", np.float64), ("end_s", "d", np.float64),
-                   ("bytes", "d", np.float64), ("rows", "q", np.int64), ("wait_s", "d", np.float64))
-_ALL_COLUMNS = (("step", "i", np.int32), ("rank", "i", np.int32)) + _BUFFER_COLUMNS
-assert array("i").itemsize == 4 and array("q").itemsize == 8 and array("b").itemsize == 1
-# Bytes one record holds in a rank's buffer during its step, then in the columns and the frame (shared).
-BUFFER_BYTES_PER_RECORD = sum(array(code).itemsize for _, code, _ in _BUFFER_COLUMNS)
-RECORD_BYTES = sum(array(code).itemsize for _, code, _ in _ALL_COLUMNS)
+PHASE_CODE = {p: i for i, p in enumerate(_PHASES)}
+OP_CODE = {o: i for i, o in enumerate(_OPS)}
+_DTYPES = {"step": np.int32, "rank": np.int32, "micro_batch": np.int32, "layer": np.int32, "phase": np.int8,
+           "op": np.int8, "start_s": np.float64, "end_s": np.float64, "bytes": np.float64, "rows": np.int64,
+           "wait_s": np.float64}
+RECORD_BYTES = sum(np.dtype(d).itemsize for d in _DTYPES.values())  # one record in the columns and the frame
+# One op of one rank while its step is simulated: start and end vectors (the other columns are mostly scalars
+# shared by the stage's ranks, or small next to the ~100-byte Python tuple an op costs the whole stage).
+BUFFER_BYTES_PER_RECORD = 2 * 8
 
 
-class RankRecords:
-    """One rank's records of one step, in program order, in typed buffers (array.array): ~50 bytes a record
-    where Python lists of objects took ~300. The engine's hot path calls `add` once per op."""
+class RecordBlock:
+    """One step's records of a run of consecutive ranks (a pipeline stage), op by op in program order. `add`
+    takes each column as a vector over the ranks or one scalar for all; `keep` (bool vector) drops the ranks for
+    which the op did not happen (a pipeline message that was already there).
 
-    __slots__ = tuple(name for name, _, _ in _BUFFER_COLUMNS)
+    With `aggregate`, ops are summed per (rank, phase, op kind) as they come: start_s is 0 and end_s the summed
+    duration, wait_s, bytes and rows are sums, micro_batch and layer are -1."""
 
-    def __init__(self) -> None:
-        for name, code, _ in _BUFFER_COLUMNS:
-            setattr(self, name, array(code))
+    __slots__ = ("first_rank", "num_ranks", "aggregate", "_ops", "_count", "_sums", "_present")
 
-    def add(self, micro_batch: int, layer: int, phase: Phase, op: OpKind, start_s: float, end_s: float,
-            nbytes: float = 0.0, rows: int = 0, wait_s: float = 0.0) -> None:
-        self.micro_batch.append(micro_batch)
-        self.layer.append(layer)
-        self.phase.append(_PHASE_CODE[phase._value_])
-        self.op.append(_OP_CODE[op._value_])
-        self.start_s.append(start_s)
-        self.end_s.append(end_s)
-        self.bytes.append(nbytes)
-        self.rows.append(rows)
-        self.wait_s.append(wait_s)
+    def __init__(self, first_rank: int, num_ranks: int, aggregate: bool = False):
+        self.first_rank, self.num_ranks, self.aggregate = first_rank, num_ranks, aggregate
+        self._ops: list[tuple] = []
+        self._count = 0
+        if aggregate:  # [phase x op, ranks]: duration, wait, bytes, rows
+            codes = len(_PHASES) * len(_OPS)
+            self._sums = np.zeros((4, codes, num_ranks))
+            self._present = np.zeros((codes, num_ranks), dtype=bool)
+
+    def add(self, micro_batch: int, layer: int, phase: Phase, op: OpKind, start_s, end_s, nbytes=0.0, rows=0,
+            wait_s=0.0, keep: np.ndarray | None = None) -> None:
+        if not self.aggregate:
+            self._ops.append((micro_batch, layer, PHASE_CODE[phase], OP_CODE[op], start_s, end_s, nbytes, rows,
+                              wait_s, keep))
+            self._count += self.num_ranks if keep is None else int(np.count_nonzero(keep))
+            return
+        code = PHASE_CODE[phase] * len(_OPS) + OP_CODE[op]
+        sums = self._sums[:, code]
+        for i, value in enumerate((np.subtract(end_s, start_s), wait_s, nbytes, rows)):
+            sums[i] += value if keep is None else np.where(keep, value, 0.0)
+        self._present[code] |= True if keep is None else keep
 
     def __len__(self) -> int:
-        return len(self.micro_batch)
+        return int(np.count_nonzero(self._present)) if self.aggregate else self._count
+
+    def columns(self, step: int) -> dict[str, np.ndarray]:
+        """The block's records in canonical order (by rank, each rank's records in program order)."""
+        n_ranks = self.num_ranks
+        if self.aggregate:
+            rank, code = np.nonzero(self._present.T)
+            sums = self._sums[:, code, rank]
+            cols = {"micro_batch": -1, "layer": -1, "phase": code // len(_OPS), "op": code % len(_OPS),
+                    "start_s": 0.0, "end_s": sums[0], "wait_s": sums[1], "bytes": sums[2], "rows": sums[3]}
+            cols["rank"] = self.first_rank + rank
+            n = len(rank)
+        else:
+            ops, n_ops = self._ops, len(self._ops)
+            names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s")
+            cols = {name: _rank_major([op[i] for op in ops], n_ranks).ravel() for i, name in enumerate(names)}
+            cols["rank"] = np.repeat(np.arange(self.first_rank, self.first_rank + n_ranks), n_ops)
+            if any(op[9] is not None for op in ops):
+                keep = _rank_major([True if op[9] is None else op[9] for op in ops], n_ranks, bool).ravel()
+                cols = {k: v[keep] for k, v in cols.items()}
+            n = self._count
+        cols["step"] = step
+        return {c: np.broadcast_to(np.asarray(cols[c]), (n,)).astype(_DTYPES[c]) for c in RECORD_COLUMNS}
+
+
+def _rank_major(values: list, n_ranks: int, dtype=np.float64) -> np.ndarray:
+    """One column of a block's ops (each a scalar or a vector over the ranks) as [ranks, ops]."""
+    try:
+        arr = np.array(values, dtype=dtype)  # all scalars: [ops]; all vectors: [ops, ranks]
+    except ValueError:  # scalars and vectors mixed
+        arr = np.empty((len(values), n_ranks), dtype)
+        for i, value in enumerate(values):
+            arr[i] = value
+    if arr.ndim == 1:
+        return np.broadcast_to(arr, (n_ranks, len(values)))
+    return arr.T
 
 
 class RecordLog:
@@ -103,55 +145,55 @@ class RecordLog:
     `micro_batch`/`layer` are -1 where they do not apply; `bytes` is what the rank sent in a communication op,
     `rows` the expert rows it computed (tile padding included) or, for dispatch/combine, the assignments it
     sent. `wait_s` is the part of a collective spent waiting for the group's last member to arrive (load
-    imbalance), the rest being the transfer itself.
+    imbalance), the rest being the transfer itself. `detail` says whether ops are kept one by one or summed per
+    (rank, phase, op kind) (RecordBlock)."""
 
-    Memory: records of the current step wait in per-rank buffers; `flush` (at the end of a step) appends them
-    in rank order to one typed array per column, and `to_frame` hands those arrays to pandas without a copy.
-    The peak is therefore the records (RECORD_BYTES each) plus one step's buffers, never a second copy."""
+    def __init__(self, detail: RecordDetail = RecordDetail.FULL) -> None:
+        self.detail = detail
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._step: int | None = None  # the step the blocks hold
+        self._blocks: dict[int, RecordBlock] = {}
 
-    def __init__(self) -> None:
-        self._cols = {c: array(code) for c, code, _ in _ALL_COLUMNS}
-        self._step: int | None = None  # the step the buffers hold
-        self._ranks: dict[int, RankRecords] = {}
-
-    def rank(self, step: int, rank: int) -> RankRecords:
-        """The buffer of (step, rank): the engine holds it for the whole step instead of looking it up per op.
-        Steps come in order: asking for a later step flushes the current one."""
+    def block(self, step: int, first_rank: int, num_ranks: int) -> RecordBlock:
+        """The block of ranks [first_rank, first_rank + num_ranks) for `step`. Steps come in order: asking for
+        a later step flushes the current one."""
         if step != self._step:
             if self._step is not None and step < self._step:
                 raise ValueError(f"records of step {step} after step {self._step}: steps are appended in order")
             self.flush()
             self._step = step
-        buf = self._ranks.get(rank)
-        if buf is None:
-            buf = self._ranks[rank] = RankRecords()
-        return buf
+        blk = self._blocks.get(first_rank)
+        if blk is None:
+            blk = self._blocks[first_rank] = RecordBlock(first_rank, num_ranks,
+                                                         self.detail is not RecordDetail.FULL)
+        return blk
 
     def add(self, step: int, rank: int, micro_batch: int, layer: int, phase: Phase, op: OpKind,
             start_s: float, end_s: float, nbytes: float = 0.0, rows: int = 0, wait_s: float = 0.0) -> None:
-        self.rank(step, rank).add(micro_batch, layer, phase, op, start_s, end_s, nbytes, rows, wait_s)
+        """One record of one rank (a block of one rank)."""
+        self.block(step, rank, 1).add(micro_batch, layer, phase, op, start_s, end_s, nbytes, rows, wait_s)
 
     def flush(self) -> None:
-        """Move the current step's buffers, rank by rank, to the columns (each buffer freed once moved)."""
-        cols = self._cols
-        for rank in sorted(self._ranks):
-            buf = self._ranks.pop(rank)
-            n = len(buf)
-            cols["step"].extend(array("i", [self._step]) * n)
-            cols["rank"].extend(array("i", [rank]) * n)
-            for name, _, _ in _BUFFER_COLUMNS:
-                cols[name].extend(getattr(buf, name))
+        """Move the current step's blocks, in rank order, to the columns."""
+        end = -1
+        for first in sorted(self._blocks):
+            blk = self._blocks.pop(first)
+            if first <= end:
+                raise AssertionError(f"record blocks overlap at rank {first}")
+            end = first + blk.num_ranks - 1
+            if len(blk):
+                self._chunks.append(blk.columns(self._step))
 
     def __len__(self) -> int:
-        return len(self._cols["step"]) + sum(len(buf) for buf in self._ranks.values())
+        return sum(len(c["step"]) for c in self._chunks) + sum(len(b) for b in self._blocks.values())
 
     def to_frame(self) -> pd.DataFrame:
-        """All records as a DataFrame (columns RECORD_COLUMNS) that shares the log's memory; the log starts
-        over empty (its columns now belong to the frame)."""
+        """All records as a DataFrame (columns RECORD_COLUMNS); the log starts over empty."""
         self.flush()
-        cols, self._cols, self._step = self._cols, {c: array(code) for c, code, _ in _ALL_COLUMNS}, None
-        data = {c: np.frombuffer(cols[c], dtype=dtype) if len(cols[c]) else np.zeros(0, dtype)
-                for c, _, dtype in _ALL_COLUMNS}
+        chunks, self._chunks, self._step = self._chunks, [], None
+        # column by column, each step's piece freed once copied: the peak is the records plus one column
+        data = {c: np.concatenate([ch.pop(c) for ch in chunks]) if chunks else np.zeros(0, _DTYPES[c])
+                for c in RECORD_COLUMNS}
         data["phase"] = pd.Categorical.from_codes(data["phase"], categories=[p.value for p in _PHASES])
         data["op"] = pd.Categorical.from_codes(data["op"], categories=[o.value for o in _OPS])
-        return pd.DataFrame({c: data[c] for c in RECORD_COLUMNS}, copy=False)
+        return pd.DataFrame(data, copy=False)

@@ -70,7 +70,7 @@ class _Loads:
         self.sc, self.rng, self.num_layers = sc, rng, num_moe_layers
         m = sc.model
         self.router = None if sc.routing.trace is not None else \
-            SyntheticRouter(sc.routing, num_moe_layers, m.num_experts, m.top_k, rng)
+            SyntheticRouter(sc.routing, num_moe_layers, m.num_experts, m.top_k, rng, sc.simulation.routing_draws)
 
     def step(self, step: int) -> np.ndarray:
         sc = self.sc
@@ -95,7 +95,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
     demand = _Loads(sc, len(moe_layers), routing_rng)
     static = static_work(sc, net)
-    log = RecordLog()
+    log = RecordLog(sc.simulation.records)
     total = sc.simulation.warmup_steps + sc.simulation.steps
     step_times = np.zeros(total)
     stats: list[pd.DataFrame] = []
@@ -118,13 +118,13 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
             tiers = {f"a2a_{t}_bytes": w.a2a_tier_bytes[:, j] for j, t in enumerate(TIERS)}
             stats.append(pd.DataFrame({"step": step, "layer": layer, "micro_batch": np.arange(sc.num_micro_batches),
                                        **{k: getattr(w, k) for k in LAYER_STAT_COLUMNS[:7]}, **tiers}))
-        order = order_rng.permutation(lay.world_size) if shuffle_start_order else None
+        order = order_rng.permutation(lay.pp) if shuffle_start_order else None
         step_times[step] = simulate_step(StepContext(sc, static, work, step, log,
                                                      placement_work if driver.active else None), order)
         if progress is not None:
             progress(step + 1, total)
     # The log is in canonical order (by step and rank, each rank's records in program order): the order SimPy
-    # interleaves processes in is invisible, so summaries and files are byte-identical for any start order.
+    # interleaves the stages' processes in is invisible, so summaries and files are byte-identical for any order.
     records = log.to_frame()
     moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)

@@ -6,34 +6,16 @@ import json
 
 import numpy as np
 import pytest
-import simpy
 
 from moesim.cost import compute as cc
 from moesim.metrics.summary import per_rank_breakdown, summarize
-from moesim.sim.engine import Rendezvous, one_f_one_b
+from moesim.sim.engine import one_f_one_b
 from moesim.sim.records import Phase
 from moesim.sim.simulate import simulate
 from moesim.sim.workload import layer_costs
 from moesim.spec import ParallelLayout
 
 from helpers import scenario, tiny_model
-
-
-def test_rendezvous_starts_when_last_member_arrives():
-    env = simpy.Environment()
-    rdv = Rendezvous(env)
-    done = {}
-
-    def member(name, arrive_s):
-        yield env.timeout(arrive_s)
-        yield rdv.arrive("g", 3, 2.0)
-        done[name] = env.now
-
-    for name, t in (("a", 1.0), ("b", 5.0), ("c", 3.0)):
-        env.process(member(name, t))
-    env.run()
-    assert done == {"a": 7.0, "b": 7.0, "c": 7.0}
-    assert rdv.open_groups == 0
 
 
 @pytest.mark.parametrize("stages,mbs", [(1, 3), (4, 8), (4, 2), (3, 3)])

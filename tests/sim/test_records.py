@@ -1,4 +1,4 @@
-"""RecordLog: canonical order whatever the append order, compact typed columns, one frame without a copy."""
+"""RecordLog: canonical order whatever the append order, blocks of ranks, compact typed columns, per-rank sums."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from moesim.sim.records import RECORD_BYTES, RECORD_COLUMNS, OpKind, Phase, RecordLog
+from moesim.spec.simulation import RecordDetail
 
 
 def test_records_come_out_by_step_then_rank_in_program_order():
@@ -26,8 +27,8 @@ def test_records_come_out_by_step_then_rank_in_program_order():
 
 def test_frame_has_the_documented_dtypes_and_the_log_starts_over():
     log = RecordLog()
-    buf = log.rank(3, 2)
-    buf.add(0, 1, Phase.BACKWARD, OpKind.DISPATCH, 1.0, 2.5, nbytes=4096.0, rows=12, wait_s=0.25)
+    blk = log.block(3, 2, 1)
+    blk.add(0, 1, Phase.BACKWARD, OpKind.DISPATCH, 1.0, 2.5, nbytes=4096.0, rows=12, wait_s=0.25)
     frame = log.to_frame()
     assert frame.dtypes.astype(str).tolist() == ["int32", "int32", "int32", "int32", "category", "category",
                                                  "float64", "float64", "float64", "int64", "float64"]
@@ -54,3 +55,50 @@ def test_a_record_costs_record_bytes():
         return int(log.to_frame().memory_usage(index=False).sum())
 
     assert frame_bytes(2000) - frame_bytes(1000) == 1000 * RECORD_BYTES  # no Python object per record
+
+
+def test_a_block_is_rank_major_and_keep_drops_ranks():
+    log = RecordLog()
+    blk = log.block(0, 4, 3)  # ranks 4, 5, 6
+    blk.add(0, 1, Phase.FORWARD, OpKind.ATTENTION, np.zeros(3), np.array([1.0, 2.0, 3.0]))
+    blk.add(0, -1, Phase.FORWARD, OpKind.PP_WAIT, np.array([1.0, 2.0, 3.0]), 2.5, keep=np.array([True, False, False]))
+    blk.add(0, 1, Phase.FORWARD, OpKind.DISPATCH, 2.5, 4.0, nbytes=np.array([8.0, 9.0, 10.0]), rows=5)
+    log.add(0, 0, -1, -1, Phase.STEP, OpKind.OPTIMIZER, 0.0, 1.0)  # a block of one rank, before the others
+    assert len(log) == 8
+    frame = log.to_frame()
+    assert frame["rank"].tolist() == [0, 4, 4, 4, 5, 5, 6, 6]
+    assert frame["op"].tolist() == ["optimizer"] + ["attention", "pp_wait", "dispatch"] + ["attention", "dispatch"] * 2
+    assert frame["end_s"].tolist() == [1.0, 1.0, 2.5, 4.0, 2.0, 4.0, 3.0, 4.0]
+    assert frame["bytes"].tolist() == [0.0, 0.0, 0.0, 8.0, 0.0, 9.0, 0.0, 10.0]
+    assert frame["rows"].tolist() == [0, 0, 0, 5, 0, 5, 0, 5]
+
+
+def test_overlapping_blocks_are_a_bug():
+    log = RecordLog()
+    log.block(0, 0, 4).add(0, 0, Phase.FORWARD, OpKind.EXPERT, 0.0, 1.0)
+    log.block(0, 2, 1).add(0, 0, Phase.FORWARD, OpKind.EXPERT, 0.0, 1.0)
+    with pytest.raises(AssertionError, match="overlap"):
+        log.flush()
+
+
+@pytest.mark.parametrize("detail", [RecordDetail.PER_RANK, RecordDetail.SUMMARY])
+def test_summed_records_keep_every_total_per_rank_and_op(detail):
+    full, summed = RecordLog(), RecordLog(detail)
+    for log in (full, summed):
+        gen = np.random.default_rng(0)
+        for step in range(2):
+            blk = log.block(step, 0, 4)
+            for i in range(30):
+                op = (OpKind.EXPERT, OpKind.DISPATCH, OpKind.PP_WAIT)[i % 3]
+                start = gen.random(4)
+                keep = gen.random(4) < 0.5 if op is OpKind.PP_WAIT else None
+                blk.add(i, 0, Phase.FORWARD if i < 20 else Phase.BACKWARD, op, start, start + gen.random(4),
+                        gen.random(4), gen.integers(0, 9, 4), gen.random(4) * 0.1, keep=keep)
+    a, b = full.to_frame(), summed.to_frame()
+    a["busy"], b["busy"] = a.end_s - a.start_s, b.end_s - b.start_s
+    keys = ["step", "rank", "phase", "op"]
+    want = a.groupby(keys, observed=True)[["busy", "wait_s", "bytes", "rows"]].sum()
+    got = b.set_index(keys)[["busy", "wait_s", "bytes", "rows"]].sort_index()
+    assert len(b) == len(want) > 2 * 4 * 5
+    assert (b.micro_batch == -1).all() and (b.layer == -1).all() and (b.start_s == 0.0).all()
+    pd.testing.assert_frame_equal(got, want.sort_index(), check_exact=False, rtol=1e-12)
