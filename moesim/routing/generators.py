@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.spec.routing import RoutingDistribution, RoutingSpec, TemporalModel
+from moesim.spec.simulation import RoutingDraws
 
 
 def cap_shares(shares: np.ndarray, cap: float) -> np.ndarray:
@@ -67,11 +68,37 @@ def expert_shares(spec: RoutingSpec, num_layers: int, num_experts: int, top_k: i
                                    spec.hot_fraction) for layer in range(num_layers)])
 
 
+def normal_counts(rng: np.random.Generator, n: int, shares: np.ndarray) -> np.ndarray:
+    """Counts [..., E] like multinomial(n, shares) from its Gaussian limit: mean n p and the exact covariance
+    n (diag p - p p^T) (x = n p + sqrt(n) (y - p sum(y)), y = sqrt(p) z, z standard normal), clipped at zero and
+    rounded through the cumulative sums, so every row sums to exactly n and no count is negative. Good where the
+    expected counts n p are large; the rounding adds a variance of about 1/12 per count."""
+    p = shares / shares.sum(axis=-1, keepdims=True)
+    y = np.sqrt(p) * rng.standard_normal(p.shape)
+    x = n * p + np.sqrt(n) * (y - p * y.sum(axis=-1, keepdims=True))
+    np.maximum(x, 0.0, out=x)
+    cum = np.cumsum(x, axis=-1)
+    cum *= n / cum[..., -1:]
+    whole = np.rint(cum)
+    return np.diff(whole, axis=-1, prepend=0.0).astype(np.int32)
+
+
+def draw_counts(rng: np.random.Generator, n: int, shares: np.ndarray, draws: RoutingDraws) -> np.ndarray:
+    """int32 counts [M, ...] of assignments per row of shares [M, ..., E], one leading index at a time: the
+    multinomial's int64 temporaries stay one micro-batch large, and the Generator's stream is the same as one
+    call over all rows (tests/routing/test_generators.py)."""
+    out = np.empty(shares.shape, dtype=np.int32)
+    for m in range(shares.shape[0]):
+        out[m] = rng.multinomial(n, shares[m]) if draws is RoutingDraws.EXACT else normal_counts(rng, n, shares[m])
+    return out
+
+
 class SyntheticRouter:
     """Stateful only in the temporal model's current shares; every draw comes from the Generator given."""
 
-    def __init__(self, spec: RoutingSpec, num_layers: int, num_experts: int, top_k: int, rng: np.random.Generator):
-        self.spec, self.top_k, self.rng = spec, top_k, rng
+    def __init__(self, spec: RoutingSpec, num_layers: int, num_experts: int, top_k: int, rng: np.random.Generator,
+                 draws: RoutingDraws = RoutingDraws.EXACT):
+        self.spec, self.top_k, self.rng, self.draws = spec, top_k, rng, draws
         self.base = expert_shares(spec, num_layers, num_experts, top_k, rng)  # [L, E]
         self.current = self.base.copy()
 
@@ -94,7 +121,7 @@ class SyntheticRouter:
             shares = cap_shares(shares * np.exp(spec.source_sigma * z), 1.0 / self.top_k)
         else:
             shares = np.broadcast_to(shares, (num_micro_batches, shares.shape[1], num_sources, shares.shape[-1]))
-        return rng.multinomial(tokens_per_source * self.top_k, shares).astype(np.int32)
+        return draw_counts(rng, tokens_per_source * self.top_k, shares, self.draws)
 
     def _churn(self, shares: np.ndarray) -> np.ndarray:
         """Each of the top_k hottest experts of each layer swaps shares with a random colder expert with
