@@ -176,11 +176,11 @@ class FlowNetwork(CollectiveTimes):
         if groups > 1:  # on one rail, only node groups under different leaves cross the spine
             other = group[:, :, None, None] != np.arange(groups)  # [B, src, 1, dst group]
             spine = np.where(other, by, 0.0)
-            rails = np.arange(nics)[None, None, :, None]
-            up = np.broadcast_to(group[:, :, None, None] * nics + rails, spine.shape)
-            down = np.broadcast_to(np.arange(groups) * nics + rails, spine.shape)
-            add(topo.leaf_up(up), topo.leaf_up(0), leaves, spine)
-            add(topo.leaf_down(down), topo.leaf_down(0), leaves, spine)
+            # reductions first, so the bincount sees [B, src, rail] (up) and nothing at all (down): the leaf
+            # links of one rail and node group are unique
+            add(topo.leaf_up(group[:, :, None] * nics + np.arange(nics)), topo.leaf_up(0), leaves, spine.sum(-1))
+            down = spine.sum(1).transpose(0, 2, 1).reshape(B, groups * nics)  # [B, dst group x rail] = leaf
+            load[:, topo.leaf_down(0):topo.leaf_down(0) + leaves] += down
         return load
 
     def _peer_overhead_s(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
