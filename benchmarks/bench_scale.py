@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "scenarios" / "deepseek-v3-256.yaml"
 
 # gpus -> (pp, dp = ep); 64 layers split over pp stages; 32 micro-batches of one sequence per dp rank.
-LAYOUTS = {64: (8, 8), 256: (16, 16), 512: (16, 32), 1024: (16, 64), 2048: (16, 128)}
+LAYOUTS = {64: (8, 8), 256: (16, 16), 512: (16, 32), 1024: (16, 64), 2048: (16, 128), 4096: (16, 256)}
 
 
 def scenario_for(gpus: int) -> dict:

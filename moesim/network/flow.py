@@ -148,9 +148,7 @@ class FlowNetwork(CollectiveTimes):
         node, nic = ranks // g, topo.nic_of(ranks)
         rail, group = nic % nics, node // topo.nodes_per_leaf
         intra_out, intra_in = intra.sum(-1).reshape(B, n), intra.sum(-2).reshape(B, n)
-        onehot = np.zeros((B, n, nics * groups))
-        onehot[np.arange(B)[:, None], np.arange(n)[None, :], rail * groups + group] = 1.0
-        by = np.matmul(inter, onehot).reshape(B, n, nics, groups)  # [B, src, destination rail, dst leaf group]
+        by = self._by_rail_and_group(inter, ranks, rail, group)  # [B, src, destination rail, dst leaf group]
         by_rail = by.sum(-1)
         own = rail[:, :, None] == np.arange(nics)
         hop = np.where(own, 0.0, by_rail)  # bytes that first hop over NVLink to the rail's proxy GPU
@@ -182,6 +180,28 @@ class FlowNetwork(CollectiveTimes):
             down = spine.sum(1).transpose(0, 2, 1).reshape(B, groups * nics)  # [B, dst group x rail] = leaf
             load[:, topo.leaf_down(0):topo.leaf_down(0) + leaves] += down
         return load
+
+    def _by_rail_and_group(self, inter: np.ndarray, ranks: np.ndarray, rail: np.ndarray,
+                           group: np.ndarray) -> np.ndarray:
+        """[B, n, n] bytes -> [B, src, rail, leaf group] of the destination. Members that are whole consecutive
+        nodes (the usual EP group) sum by reshape; others by a product with a one-hot [n, rails x groups]."""
+        topo = self.topology
+        g, nics, groups = topo.gpus_per_node, topo.nics_per_node, topo.num_leaf_groups
+        B, n, _ = inter.shape
+        first = int(ranks[0, 0])
+        if (g % nics == 0 and n % g == 0 and first % g == 0 and (ranks == ranks[:1]).all()
+                and np.array_equal(ranks[0], np.arange(first, first + n))):
+            nodes = first // g + np.arange(n // g)
+            # GPU l of a node uses NIC l * nics // g: consecutive GPUs share a NIC
+            per_rail = inter.reshape(B, n, n // g, nics, g // nics).sum(-1)  # [B, src, node, rail]
+            node_group = nodes // topo.nodes_per_leaf  # non-decreasing: consecutive nodes
+            starts = np.flatnonzero(np.r_[True, node_group[1:] != node_group[:-1]])
+            by = np.zeros((B, n, nics, groups))
+            by[:, :, :, node_group[starts]] = np.add.reduceat(per_rail, starts, axis=2).transpose(0, 1, 3, 2)
+            return by
+        onehot = np.zeros((B, n, nics * groups))
+        onehot[np.arange(B)[:, None], np.arange(n)[None, :], rail * groups + group] = 1.0
+        return np.matmul(inter, onehot).reshape(B, n, nics, groups)
 
     def _peer_overhead_s(self, mats: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         """[k, G, n, n] -> [k, G]: the busiest member's per-peer issue cost, sends or receives."""

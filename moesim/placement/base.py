@@ -144,6 +144,20 @@ class Placement:
             self._cache[key] = even
         return self._cache[key]
 
+    def contiguous_block(self, num_experts: int) -> int | None:
+        """k when every expert e is held by exactly one rank, e // k (expert parallelism without replicas, the
+        `contiguous` layout): routing to ranks is then a sum over blocks of k experts. None otherwise."""
+        key = ("block", num_experts)
+        if key not in self._cache:
+            per = num_experts // self.num_ranks if num_experts % self.num_ranks == 0 else 0
+            block = None
+            if per:
+                want = np.zeros((num_experts, self.num_ranks))
+                want[np.arange(num_experts), np.arange(num_experts) // per] = 1.0
+                block = per if np.array_equal(self.even_matrix(num_experts), want) else None
+            self._cache[key] = block
+        return self._cache[key]
+
     def split_matrix(self, num_experts: int) -> np.ndarray:
         """[G_src, E, G] fraction of source g's tokens for expert e that go to rank g' (rows sum to 1). With an
         EVEN split every source splits alike: a read-only broadcast view of even_matrix, no copy per source."""

@@ -99,7 +99,11 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     sent = gate.sent.transpose(0, 1, 3, 2, 4)  # [M, edp, ep_src, etp, E]
     if place.split is ReplicaSplit.EVEN:  # every source splits alike: one [E, G] matrix, BLAS products
         w = place.even_matrix(E)
-        to_rank = sent @ w  # [M, edp, ep_src, etp, ep_dst]
+        per = place.contiguous_block(E)
+        if per is not None:  # one holder per expert: a block sum, the product's exact value (whole counts)
+            to_rank = sent.reshape(sent.shape[:-1] + (lay.ep, per)).sum(-1, dtype=np.float64)
+        else:
+            to_rank = sent @ w  # [M, edp, ep_src, etp, ep_dst]
         # each replica computes its share of the expert's rows, capacity padding included
         rows_eg = (gate.computed[..., None] * w).sum(axis=2)  # [M, edp, E, ep]; etp shards compute them all
     else:

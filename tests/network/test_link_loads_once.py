@@ -51,3 +51,20 @@ def test_shared_nics_once_equals_separate():
     t, links = net.all_to_all_and_link_bytes(m, np.arange(32)[None])
     assert np.array_equal(t, net.all_to_all_s(m, np.arange(32)[None]))
     assert np.array_equal(links, net.link_bytes(m, np.arange(32)[None]))
+
+
+@pytest.mark.parametrize("nodes,first_node,members", [(66, 0, 16), (66, 28, 64), (66, 30, 8), (4, 1, 24)])
+def test_whole_node_members_sum_by_rail_and_group_as_the_one_hot_product(nodes, first_node, members):
+    # consecutive whole nodes take the reshape path; it must equal the general product, leaf groups crossed or not
+    net = FlowNetwork(ClusterSpec(h100(), nodes), NetworkSpec())
+    topo = net.topology
+    ranks = np.broadcast_to(np.arange(first_node * 8, first_node * 8 + members), (5, members))
+    inter = np.random.default_rng(0).exponential(1e6, size=(5, members, members))
+    node, rail = ranks // 8, topo.nic_of(ranks) % topo.nics_per_node
+    group = node // topo.nodes_per_leaf
+    got = net._by_rail_and_group(inter, ranks, rail, group)
+    onehot = np.zeros((5, members, topo.nics_per_node * topo.num_leaf_groups))
+    onehot[np.arange(5)[:, None], np.arange(members), rail * topo.num_leaf_groups + group] = 1.0
+    want = np.matmul(inter, onehot).reshape(got.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    assert got.sum() == pytest.approx(inter.sum(), rel=1e-13)
