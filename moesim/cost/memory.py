@@ -4,16 +4,18 @@ Weights, gradients and optimizer state follow from the parameters a rank holds; 
 Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models" (arXiv:2205.05198,
 §4), with sequence parallelism whenever tp > 1 so that every stored tensor is split over tp.
 
-Korthikanti's per-layer coefficients (34·s·b·h + 5·a·s²·b bytes, divided by t) assume 2-byte activations,
+Korthikanti's per-layer coefficients (34·s·b·h + 5·a·s²·b bytes, divided by t; 34·s·b·h with FlashAttention,
+plus its 4·a·s·b bytes of log-sum-exp) assume 2-byte activations,
 1-byte dropout masks, multi-head attention and a GELU MLP of width 4h. Here they are rebuilt from tensor
 shapes so that they hold for any dtype, grouped-query attention and SwiGLU, and they reproduce 34 and 5
-exactly for that reference case (tests check this). Per token the stored tensors are:
+exactly for that reference case (tests check the 34). Per token the stored tensors are:
   layer norms     2 inputs of h                                       -> 2h elements       (paper: 4sbh)
   attention       LN output h (QKV input), Q, K, V, core output q_out
                   (output-projection input), output dropout mask h    -> h+2q+2kv elements + h mask bytes
                                                                          (MHA: 5h el. + h -> paper: 11sbh)
-  attention core  per head and key: softmax output, its dropout mask
-                  and dropout output (dropped by SELECTIVE recompute) -> a·s·(2 el. + 1 mask byte) (5as²b)
+  attention core  FlashAttention: the fp32 log-sum-exp per head and query -> 4·a bytes. (Unfused attention
+                  would keep the softmax output, its mask and the dropout output per head and
+                  key: a·s·(2 el. + 1 mask byte), the paper's 5as²b, which selective recompute drops.)
   MLP of width F  fc1 input h, then `ffn_matrices` tensors of width F:
                   GELU: fc1 output and GELU output (2F);
                   SwiGLU: gate and up (the fused fc1 output, 2F) and
@@ -98,10 +100,9 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     kv_out = model.num_kv_heads * model.head_dim
     norms = 2 * h * dtype_bytes
     attention = (h + 2 * q_out + 2 * kv_out) * dtype_bytes + h * _MASK_BYTES
-    total = tokens * (norms + attention)
-    if recompute is Recompute.NONE:  # a/t heads × s² × b scores = a · s · (s·b/t)
-        scores = model.num_attention_heads * scenario.training.seq_len * tokens
-        total += scores * (2 * dtype_bytes + _MASK_BYTES)
+    # FlashAttention keeps no s x s scores, only the fp32 log-sum-exp per head and query: a/t heads x s·b = a ·
+    # tokens. Korthikanti's 5·a·s²·b term (unfused attention) does not apply to the runs being modelled.
+    total = tokens * (norms + attention + model.num_attention_heads * _FP32_BYTES)
     m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (SwiGLU) or 2 (GELU)
     if not moe:
         return total + tokens * ((h + m * model.dense_ffn_size) * dtype_bytes + h * _MASK_BYTES)

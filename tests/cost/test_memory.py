@@ -75,10 +75,11 @@ def test_distributed_optimizer_shards_dense_over_dp_and_experts_over_edp():
     assert sharded.weights_bytes == plain.weights_bytes and sharded.gradients_bytes == plain.gradients_bytes
 
 
-def test_recompute_full_below_selective_below_none():
+def test_recompute_full_below_selective_and_flash_attention_keeps_no_scores():
     s = make(dp=8, ep=8)
     act = {r: rank_memory(with_training(s, recompute=r), 0, 4096.0).activations_bytes for r in Recompute}
-    assert act[Recompute.FULL] < act[Recompute.SELECTIVE] < act[Recompute.NONE]
+    # with FlashAttention, recomputing the attention core saves nothing: it stores no s x s scores
+    assert act[Recompute.FULL] < act[Recompute.SELECTIVE] == act[Recompute.NONE]
 
 
 def test_full_recompute_keeps_layer_inputs_plus_one_layer_working_set():
@@ -99,10 +100,10 @@ def test_korthikanti_closed_form_for_a_gelu_mha_dense_layer():
     tr = TrainingSpec(global_batch_size=8, seq_len=512, micro_batch_size=2)
     s = make(model=model, training=tr, tp=4, dp=2, ep=2)
     sbh_t = 512 * 2 * 1024 / 4
-    attention_core = 5 * 16 * 512**2 * 2 / 4
-    assert activation_bytes_per_layer(s, False, 0.0) == pytest.approx(34 * sbh_t + attention_core)
+    log_sum_exp = 4 * 16 * 512 * 2 / 4  # fp32 per head and query (FlashAttention): no 5as²b scores
+    assert activation_bytes_per_layer(s, False, 0.0) == pytest.approx(34 * sbh_t + log_sum_exp)
     selective = with_training(s, recompute=Recompute.SELECTIVE)
-    assert activation_bytes_per_layer(selective, False, 0.0) == pytest.approx(34 * sbh_t)
+    assert activation_bytes_per_layer(selective, False, 0.0) == pytest.approx(34 * sbh_t + log_sum_exp)
 
 
 def test_more_micro_batches_in_flight_on_first_stage_than_on_last():
@@ -129,16 +130,16 @@ def test_hand_computed_tiny_moe_model():
     expert = 2 * 3 * 8 * 16  # one local SwiGLU expert per layer: 768
     assert stage_params(s, 0) == (dense, expert)
     # activations per token (4 tokens), bf16: norms 2*8*2 = 32; attention (8 + 2*8 + 2*8)*2 + 8 mask = 88;
-    # router input 8*2 + fp32 logits 4*4 + output mask 8 = 40. Scores: 2 heads*4*4 tokens*(2*2 + 1) = 160.
-    # 12 expert rows * (8 + 3*16)*2 = 1344.  Per layer: 4*(32 + 88 + 40) + 160 + 1344 = 2144.
-    assert activation_bytes_per_layer(s, True, 12.0) == 2144
+    # router input 8*2 + fp32 logits 4*4 + output mask 8 = 40; log-sum-exp 2 heads * 4 B = 8 (FlashAttention).
+    # 12 expert rows * (8 + 3*16)*2 = 1344.  Per layer: 4*(32 + 88 + 40 + 8) + 1344 = 2016.
+    assert activation_bytes_per_layer(s, True, 12.0) == 2016
     mem = rank_memory(s, 5, 12.0)
     assert mem.weights_bytes == (1088 + 768) * 2
     assert mem.gradients_bytes == (1088 + 768) * 4
     assert mem.optimizer_bytes == (1088 + 768) * 12
-    assert mem.activations_bytes == 2 * 2144 * 1 + 4 * 32 * 4  # 1 in flight (pp=1); fp32 softmax over vocab
+    assert mem.activations_bytes == 2 * 2016 * 1 + 4 * 32 * 4  # 1 in flight (pp=1); fp32 softmax over vocab
     assert mem.a2a_buffers_bytes == (4 * 2 + 12) * 8 * 2  # send 4 tokens * top-2, receive 12 rows
-    assert mem.total_bytes == 3712 + 7424 + 22272 + 4800 + 320
+    assert mem.total_bytes == 3712 + 7424 + 22272 + 4544 + 320
     assert mem.as_dict()["total_bytes"] == mem.total_bytes
     assert isinstance(mem, MemoryBreakdown)
 
