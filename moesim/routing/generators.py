@@ -83,13 +83,31 @@ def normal_counts(rng: np.random.Generator, n: int, shares: np.ndarray) -> np.nd
     return np.diff(whole, axis=-1, prepend=0.0).astype(np.int32)
 
 
+def expected_counts(n: int, shares: np.ndarray) -> np.ndarray:
+    """int32 counts [..., E]: n·p rounded so that each row sums to exactly n (largest remainder: the floors, plus
+    one for the rows' largest fractional parts, ties to the lower expert index). Deterministic."""
+    p = shares / shares.sum(axis=-1, keepdims=True)
+    exact = n * p
+    counts = np.floor(exact).astype(np.int64)
+    short = n - counts.sum(axis=-1, keepdims=True)  # [..., 1], in [0, E)
+    order = np.argsort(-(exact - counts), axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(p.shape[-1]), axis=-1)
+    return (counts + (ranks < short)).astype(np.int32)
+
+
 def draw_counts(rng: np.random.Generator, n: int, shares: np.ndarray, draws: RoutingDraws) -> np.ndarray:
     """int32 counts [M, ...] of assignments per row of shares [M, ..., E], one leading index at a time: the
     multinomial's int64 temporaries stay one micro-batch large, and the Generator's stream is the same as one
     call over all rows (tests/routing/test_generators.py)."""
     out = np.empty(shares.shape, dtype=np.int32)
     for m in range(shares.shape[0]):
-        out[m] = rng.multinomial(n, shares[m]) if draws is RoutingDraws.EXACT else normal_counts(rng, n, shares[m])
+        if draws is RoutingDraws.EXACT:
+            out[m] = rng.multinomial(n, shares[m])
+        elif draws is RoutingDraws.NORMAL:
+            out[m] = normal_counts(rng, n, shares[m])
+        else:
+            out[m] = expected_counts(n, shares[m])
     return out
 
 

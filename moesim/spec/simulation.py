@@ -20,8 +20,10 @@ class RoutingDraws(SpecEnum):
     """How a step's synthetic routing counts are drawn from the router's shares."""
 
     EXACT = "exact"  # Generator.multinomial: ~130 ns per (micro-batch, layer, source rank, expert) count
-    NORMAL = "normal"  # its Gaussian limit with the exact covariance, rounded to whole counts: ~8x cheaper,
+    NORMAL = "normal"  # its Gaussian limit with the exact covariance, rounded to whole counts: ~2.5x cheaper,
     # error measured in tests/routing/test_normal_draws.py and the README
+    EXPECTED = "expected"  # the expected counts, rounded (largest remainder): no sampling noise at all, so
+    # micro-batches with the same shares are identical (step time exactly affine in the micro-batch count)
 
 
 class SimulationSpec(SpecModel):
@@ -33,6 +35,6 @@ class SimulationSpec(SpecModel):
     records: RecordDetail = spec_field(RecordDetail.FULL, help="per-op detail kept: full (one record per op and "
                                        "rank, timeline), per_rank (summed per rank and op kind) or summary "
                                        "(no record file)")
-    routing_draws: RoutingDraws = spec_field(RoutingDraws.EXACT, help="synthetic routing counts: exact (multinomial) "
-                                             "or normal (its Gaussian limit, faster for large batches; changes the "
-                                             "draws)")
+    routing_draws: RoutingDraws = spec_field(RoutingDraws.EXACT, help="synthetic routing counts: exact (multinomial), "
+                                             "normal (its Gaussian limit, faster for large batches; changes the "
+                                             "draws) or expected (no sampling noise)")

@@ -57,3 +57,14 @@ def test_a_simulation_with_normal_draws_stays_within_half_a_percent():
     assert normal.step_time_s == pytest.approx(exact.step_time_s, rel=0.005)
     assert normal.expert_load_max_over_mean == pytest.approx(exact.expert_load_max_over_mean, rel=0.01)
     assert normal.step_time_s != exact.step_time_s  # the draws did change: the option is not a no-op
+
+
+def test_expected_counts_are_the_rounded_means_and_sum_exactly():
+    shares = np.array([[0.5, 0.25, 0.125, 0.125], [0.3, 0.3, 0.3, 0.1], [1.0, 1.0, 1.0, 0.0]])
+    counts = draw_counts(np.random.default_rng(0), 10, shares[None], RoutingDraws.EXPECTED)[0]
+    assert counts.tolist() == [[5, 3, 1, 1], [3, 3, 3, 1], [4, 3, 3, 0]]  # ties go to the lower index
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(64), size=(3, 5))
+    c = draw_counts(rng, 32768, p[None], RoutingDraws.EXPECTED)[0]
+    assert (c.sum(-1) == 32768).all() and np.abs(c - 32768 * p).max() < 1.0
+    assert np.array_equal(c, draw_counts(np.random.default_rng(9), 32768, p[None], RoutingDraws.EXPECTED)[0])
