@@ -20,15 +20,31 @@ CAUSAL_FRACTION = 0.5  # causal attention computes half of the score matrix (fla
 
 @dataclass(frozen=True)
 class AttentionFlop:
-    projections_flop: float  # QKV and output projections (GEMMs)
+    projections_flop: float  # the attention's GEMMs: QKV (or MLA's down/up) and output projections
     core_flop: float  # QK^T and AV
 
 
-def attention_flop(model: MoeModelSpec, tokens: int, seq_len: int, tp: int) -> AttentionFlop:
-    q_width = model.num_attention_heads * model.head_dim
-    kv_width = 2 * model.num_kv_heads * model.head_dim
-    projections = 2.0 * tokens * model.hidden_size * (q_width + kv_width) + 2.0 * tokens * q_width * model.hidden_size
-    core = 2 * 2.0 * tokens * seq_len * q_width * CAUSAL_FRACTION
+def keys_per_query(seq_len: int, window: int | None) -> float:
+    """Mean unmasked keys per query of causal attention over `seq_len` tokens, each query seeing at most
+    `window` keys (itself included; None: all earlier ones). Causal: s/2, flash-attention's benchmark convention
+    (the s/2 extra diagonal pairs are not counted). Window W = left window w + 1: s·W − W(W−1)/2 pairs, i.e.
+    s(w+1) − w(w+1)/2 (flash-attention hopper/benchmark_attn.py); never more than causal, so that a window as
+    long as the sequence costs what no window costs."""
+    causal = seq_len * CAUSAL_FRACTION
+    if window is None or window >= seq_len:  # the formula below holds for W <= s only
+        return causal
+    pairs = seq_len * window - window * (window - 1) / 2.0
+    return min(pairs / seq_len, causal)
+
+
+def attention_flop(model: MoeModelSpec, tokens: int, seq_len: int, tp: int, windowed: bool = False) -> AttentionFlop:
+    """One layer's attention on `tokens` tokens (sequences of seq_len), its work split over tp ranks.
+    `windowed`: the layer uses the model's sliding window. The core is 2·(d_qk + d_v) FLOP per query head and
+    unmasked (query, key) pair, so grouped-query attention does not shrink it and MLA counts d_qk = nope + rope
+    (fidelity.md §1)."""
+    projections = 2.0 * tokens * model.attention_gemm_params
+    keys = keys_per_query(seq_len, model.sliding_window if windowed else None)
+    core = 2.0 * tokens * model.num_attention_heads * (model.qk_head_width + model.v_head_width) * keys
     return AttentionFlop(projections / tp, core / tp)
 
 
@@ -86,8 +102,30 @@ def backward_multiplier(recompute: Recompute) -> float:
     return 3.0 if recompute is Recompute.FULL else 2.0
 
 
+def mtp_projection_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
+    """A multi-token-prediction module's projection of [hidden; embedding] (2h) to h."""
+    return 2.0 * tokens * model.mtp_projection_params / tp
+
+
+def _layer_flop_per_token(model: MoeModelSpec, seq_len: int, moe: bool, windowed: bool) -> float:
+    """Forward FLOP per token of one transformer layer, its experts computing top_k + shared rows."""
+    attn = attention_flop(model, 1, seq_len, 1, windowed)
+    if not moe:
+        return attn.projections_flop + attn.core_flop + ffn_flop(model, 1, model.dense_ffn_size)
+    experts = (model.top_k + model.num_shared_experts) * ffn_flop(model, 1, model.expert_ffn_size)
+    return attn.projections_flop + attn.core_flop + experts + router_flop(model, 1)
+
+
+def mtp_flop_per_token(model: MoeModelSpec, seq_len: int) -> float:
+    """Forward FLOP per token of ONE multi-token-prediction module: projection, its transformer layer (MoE and
+    windowed as the model's last layer) and its pass through the shared LM head."""
+    layer = _layer_flop_per_token(model, seq_len, model.mtp_layer_is_moe, model.mtp_layer_windowed)
+    return mtp_projection_flop(model, 1, 1) + layer + lm_head_flop(model, 1, 1)
+
+
 def model_flop_per_token(model: MoeModelSpec, seq_len: int) -> float:
-    """Useful forward+backward FLOP per token (no recompute, no padding): the MFU numerator."""
+    """Useful forward+backward FLOP per token (no recompute, no padding): the MFU numerator. Multi-token
+    prediction is counted (its layers are trained like the others; Megatron's FLOP count includes them)."""
     attn = attention_flop(model, 1, seq_len, 1)
     dense_layers = model.num_layers - model.num_moe_layers
     forward = (model.num_layers * (attn.projections_flop + attn.core_flop)
@@ -95,10 +133,16 @@ def model_flop_per_token(model: MoeModelSpec, seq_len: int) -> float:
                + model.num_moe_layers * ((model.top_k + model.num_shared_experts)
                                          * ffn_flop(model, 1, model.expert_ffn_size) + router_flop(model, 1))
                + lm_head_flop(model, 1, 1))
+    windowed = model.num_windowed_layers
+    if windowed:  # those layers' cores see only the window
+        forward += windowed * (attention_flop(model, 1, seq_len, 1, windowed=True).core_flop - attn.core_flop)
+    if model.num_mtp_layers:
+        forward += model.num_mtp_layers * mtp_flop_per_token(model, seq_len)
     return 3.0 * forward
 
 
 def routed_expert_flop_per_token(model: MoeModelSpec) -> float:
-    """Forward+backward FLOP per token of its top_k routed experts: what a dropped assignment does not do
-    (shared experts always run)."""
+    """FLOP per token, forward+backward, of its top_k routed experts in the model's MoE layers: what a dropped
+    assignment does not do (shared experts always run). The MTP layer's routing is not simulated, so nothing
+    is dropped there."""
     return 3.0 * model.num_moe_layers * model.top_k * ffn_flop(model, 1, model.expert_ffn_size)

@@ -13,6 +13,8 @@ exactly for that reference case (tests check the 34). Per token the stored tenso
   attention       LN output h (QKV input), Q, K, V, core output q_out
                   (output-projection input), output dropout mask h    -> h+2q+2kv elements + h mask bytes
                                                                          (MHA: 5h el. + h -> paper: 11sbh)
+                  Multi-head latent attention: Q and K of a·(nope+rope), V and the core output of a·v, and each
+                  compressed latent (q_lora, kv_lora) twice: its norm's input and the up projection's input
   attention core  FlashAttention: the fp32 log-sum-exp per head and query -> 4·a bytes. (Unfused attention
                   would keep the softmax output, its mask and the dropout output per head and
                   key: a·s·(2 el. + 1 mask byte), the paper's 5as²b, which selective recompute drops.)
@@ -26,6 +28,8 @@ fp32 router logits (num_experts), the shared experts as one MLP of width num_sha
 their own input, the output mask h, and per expert row held by the rank its input h plus m tensors of width
 expert_ffn_size/etp. Router probs, permutation indices and the prob-weighted unpermute are left out (small or
 transient). Only tensors kept for the backward are counted; transient workspaces are not.
+The last stage also keeps, per multi-token-prediction module, its inputs, one transformer layer and the fp32
+cross-entropy softmax of its logits (mtp_activation_bytes).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from moesim.spec import Dtype, Recompute, Scenario
+from moesim.spec import Dtype, MoeModelSpec, Recompute, Scenario
 
 _MASK_BYTES = 1  # dropout masks are stored as uint8/bool
 _FP32_BYTES = Dtype.FP32.bytes  # router logits and the cross-entropy softmax are kept in fp32
@@ -61,27 +65,45 @@ class MemoryBreakdown:
 
 
 def stage_params(scenario: Scenario, stage: int) -> tuple[float, float]:
-    """(dense, expert) parameters held by one rank of pipeline stage `stage`."""
+    """(dense, expert) parameters held by one rank of pipeline stage `stage`. The last stage also holds the
+    multi-token-prediction modules (Megatron places them there) and, when pp > 1, the copy of the input
+    embedding they need (Megatron's GPTModel builds it `if self.pre_process or self.mtp_process`; a tied LM head
+    is that copy)."""
     model, lay = scenario.model, scenario.layout
     if not 0 <= stage < lay.pp:
         raise ValueError(f"stage {stage} out of range: the layout has pp = {lay.pp} stages")
     per_stage = scenario.layers_per_stage
+    dense = expert = 0.0
+    for layer in range(stage * per_stage, (stage + 1) * per_stage):
+        d, e = _layer_params(scenario, model.is_moe_layer(layer))
+        dense, expert = dense + d, expert + e
+    embedding = model.embedding_params / lay.tp  # vocab-parallel
+    if stage == 0:
+        dense += embedding  # the input embedding
+    if stage == lay.pp - 1:
+        if lay.pp > 1 or not model.tie_word_embeddings:
+            dense += embedding  # the LM head (a tied one is a copy of the embedding, synced like Megatron's)
+        if model.num_mtp_layers:
+            d, e = _layer_params(scenario, model.mtp_layer_is_moe)
+            dense += model.num_mtp_layers * (d + model.mtp_projection_params / lay.tp)
+            expert += model.num_mtp_layers * e
+            if lay.pp > 1 and not model.tie_word_embeddings:
+                dense += embedding  # MTP embeds the shifted tokens on the last stage
+    return dense, expert
+
+
+def _layer_params(scenario: Scenario, moe: bool) -> tuple[float, float]:
+    """(dense, expert) parameters of one transformer layer on one rank."""
+    model, lay = scenario.model, scenario.layout
+    replicated = model.attention_tp_replicated_params  # MLA's down projections: whole on every tp rank
+    dense = (model.attention_params - replicated) / lay.tp + replicated
+    if not moe:
+        return dense + model.ffn_params(model.dense_ffn_size) / lay.tp, 0.0
     shared = model.num_shared_experts * model.ffn_params(model.expert_ffn_size)
     # reserved placement slots hold full experts (weights, gradients, optimizer state) whether used or not
     local_experts = scenario.placement.slots_per_gpu or model.num_experts // lay.ep
-    dense = expert = 0.0
-    for layer in range(stage * per_stage, (stage + 1) * per_stage):
-        dense += model.attention_params / lay.tp
-        if model.is_moe_layer(layer):
-            dense += shared / lay.tp + model.router_params  # the router is replicated over tp
-            expert += local_experts * model.ffn_params(model.expert_ffn_size) / lay.etp
-        else:
-            dense += model.ffn_params(model.dense_ffn_size) / lay.tp
-    if stage == 0:
-        dense += model.embedding_params / lay.tp  # vocab-parallel input embedding
-    if stage == lay.pp - 1:
-        dense += model.embedding_params / lay.tp  # untied LM head
-    return dense, expert
+    dense += shared / lay.tp + model.router_params  # the router is replicated over tp
+    return dense, local_experts * model.ffn_params(model.expert_ffn_size) / lay.etp
 
 
 def activation_bytes_per_layer(scenario: Scenario, moe: bool, expert_rows: float) -> float:
@@ -96,20 +118,39 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     tokens = scenario.tokens_routed_per_rank  # s·b/t: sequence parallelism splits every tensor over tp
     if recompute is Recompute.FULL:
         return tokens * h * dtype_bytes  # only the layer input is kept
-    q_out = model.num_attention_heads * model.head_dim
-    kv_out = model.num_kv_heads * model.head_dim
     norms = 2 * h * dtype_bytes
-    attention = (h + 2 * q_out + 2 * kv_out) * dtype_bytes + h * _MASK_BYTES
+    # LN output (the projections' input), Q, K, V, the core's output (the output projection's input), MLA's
+    # latents; a sliding window changes none of them
+    stored = h + model.q_width + model.k_width + model.v_width + model.attn_out_width + _latent_width(model)
+    attention = stored * dtype_bytes + h * _MASK_BYTES
     # FlashAttention keeps no s x s scores, only the fp32 log-sum-exp per head and query: a/t heads x s·b = a ·
     # tokens. Korthikanti's 5·a·s²·b term (unfused attention) does not apply to the runs being modelled.
     total = tokens * (norms + attention + model.num_attention_heads * _FP32_BYTES)
-    m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (SwiGLU) or 2 (GELU)
+    m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (gated) or 2 (GELU)
     if not moe:
         return total + tokens * ((h + m * model.dense_ffn_size) * dtype_bytes + h * _MASK_BYTES)
     shared_width = model.num_shared_experts * model.expert_ffn_size
     per_token = (h + m * shared_width) * dtype_bytes + model.num_experts * _FP32_BYTES + h * _MASK_BYTES
     per_row = (h + m * model.expert_ffn_size / scenario.layout.etp) * dtype_bytes
     return total + tokens * per_token + expert_rows * per_row
+
+
+def _latent_width(model: MoeModelSpec) -> int:
+    """MLA: each compressed latent (query, key/value) is kept twice per token, as its RMSNorm's input and as the
+    up projection's input. The rope key part needs nothing beyond K (its rotation is linear)."""
+    return 2 * ((model.q_lora_rank or 0) + model.kv_lora_rank) if model.is_mla else 0
+
+
+def mtp_activation_bytes(scenario: Scenario, expert_rows, recompute: Recompute):
+    """What one multi-token-prediction module keeps for the backward of one micro-batch: its two inputs
+    (hidden state and embedding of the shifted tokens) with their norms' outputs, concatenated as the
+    projection's input (4h), its transformer layer, and the fp32 softmax of its cross-entropy over the
+    vocab-parallel logits. Full recompute keeps the two inputs and the layer's input."""
+    model, dtype_bytes = scenario.model, scenario.training.dtype.bytes
+    tokens, h = scenario.tokens_routed_per_rank, model.hidden_size
+    inputs = (2 if recompute is Recompute.FULL else 4) * h * dtype_bytes
+    loss = model.vocab_size * _FP32_BYTES
+    return tokens * (inputs + loss) + _layer_bytes(scenario, model.mtp_layer_is_moe, expert_rows, recompute)
 
 
 def a2a_buffer_bytes(scenario: Scenario, expert_rows: float) -> float:
@@ -205,6 +246,8 @@ def _stage_activation_bytes(scenario: Scenario, stage: int, rows):
         if num_dense:
             working = np.maximum(working, _layer_bytes(scenario, False, rows, Recompute.SELECTIVE))
         total = total + working
-    if stage == scenario.layout.pp - 1:
+    if stage == scenario.layout.pp - 1:  # the last stage has one micro-batch in flight
         total = total + scenario.tokens_routed_per_rank * model.vocab_size * _FP32_BYTES
+        if model.num_mtp_layers:
+            total = total + model.num_mtp_layers * mtp_activation_bytes(scenario, rows, recompute)
     return total

@@ -1,6 +1,7 @@
 """Scenario YAML -> Scenario. Every key is checked first (moesim.io.document), then what is genuinely I/O
-happens here -- a profile name resolved to its file, a model or routing preset expanded under the file's values,
-a trace loaded (or fitted), each policy's parameters read -- and the whole is validated by the spec models."""
+happens here -- a profile name resolved to its file, a model or routing preset (or a model's Hugging Face
+config.json) expanded under the file's values, a trace loaded (or fitted), each policy's parameters read -- and
+the whole is validated by the spec models."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from moesim.io.document import Reader, validate
+from moesim.io.hf_config import HfModel, read_hf_config
 from moesim.io.profile import available_profiles, load_profile, resolve_profile
 from moesim.io.strict import describe_document, is_file, path_kind
 from moesim.spec.base import SpecModel
-from moesim.spec.document import ClusterFileKeys, PlacementFileKeys, RoutingFileKeys
+from moesim.spec.document import ClusterFileKeys, ModelFileKeys, PlacementFileKeys, RoutingFileKeys
 from moesim.spec.errors import SpecError, Verbatim
+from moesim.spec.model import MoeModelSpec
 from moesim.spec.placement import PlacementPolicyKind
 from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.presets import MODEL_PRESETS
@@ -39,7 +42,7 @@ def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFi
     fields = Reader().fields(Scenario, doc, "")  # unknown keys first: a typo'd key leaves a conflicting default
     fields.setdefault("name", default_name)
     _cluster(_section(doc, "cluster"), fields, base_dir)
-    _model(fields)
+    _model(_section(doc, "model"), fields, base_dir, {} if cache is None else cache)
     _routing(_section(doc, "routing"), fields, base_dir, fit, {} if cache is None else cache)
     _placement(_section(doc, "placement"), fields)
     return validate(Scenario, fields, doc)
@@ -73,11 +76,35 @@ def _preset(presets: Mapping, name: Any, key: str) -> Any:
     return presets[name]
 
 
-def _model(fields: dict) -> None:
-    """A preset's values, then the file's on top: one way, nothing derived twice."""
+def _model(raw: Mapping, fields: dict, base_dir: Path, cache: dict) -> None:
+    """A preset's values, or a Hugging Face config.json's, then the file's on top: one way, nothing derived
+    twice."""
     model = fields.get("model")
-    if isinstance(model, dict) and "preset" in model:
+    if not isinstance(model, dict):
+        return
+    ref = _file_keys(ModelFileKeys, raw, "model").hf_config
+    if ref is not None:
+        if "preset" in model:
+            raise SpecError("model.hf_config", ref, "either preset or hf_config, not both")
+        path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+        if not is_file(path):  # read_hf_config says what is there instead
+            read_hf_config(path, ref)
+        hf = _cached(cache, ("hf_config", os.path.realpath(path)), lambda: read_hf_config(path, ref))
+        fields["model"] = {**hf.fields, **model}
+        _check_hf_model(hf, fields["model"], model)
+    elif "preset" in model:
         fields["model"] = {**_preset(MODEL_PRESETS, model["preset"], "model.preset").model_dump(), **model}
+
+
+def _check_hf_model(hf: HfModel, merged: dict, overrides: dict) -> None:
+    """A value from the config.json that the model spec refuses is reported under the file's name and key (a
+    refused override is left to the scenario's own validation, which names its key there)."""
+    try:
+        MoeModelSpec(**merged)
+    except SpecError as err:
+        field = err.key.split(".")[0]
+        if field in hf.keys and field not in overrides:
+            raise SpecError(hf.keys[field], err.value, err.expected, source=hf.source) from None
 
 
 def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None, cache: dict) -> None:

@@ -59,20 +59,58 @@ class MoeLayerWork:
 
 def layer_costs(sc: Scenario) -> LayerCosts:
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    peak = prof.gpu.peak(dt)
-    tokens, routed = sc.tokens_per_micro_batch, sc.tokens_routed_per_rank
+    peak, tokens = prof.gpu.peak(dt), sc.tokens_per_micro_batch
     attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp)
     core_s = float(cc.op_time_s(attn.core_flop, peak, prof.efficiency.attention))
+    windowed = m.num_windowed_layers
+    if windowed:  # the engine charges every layer alike: each core's time, averaged over the model's layers
+        window = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=True)
+        window_s = float(cc.op_time_s(window.core_flop, peak, prof.efficiency.attention))
+        core_s = (windowed * window_s + (m.num_layers - windowed) * core_s) / m.num_layers
     attn_fwd = float(cc.op_time_s(attn.projections_flop, peak, prof.efficiency.matmul)) + core_s
     dense = float(cc.op_time_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp), peak, prof.efficiency.matmul))
-    shared = cc.ffn_flop(m, tokens, m.expert_ffn_size * m.num_shared_experts, lay.tp)
-    router = float(cc.op_time_s(cc.router_flop(m, routed), peak, prof.efficiency.matmul)
-                   + cc.op_time_s(shared, peak, prof.efficiency.matmul))
+    router = _router_and_shared_s(sc)
     head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), peak, prof.efficiency.matmul))
     bwd = cc.backward_multiplier(sc.training.recompute)
     selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
+    head_fwd, head_bwd = head, 2.0 * head
+    if m.num_mtp_layers:  # the engine's op list stays as it is: MTP runs inside the last stage's LM-head op
+        mtp_fwd, mtp_bwd = _mtp_s(sc)
+        head_fwd, head_bwd = head_fwd + mtp_fwd, head_bwd + mtp_bwd
     return LayerCosts(attn_fwd, bwd * attn_fwd + selective, dense, bwd * dense, router, bwd * router,
-                      head, 2.0 * head)
+                      head_fwd, head_bwd)
+
+
+def _router_and_shared_s(sc: Scenario) -> float:
+    m, lay, prof = sc.model, sc.layout, sc.cluster.profile
+    peak = prof.gpu.peak(sc.training.dtype)
+    shared = cc.ffn_flop(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts, lay.tp)
+    return float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), peak, prof.efficiency.matmul)
+                 + cc.op_time_s(shared, peak, prof.efficiency.matmul))
+
+
+def _mtp_s(sc: Scenario) -> tuple[float, float]:
+    """(forward, backward) seconds of the multi-token-prediction modules on a last-stage rank, per micro-batch:
+    projection, one transformer layer, the shared LM head and loss. Its MoE layer's experts get balanced
+    routing (no routing is drawn for it) and its all-to-all and TP collectives are not simulated."""
+    m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
+    peak, tokens = prof.gpu.peak(dt), sc.tokens_per_micro_batch
+    attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=m.mtp_layer_windowed)
+    core_s = float(cc.op_time_s(attn.core_flop, peak, prof.efficiency.attention))
+    gemms = [cc.mtp_projection_flop(m, tokens, lay.tp), attn.projections_flop]
+    if m.mtp_layer_is_moe:
+        local_experts = m.num_experts // lay.ep
+        rows = sc.tokens_routed_per_rank * m.top_k * lay.etp / local_experts  # each etp shard sees its group's
+        ffn_s = _router_and_shared_s(sc) + float(cc.expert_time_s(np.full(local_experts, rows), m, prof, dt,
+                                                                  lay.etp))
+    else:
+        gemms.append(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
+        ffn_s = 0.0
+    layer_s = float(cc.op_time_s(np.array(gemms), peak, prof.efficiency.matmul).sum()) + core_s + ffn_s
+    head_s = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), peak, prof.efficiency.matmul))
+    selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
+    bwd = cc.backward_multiplier(sc.training.recompute) * layer_s + selective + 2.0 * head_s
+    return m.num_mtp_layers * (layer_s + head_s), m.num_mtp_layers * bwd
 
 
 def _all_to_all(net: CollectiveModel, links: FlowNetwork, groups: np.ndarray,

@@ -12,6 +12,7 @@ from moesim.spec.base import LISTS_AS_TUPLES, NonEmptyStr, SpecModel, spec_field
 from moesim.spec.bounds import FRACTION
 from moesim.spec.errors import require
 from moesim.spec.hardware import ClusterSpec, EfficiencyCurve
+from moesim.spec.model import MoeModelSpec
 from moesim.spec.placement import PlacementSpec
 from moesim.spec.placement_params import POLICY_PARAMS
 from moesim.spec.routing import RoutingDistribution, RoutingSpec
@@ -30,6 +31,13 @@ class ScenarioFileKeys(SpecModel):
 class ClusterFileKeys(SpecModel):
     profile: NonEmptyStr = spec_field(help="a profile name in hw_profiles/, or a path to a profile YAML (.yaml) "
                                            "relative to the scenario file")
+
+
+class ModelFileKeys(SpecModel):
+    hf_config: NonEmptyStr | None = spec_field(None, help="build the model from this Hugging Face config.json "
+                                                          "(relative to the scenario file; DeepSeek-V2/V3, GPT-OSS, "
+                                                          "Mixtral, OLMoE, Qwen2/3-MoE); the other keys override "
+                                                          "its values")
 
 
 class RoutingFileKeys(SpecModel):
@@ -71,5 +79,5 @@ PlacementFileKeys = create_model(
 
 # spec model -> the keys its section of a file has beyond the spec's own fields
 FILE_KEYS: dict[type, type[SpecModel]] = {Scenario: ScenarioFileKeys, ClusterSpec: ClusterFileKeys,
-                                          RoutingSpec: RoutingFileKeys, PlacementSpec: PlacementFileKeys,
-                                          EfficiencyCurve: CurveFileKeys}
+                                          MoeModelSpec: ModelFileKeys, RoutingSpec: RoutingFileKeys,
+                                          PlacementSpec: PlacementFileKeys, EfficiencyCurve: CurveFileKeys}

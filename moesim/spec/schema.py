@@ -61,8 +61,9 @@ def _object(model: type[BaseModel]) -> dict:
         if info.is_required() and not (owner is Scenario and name == "name"):  # the name defaults to the file's
             required.append(meta.key)
     out: dict = {"type": "object", "properties": props, "additionalProperties": False}
-    if required and "preset" in props:  # a preset gives every required key
-        out["anyOf"] = [{"required": ["preset"]}, {"required": required}]
+    if required and "preset" in props:  # a preset (or a model's config.json) gives every required key
+        givers = [key for key in ("preset", "hf_config") if key in props]
+        out["anyOf"] = [*({"required": [key]} for key in givers), {"required": required}]
     elif required:
         out["required"] = required
     return out
