@@ -1,10 +1,15 @@
 """Qualitative reproductions of the placement papers' findings (docs/placement.md has the results and the
 comparison with the papers). Reads the SmartMoE trace from ../shared (GPL-3.0; read, never copied).
-Usage: .venv/bin/python benchmarks/placement_repro.py [fig13|replication|fastermoe|tamoe ...]  (default: all)"""
+Usage: .venv/bin/python benchmarks/placement_repro.py [fig13|replication|fastermoe|tamoe|compare|compare-trace ...]
+(default: all). `compare` and `compare-trace` run scenarios/placement-compare.yaml through `moesim sweep` and
+`moesim report` into runs/placement-repro/ (a rerun reuses the finished points; delete the folder to simulate
+again) and print the report's grid; the other parts need per-op records, so they simulate here."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +24,8 @@ from moesim.sim.simulate import SimResult, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
+OUT = ROOT / "runs" / "placement-repro"
+SMARTMOE_TRACE = ROOT.parent / "shared" / "traces" / "smartmoe-ae" / "counts.npz"
 
 
 def doc(name: str) -> dict:
@@ -112,8 +119,46 @@ def tamoe() -> None:
               f"{s.network.a2a_bytes_per_step['nic'] / 1e9:.1f} | {s.step_time_s:.3f} |")
 
 
+def moesim(*args: str) -> str:
+    """Run the `moesim` command (this interpreter, this checkout) and return what it printed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-m", "moesim.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"moesim {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def sweep_and_report(name: str, *flags: str) -> None:
+    """`moesim sweep` (resumable) then `moesim report`; prints the report's grid or its table of points."""
+    out = OUT / name
+    jobs = os.environ.get("MOESIM_JOBS", str(os.cpu_count() or 1))
+    printed = moesim("sweep", str(SCENARIOS / "placement-compare.yaml"), "--out", str(out), "--jobs", jobs, *flags)
+    print(next(line for line in printed.splitlines() if "points simulated" in line))
+    moesim("report", str(out), "--force")
+    report = (out / "report.md").read_text()
+    lines = report.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("Step time p50") or line == "## Every point")
+    for line in lines[first:]:
+        if line.startswith("!["):
+            break
+        print(line)
+    print(f"(figures and report.md in {out.relative_to(ROOT)}/)")
+
+
+def compare() -> None:
+    print("## All six policies over a Zipf sweep: scenarios/placement-compare.yaml")
+    sweep_and_report("compare")
+
+
+def compare_trace() -> None:
+    print("## All six policies on the SmartMoE trace: placement-compare.yaml --trace")
+    sweep_and_report("compare-trace", "--trace", str(SMARTMOE_TRACE))
+
+
 def main() -> None:
-    parts = {"fig13": fig13, "replication": replication, "fastermoe": fastermoe, "tamoe": tamoe}
+    parts = {"fig13": fig13, "replication": replication, "fastermoe": fastermoe, "tamoe": tamoe,
+             "compare": compare, "compare-trace": compare_trace}
     for name in sys.argv[1:] or list(parts):
         t0 = time.perf_counter()
         parts[name]()

@@ -30,15 +30,22 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moesim", description="Simulate and plan Mixture-of-Experts training on GPU clusters.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="simulate a scenario and write its outputs")
+    run = sub.add_parser("run", help="simulate a scenario and write its outputs (a file with a sweep: section "
+                                     "runs as `moesim sweep` does)")
     run.add_argument("scenario", type=Path, help="scenario YAML file")
-    run.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>)")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>, or for a sweep "
+                                              "file runs/<scenario name>-sweep, as `moesim sweep`)")
     _run_flags(run, "a scenario whose")
-    run.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing (.parquet, "
-                                                "SmartMoE .npz or log directory); swept routing keys are dropped")
-    run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing")
+    run.add_argument("--jobs", type=yaml_int, help="a sweep file's worker processes (default: the number of CPUs)")
+    run.add_argument("--no-files", action="store_true", help="print the summary only; write nothing (a sweep "
+                                                             "runs in a temporary directory, removed at the end)")
     _sweep_parser(sub.add_parser("sweep", help="run a scenario file's sweep points in parallel processes; "
                                                "rerunning resumes an interrupted sweep"))
+    rep = sub.add_parser("report", help="figures and a markdown table (report.md) from a sweep directory")
+    rep.add_argument("sweep_dir", type=Path, metavar="DIR", help="a directory written by `moesim sweep` (or "
+                                                                 "`moesim run` on a sweep file)")
+    rep.add_argument("--out", type=Path, help="directory for the report (default: DIR)")
+    rep.add_argument("--force", action="store_true", help="replace the report files of an earlier report")
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
@@ -65,6 +72,8 @@ def _run_flags(p, refused: str) -> None:
     p.add_argument("--force", action="store_true", help="write into a non-empty directory moesim did not create")
     p.add_argument("--steps", type=yaml_int, help="override simulation.steps")  # 10, 0x10, 0o10 as in YAML
     p.add_argument("--seed", type=yaml_int, help="override simulation.seed")
+    p.add_argument("--trace", type=Path, help="replay this routing trace instead of the file's routing (.parquet, "
+                                              "SmartMoE .npz or log directory); swept routing keys are dropped")
     p.add_argument("--max-wall-s", type=float, default=DEFAULT_MAX_WALL_S,
                    help=f"refuse {refused} estimated wall time exceeds this (default: one hour)")
     p.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
@@ -76,6 +85,13 @@ def _sweep_parser(sw) -> None:
     sw.add_argument("scenario", type=Path, help="scenario YAML file with a sweep: section")
     sw.add_argument("--jobs", type=yaml_int, help="worker processes (default: the number of CPUs)")
     sw.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-sweep)")
+    # a plain string checked against moesim.sweep.SweepBackend in _sweep: importing it here would load the
+    # simulator for every command
+    sw.add_argument("--backend", default="processes",
+                    help="processes (default: worker processes on this machine) or ray (tasks on a Ray cluster; "
+                         "pip install 'moesim[ray]'); with ray, --jobs caps the points in flight (default: none)")
+    sw.add_argument("--address", help="with --backend ray: the cluster, HOST:PORT of its head node, auto or local "
+                                      "(default: RAY_ADDRESS, else a cluster on this machine, else a new local Ray)")
     _run_flags(sw, "a sweep (--jobs points at a time) whose")
 
 
@@ -195,7 +211,8 @@ def _main(argv: list[str]) -> int:
         with warnings.catch_warnings():  # libraries' warnings are not the user's business; errors are ours
             warnings.simplefilter("ignore")
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
-                    "calibrate": _calibrate, "schema": _schema, "sweep": _sweep}[args.command](args)
+                    "calibrate": _calibrate, "schema": _schema, "sweep": _sweep,
+                    "report": _report}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -235,20 +252,35 @@ def _calibrate(args) -> int:
 
 def _run(args) -> int:
     from moesim.io.staged_dir import check_out_dir, default_run_dir  # noqa: PLC0415 - keep `validate` light
-    from moesim.loader import load_scenarios, with_simulation  # noqa: PLC0415
+    from moesim.sweep import plan_sweep  # noqa: PLC0415
 
-    if args.trace is not None and not (args.trace.is_file() or args.trace.is_dir()):
-        raise SpecError("--trace", str(args.trace), "an existing trace file or directory")
-    keys, points = load_scenarios(args.scenario, args.trace)
-    points = [(values, with_simulation(sc, args.steps, args.seed)) for values, sc in points]
-    base_name = points[0][1].name.split("[", 1)[0]
-    out = args.out or default_run_dir(base_name)
-    _check_cost([sc for _, sc in points], args, write_files=not args.no_files and len(points) == 1)
+    plan = plan_sweep(args.scenario, args.steps, args.seed, _checked_trace(args.trace))
+    if plan.keys:  # one code path for sweeps: parallel, resumable, the same directory as `moesim sweep`
+        return _sweep_plan(plan, _as_sweep_args(args))
+    scenario = plan.points[0].scenario
+    out = args.out or default_run_dir(plan.name)
+    _check_cost([scenario], args, write_files=not args.no_files)
     if not args.no_files:
         check_out_dir(out, args.force)  # refuse before simulating, not after
-    if not keys:
-        return _run_one(points[0][1], out, args)
-    return _run_sweep(keys, points, out, args, base_name)
+    return _run_one(scenario, out, args)
+
+
+def _checked_trace(trace: Path | None) -> Path | None:
+    if trace is not None and not (trace.is_file() or trace.is_dir()):
+        raise SpecError("--trace", str(trace), "an existing trace file or directory")
+    return trace
+
+
+def _as_sweep_args(run_args: argparse.Namespace) -> argparse.Namespace:
+    """`moesim run` on a sweep file is `moesim sweep` with the same flags: that command's defaults for the flags
+    only it has (--backend, ...), this command's values for the others, and --no-files."""
+    sweep = _Parser(prog="moesim sweep")
+    _sweep_parser(sweep)
+    args = sweep.parse_args(["--", str(run_args.scenario)])
+    for name, value in vars(run_args).items():
+        if name in vars(args) or name == "no_files":
+            setattr(args, name, value)
+    return args
 
 
 def _available_memory_bytes() -> float:
@@ -310,56 +342,74 @@ def _run_one(scenario, out: Path, args) -> int:
     return 0
 
 
-def _run_sweep(keys: list[str], points: list, out: Path, args, name: str) -> int:
-    from moesim.io.staged_dir import staged_dir  # noqa: PLC0415
-    from moesim.report.sweep import format_sweep_table, sweep_row, sweep_table, write_sweep_files  # noqa: PLC0415
-
-    t0 = time.perf_counter()
-    rows = []
-    for i, (values, scenario) in enumerate(points):
-        rows.append(sweep_row(values, _simulate(scenario, f"point {i + 1}/{len(points)}")[1]))
-    table = sweep_table(rows, keys)
-    print(format_sweep_table(table, keys))
-    print(f"{len(points)} points simulated in {time.perf_counter() - t0:.1f} s wall")
-    if not args.no_files:
-        with staged_dir(out, args.force) as staging:
-            names = [p.name for p in write_sweep_files(staging, table, keys, f"{name}: {len(points)} points")]
-        print(f"wrote {', '.join(str(out / n) for n in names)}")
-    return 0
-
-
 def _sweep(args) -> int:
+    from moesim.sweep import check_backend, plan_sweep  # noqa: PLC0415
+
+    check_backend(args.backend, args.address)  # one line for a bad choice or Ray not installed, before any work
+    plan = plan_sweep(args.scenario, args.steps, args.seed, _checked_trace(args.trace))  # every point checked
+    if not plan.keys:
+        dropped = " other than routing keys (--trace replaces the routing)" if args.trace is not None else ""
+        raise SpecError("sweep", None, f"a sweep: section{dropped} in {args.scenario} (`moesim run` runs one "
+                                       "scenario)")
+    return _sweep_plan(plan, args)
+
+
+def _sweep_plan(plan, args) -> int:
+    """Run a planned sweep into --out (resuming what is there), or with --no-files (`moesim run`) into a
+    temporary directory that is removed at the end: the same workers, rows and table either way."""
+    import tempfile  # noqa: PLC0415
+
     from moesim.io.staged_dir import default_run_dir  # noqa: PLC0415
-    from moesim.report.progress import Progress  # noqa: PLC0415
-    from moesim.report.sweep import format_sweep_table, sweep_row, sweep_table, write_sweep_files  # noqa: PLC0415
-    from moesim.sweep import plan_sweep, prepare_sweep_dir, run_sweep  # noqa: PLC0415
+    from moesim.sweep import prepare_sweep_dir  # noqa: PLC0415
 
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-    if jobs < 1:
+    if jobs < 1:  # before the directory is made
         raise SpecError("--jobs", jobs, "a number of worker processes >= 1")
-    plan = plan_sweep(args.scenario, args.steps, args.seed)  # every point checked before anything runs
-    if not plan.keys:
-        raise SpecError("sweep", None, f"a sweep: section in {args.scenario} (`moesim run` runs one scenario)")
-    out = prepare_sweep_dir(args.out or default_run_dir(f"{plan.name}-sweep"), args.force)
+    if getattr(args, "no_files", False):
+        with tempfile.TemporaryDirectory(prefix="moesim-sweep-") as tmp:
+            return _sweep_into(plan, prepare_sweep_dir(Path(tmp), force=False), args, jobs, keep=False)
+    return _sweep_into(plan, prepare_sweep_dir(args.out or default_run_dir(f"{plan.name}-sweep"), args.force),
+                       args, jobs, keep=True)
+
+
+def _sweep_into(plan, out: Path, args, jobs: int, keep: bool) -> int:
+    from moesim.report.progress import Progress  # noqa: PLC0415
+    from moesim.report.sweep import format_sweep_table, sweep_table, write_sweep_files  # noqa: PLC0415
+    from moesim.sweep import SweepBackend, run_sweep  # noqa: PLC0415
+    from moesim.sweep.rows import point_row as sweep_row  # noqa: PLC0415
+
+    backend = SweepBackend(args.backend)  # checked by _sweep (`moesim run` on a sweep file: the default)
     todo = plan.todo(out)
     if todo:
         _check_cost([p.scenario for p in todo], args, write_files=False, jobs=min(jobs, len(todo)))
-    print(f"{len(plan.points)} points: {len(plan.points) - len(todo)} already in {out}/points"
+    where = f"{out}/points" if keep else "a temporary directory (--no-files)"
+    print(f"{len(plan.points)} points: {len(plan.points) - len(todo)} already in {where}"
           + (f", simulating {len(todo)} in {min(jobs, len(todo))} processes" if todo else ""), file=sys.stderr)
     t0 = time.perf_counter()
-    outcome = run_sweep(plan, out, jobs, sweep_row, Progress("sweep", "points"))
+    outcome = run_sweep(plan, out, jobs if backend is SweepBackend.PROCESSES else args.jobs, sweep_row,
+                        Progress("sweep", "points"), backend, args.address)
     for line in outcome.failures:
         print(f"moesim: error: {line}", file=sys.stderr)
     if outcome.failures:
-        print(f"moesim: {len(outcome.failures)} of {len(todo)} points failed; the others are in {out}/points",
-              file=sys.stderr)
+        kept = f"the others are in {out}/points" if keep else "nothing was kept (--no-files)"
+        print(f"moesim: {len(outcome.failures)} of {len(todo)} points failed; {kept}", file=sys.stderr)
         return EXIT_FAILED
     table = sweep_table(outcome.rows, plan.keys)
     print(format_sweep_table(table.drop(columns="point_key"), plan.keys))
     print(f"{outcome.simulated} points simulated in {time.perf_counter() - t0:.1f} s wall with --jobs {jobs}, "
           f"{outcome.skipped} already done")
-    names = [p.name for p in write_sweep_files(out, table, plan.keys, f"{plan.name}: {len(plan.points)} points")]
-    print(f"wrote {', '.join(str(out / n) for n in names)} and {len(plan.points)} rows in {out}/points/")
+    if keep:
+        names = [p.name for p in write_sweep_files(out, table, plan.keys, f"{plan.name}: {len(plan.points)} points")]
+        print(f"wrote {', '.join(str(out / n) for n in names)} and {len(plan.points)} rows in {out}/points/; "
+              f"`moesim report {out}` draws them")
+    return 0
+
+
+def _report(args) -> int:
+    from moesim.report.sweep_report import write_sweep_report  # noqa: PLC0415
+
+    paths = write_sweep_report(args.sweep_dir, args.out, force=args.force)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""A sweep's points -> one table (swept values + summary metrics) and its figure."""
+"""A sweep's rows (moesim.sweep.rows) -> the table `moesim sweep` prints and writes as sweep.csv, and sweep.png.
+The resolved parameters (`scenario.*`) stay in the Parquet rows; the table has the swept values and metrics."""
 
 from __future__ import annotations
 
@@ -7,28 +8,22 @@ from pathlib import Path
 import pandas as pd
 
 from moesim.io.results import write_figure_atomic, write_text_atomic
-from moesim.metrics.types import RunSummary
+from moesim.io.sweep_points import SCENARIO_PREFIX, SWEPT_KEYS
 from moesim.viz.sweep import sweep_figure
 
-
-def sweep_row(values: dict, s: RunSummary) -> dict:
-    """One table row: the swept values (as written in the sweep) and the point's summary metrics."""
-    return {**values,
-            "step_time_s": s.step_time_s, "step_time_p95_s": s.step_time_p95_s, "step_time_p99_s": s.step_time_p99_s,
-            "tokens_per_s": s.tokens_per_s, "mfu": s.mfu, "dropped_fraction": s.dropped_fraction,
-            "dropped_first_choice_fraction": s.dropped_first_choice_fraction, "padding_fraction": s.padding_fraction,
-            "expert_load_max_over_mean": s.expert_load_max_over_mean,
-            "gpu_load_max_over_mean": s.gpu_load_max_over_mean,
-            "peak_memory_bytes_max": s.peak_memory_bytes_max, "fits_in_memory": s.fits_in_memory,
-            "all_to_all_s": s.breakdown_s["all_to_all"],
-            "balance_ratio": s.placement.balance_ratio_mean, "placement_changes": s.placement.changes,
-            "migration_s": s.placement.migration_s,
-            **{f"a2a_{tier}_GB": sent / 1e9 for tier, sent in s.network.a2a_bytes_per_step.items()}}
+# printed after the swept values (sweep.csv has every metric)
+PRINTED = ("step_time_s", "step_time_p95_s", "step_time_p99_s", "tokens_per_s", "mfu", "dropped_fraction",
+           "dropped_first_choice_fraction", "padding_fraction", "expert_load_max_over_mean",
+           "gpu_load_max_over_mean", "peak_memory_bytes_max", "fits_in_memory", "all_to_all_s", "balance_ratio",
+           "placement_changes", "migration_s")
+_NOT_IN_TABLE = (SWEPT_KEYS, "step_times_s")  # JSON lists: in the Parquet rows only
 
 
 def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:
-    """The rows as a table; swept columns keep their values as written (a null stays None, never NaN)."""
+    """The rows as a table of swept values and metrics; swept columns keep their values as written (a null
+    stays None, never NaN)."""
     table = pd.DataFrame(rows)
+    table = table[[c for c in table.columns if not c.startswith(SCENARIO_PREFIX) and c not in _NOT_IN_TABLE]]
     for key in keys:
         table[key] = pd.Series([row[key] for row in rows], dtype=object)
     return table
@@ -44,7 +39,9 @@ def _shown(table: pd.DataFrame, keys: list[str], null: str) -> pd.DataFrame:
 
 
 def format_sweep_table(table: pd.DataFrame, keys: list[str]) -> str:
-    return _shown(table, keys, "null").to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    """The swept values, the main metrics and the all-to-all bytes per tier."""
+    columns = [*keys, *(c for c in table.columns if c in PRINTED or (c.startswith("a2a_") and c.endswith("_GB")))]
+    return _shown(table[columns], keys, "null").to_string(index=False, float_format=lambda x: f"{x:.4g}")
 
 
 def sweep_csv(table: pd.DataFrame, keys: list[str]) -> str:

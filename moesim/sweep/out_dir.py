@@ -10,10 +10,9 @@ from pathlib import Path
 
 from moesim.io.results import WriteError, write_text_atomic
 from moesim.io.staged_dir import resolve_out_dir
+from moesim.io.sweep_points import POINTS_DIR, SWEEP_MARKER
 from moesim.spec.errors import SpecError
 
-SWEEP_MARKER = ".moesim-sweep"
-POINTS_DIR = "points"
 _MARKER_TEXT = ("This directory holds a moesim sweep: points/ has one Parquet file per finished point, named by "
                 "the point's key. Rerunning the sweep into it skips those points; moesim never deletes them.\n")
 _FOREIGN_DIR = ("an empty or new directory, or a previous `moesim sweep` directory; pass --force to write "

@@ -27,6 +27,7 @@ class SweepPlan:
     seed: int | None
     keys: list[str]       # swept key paths
     points: list[SweepPoint]
+    trace: Path | None = None  # --trace: replaces the file's routing (and its swept routing keys) in every point
 
     @property
     def name(self) -> str:
@@ -37,9 +38,10 @@ class SweepPlan:
         return [p for p in self.points if not point_path(out_dir, p.key).is_file()]
 
 
-def load_points(scenario_path: Path, steps: int | None, seed: int | None) -> tuple[list[str], list[SweepPoint]]:
+def load_points(scenario_path: Path, steps: int | None, seed: int | None, trace: Path | None = None
+                ) -> tuple[list[str], list[SweepPoint]]:
     """Every point of the file with the overrides applied and its key (the same in the parent and workers)."""
-    keys, points = load_scenarios(scenario_path)
+    keys, points = load_scenarios(scenario_path, trace)
     out = []
     for i, (values, scenario) in enumerate(points):
         scenario = with_simulation(scenario, steps, seed)
@@ -47,7 +49,10 @@ def load_points(scenario_path: Path, steps: int | None, seed: int | None) -> tup
     return keys, out
 
 
-def plan_sweep(scenario_path: Path, steps: int | None = None, seed: int | None = None) -> SweepPlan:
-    """Load and check every point (one-line SpecError for bad input, before anything runs)."""
-    keys, points = load_points(Path(scenario_path), steps, seed)
-    return SweepPlan(Path(scenario_path).resolve(), steps, seed, keys, points)
+def plan_sweep(scenario_path: Path, steps: int | None = None, seed: int | None = None,
+               trace: Path | None = None) -> SweepPlan:
+    """Load and check every point (one-line SpecError for bad input, before anything runs). A file without a
+    sweep gives one point and no keys."""
+    trace = Path(trace).resolve() if trace is not None else None  # the workers may start elsewhere
+    keys, points = load_points(Path(scenario_path), steps, seed, trace)
+    return SweepPlan(Path(scenario_path).resolve(), steps, seed, keys, points, trace)

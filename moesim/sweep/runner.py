@@ -1,5 +1,5 @@
-"""Runs a planned sweep's remaining points in a pool of worker processes and gathers every point's row from
-the output directory, the points of earlier, interrupted runs included."""
+"""Runs a planned sweep's remaining points in a pool of worker processes (or as Ray tasks, moesim.sweep.ray_backend)
+and gathers every point's row from the output directory, the points of earlier, interrupted runs included."""
 
 from __future__ import annotations
 
@@ -9,15 +9,41 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moesim.metrics.errors import ResultError
+from moesim.spec.errors import SpecError
 from moesim.sweep.out_dir import point_path
-from moesim.sweep.plan import SweepPlan
+from moesim.sweep.plan import SweepPlan, SweepPoint
 from moesim.sweep.worker import RowOf, init_worker, run_point
+
+
+class SweepBackend(Enum):
+    """Where the points run: PROCESSES, a pool on this machine (workers read the sweep file); RAY, tasks on a Ray
+    cluster (workers get the resolved points from the object store; the driver writes the rows)."""
+    PROCESSES = "processes"
+    RAY = "ray"
+
+
+def check_backend(name: str, address: str | None) -> SweepBackend:
+    """`--backend NAME [--address ADDR]` as a SweepBackend, checked before anything runs: a one-line SpecError
+    for an unknown name, an address for a backend that takes none, Ray asked for and not installed, or an
+    address where nothing answers."""
+    try:
+        backend = SweepBackend(name)
+    except ValueError:
+        raise SpecError("--backend", name, f"one of: {', '.join(b.value for b in SweepBackend)}") from None
+    if address is not None and backend is not SweepBackend.RAY:
+        raise SpecError("--address", address, "only with --backend ray (the address of a Ray cluster)")
+    if backend is SweepBackend.RAY:
+        from moesim.sweep.ray_backend import check_ray  # noqa: PLC0415 - imports ray, an optional extra
+
+        check_ray(address)
+    return backend
 
 
 @dataclass(frozen=True)
@@ -42,14 +68,23 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def run_sweep(plan: SweepPlan, out_dir: Path, jobs: int, row_of: RowOf,
-              progress: Callable[[int, int], None] | None = None) -> SweepOutcome:
+def run_sweep(plan: SweepPlan, out_dir: Path, jobs: int | None, row_of: RowOf,
+              progress: Callable[[int, int], None] | None = None,
+              backend: SweepBackend = SweepBackend.PROCESSES, address: str | None = None) -> SweepOutcome:
     """Simulate the points without a file in `out_dir/points/` with `jobs` processes; `progress(done, total)`
     after each (total: the points this run simulates). A worker that dies (killed, out of memory) is a
-    ResultError; the points finished before it stay on disk for the rerun."""
+    ResultError; the points finished before it stay on disk for the rerun. With SweepBackend.RAY the points
+    run on the Ray cluster at `address` (see moesim.sweep.ray_backend), at most `jobs` at a time (None: as many
+    as the cluster has CPUs); a rerun with either backend skips the points either wrote."""
     todo = plan.todo(out_dir)
     failures: list[str] = []
-    if todo:
+    if todo and backend is SweepBackend.RAY:
+        from moesim.sweep.ray_backend import simulate_on_ray  # noqa: PLC0415 - imports ray, an optional extra
+
+        failed = simulate_on_ray(plan, todo, out_dir, row_of, progress, address, jobs)
+        failures = [_failure(point, error) for point, error in failed]
+    elif todo:
+        jobs = jobs if jobs is not None else default_jobs()
         failures = _simulate(plan, todo, out_dir, max(1, min(jobs, len(todo))), row_of, progress)
     rows = [] if failures else [_read_row(point_path(out_dir, p.key)) for p in plan.points]
     return SweepOutcome(rows, len(todo), len(plan.points) - len(todo), failures)
@@ -59,7 +94,7 @@ def _simulate(plan: SweepPlan, todo: list, out_dir: Path, jobs: int, row_of: Row
               progress: Callable[[int, int], None] | None) -> list[str]:
     failures = []
     pool = ProcessPoolExecutor(jobs, mp_context=_context(), initializer=init_worker,
-                               initargs=(plan.scenario_path, plan.steps, plan.seed, row_of))
+                               initargs=(plan.scenario_path, plan.steps, plan.seed, row_of, plan.trace))
     try:
         pending = {pool.submit(run_point, p.index, p.key, point_path(out_dir, p.key)): p for p in todo}
         done = 0
@@ -69,7 +104,7 @@ def _simulate(plan: SweepPlan, todo: list, out_dir: Path, jobs: int, row_of: Row
                 point = pending.pop(future)
                 error = future.result()
                 if error is not None:
-                    failures.append(f"sweep point {point.index + 1} ({_label(point.values)}): {error}")
+                    failures.append(_failure(point, error))
                 done += 1
                 if progress is not None:
                     progress(done, len(todo))
@@ -91,8 +126,10 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def _label(values: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
+def _failure(point: SweepPoint, error: str) -> str:
+    """The one line a failed point gets, with either backend."""
+    label = ",".join(f"{k}={v}" for k, v in point.values.items())
+    return f"sweep point {point.index + 1} ({label}): {error}"
 
 
 def _read_row(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """The worker side of a sweep: each worker process loads the sweep file once (so a routing trace is read and
 fitted once per process, not once per point and not pickled per task), then simulates points by index and
-writes each point's row atomically to its own Parquet file the moment it is finished."""
+writes each point's row (moesim.sweep.rows) atomically to its own Parquet file the moment it is finished."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
-from moesim.io.results import WriteError, write_parquet_atomic
+from moesim.io.results import WriteError
+from moesim.io.sweep_points import POINT_KEY
 from moesim.metrics.errors import ResultError
 from moesim.metrics.summary import summarize
 from moesim.metrics.types import RunSummary
 from moesim.sim.simulate import simulate
 from moesim.spec.errors import SpecError
 from moesim.sweep.plan import SweepPoint, load_points
+from moesim.sweep.rows import row_table, swept_columns, write_point
 
 RowOf = Callable[[dict, RunSummary], dict]
 
@@ -25,17 +25,21 @@ RowOf = Callable[[dict, RunSummary], dict]
 _WORKER: dict = {}
 
 
-def init_worker(scenario_path: Path, steps: int | None, seed: int | None, row_of: RowOf) -> None:
+def init_worker(scenario_path: Path, steps: int | None, seed: int | None, row_of: RowOf,
+                trace: Path | None = None) -> None:
+    """Load the sweep as the parent planned it: same file, same --steps/--seed/--trace (SweepPlan's fields)."""
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers, which would
     # otherwise each print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.clear()
     try:
-        _, points = load_points(scenario_path, steps, seed)
+        keys, points = load_points(scenario_path, steps, seed, trace)
     except SpecError as err:  # reported when a point is asked for, as one line
         _WORKER["error"] = err.one_line()
         return
-    _WORKER.update(points={p.index: p for p in points}, row_of=row_of)
+    # typed from all the points' values, so every point file of the sweep has the same column types
+    swept = swept_columns(keys, [p.values for p in points])
+    _WORKER.update(points={p.index: p for p in points}, row_of=row_of, swept=swept)
 
 
 def run_point(index: int, key: str, out_file: Path) -> str | None:
@@ -47,8 +51,8 @@ def run_point(index: int, key: str, out_file: Path) -> str | None:
         return f"point {index + 1} is no longer the point the sweep planned: the scenario file changed; rerun"
     try:
         summary = summarize(simulate(point.scenario))
-        row = {**_WORKER["row_of"](point.values, summary), "point_key": key}
-        write_parquet_atomic(out_file, pd.DataFrame([row]))
+        row = {**_WORKER["row_of"](point.values, summary), POINT_KEY: key}
+        write_point(out_file, row_table(row, _WORKER["swept"]))
     except (SpecError, ResultError, WriteError) as err:
         return " ".join(str(err).split())
     return None

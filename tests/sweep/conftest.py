@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from moesim.cli import main
+
 TINY_SWEEP = """name: tiny
 cluster: {profile: dgx-h100, nodes: 1}
 model: {preset: olmoe-1b-7b, num_layers: 2}
@@ -24,3 +26,12 @@ def tiny_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SWEEP, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep_dir(tmp_path_factory) -> Path:
+    """The tiny sweep run once (`moesim sweep --jobs 2`) for a module's tests."""
+    root = tmp_path_factory.mktemp("tiny-sweep")
+    (root / "tiny.yaml").write_text(TINY_SWEEP, encoding="utf-8")
+    assert main(["sweep", str(root / "tiny.yaml"), "--jobs", "2", "--out", str(root / "sweep")]) == 0
+    return root / "sweep"

@@ -91,9 +91,12 @@ def test_a_zipped_group_is_one_axis_of_the_product(tiny_sweep):
         (0, 0.5, 1.0), (0, 1.0, 1.25), (0, 1.5, None), (1, 0.5, 1.0), (1, 1.0, 1.25), (1, 1.5, None)]
 
 
-def test_a_file_without_sweep_and_bad_jobs_are_refused(tmp_path, capsys):
+def test_a_file_without_sweep_and_bad_jobs_are_refused(tmp_path, capsys, monkeypatch):
     root = Path(__file__).resolve().parents[2]
     assert main(["sweep", str(root / "scenarios" / "quickstart.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "a sweep: section" in capsys.readouterr().err
-    assert main(["sweep", str(root / "scenarios" / "skew-sweep.yaml"), "--jobs", "0"]) == 2
-    assert "--jobs" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    for command in ("sweep", "run"):
+        assert main([command, str(root / "scenarios" / "skew-sweep.yaml"), "--jobs", "0"]) == 2
+        assert "--jobs" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before the default directory is made
