@@ -32,7 +32,13 @@ def _env() -> dict[str, str]:
 
 
 def _staged_files(parent: Path, name: str) -> int:
-    return sum(len(list(p.iterdir())) for p in parent.glob(f".{name}.moesim-staging-*") if p.is_dir())
+    count = 0
+    for staging in parent.glob(f".{name}.moesim-staging-*"):
+        try:
+            count += len(list(staging.iterdir()))
+        except (FileNotFoundError, NotADirectoryError):  # swapped in (or removed) between the glob and the listing
+            pass
+    return count
 
 
 def _kill_when(out: Path, seed: int, sig: int, min_staged_files: int) -> None:

@@ -77,6 +77,17 @@ def op_time_s(flop: float | np.ndarray, peak_flop_per_s: float, curve: Efficienc
     return np.where(flop > 0, flop / (peak_flop_per_s * eff), 0.0)
 
 
+def gemm_peaks(profile: ClusterProfile, dtype: Dtype) -> tuple[float, float, float]:
+    """(peak of the linear layers' GEMMs, their efficiency ratio, peak of the attention core, router and LM head).
+    Under an fp8 recipe only the linear layers (QKV/out projections, FFNs, experts) run in fp8, at the fp8 peak and
+    fp8_matmul_ratio of the bf16 efficiency; Transformer Engine keeps the attention core, the router and the LM
+    head in bf16 (fidelity.md 5; DeepSeek-V3 report 3.3)."""
+    if dtype is Dtype.FP8:
+        return profile.gpu.peak(Dtype.FP8), profile.efficiency.fp8_matmul_ratio, profile.gpu.peak(Dtype.BF16)
+    peak = profile.gpu.peak(dtype)
+    return peak, 1.0, peak
+
+
 def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
                   etp: int) -> np.ndarray:
     """Forward time of the routed experts on each rank. rows_per_expert [..., local_experts] holds the rows
@@ -93,7 +104,8 @@ def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: Clu
         return per_expert.sum(axis=-1)
     rows = padded_rows(rows_per_expert, profile.efficiency.tile_rows)
     flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
-    per_expert = op_time_s(flop, profile.gpu.peak(dtype), profile.efficiency.matmul)
+    peak, ratio, _ = gemm_peaks(profile, dtype)
+    per_expert = op_time_s(flop, peak, profile.efficiency.matmul) / ratio
     return per_expert.sum(axis=-1)
 
 

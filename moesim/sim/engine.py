@@ -19,6 +19,7 @@ import numpy as np
 import simpy
 
 from moesim.cost.compute import backward_multiplier
+from moesim.cost.ops import memory_bound_backward_factor
 from moesim.sim.records import OpKind, Phase, RecordBlock, RecordLog
 from moesim.sim.workload import MoeLayerWork, StaticWork
 from moesim.spec.scenario import Scenario
@@ -143,11 +144,11 @@ class _Stage:
                     self.log.add(mb, -1, phase, OpKind.PP_WAIT, t, arrival, keep=waited)
                     t = np.where(waited, arrival, t)
             if last and not fwd:
-                t = self._compute(t, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
+                t = self._compute(t, mb, -1, phase, self._lm_head_ops(phase))
             for layer in (layers if fwd else reversed(layers)):
                 t = self._layer(t, layer, mb, phase)
             if last and fwd:
-                t = self._compute(t, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
+                t = self._compute(t, mb, -1, phase, self._lm_head_ops(phase))
             if not last if fwd else stage > 0:  # downstream
                 yield from self._advance(t)
                 link_stage = stage if fwd else stage - 1
@@ -161,6 +162,13 @@ class _Stage:
         t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
         yield from self._advance(t)
         finish[stage] = t
+
+    def _lm_head_ops(self, phase: Phase) -> tuple:
+        lc = self.ctx.static.layers
+        fwd = phase is Phase.FORWARD
+        memory_bound, launch = lc.lm_head_extra_fwd_s if fwd else lc.lm_head_extra_bwd_s
+        return ((OpKind.LM_HEAD, lc.lm_head_fwd_s if fwd else lc.lm_head_bwd_s), (OpKind.MEMORY_BOUND, memory_bound),
+                (OpKind.LAUNCH, launch))
 
     def _advance(self, t: np.ndarray):
         """Move the stage's SimPy clock to its earliest rank (it never runs ahead of any rank)."""
@@ -184,6 +192,9 @@ class _Stage:
             ops.append((OpKind.ROUTER, lc.router_fwd_s if fwd else lc.router_bwd_s))
         else:
             ops.append((OpKind.DENSE_FFN, lc.dense_ffn_fwd_s if fwd else lc.dense_ffn_bwd_s))
+        kind = int(is_moe)
+        ops.append((OpKind.MEMORY_BOUND, (lc.memory_bound_fwd_s if fwd else lc.memory_bound_bwd_s)[kind]))
+        ops.append((OpKind.LAUNCH, (lc.launch_fwd_s if fwd else lc.launch_bwd_s)[kind]))
         t = self._compute(t, mb, layer, phase, ops)
         if lay.tp > 1:
             t = self._collective(t, self.tp_group, lay.tp, ctx.static.tp_comm_s[self.stage, :, int(is_moe)], mb,
@@ -205,8 +216,11 @@ class _Stage:
         ep = sc.layout.ep
         t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
                              moe.sent_bytes[mb], moe.sent_rows[mb])
+        memory_factor = 1.0 if phase is Phase.FORWARD else memory_bound_backward_factor(sc.training.recompute)
         t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, moe.expert_fwd_s[mb] * factor),),
                           rows=moe.expert_rows[mb])
+        t = self._compute(t, mb, layer, phase,
+                          ((OpKind.MEMORY_BOUND, moe.expert_memory_bound_fwd_s[mb] * memory_factor),))
         return self._collective(t, self.ep_group, ep, moe.combine_s[mb], mb, layer, phase, OpKind.COMBINE,
                                 moe.sent_bytes[mb], moe.returned_rows[mb])
 

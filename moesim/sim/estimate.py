@@ -161,8 +161,9 @@ def _ops_per_stage(sc: Scenario) -> list[int]:
     tp_comm = 1 if lay.tp > 1 else 0
     ops = []
     for stage, (layers, moe) in enumerate(_layers_per_stage(sc)):
-        per_pass = layers * (2 + tp_comm) + 3 * moe  # attention + router|dense FFN (+ TP), dispatch/expert/combine
-        per_pass += stage == lay.pp - 1  # LM head
+        # attention + router|dense FFN + memory-bound + launches (+ TP); dispatch, expert, its activations, combine
+        per_pass = layers * (4 + tp_comm) + 4 * moe
+        per_pass += 3 * (stage == lay.pp - 1)  # LM head, its memory-bound ops and launches
         # pipeline waits: at most one per received pass; counted in full (they are < 3 % of the rows)
         waits = mbs * ((stage > 0) + (stage < lay.pp - 1))
         n = 2 * mbs * per_pass + waits + 3  # + dp sync dense, expert, optimizer
@@ -175,7 +176,7 @@ def _ops_per_stage(sc: Scenario) -> list[int]:
 def _kinds_per_rank(sc: Scenario, stage: int, layers: int, moe: int) -> int:
     """Distinct (phase, op kind) of one rank of `stage`: its rows per step when records are summed."""
     lay = sc.layout
-    per_pass = 1 + (moe > 0) + (layers > moe) + (lay.tp > 1) + 3 * (moe > 0) + (stage == lay.pp - 1)
+    per_pass = 3 + (moe > 0) + (layers > moe) + (lay.tp > 1) + 3 * (moe > 0) + (stage == lay.pp - 1)
     waits = (stage > 0) + (stage < lay.pp - 1)
     return 2 * per_pass + waits + 3 + (stage < lay.pp - 1) + (sc.placement.policy is not PlacementPolicyKind.STATIC)
 

@@ -23,6 +23,9 @@ class OpKind(Enum):
     DENSE_FFN = "dense_ffn"  # FFN of a dense layer
     ROUTER = "router"  # router GEMM + shared experts (runs before dispatch)
     EXPERT = "expert"  # routed expert GEMMs on the tokens this rank received
+    MEMORY_BOUND = "memory_bound"  # norms, RoPE, residuals, router softmax/top-k, permute, activations, fp8
+    # casts, cross-entropy: bytes over the HBM bandwidth such kernels achieve (moesim.cost.ops)
+    LAUNCH = "kernel_launch"  # one launch overhead per kernel of the ops before it
     LM_HEAD = "lm_head"  # output projection + loss (last stage)
     TP_COMM = "tp_comm"  # sequence-parallel all-gather / reduce-scatter in the tensor-parallel group
     DISPATCH = "dispatch"  # all-to-all to the experts (from arrival to group completion)
@@ -42,6 +45,7 @@ class OpKind(Enum):
 BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.ATTENTION: "compute", OpKind.DENSE_FFN: "compute", OpKind.ROUTER: "compute",
     OpKind.EXPERT: "compute", OpKind.LM_HEAD: "compute",
+    OpKind.MEMORY_BOUND: "memory_bound", OpKind.LAUNCH: "kernel_launch",
     OpKind.TP_COMM: "tensor_parallel",
     OpKind.DISPATCH: "all_to_all", OpKind.COMBINE: "all_to_all",
     OpKind.PP_WAIT: "pipeline_bubble",
@@ -50,8 +54,8 @@ BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.MIGRATION: "placement", OpKind.SHADOW: "placement", OpKind.REPLICA_SYNC: "dp_sync",
     OpKind.IDLE: "idle",
 }
-BREAKDOWN_BUCKETS = ("compute", "all_to_all", "straggler_wait", "tensor_parallel", "pipeline_bubble", "dp_sync",
-                     "optimizer", "placement", "idle")
+BREAKDOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "straggler_wait", "tensor_parallel",
+                     "pipeline_bubble", "dp_sync", "optimizer", "placement", "idle")
 
 RECORD_COLUMNS = ("step", "rank", "micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows",
                   "wait_s")

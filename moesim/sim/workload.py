@@ -11,18 +11,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cost import compute as cc
+from moesim.cost import ops
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.flow import FlowNetwork
 from moesim.placement.base import EMPTY, Placement, ReplicaSplit, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
+from moesim.spec.dtype import Dtype
 from moesim.spec.training import Recompute
 
 
 @dataclass(frozen=True)
 class LayerCosts:
-    """Per-layer compute that is identical for every rank of a stage (seconds)."""
+    """Per-layer compute that is identical for every rank of a stage (seconds). GEMMs and the attention core are
+    the ops; memory-bound kernels (norms, RoPE, residuals, router softmax/top-k, permute, activations, fp8 casts,
+    cross-entropy) and kernel launches are their own ops, so the breakdown shows them (moesim.cost.ops)."""
 
     attention_fwd_s: float
     attention_bwd_s: float
@@ -32,6 +36,13 @@ class LayerCosts:
     router_bwd_s: float
     lm_head_fwd_s: float
     lm_head_bwd_s: float
+    memory_bound_fwd_s: tuple[float, float]  # (dense layer, MoE layer) outside the routed experts
+    memory_bound_bwd_s: tuple[float, float]
+    launch_fwd_s: tuple[float, float]  # (dense layer, MoE layer)
+    launch_bwd_s: tuple[float, float]
+    lm_head_extra_fwd_s: tuple[float, float]  # (memory-bound: final norm + cross-entropy, launches)
+    lm_head_extra_bwd_s: tuple[float, float]
+    expert_row_memory_bound_s: float  # per routed-expert row: its activation (+ fp8 casts), forward
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class MoeLayerWork:
     dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to
     combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast)
     expert_fwd_s: np.ndarray  # [M, q]
+    expert_memory_bound_fwd_s: np.ndarray  # [M, q] the activations (+ fp8 casts) of the rows rank q computes
     expert_rows: np.ndarray  # [M, q] rows rank q computes (capacity padding and tile padding included)
     sent_rows: np.ndarray  # [M, q] rows rank q dispatches (capacity padding included)
     returned_rows: np.ndarray  # [M, q] rows rank q sends back in the combine (what it received)
@@ -59,34 +71,55 @@ class MoeLayerWork:
 
 def layer_costs(sc: Scenario) -> LayerCosts:
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    peak, tokens = prof.gpu.peak(dt), sc.tokens_per_micro_batch
+    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, dt)
+    tokens = sc.tokens_per_micro_batch
+
+    def linear_s(flop) -> float:
+        return float(np.sum(cc.op_time_s(flop, linear_peak, prof.efficiency.matmul))) / ratio
+
     attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp)
-    core_s = float(cc.op_time_s(attn.core_flop, peak, prof.efficiency.attention))
+    core_s = float(cc.op_time_s(attn.core_flop, high_peak, prof.efficiency.attention))
     windowed = m.num_windowed_layers
     if windowed:  # the engine charges every layer alike: each core's time, averaged over the model's layers
         window = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=True)
-        window_s = float(cc.op_time_s(window.core_flop, peak, prof.efficiency.attention))
+        window_s = float(cc.op_time_s(window.core_flop, high_peak, prof.efficiency.attention))
         core_s = (windowed * window_s + (m.num_layers - windowed) * core_s) / m.num_layers
-    attn_fwd = float(cc.op_time_s(attn.projections_flop, peak, prof.efficiency.matmul)) + core_s
-    dense = float(cc.op_time_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp), peak, prof.efficiency.matmul))
+    attn_fwd = linear_s(attn.projections_flop) + core_s
+    dense = linear_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
     router = _router_and_shared_s(sc)
-    head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), peak, prof.efficiency.matmul))
+    head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
     bwd = cc.backward_multiplier(sc.training.recompute)
     selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
     head_fwd, head_bwd = head, 2.0 * head
     if m.num_mtp_layers:  # the engine's op list stays as it is: MTP runs inside the last stage's LM-head op
         mtp_fwd, mtp_bwd = _mtp_s(sc)
         head_fwd, head_bwd = head_fwd + mtp_fwd, head_bwd + mtp_bwd
+
+    fp8 = dt is Dtype.FP8
+    mb, kernels = ops.memory_bound_bytes(sc, fp8), ops.kernel_counts(sc, fp8)
+    # a memory-bound backward moves BACKWARD_BYTES_FACTOR x its forward's bytes; full recompute reruns the forward
+    mem_bwd = ops.memory_bound_backward_factor(sc.training.recompute)
+    launch_bwd = 2.0 + (1.0 if sc.training.recompute is Recompute.FULL else 0.0)
+    mem_fwd = (float(ops.memory_bound_s(mb.attention_bytes + mb.dense_mlp_bytes, sc)),
+               float(ops.memory_bound_s(mb.attention_bytes + mb.moe_bytes, sc)))
+    launch = prof.efficiency.kernel_launch_s
+    launch_fwd = (launch * (kernels.attention + kernels.dense_mlp), launch * (kernels.attention + kernels.moe))
+    head_extra = (float(ops.memory_bound_s(mb.lm_head_bytes, sc)), launch * kernels.lm_head)
     return LayerCosts(attn_fwd, bwd * attn_fwd + selective, dense, bwd * dense, router, bwd * router,
-                      head_fwd, head_bwd)
+                      head_fwd, head_bwd,
+                      memory_bound_fwd_s=mem_fwd, memory_bound_bwd_s=(mem_bwd * mem_fwd[0], mem_bwd * mem_fwd[1]),
+                      launch_fwd_s=launch_fwd, launch_bwd_s=(launch_bwd * launch_fwd[0], launch_bwd * launch_fwd[1]),
+                      lm_head_extra_fwd_s=head_extra,
+                      lm_head_extra_bwd_s=(ops.BACKWARD_BYTES_FACTOR * head_extra[0], 2.0 * head_extra[1]),
+                      expert_row_memory_bound_s=float(ops.memory_bound_s(mb.expert_row_bytes, sc)))
 
 
 def _router_and_shared_s(sc: Scenario) -> float:
     m, lay, prof = sc.model, sc.layout, sc.cluster.profile
-    peak = prof.gpu.peak(sc.training.dtype)
+    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, sc.training.dtype)
     shared = cc.ffn_flop(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts, lay.tp)
-    return float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), peak, prof.efficiency.matmul)
-                 + cc.op_time_s(shared, peak, prof.efficiency.matmul))
+    return float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), high_peak, prof.efficiency.matmul)
+                 + cc.op_time_s(shared, linear_peak, prof.efficiency.matmul) / ratio)
 
 
 def _mtp_s(sc: Scenario) -> tuple[float, float]:
@@ -94,9 +127,10 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
     projection, one transformer layer, the shared LM head and loss. Its MoE layer's experts get balanced
     routing (no routing is drawn for it) and its all-to-all and TP collectives are not simulated."""
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    peak, tokens = prof.gpu.peak(dt), sc.tokens_per_micro_batch
+    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, dt)
+    tokens = sc.tokens_per_micro_batch
     attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=m.mtp_layer_windowed)
-    core_s = float(cc.op_time_s(attn.core_flop, peak, prof.efficiency.attention))
+    core_s = float(cc.op_time_s(attn.core_flop, high_peak, prof.efficiency.attention))
     gemms = [cc.mtp_projection_flop(m, tokens, lay.tp), attn.projections_flop]
     if m.mtp_layer_is_moe:
         local_experts = m.num_experts // lay.ep
@@ -106,8 +140,8 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
     else:
         gemms.append(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
         ffn_s = 0.0
-    layer_s = float(cc.op_time_s(np.array(gemms), peak, prof.efficiency.matmul).sum()) + core_s + ffn_s
-    head_s = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), peak, prof.efficiency.matmul))
+    layer_s = float(cc.op_time_s(np.array(gemms), linear_peak, prof.efficiency.matmul).sum()) / ratio + core_s + ffn_s
+    head_s = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
     selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
     bwd = cc.backward_multiplier(sc.training.recompute) * layer_s + selective + 2.0 * head_s
     return m.num_mtp_layers * (layer_s + head_s), m.num_mtp_layers * bwd
@@ -182,12 +216,15 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         return x.reshape(M, -1).sum(-1)
 
     gpu_rows = slot_rows.sum(-1)  # [M, edp, ep]
+    row_bytes_mb = ops.memory_bound_bytes(sc, sc.training.dtype is Dtype.FP8).expert_row_bytes
+    row_memory_bound_s = float(ops.memory_bound_s(row_bytes_mb, sc))
     expert_load = loads.sum(axis=1)  # [M, E]
     tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
         dispatch_s=per_rank_group(dispatch),
         combine_s=per_rank_group(combine),
         expert_fwd_s=per_rank(expert_s),
+        expert_memory_bound_fwd_s=per_rank(gpu_rows * row_memory_bound_s),
         expert_rows=per_rank(padded),
         sent_rows=sent.sum(-1).reshape(M, -1),
         returned_rows=recv.transpose(0, 1, 3, 2).reshape(M, -1),

@@ -119,6 +119,14 @@ class ComputeEfficiency(SpecModel):
                                             yaml="attention_efficiency", unit="(fraction of peak)", sourced=True)
     tile_rows: Count = spec_field(help="expert GEMM row tile: each expert's rows are padded up to a multiple",
                                   yaml="expert_tile_rows", unit="rows", sourced=True, ge=1, le=MAX_TILE_ROWS)
+    hbm: float = spec_field(0.9, help="fraction of the HBM bandwidth memory-bound kernels achieve (norms, RoPE, "
+                                      "softmax, permute, activations, cross-entropy, fp8 casts)",
+                            yaml="hbm_efficiency", unit="(fraction)", sourced=True, **FRACTION)
+    kernel_launch_s: float = spec_field(0.0, help="time one kernel launch adds (launch latency, gaps between "
+                                                  "kernels); 0 = ignored", yaml="kernel_launch_us", unit="us",
+                                        scale=units.US, sourced=True, **LATENCY)
+    fp8_matmul_ratio: float = spec_field(1.0, help="fp8 GEMM efficiency relative to bf16's at the same FLOPs "
+                                                   "(of the fp8 peak)", unit="(ratio)", sourced=True, **FRACTION)
 
     @field_validator("tile_rows")
     @classmethod

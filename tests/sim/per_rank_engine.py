@@ -15,6 +15,7 @@ import numpy as np
 import simpy
 
 from moesim.cost.compute import backward_multiplier
+from moesim.cost.ops import memory_bound_backward_factor
 from moesim.sim.engine import PlacementWork, StepContext, one_f_one_b  # noqa: F401 - shared with the engine
 from moesim.sim.records import OpKind, Phase, RecordLog
 
@@ -117,11 +118,11 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
             if env.now > t0:
                 log.add(mb, -1, phase, OpKind.PP_WAIT, t0, env.now)
         if last and not fwd:
-            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_bwd_s),))
+            yield from _compute(env, log, mb, -1, phase, _lm_head_ops(st.layers, phase))
         for layer in (layers if fwd else reversed(layers)):
             yield from _layer(env, ctx, rdv, log, stage, q, layer, mb, phase)
         if last and fwd:
-            yield from _compute(env, log, mb, -1, phase, ((OpKind.LM_HEAD, st.layers.lm_head_fwd_s),))
+            yield from _compute(env, log, mb, -1, phase, _lm_head_ops(st.layers, phase))
         downstream = not last if fwd else stage > 0
         if downstream:
             peer = rank + q_count if fwd else rank - q_count
@@ -159,6 +160,8 @@ def _dense_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: in
         ops.append((OpKind.ROUTER, lc.router_fwd_s if fwd else lc.router_bwd_s))
     else:
         ops.append((OpKind.DENSE_FFN, lc.dense_ffn_fwd_s if fwd else lc.dense_ffn_bwd_s))
+    ops.append((OpKind.MEMORY_BOUND, (lc.memory_bound_fwd_s if fwd else lc.memory_bound_bwd_s)[int(is_moe)]))
+    ops.append((OpKind.LAUNCH, (lc.launch_fwd_s if fwd else lc.launch_bwd_s)[int(is_moe)]))
     yield from _compute(env, log, mb, layer, phase, ops)
     if lay.tp > 1:
         yield from _collective(env, rdv, log, ("tp", layer, mb, phase, stage, q // lay.tp),
@@ -184,9 +187,19 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
                            layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
     yield from _compute(env, log, mb, layer, phase,
                         ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
+    memory_factor = 1.0 if phase is Phase.FORWARD else memory_bound_backward_factor(ctx.sc.training.recompute)
+    yield from _compute(env, log, mb, layer, phase,
+                        ((OpKind.MEMORY_BOUND, float(moe.expert_memory_bound_fwd_s[mb, q]) * memory_factor),))
     yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
                            float(moe.combine_s[mb, q]), mb,
                            layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))
+
+
+def _lm_head_ops(lc, phase: Phase) -> tuple:
+    fwd = phase is Phase.FORWARD
+    memory_bound, launch = lc.lm_head_extra_fwd_s if fwd else lc.lm_head_extra_bwd_s
+    return ((OpKind.LM_HEAD, lc.lm_head_fwd_s if fwd else lc.lm_head_bwd_s), (OpKind.MEMORY_BOUND, memory_bound),
+            (OpKind.LAUNCH, launch))
 
 
 def _compute(env, log: RankLog, mb: int, layer: int, phase: Phase, ops, rows: int = 0):

@@ -70,7 +70,8 @@ def test_per_stage_engine_equals_per_rank_engine(name, monkeypatch):
 
 def test_the_cases_reach_every_op():
     ops = set().union(*(set(simulate(sc).records["op"].unique()) for sc in CASES.values()))
-    assert ops >= {"attention", "dense_ffn", "router", "expert", "lm_head", "tp_comm", "dispatch", "combine",
+    assert ops >= {"attention", "dense_ffn", "router", "expert", "lm_head", "memory_bound", "kernel_launch",
+                   "tp_comm", "dispatch", "combine",
                    "pp_wait", "dp_sync_dense", "dp_sync_expert", "optimizer", "migration", "shadow",
                    "replica_sync", "idle"}, ops
 

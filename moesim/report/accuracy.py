@@ -1,0 +1,253 @@
+"""`moesim accuracy`: the validation set of published, measured MoE training runs, simulated and compared.
+
+A validation set is a directory of runs, each a folder with `published.yaml` (the published figure, its source,
+the configuration as published and `step_time_s`: the figure converted to one step's time, arithmetic shown) and
+`scenario.yaml` (the closest scenario moesim can run). Each scenario is simulated; where its micro-batches are
+too many to simulate whole, two smaller counts m1 < m2 (both at least the pipeline depth, so 1F1B is in its
+steady state) are simulated and the step time, and each breakdown bucket, extended along the line through them:
+a 1F1B step is affine in the micro-batch count when the micro-batches cost the same
+(tests/report/test_accuracy.py shows the extrapolation equal to the full run).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moesim.io.results import write_json_atomic, write_text_atomic
+from moesim.io.strict import finite_float, read_yaml_mapping
+from moesim.loader import load_scenario
+from moesim.metrics.summary import summarize
+from moesim.sim.simulate import simulate
+from moesim.spec.errors import SpecError
+from moesim.spec.scenario import Scenario
+from moesim.spec.simulation import RecordDetail
+
+DEFAULT_MAX_MICRO_BATCHES = 32
+# published.yaml's keys (validation/README.md describes them); only `id`, `compare_group` and `step_time_s`
+# are read, the rest is provenance for people
+PUBLISHED_KEYS = ("id", "model", "cluster", "precision", "layout", "compare_group", "published", "source",
+                  "software", "configuration", "step_time_s", "flops", "confidence", "moesim_routing",
+                  "not_modelled_yet")
+
+
+@dataclass(frozen=True)
+class ValidationRun:
+    run_id: str
+    published_step_s: float
+    compare_group: str  # runs of one model on one cluster whose measured order of layouts is compared
+    model: str
+    layout: str
+    precision: str
+    source: str
+    scenario: Scenario
+
+
+@dataclass(frozen=True)
+class Prediction:
+    step_s: float
+    breakdown_s: dict[str, float]  # bucket -> seconds per step (mean over ranks)
+    peak_memory_bytes: float  # the busiest rank
+    hbm_bytes: float
+    micro_batches: int
+    simulated_micro_batches: tuple[int, ...]  # (m,) simulated whole, or (m1, m2) extrapolated from
+
+    @property
+    def extrapolated(self) -> bool:
+        return len(self.simulated_micro_batches) == 2
+
+
+def load_validation_set(directory: Path) -> list[ValidationRun]:
+    """Every run folder of `directory` (sorted by name); a folder with one of the two files and not the other,
+    or a published.yaml that does not say what it must, is a SpecError naming the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SpecError("", str(directory), "a validation set directory (folders with published.yaml and "
+                                            "scenario.yaml)")
+    runs = []
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
+        published, scenario = folder / "published.yaml", folder / "scenario.yaml"
+        if not published.exists() and not scenario.exists():
+            continue
+        for path in (published, scenario):
+            if not path.exists():
+                raise SpecError("", str(path), "both published.yaml and scenario.yaml in a run folder",
+                                source=str(folder))
+        runs.append(_load_run(folder.name, published, load_scenario(scenario)))
+    if not runs:
+        raise SpecError("", str(directory), "a directory with at least one run folder (published.yaml + "
+                                            "scenario.yaml)")
+    return runs
+
+
+def _load_run(name: str, path: Path, scenario: Scenario) -> ValidationRun:
+    doc = read_yaml_mapping(path, "published run")
+    source = str(path)
+    unknown = sorted(set(doc) - set(PUBLISHED_KEYS))
+    if unknown:
+        raise SpecError(unknown[0], doc[unknown[0]], f"one of the keys {', '.join(PUBLISHED_KEYS)}", source=source)
+    if doc.get("id") != name:
+        raise SpecError("id", doc.get("id"), f"the folder's name, {name}", source=source)
+    step = doc.get("step_time_s")
+    value = finite_float(step.get("value")) if isinstance(step, dict) else None
+    if value is None or value <= 0:
+        raise SpecError("step_time_s.value", step.get("value") if isinstance(step, dict) else step,
+                        "the published figure as seconds per step, a number > 0", source=source)
+    group = doc.get("compare_group", name)
+    if not isinstance(group, str) or not group.strip():
+        raise SpecError("compare_group", group, "a non-empty name shared by runs whose order is compared",
+                        source=source)
+    src = doc.get("source", {})
+    where = " ".join(str(src.get(k, "")) for k in ("repository", "file", "paper", "section")).strip() \
+        if isinstance(src, dict) else str(src)
+    return ValidationRun(name, value, group, str(doc.get("model", scenario.model.name)), str(doc.get("layout", "")),
+                         str(doc.get("precision", scenario.training.dtype.value)), where, scenario)
+
+
+def with_micro_batches(sc: Scenario, micro_batches: int) -> Scenario:
+    """The scenario with `micro_batches` per data-parallel rank (the global batch scaled to match)."""
+    gbs = micro_batches * sc.layout.dp * sc.training.micro_batch_size
+    return sc.replace(training=sc.training.replace(global_batch_size=gbs))
+
+
+def predict(sc: Scenario, max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES) -> Prediction:
+    """Simulate `sc` (summary records only), extrapolating in the micro-batch count above `max_micro_batches`."""
+    sc = sc.replace(simulation=sc.simulation.replace(records=RecordDetail.SUMMARY))
+    m = sc.num_micro_batches
+    if m <= max_micro_batches:
+        s = summarize(simulate(sc))
+        return Prediction(s.step_time_s, dict(s.breakdown_s), s.peak_memory_bytes_max, s.hbm_bytes, m, (m,))
+    m1 = max(sc.layout.pp, max_micro_batches // 2)
+    m2 = 2 * m1
+    if m2 >= m:  # too few to extrapolate from below: simulate it whole
+        return predict(sc, m)
+    s1, s2 = (summarize(simulate(with_micro_batches(sc, k))) for k in (m1, m2))
+
+    def extend(y1: float, y2: float) -> float:
+        return y2 + (m - m2) * (y2 - y1) / (m2 - m1)
+
+    breakdown = {b: extend(s1.breakdown_s[b], s2.breakdown_s[b]) for b in s2.breakdown_s}
+    # memory: with m1 >= pp every stage already holds its most micro-batches in flight
+    return Prediction(extend(s1.step_time_s, s2.step_time_s), breakdown, s2.peak_memory_bytes_max, s2.hbm_bytes,
+                      m, (m1, m2))
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    run: ValidationRun
+    prediction: Prediction
+
+    @property
+    def error(self) -> float:
+        """(predicted - published) / published: negative = moesim is too fast (optimistic)."""
+        return self.prediction.step_s / self.run.published_step_s - 1.0
+
+    @property
+    def fits(self) -> bool:
+        return self.prediction.peak_memory_bytes <= self.prediction.hbm_bytes
+
+
+def run_accuracy(runs: list[ValidationRun], max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES,
+                 progress: Callable[[int, int], None] | None = None) -> list[AccuracyRow]:
+    rows = []
+    for i, run in enumerate(runs):
+        rows.append(AccuracyRow(run, predict(run.scenario, max_micro_batches)))
+        if progress is not None:
+            progress(i + 1, len(runs))
+    return rows
+
+
+@dataclass(frozen=True)
+class AccuracyStats:
+    median_abs_error: float
+    max_abs_error: float
+    max_abs_error_run: str
+    signed_mean_error: float
+    orders: dict[str, tuple[list[str], list[str]]]  # group -> (measured order, predicted order), fastest first
+
+
+def accuracy_stats(rows: list[AccuracyRow]) -> AccuracyStats:
+    errors = [r.error for r in rows]
+    worst = max(rows, key=lambda r: abs(r.error))
+    orders = {}
+    for group in sorted({r.run.compare_group for r in rows}):
+        members = [r for r in rows if r.run.compare_group == group]
+        if len(members) < 2:
+            continue
+
+        def tokens_per_gpu_s(r: AccuracyRow, step_s: float) -> float:
+            sc = r.run.scenario
+            return sc.training.global_batch_size * sc.training.seq_len / (step_s * sc.layout.world_size)
+
+        measured = sorted(members, key=lambda r: -tokens_per_gpu_s(r, r.run.published_step_s))
+        predicted = sorted(members, key=lambda r: -tokens_per_gpu_s(r, r.prediction.step_s))
+        orders[group] = ([r.run.run_id for r in measured], [r.run.run_id for r in predicted])
+    return AccuracyStats(statistics.median(abs(e) for e in errors), abs(worst.error), worst.run.run_id,
+                         statistics.fmean(errors), orders)
+
+
+_SHOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "straggler_wait", "tensor_parallel",
+                  "pipeline_bubble", "dp_sync")
+
+
+def accuracy_markdown(rows: list[AccuracyRow], header: str) -> str:
+    """docs/accuracy.md: the table, the statistics against the goal, the order of layouts per group."""
+    st = accuracy_stats(rows)
+    lines = [
+        "# Accuracy against published MoE training runs", "",
+        header, "",
+        "Error = predicted / published step time - 1: negative means moesim is too fast (optimistic). The predicted "
+        "breakdown is seconds per step, mean over ranks; `other` = optimizer + placement + idle. `simulated` says "
+        "how many micro-batches per pipeline were simulated (two counts: extrapolated along the line through them "
+        "to the run's count).", "",
+        f"**{len(rows)} runs: median |error| {100 * st.median_abs_error:.1f} %, max |error| "
+        f"{100 * st.max_abs_error:.1f} % ({st.max_abs_error_run}), signed mean {100 * st.signed_mean_error:+.1f} %.** "
+        "Goal (issue 12): median <= 10 %, max <= 25 %, signed mean within +-5 %, layouts in the measured order.", "",
+        "| run | model | GPUs | precision | published s | predicted s | error | "
+        + " | ".join(b.replace("_", " ") for b in _SHOWN_BUCKETS) + " | other | peak memory / HBM | simulated |",
+        "|---|---|---|---|---|---|---|" + "---|" * (len(_SHOWN_BUCKETS) + 3),
+    ]
+    for r in rows:
+        p, sc = r.prediction, r.run.scenario
+        other = sum(v for b, v in p.breakdown_s.items() if b not in _SHOWN_BUCKETS)
+        # an extrapolated bucket can come out a hair below zero (a line through two nearly equal values)
+        buckets = " | ".join(f"{max(p.breakdown_s.get(b, 0.0), 0.0):.2f}" for b in _SHOWN_BUCKETS)
+        fit = "" if r.fits else " **does not fit**"
+        sim = "/".join(str(m) for m in p.simulated_micro_batches) + (f" -> {p.micro_batches}" if p.extrapolated else "")
+        lines.append(f"| {r.run.run_id} | {r.run.model} | {sc.layout.world_size:,} | {r.run.precision} "
+                     f"| {r.run.published_step_s:.3f} | {p.step_s:.3f} | {100 * r.error:+.1f} % | {buckets} "
+                     f"| {other:.2f} | {p.peak_memory_bytes / 2**30:.1f} / {p.hbm_bytes / 2**30:.0f} GiB{fit} "
+                     f"| {sim} |")
+    lines += ["", "## Order of layouts", ""]
+    if not st.orders:
+        lines.append("No group has two runs.")
+    for group, (measured, predicted) in st.orders.items():
+        verdict = "same order" if measured == predicted else (
+            "reversed" if measured == predicted[::-1] else "different order")
+        lines.append(f"- **{group}** ({verdict}): measured {' > '.join(measured)}; predicted {' > '.join(predicted)} "
+                     "(tokens/s per GPU, fastest first)")
+    lines += ["", "## Sources", ""]
+    lines += [f"- {r.run.run_id}: {r.run.source}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_record(rows: list[AccuracyRow]) -> dict:
+    """The numbers of docs/accuracy.md as JSON (docs/accuracy.json): what the CI regression check compares."""
+    return {r.run.run_id: {"published_step_s": r.run.published_step_s, "predicted_step_s": r.prediction.step_s,
+                           "error": r.error, "fits": r.fits,
+                           "simulated_micro_batches": list(r.prediction.simulated_micro_batches)}
+            for r in rows}
+
+
+def write_accuracy(out_md: Path, rows: list[AccuracyRow], header: str, force: bool = False) -> list[Path]:
+    """`out_md` (the table) and the same path with .json (the numbers the CI check reads), each written
+    atomically; an existing file is refused without `force`."""
+    out_md = Path(out_md)
+    out_json = out_md.with_suffix(".json")
+    for path in (out_md, out_json):
+        if path.exists() and not force:
+            raise SpecError("--out", str(path), "a file that does not exist yet, or --force to replace it")
+    return [write_text_atomic(out_md, accuracy_markdown(rows, header)),
+            write_json_atomic(out_json, accuracy_record(rows))]
