@@ -160,6 +160,7 @@ def _summary(result: SimResult) -> RunSummary:
         breakdown_s={k: float(v) for k, v in breakdown.items()},
         peak_memory_bytes=tuple(float(x) for x in mem),
         peak_memory_bytes_max=float(mem.max()),
+        peak_memory_breakdown_bytes={k: float(v) for k, v in result.peak_memory_breakdown_bytes.items()},
         hbm_bytes=float(hbm),
         fits_in_memory=bool(mem.max() <= hbm),
         expert_load_max_over_mean=float(stats["expert_max_over_mean"].mean()),

@@ -134,6 +134,8 @@ class RunSummary:
     breakdown_s: dict[str, float]  # bucket -> seconds per step, mean over ranks; sums to step_time_mean_s
     peak_memory_bytes: tuple[float, ...]  # per rank
     peak_memory_bytes_max: float
+    peak_memory_breakdown_bytes: dict[str, float]  # the busiest rank: weights, gradients, optimizer, activations,
+    # all-to-all buffers and their total
     hbm_bytes: float
     fits_in_memory: bool
     expert_load_max_over_mean: float

@@ -49,7 +49,9 @@ def format_summary(s: RunSummary, wall_s: float) -> str:
         + (f", {100 * s.unrouted_token_fraction:.2f} % of tokens reach no expert"
            if s.unrouted_token_fraction else ""),
         f"memory          peak {s.peak_memory_bytes_max / gib:.1f} GiB of {s.hbm_bytes / gib:.1f} GiB"
-        + ("" if s.fits_in_memory else "   DOES NOT FIT"),
+        + ("" if s.fits_in_memory else "   DOES NOT FIT") + ": " + ", ".join(
+            f"{k.removesuffix('_bytes').replace('_', ' ')} {v / gib:.1f}"
+            for k, v in s.peak_memory_breakdown_bytes.items() if k != "total_bytes"),
         _network_line(s.network),
         _placement_line(s.placement),
         "breakdown (mean over ranks, s/step):",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moesim.cost.memory import peak_memory_per_rank
+from moesim.cost.memory import peak_memory_per_rank, rank_memory
 from moesim.network import FlowNetwork, build_network
 from moesim.network.model import CollectiveModel
 from moesim.routing.generators import SyntheticRouter
@@ -19,6 +19,7 @@ from moesim.sim.placement_driver import PlacementDriver
 from moesim.sim.records import RecordLog
 from moesim.sim.workload import MoeLayerWork, moe_layer_work, static_work
 from moesim.spec.scenario import Scenario
+from moesim.spec.simulation import RecordDetail
 
 
 LAYER_STAT_COLUMNS = ("expert_max_over_mean", "gpu_max_over_mean", "dropped_fraction", "dropped_first_fraction",
@@ -43,6 +44,7 @@ class SimResult:
     step_times_s: np.ndarray  # [warmup + steps]
     layer_stats: pd.DataFrame  # step, layer, micro_batch and LAYER_STAT_COLUMNS
     peak_memory_bytes: np.ndarray  # [world]
+    peak_memory_breakdown_bytes: dict[str, float]  # the busiest rank's peak by kind (cost.memory.MemoryBreakdown)
     links: LinkUsage
     a2a_matrices: np.ndarray  # [moe layers, ep, ep] dispatch bytes of each layer's first EP group, mean per
     # micro-batch over the measured steps
@@ -84,8 +86,9 @@ Progress = Callable[[int, int], None]  # (steps done, steps total), called after
 
 
 def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False,
-             progress: Progress | None = None) -> SimResult:
-    """`network` overrides the model the scenario's `network:` section asks for (tests pass their own).
+             progress: Progress | None = None, records: RecordDetail | None = None) -> SimResult:
+    """`network` overrides the model the scenario's `network:` section asks for (tests pass their own);
+    `records` what is kept of every op, instead of simulation.records (sweeps keep the per-rank sums only).
     `progress(steps_done, steps_total)` is called after each step, warm-up included (the CLI shows a rate and
     an ETA from it); moesim.sim.estimate.estimate_cost says what the run will cost before it starts."""
     net = network or build_network(sc.cluster, sc.network)
@@ -95,7 +98,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
     demand = _Loads(sc, len(moe_layers), routing_rng)
     static = static_work(sc, net)
-    log = RecordLog(sc.simulation.records)
+    log = RecordLog(records if records is not None else sc.simulation.records)
     total = sc.simulation.warmup_steps + sc.simulation.steps
     step_times = np.zeros(total)
     stats: list[pd.DataFrame] = []
@@ -129,6 +132,8 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
     usage = LinkUsage(links.topology.link_tier, links.topology.link_capacity_bytes_per_s, link_bytes)
-    return SimResult(sc, records, step_times, pd.concat(stats, ignore_index=True),
-                     peak_memory_per_rank(sc, rows_per_layer), usage, matrices, tuple(moe_layers),
-                     driver.events_frame())
+    peak = peak_memory_per_rank(sc, rows_per_layer)
+    busiest = int(peak.argmax())
+    breakdown = rank_memory(sc, busiest, float(rows_per_layer[busiest])).as_dict()
+    return SimResult(sc, records, step_times, pd.concat(stats, ignore_index=True), peak, breakdown, usage,
+                     matrices, tuple(moe_layers), driver.events_frame())

@@ -19,15 +19,12 @@ from pathlib import Path
 
 from moesim import __version__
 from moesim.io.results import WriteError
-from moesim.io.sweep_points import POINT_KEY
 from moesim.metrics.errors import ResultError
-from moesim.metrics.summary import summarize
-from moesim.sim.simulate import simulate
 from moesim.spec.errors import SpecError, Verbatim
 from moesim.sweep.out_dir import point_path
 from moesim.sweep.plan import SweepPlan, SweepPoint
 from moesim.sweep.rows import Column, row_table, swept_columns, write_point
-from moesim.sweep.worker import RowOf
+from moesim.sweep.worker import RowOf, simulate_point_row
 
 _NOT_INSTALLED = ("Ray installed: pip install 'moesim[ray]' (or pip install -r requirements.txt, which pins it); "
                   "or leave out --backend ray to run the points in local processes")
@@ -195,8 +192,7 @@ def _simulate_point(shared: list, position: int, row_of: RowOf, version: str) ->
         return None, (f"the Ray worker cannot read the sweep's points ({type(exc).__name__}: {_first_line(exc)}); "
                       f"install the same moesim on every node")
     try:
-        summary = summarize(simulate(point.scenario))
-        return {**row_of(point.values, summary), POINT_KEY: point.key}, None
+        return simulate_point_row(point, row_of), None
     except (SpecError, ResultError, WriteError) as err:  # the messages moesim.sweep.worker.run_point gives
         return None, " ".join(str(err).split())
 

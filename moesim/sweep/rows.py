@@ -129,6 +129,7 @@ def metric_values(s: RunSummary) -> dict[str, Any]:
         row[name] = float(getattr(s, name))
     row["fits_in_memory"] = bool(s.fits_in_memory)
     row.update({f"{bucket}_s": float(v) for bucket, v in s.breakdown_s.items()})  # seconds per step
+    row.update({f"peak_memory_{kind}": float(v) for kind, v in s.peak_memory_breakdown_bytes.items()})
     row.update({f"a2a_{tier}_GB": float(sent) / 1e9 for tier, sent in s.network.a2a_bytes_per_step.items()})
     for tier, busy in s.network.a2a_link_utilisation.items():
         row[f"a2a_{tier}_link_busy_mean_fraction"] = float(busy.mean)

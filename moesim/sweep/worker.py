@@ -14,6 +14,7 @@ from moesim.metrics.errors import ResultError
 from moesim.metrics.summary import summarize
 from moesim.metrics.types import RunSummary
 from moesim.sim.simulate import simulate
+from moesim.spec.simulation import RecordDetail
 from moesim.spec.errors import SpecError
 from moesim.sweep.plan import SweepPoint, load_points
 from moesim.sweep.rows import row_table, swept_columns, write_point
@@ -42,6 +43,13 @@ def init_worker(scenario_path: Path, steps: int | None, seed: int | None, row_of
     _WORKER.update(points={p.index: p for p in points}, row_of=row_of, swept=swept)
 
 
+def simulate_point_row(point: SweepPoint, row_of: RowOf) -> dict:
+    """The point's row: its values, its summary's metrics and its key. A sweep keeps no per-op records (it writes
+    none), only the per-rank sums the summary needs (simulation.records: summary)."""
+    summary = summarize(simulate(point.scenario, records=RecordDetail.SUMMARY))
+    return {**row_of(point.values, summary), POINT_KEY: point.key}
+
+
 def run_point(index: int, key: str, out_file: Path) -> str | None:
     """Simulate point `index` and write its row to `out_file`; None, or one line saying why it failed."""
     if "error" in _WORKER:
@@ -50,9 +58,7 @@ def run_point(index: int, key: str, out_file: Path) -> str | None:
     if point is None or point.key != key:  # the file was edited after the sweep started
         return f"point {index + 1} is no longer the point the sweep planned: the scenario file changed; rerun"
     try:
-        summary = summarize(simulate(point.scenario))
-        row = {**_WORKER["row_of"](point.values, summary), POINT_KEY: key}
-        write_point(out_file, row_table(row, _WORKER["swept"]))
+        write_point(out_file, row_table(simulate_point_row(point, _WORKER["row_of"]), _WORKER["swept"]))
     except (SpecError, ResultError, WriteError) as err:
         return " ".join(str(err).split())
     return None

@@ -20,7 +20,8 @@ from helpers import scenario
 SUMMARY_JSON_KEYS = [
     "scenario", "gpus", "layout", "profile", "measured_steps", "step_time_s", "step_time_p95_s", "step_time_p99_s",
     "step_time_mean_s", "tokens_per_s", "mfu", "mfu_nominal", "capacity_factor", "breakdown_s", "peak_memory_bytes",
-    "peak_memory_bytes_max", "hbm_bytes", "fits_in_memory", "expert_load_max_over_mean", "gpu_load_max_over_mean",
+    "peak_memory_bytes_max", "peak_memory_breakdown_bytes", "hbm_bytes", "fits_in_memory",
+    "expert_load_max_over_mean", "gpu_load_max_over_mean",
     "dropped_fraction", "dropped_first_choice_fraction", "padding_fraction", "unrouted_token_fraction",
     "all_to_all_bytes_per_step", "network", "placement", "step_times_s", "per_layer", "provenance",
 ]

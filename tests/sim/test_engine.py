@@ -38,9 +38,12 @@ def test_one_gpu_without_communication_is_the_sum_of_its_compute():
     lc = layer_costs(sc)
     prof, dt = sc.cluster.profile, sc.training.dtype
     expert_fwd = float(cc.expert_time_s(np.array([sc.tokens_per_micro_batch]), model, prof, dt, 1))
-    dense_layer = lc.attention_fwd_s + lc.dense_ffn_fwd_s
-    moe_layer = lc.attention_fwd_s + lc.router_fwd_s + expert_fwd
-    per_mb = 3.0 * (dense_layer + moe_layer) + lc.lm_head_fwd_s + lc.lm_head_bwd_s  # bwd = 2x fwd
+    rows = sc.tokens_per_micro_batch
+    dense_layer = lc.attention_fwd_s + lc.dense_ffn_fwd_s + lc.memory_bound_fwd_s[0] + lc.launch_fwd_s[0]
+    moe_layer = (lc.attention_fwd_s + lc.router_fwd_s + expert_fwd + lc.memory_bound_fwd_s[1] + lc.launch_fwd_s[1]
+                 + rows * lc.expert_row_memory_bound_s)
+    head = lc.lm_head_fwd_s + sum(lc.lm_head_extra_fwd_s)
+    per_mb = 3.0 * (dense_layer + moe_layer + head)  # bwd = 2x fwd for every op without recompute
     rec = result.records
     optimizer = float((rec.end_s - rec.start_s)[rec.op == "optimizer"].sum())
     assert result.step_times_s[0] == pytest.approx(3 * per_mb + optimizer, rel=1e-12)
@@ -110,3 +113,11 @@ def test_skew_shows_up_as_straggler_wait_not_transfer():
     hot = summarize(simulate(scenario(layout=lay, model=tiny_model(num_experts=16), seq_len=1024, zipf_s=2.0)))
     assert hot.breakdown_s["straggler_wait"] > 3 * flat.breakdown_s["straggler_wait"]
     assert hot.expert_load_max_over_mean > 3 * flat.expert_load_max_over_mean
+
+
+def test_the_summary_breaks_the_busiest_ranks_memory_down():
+    s = summarize(simulate(scenario(zipf_s=1.5, layout=ParallelLayout(tp=2, pp=2, dp=2, ep=2))))
+    parts = s.peak_memory_breakdown_bytes
+    assert parts["total_bytes"] == pytest.approx(s.peak_memory_bytes_max, rel=1e-12)
+    assert sum(v for k, v in parts.items() if k != "total_bytes") == pytest.approx(parts["total_bytes"], rel=1e-12)
+    assert set(parts) >= {"weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes"}
