@@ -122,7 +122,7 @@ def plot(path: Path, by_gpus: dict[int, dict]) -> None:
     ax.legend()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, format="png")
     os.replace(tmp, path)
 
 

@@ -46,6 +46,23 @@ class FlowNetwork(CollectiveTimes):
         # > 1e-12 batches completion events that fall within this relative time of each other (maxmin docs)
         self.reallocation_rtol = reallocation_rtol
         self._blocks: dict = {}
+        self._p2p: dict = {}
+        # every link of a tier has the same capacity: a transfer's time depends on where its ends sit in their
+        # nodes and on what they share (node, leaf group), not on which nodes they are (checked here, relied on
+        # by p2p_s)
+        cap, tier = self.topology.link_capacity_bytes_per_s, self.topology.link_tier
+        self._uniform_tiers = all(np.ptp(cap[tier == t]) == 0 for t in np.unique(tier))
+
+    def p2p_s(self, nbytes: float, src: int, dst: int) -> float:
+        """One transfer between two ranks (CollectiveTimes.p2p_s), remembered by the pair's kind: local GPU
+        indices, same node, same leaf group. static_work asks for every rank of every stage boundary."""
+        if not self._uniform_tiers:
+            return super().p2p_s(nbytes, src, dst)
+        g, per_leaf = self.gpus_per_node, self.topology.nodes_per_leaf
+        key = (float(nbytes), src % g, dst % g, src // g == dst // g, src // g // per_leaf == dst // g // per_leaf)
+        if key not in self._p2p:
+            self._p2p[key] = super().p2p_s(nbytes, src, dst)
+        return self._p2p[key]
 
     @property
     def num_links(self) -> int:

@@ -120,14 +120,17 @@ class RecordBlock:
         else:
             ops, n_ops = self._ops, len(self._ops)
             names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s")
-            cols = {name: _rank_major([op[i] for op in ops], n_ranks).ravel() for i, name in enumerate(names)}
+            # one copy per column: the [ranks, ops] view straight into a contiguous array of the column's type
+            cols = {name: np.ascontiguousarray(_rank_major([op[i] for op in ops], n_ranks), _DTYPES[name]).ravel()
+                    for i, name in enumerate(names)}
             cols["rank"] = np.repeat(np.arange(self.first_rank, self.first_rank + n_ranks), n_ops)
             if any(op[9] is not None for op in ops):
                 keep = _rank_major([True if op[9] is None else op[9] for op in ops], n_ranks, bool).ravel()
                 cols = {k: v[keep] for k, v in cols.items()}
             n = self._count
         cols["step"] = step
-        return {c: np.broadcast_to(np.asarray(cols[c]), (n,)).astype(_DTYPES[c]) for c in RECORD_COLUMNS}
+        return {c: cols[c] if isinstance(cols[c], np.ndarray) and cols[c].dtype == _DTYPES[c] and cols[c].shape == (n,)
+                else np.broadcast_to(np.asarray(cols[c]), (n,)).astype(_DTYPES[c]) for c in RECORD_COLUMNS}
 
 
 def _rank_major(values: list, n_ranks: int, dtype=np.float64) -> np.ndarray:

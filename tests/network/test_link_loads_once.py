@@ -68,3 +68,15 @@ def test_whole_node_members_sum_by_rail_and_group_as_the_one_hot_product(nodes, 
     want = np.matmul(inter, onehot).reshape(got.shape)
     np.testing.assert_allclose(got, want, rtol=1e-13)
     assert got.sum() == pytest.approx(inter.sum(), rel=1e-13)
+
+
+@pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: s.cross_rail.value)
+def test_remembered_p2p_times_equal_the_computed_ones(spec):
+    net = FlowNetwork(ClusterSpec(h100(), 66), spec)  # 66 nodes: three leaf groups, the last one partial
+    fresh = FlowNetwork(ClusterSpec(h100(), 66), spec)
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 66 * 8, size=(300, 2))
+    for src, dst in pairs:
+        want = super(FlowNetwork, fresh).p2p_s(1e6, int(src), int(dst))
+        assert net.p2p_s(1e6, int(src), int(dst)) == want
+    assert len(net._p2p) < 300  # kinds repeat
