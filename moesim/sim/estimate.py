@@ -52,11 +52,11 @@ LAYER_STATS_BYTES_PER_FRAME = 8_000  # one small DataFrame per (step, MoE layer)
 
 # --- time (seconds), single core ---
 # The engine (sim/engine.py), fitted over quickstart (64 and 1,024 sequences) and the DeepSeek-V3-like scenario
-# of benchmarks/bench_scale.py (256-2,048 GPUs), one thread: per op of a stage (a numpy block over its ranks;
-# about the same when records are summed as they come), per SimPy event (pipeline messages), per record (blocks
-# flushed to columns, then the frame).
+# of benchmarks/bench_scale.py (256-2,048 GPUs), one thread: per op of a stage (a numpy block over its ranks),
+# per SimPy event (pipeline messages), per record (blocks flushed to columns, then the frame), and per record
+# summed at the flush when records are summed.
 ENGINE_S_PER_OP = 8.5e-6
-ENGINE_S_PER_SUMMED_OP = 9e-6
+ENGINE_S_PER_SUMMED_RECORD = 0.35e-6  # summing a step's records at its flush (quickstart, 1,024 sequences)
 ENGINE_S_PER_EVENT = 5e-6
 ENGINE_S_PER_ROW = 0.16e-6
 ROUTING_S_PER_ELEMENT = 85e-9  # numpy multinomial (2,048 GPUs: 5.3 s per step for 64 M elements)
@@ -119,16 +119,18 @@ def estimate_cost(sc: Scenario, write_files: bool = False) -> CostEstimate:
     record_bytes = int(rows * RECORD_BYTES)
     full = sc.simulation.records is RecordDetail.FULL
     # one step's blocks, then one stage's columns at a time (float64 before the typed copy) while flushed
-    step_bytes = ops * BUFFER_BYTES_PER_OP
-    if full:
-        step_bytes += rows_per_step * (BUFFER_BYTES_PER_RECORD + FLUSH_BYTES_PER_RECORD / sc.layout.pp)
+    # (summed records are summed at the flush, from the same blocks)
+    per_op_records = ops * sc.layout.ranks_per_stage
+    step_bytes = ops * BUFFER_BYTES_PER_OP + per_op_records * (BUFFER_BYTES_PER_RECORD
+                                                               + FLUSH_BYTES_PER_RECORD / sc.layout.pp)
     sim_peak = int(SIM_FIXED_BYTES + record_bytes + step_bytes + _routing_bytes(sc, elements) + _layer_bytes(sc, steps))
     summarize_peak = int(sim_peak + measured * SUMMARIZE_BYTES_PER_ROW + SUMMARIZE_FIXED_BYTES)
     trace_bytes = sc.routing.trace.counts.nbytes if sc.routing.trace is not None else 0
     baseline = BASELINE_RSS_BYTES + trace_bytes
     peak = max(BASELINE_RSS_BYTES + int(TRACE_LOAD_PEAK_PER_BYTE * trace_bytes), baseline + summarize_peak)
-    per_op_s = ENGINE_S_PER_OP if full else ENGINE_S_PER_SUMMED_OP
-    engine_s = steps * (ops * per_op_s + events_per_step * ENGINE_S_PER_EVENT) + rows * ENGINE_S_PER_ROW
+    summing_s = 0.0 if full else per_op_records * ENGINE_S_PER_SUMMED_RECORD
+    engine_s = steps * (ops * ENGINE_S_PER_OP + events_per_step * ENGINE_S_PER_EVENT + summing_s) \
+        + rows * ENGINE_S_PER_ROW
     simulate_s = FIXED_S + engine_s + _workload_s(sc, steps, elements)
     summarize_s = measured * SUMMARIZE_S_PER_ROW
     write_bytes, write_s = _write_cost(sc, rows_per_step, rows) if write_files else (0, 0.0)

@@ -77,60 +77,59 @@ class RecordBlock:
     takes each column as a vector over the ranks or one scalar for all; `keep` (bool vector) drops the ranks for
     which the op did not happen (a pipeline message that was already there).
 
-    With `aggregate`, ops are summed per (rank, phase, op kind) as they come: start_s is 0 and end_s the summed
-    duration, wait_s, bytes and rows are sums, micro_batch and layer are -1."""
+    With `aggregate`, the step's ops are summed per (rank, phase, op kind) when the block is flushed: start_s is 0
+    and end_s the summed duration, wait_s, bytes and rows are sums (each in program order, as the ops came),
+    micro_batch and layer are -1. `add` only appends: its cost is the same either way."""
 
-    __slots__ = ("first_rank", "num_ranks", "aggregate", "_ops", "_count", "_sums", "_present")
+    __slots__ = ("first_rank", "num_ranks", "aggregate", "_ops", "_count")
 
     def __init__(self, first_rank: int, num_ranks: int, aggregate: bool = False):
         self.first_rank, self.num_ranks, self.aggregate = first_rank, num_ranks, aggregate
         self._ops: list[tuple] = []
-        self._count = 0
-        if aggregate:  # [phase x op, ranks]: duration, wait, bytes, rows
-            codes = len(_PHASES) * len(_OPS)
-            self._sums = np.zeros((4, codes, num_ranks))
-            self._present = np.zeros((codes, num_ranks), dtype=bool)
+        self._count = 0  # records before any summing
 
     def add(self, micro_batch: int, layer: int, phase: Phase, op: OpKind, start_s, end_s, nbytes=0.0, rows=0,
             wait_s=0.0, keep: np.ndarray | None = None) -> None:
-        if not self.aggregate:
-            self._ops.append((micro_batch, layer, PHASE_CODE[phase], OP_CODE[op], start_s, end_s, nbytes, rows,
-                              wait_s, keep))
-            self._count += self.num_ranks if keep is None else int(np.count_nonzero(keep))
-            return
-        code = PHASE_CODE[phase] * len(_OPS) + OP_CODE[op]
-        sums = self._sums[:, code]
-        for i, value in enumerate((np.subtract(end_s, start_s), wait_s, nbytes, rows)):
-            sums[i] += value if keep is None else np.where(keep, value, 0.0)
-        self._present[code] |= True if keep is None else keep
+        self._ops.append((micro_batch, layer, PHASE_CODE[phase], OP_CODE[op], start_s, end_s, nbytes, rows, wait_s,
+                          keep))
+        self._count += self.num_ranks if keep is None else int(np.count_nonzero(keep))
 
     def __len__(self) -> int:
-        return int(np.count_nonzero(self._present)) if self.aggregate else self._count
+        return len(self.columns(0)["step"]) if self.aggregate else self._count
 
     def columns(self, step: int) -> dict[str, np.ndarray]:
         """The block's records in canonical order (by rank, each rank's records in program order)."""
-        n_ranks = self.num_ranks
+        n_ranks, ops, n_ops = self.num_ranks, self._ops, len(self._ops)
+        names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s")
+        # one copy per column: the [ranks, ops] view straight into a contiguous array of the column's type
+        cols = {name: np.ascontiguousarray(_rank_major([op[i] for op in ops], n_ranks), _DTYPES[name]).ravel()
+                for i, name in enumerate(names)}
+        cols["rank"] = np.repeat(np.arange(self.first_rank, self.first_rank + n_ranks), n_ops)
+        if any(op[9] is not None for op in ops):
+            keep = _rank_major([True if op[9] is None else op[9] for op in ops], n_ranks, bool).ravel()
+            cols = {k: v[keep] for k, v in cols.items()}
+        n = self._count
         if self.aggregate:
-            rank, code = np.nonzero(self._present.T)
-            sums = self._sums[:, code, rank]
-            cols = {"micro_batch": -1, "layer": -1, "phase": code // len(_OPS), "op": code % len(_OPS),
-                    "start_s": 0.0, "end_s": sums[0], "wait_s": sums[1], "bytes": sums[2], "rows": sums[3]}
-            cols["rank"] = self.first_rank + rank
-            n = len(rank)
-        else:
-            ops, n_ops = self._ops, len(self._ops)
-            names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s")
-            # one copy per column: the [ranks, ops] view straight into a contiguous array of the column's type
-            cols = {name: np.ascontiguousarray(_rank_major([op[i] for op in ops], n_ranks), _DTYPES[name]).ravel()
-                    for i, name in enumerate(names)}
-            cols["rank"] = np.repeat(np.arange(self.first_rank, self.first_rank + n_ranks), n_ops)
-            if any(op[9] is not None for op in ops):
-                keep = _rank_major([True if op[9] is None else op[9] for op in ops], n_ranks, bool).ravel()
-                cols = {k: v[keep] for k, v in cols.items()}
-            n = self._count
+            cols, n = _summed(cols, self.first_rank, n_ranks)
         cols["step"] = step
         return {c: cols[c] if isinstance(cols[c], np.ndarray) and cols[c].dtype == _DTYPES[c] and cols[c].shape == (n,)
                 else np.broadcast_to(np.asarray(cols[c]), (n,)).astype(_DTYPES[c]) for c in RECORD_COLUMNS}
+
+
+def _summed(cols: dict[str, np.ndarray], first_rank: int, n_ranks: int) -> tuple[dict, int]:
+    """Records summed per (rank, phase, op kind), rank-major then by code; bincount adds each key's values in
+    the order they come, program order."""
+    kinds = len(_PHASES) * len(_OPS)
+    code = cols["phase"].astype(np.int64) * len(_OPS) + cols["op"]
+    key = (cols["rank"] - first_rank) * kinds + code
+    size = n_ranks * kinds
+    present = np.flatnonzero(np.bincount(key, minlength=size))
+    total = {name: np.bincount(key, values, minlength=size)[present] for name, values in
+             (("end_s", cols["end_s"] - cols["start_s"]), ("wait_s", cols["wait_s"]), ("bytes", cols["bytes"]),
+              ("rows", cols["rows"].astype(np.float64)))}
+    summed = {"micro_batch": -1, "layer": -1, "phase": (present % kinds) // len(_OPS),
+              "op": (present % kinds) % len(_OPS), "start_s": 0.0, "rank": first_rank + present // kinds, **total}
+    return summed, len(present)
 
 
 def _rank_major(values: list, n_ranks: int, dtype=np.float64) -> np.ndarray:
