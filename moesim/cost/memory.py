@@ -113,7 +113,11 @@ def activation_bytes_per_layer(scenario: Scenario, moe: bool, expert_rows: float
 
 
 def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recompute):
-    model, dtype_bytes = scenario.model, scenario.training.dtype.bytes
+    model, dtype = scenario.model, scenario.training.dtype
+    dtype_bytes = dtype.activation_bytes
+    # under the fp8 recipe a linear layer saves its input in fp8 for the weight gradient (Megatron's MoE README:
+    # "50% activation reduction"): one byte less per element of each GEMM input kept
+    fp8_saving = dtype_bytes - 1 if dtype is Dtype.FP8 else 0
     h = model.hidden_size
     tokens = scenario.tokens_routed_per_rank  # s·b/t: sequence parallelism splits every tensor over tp
     if recompute is Recompute.FULL:
@@ -122,16 +126,21 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     # LN output (the projections' input), Q, K, V, the core's output (the output projection's input), MLA's
     # latents; a sliding window changes none of them
     stored = h + model.q_width + model.k_width + model.v_width + model.attn_out_width + _latent_width(model)
-    attention = stored * dtype_bytes + h * _MASK_BYTES
+    attention = stored * dtype_bytes - (h + model.attn_out_width) * fp8_saving + h * _MASK_BYTES
     # FlashAttention keeps no s x s scores, only the fp32 log-sum-exp per head and query: a/t heads x s·b = a ·
     # tokens. Korthikanti's 5·a·s²·b term (unfused attention) does not apply to the runs being modelled.
     total = tokens * (norms + attention + model.num_attention_heads * _FP32_BYTES)
     m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (gated) or 2 (GELU)
+
+    def mlp(width: float) -> float:  # fc1 input h, m tensors of the width; fc1's and fc2's inputs in fp8
+        return (h + m * width) * dtype_bytes - (h + width) * fp8_saving
+
     if not moe:
-        return total + tokens * ((h + m * model.dense_ffn_size) * dtype_bytes + h * _MASK_BYTES)
+        return total + tokens * (mlp(model.dense_ffn_size) + h * _MASK_BYTES)
     shared_width = model.num_shared_experts * model.expert_ffn_size
-    per_token = (h + m * shared_width) * dtype_bytes + model.num_experts * _FP32_BYTES + h * _MASK_BYTES
-    per_row = (h + m * model.expert_ffn_size / scenario.layout.etp) * dtype_bytes
+    shared = mlp(shared_width) if shared_width else h * dtype_bytes  # the router's input: the LN output
+    per_token = shared + model.num_experts * _FP32_BYTES + h * _MASK_BYTES
+    per_row = mlp(model.expert_ffn_size / scenario.layout.etp)
     return total + tokens * per_token + expert_rows * per_row
 
 
@@ -146,7 +155,7 @@ def mtp_activation_bytes(scenario: Scenario, expert_rows, recompute: Recompute):
     (hidden state and embedding of the shifted tokens) with their norms' outputs, concatenated as the
     projection's input (4h), its transformer layer, and the fp32 softmax of its cross-entropy over the
     vocab-parallel logits. Full recompute keeps the two inputs and the layer's input."""
-    model, dtype_bytes = scenario.model, scenario.training.dtype.bytes
+    model, dtype_bytes = scenario.model, scenario.training.dtype.activation_bytes
     tokens, h = scenario.tokens_routed_per_rank, model.hidden_size
     inputs = (2 if recompute is Recompute.FULL else 4) * h * dtype_bytes
     loss = model.vocab_size * _FP32_BYTES
@@ -157,7 +166,7 @@ def a2a_buffer_bytes(scenario: Scenario, expert_rows: float) -> float:
     """Dispatch send (tokens_routed_per_rank·top_k rows) + receive (expert_rows) buffers of width hidden.
     Permutation buffers are ignored (the permuted tokens are the send buffer)."""
     send_rows = scenario.tokens_routed_per_rank * scenario.model.top_k
-    return (send_rows + expert_rows) * scenario.model.hidden_size * scenario.training.dtype.bytes
+    return (send_rows + expert_rows) * scenario.model.hidden_size * scenario.training.dtype.activation_bytes
 
 
 def balanced_expert_rows(scenario: Scenario) -> float:
@@ -219,7 +228,7 @@ def _stage_breakdown(scenario: Scenario, stage: int, rows) -> MemoryBreakdown:
         optimizer = state * params
     zero = 0.0 * np.asarray(rows)  # broadcasts scalars to the shape of `rows`
     return MemoryBreakdown(
-        weights_bytes=zero + params * tr.dtype.bytes,
+        weights_bytes=zero + params * tr.dtype.weight_memory_bytes,
         gradients_bytes=zero + params * tr.grad_dtype.bytes,
         optimizer_bytes=zero + optimizer,
         activations_bytes=zero + _stage_activation_bytes(scenario, stage, rows),

@@ -267,9 +267,9 @@ class PlacementContext:
         return cls(num_experts=num_experts, num_ranks=num_ranks, slots_per_rank=slots, node_of_rank=node,
                    bandwidth_bytes_per_s=np.where(node[:, None] == node[None, :], nvlink_bytes_per_s,
                                                   nic_bytes_per_s),
-                   row_bytes=float(hidden_size * dtype.bytes),
-                   expert_weight_bytes=expert_params * dtype.bytes,
-                   expert_state_bytes=expert_params * (dtype.bytes + state_bytes_per_param),
+                   row_bytes=float(hidden_size * dtype.activation_bytes),
+                   expert_weight_bytes=expert_params * dtype.weight_bytes,
+                   expert_state_bytes=expert_params * (dtype.weight_bytes + state_bytes_per_param),
                    row_compute_s=3.0 * row_forward_flop / flop_per_s)  # backward = 2x forward
 
 

@@ -32,7 +32,8 @@ def placement_context(sc: Scenario, stage: int) -> PlacementContext:
         slots_per_rank=sc.placement.slots_per_gpu or m.num_experts // lay.ep,
         node_of_rank=ranks // prof.node.gpus_per_node,
         bandwidth_bytes_per_s=ep_bandwidth_bytes_per_s(sc, ranks),
-        row_bytes=float(m.hidden_size * tr.dtype.bytes),
-        expert_weight_bytes=expert_params * tr.dtype.bytes,
-        expert_state_bytes=expert_params * (tr.dtype.bytes + tr.grad_dtype.bytes + tr.optimizer.state_bytes_per_param),
+        row_bytes=float(m.hidden_size * tr.dtype.activation_bytes),
+        expert_weight_bytes=expert_params * tr.dtype.weight_bytes,
+        expert_state_bytes=expert_params * (tr.dtype.weight_bytes + tr.grad_dtype.bytes
+                                            + tr.optimizer.state_bytes_per_param),
         row_compute_s=row_s)

@@ -193,7 +193,7 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     padded = cc.padded_rows(slot_rows, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
     recv = to_rank.sum(axis=2)  # [M, edp, etp, ep_dst] rows each rank receives
 
-    row_bytes = m.hidden_size * sc.training.dtype.bytes
+    row_bytes = m.hidden_size * sc.training.dtype.activation_bytes
     matrix = to_rank.transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
@@ -259,14 +259,14 @@ class StaticWork:
 def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     lay, m, tr = sc.layout, sc.model, sc.training
     q = lay.ranks_per_stage
-    gathered = sc.tokens_per_micro_batch * m.hidden_size * tr.dtype.bytes  # sequence-parallel gather buffer
+    gathered = sc.tokens_per_micro_batch * m.hidden_size * tr.dtype.activation_bytes  # sequence-parallel gather
     tp_group_s = net.all_gather_s(gathered, lay.tp_groups())  # [pp, dp]
     per_q = np.repeat(tp_group_s, lay.tp, axis=1)  # [pp, q]
     shared = 2 if m.num_shared_experts else 0
     # attention: all-gather + reduce-scatter; a dense FFN or the shared experts add another pair
     tp_comm = np.stack([(2 + 2) * per_q, (2 + shared) * per_q], axis=-1) if lay.tp > 1 else np.zeros((lay.pp, q, 2))
 
-    p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.bytes
+    p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.activation_bytes
     p2p = np.zeros((lay.pp, q))
     for s in range(lay.pp - 1):
         for i in range(q):

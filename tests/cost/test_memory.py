@@ -60,7 +60,8 @@ def test_weights_and_gradients_scale_with_dtype_bytes():
     s = make(dp=8, ep=8)
     bf16 = rank_memory(s, 0, 0.0)
     fp8 = rank_memory(with_training(s, dtype=Dtype.FP8, grad_dtype=Dtype.BF16), 0, 0.0)
-    assert bf16.weights_bytes / fp8.weights_bytes == Dtype.BF16.bytes / Dtype.FP8.bytes
+    # the fp8 recipe keeps bf16 weights plus an fp8 copy of them: 3 bytes per parameter
+    assert fp8.weights_bytes / bf16.weights_bytes == 3 / 2
     assert bf16.gradients_bytes / fp8.gradients_bytes == Dtype.FP32.bytes / Dtype.BF16.bytes
     assert bf16.weights_bytes == sum(stage_params(s, 0)) * Dtype.BF16.bytes
 
@@ -167,3 +168,16 @@ def test_bad_inputs_raise_with_the_values():
         rank_memory(s, 8, 0.0)
     with pytest.raises(ValueError, match="stage 1"):
         stage_params(s, 1)
+
+
+def test_fp8_keeps_bf16_activations_but_saves_linear_inputs_in_fp8():
+    s = make(dp=8, ep=8)
+    fp8 = with_training(s, dtype=Dtype.FP8)
+    rows = 4096.0
+    bf16_layer, fp8_layer = activation_bytes_per_layer(s, True, rows), activation_bytes_per_layer(fp8, True, rows)
+    m, tokens = MIXTRAL, s.tokens_routed_per_rank
+    # one byte less per element of the QKV and out-projection inputs (per token) and of fc1's and fc2's inputs
+    # (per expert row): everything else stays bf16
+    saved = tokens * (m.hidden_size + m.num_attention_heads * m.head_dim) + rows * (m.hidden_size + m.expert_ffn_size)
+    assert bf16_layer - fp8_layer == pytest.approx(saved)
+    assert rank_memory(fp8, 0, rows).a2a_buffers_bytes == rank_memory(s, 0, rows).a2a_buffers_bytes
