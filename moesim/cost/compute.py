@@ -114,6 +114,17 @@ def backward_multiplier(recompute: Recompute) -> float:
     return 3.0 if recompute is Recompute.FULL else 2.0
 
 
+def mla_up_projection_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
+    """Multi-head latent attention's up projections: the query latent to the heads' q (when the query is
+    compressed) and the key/value latent to the heads' k_nope and v (0 for other attention)."""
+    if not model.is_mla:
+        return 0.0
+    heads = model.num_attention_heads
+    q_up = (model.q_lora_rank or 0) * heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
+    kv_up = model.kv_lora_rank * heads * (model.qk_nope_head_dim + model.v_head_dim)
+    return 2.0 * tokens * (q_up + kv_up) / tp
+
+
 def mtp_projection_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
     """A multi-token-prediction module's projection of [hidden; embedding] (2h) to h."""
     return 2.0 * tokens * model.mtp_projection_params / tp

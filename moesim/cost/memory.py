@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from moesim.spec import Dtype, MoeModelSpec, Recompute, Scenario
+from moesim.spec.training import RecomputeModule
 
 _MASK_BYTES = 1  # dropout masks are stored as uint8/bool
 _FP32_BYTES = Dtype.FP32.bytes  # router logits and the cross-entropy softmax are kept in fp32
@@ -122,25 +123,48 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     tokens = scenario.tokens_routed_per_rank  # s·b/t: sequence parallelism splits every tensor over tp
     if recompute is Recompute.FULL:
         return tokens * h * dtype_bytes  # only the layer input is kept
+    # selective recompute drops what its modules recompute (Megatron-LM --recompute-modules); the layer's
+    # input (and each recomputed module's input) stays
+    drops = scenario.training.recompute_modules if recompute is Recompute.SELECTIVE else ()
     norms = 2 * h * dtype_bytes
     # LN output (the projections' input), Q, K, V, the core's output (the output projection's input), MLA's
     # latents; a sliding window changes none of them
-    stored = h + model.q_width + model.k_width + model.v_width + model.attn_out_width + _latent_width(model)
-    attention = stored * dtype_bytes - (h + model.attn_out_width) * fp8_saving + h * _MASK_BYTES
+    qkv = model.q_width + model.k_width + model.v_width
+    if RecomputeModule.MLA_UP_PROJ in drops and model.is_mla:  # Q, K, V come back from the kept latents
+        qkv = 0
+    ln_out = h * (dtype_bytes - fp8_saving)  # the projections' input (fp8 under the recipe)
+    stored = (h + qkv + model.attn_out_width + _latent_width(model)) * dtype_bytes
+    attention = stored - (h + model.attn_out_width) * fp8_saving + h * _MASK_BYTES
+    if RecomputeModule.LAYERNORM in drops:
+        attention -= ln_out
     # FlashAttention keeps no s x s scores, only the fp32 log-sum-exp per head and query: a/t heads x s·b = a ·
     # tokens. Korthikanti's 5·a·s²·b term (unfused attention) does not apply to the runs being modelled.
     total = tokens * (norms + attention + model.num_attention_heads * _FP32_BYTES)
     m = model.activation.ffn_matrices  # stored intermediate tensors of width F: 3 (gated) or 2 (GELU)
 
-    def mlp(width: float) -> float:  # fc1 input h, m tensors of the width; fc1's and fc2's inputs in fp8
-        return (h + m * width) * dtype_bytes - (h + width) * fp8_saving
+    def mlp(width: float, recomputed: bool = False, act_recomputed: bool = False) -> float:
+        """fc1 input h, m tensors of the width; fc1's and fc2's inputs in fp8 under the recipe. Recomputed:
+        only the input; without its activation output (fc2's input) when that is recomputed."""
+        if recomputed:
+            return h * dtype_bytes
+        kept = (h + m * width) * dtype_bytes - (h + width) * fp8_saving
+        return kept - width * (dtype_bytes - fp8_saving) if act_recomputed else kept
 
     if not moe:
-        return total + tokens * (mlp(model.dense_ffn_size) + h * _MASK_BYTES)
+        dense = mlp(model.dense_ffn_size, RecomputeModule.MLP in drops)
+        if RecomputeModule.LAYERNORM in drops and RecomputeModule.MLP not in drops:
+            dense -= ln_out  # the MLP's input is the norm's output
+        return total + tokens * (dense + h * _MASK_BYTES)
+    whole_moe = RecomputeModule.MOE in drops
     shared_width = model.num_shared_experts * model.expert_ffn_size
-    shared = mlp(shared_width) if shared_width else h * dtype_bytes  # the router's input: the LN output
-    per_token = shared + model.num_experts * _FP32_BYTES + h * _MASK_BYTES
-    per_row = mlp(model.expert_ffn_size / scenario.layout.etp)
+    shared = mlp(shared_width, whole_moe or RecomputeModule.SHARED_EXPERTS in drops) if shared_width \
+        else h * dtype_bytes  # the router's input: the LN output
+    if RecomputeModule.LAYERNORM in drops and not whole_moe:
+        shared -= h * dtype_bytes - (0 if not shared_width else h * fp8_saving)
+    router = 0.0 if whole_moe else model.num_experts * _FP32_BYTES
+    per_token = shared + router + h * _MASK_BYTES
+    per_row = 0.0 if whole_moe else mlp(model.expert_ffn_size / scenario.layout.etp,
+                                        act_recomputed=RecomputeModule.MOE_ACT in drops)
     return total + tokens * per_token + expert_rows * per_row
 
 

@@ -46,6 +46,7 @@ class MemoryBoundBytes:
     moe_bytes: float  # pre-MLP norm, router softmax/top-k, permute + unpermute, shared experts, residual add
     expert_row_bytes: float  # per routed expert row the rank computes: its activation (+ fp8 quantization)
     lm_head_bytes: float  # final norm + cross-entropy (last stage)
+    norm_bytes: float  # one RMSNorm (what recomputing a norm costs)
 
 
 def memory_bound_bytes(sc: Scenario, fp8_gemms: bool) -> MemoryBoundBytes:
@@ -81,7 +82,7 @@ def memory_bound_bytes(sc: Scenario, fp8_gemms: bool) -> MemoryBoundBytes:
 
     logits = t_all * m.vocab_size / tp
     lm_head = norm + _CE_PASSES * logits * _FP32
-    return MemoryBoundBytes(attention, dense, moe, expert_row, lm_head)
+    return MemoryBoundBytes(attention, dense, moe, expert_row, lm_head, norm)
 
 
 def memory_bound_s(nbytes, sc: Scenario):

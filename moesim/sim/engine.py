@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from moesim.cost.compute import backward_multiplier
-from moesim.cost.ops import memory_bound_backward_factor
 from moesim.sim.records import OpKind, Phase, RecordBlock, RecordLog
 from moesim.sim.workload import MoeLayerWork, StaticWork
 from moesim.spec.scenario import Scenario
@@ -206,7 +204,7 @@ class _Stage:
         if moe is None:
             return t
         sc = self.ctx.sc
-        factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(sc.training.recompute)
+        factor = 1.0 if phase is Phase.FORWARD else self.ctx.static.layers.expert_bwd_factor
         pw = self.ctx.placement
         ready = pw.layer_ready_s.get(layer, 0.0) if pw is not None else 0.0
         late = t < ready  # an overlapped migration has not delivered this layer's experts yet
@@ -216,7 +214,7 @@ class _Stage:
         ep = sc.layout.ep
         t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
                              moe.sent_bytes[mb], moe.sent_rows[mb])
-        memory_factor = 1.0 if phase is Phase.FORWARD else memory_bound_backward_factor(sc.training.recompute)
+        memory_factor = 1.0 if phase is Phase.FORWARD else self.ctx.static.layers.expert_memory_bound_bwd_factor
         t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, moe.expert_fwd_s[mb] * factor),),
                           rows=moe.expert_rows[mb])
         t = self._compute(t, mb, layer, phase,

@@ -19,7 +19,7 @@ from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
 from moesim.spec.dtype import Dtype
-from moesim.spec.training import Recompute
+from moesim.spec.training import Recompute, RecomputeModule
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class LayerCosts:
     lm_head_extra_fwd_s: tuple[float, float]  # (memory-bound: final norm + cross-entropy, launches)
     lm_head_extra_bwd_s: tuple[float, float]
     expert_row_memory_bound_s: float  # per routed-expert row: its activation (+ fp8 casts), forward
+    expert_bwd_factor: float  # routed experts' GEMMs, backward / forward (recompute included)
+    expert_memory_bound_bwd_factor: float  # their activations, backward / forward
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,18 @@ def layer_costs(sc: Scenario) -> LayerCosts:
         core_s = (windowed * window_s + (m.num_layers - windowed) * core_s) / m.num_layers
     attn_fwd = linear_s(attn.projections_flop) + core_s
     dense = linear_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
-    router = _router_and_shared_s(sc)
+    router_s, shared_s = _router_and_shared_s(sc)
+    router = router_s + shared_s
     head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
-    bwd = cc.backward_multiplier(sc.training.recompute)
-    selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
+    tr = sc.training
+    bwd = cc.backward_multiplier(tr.recompute)
+    # selective recompute reruns its modules' forward in the backward (Megatron-LM --recompute-modules)
+    again = tr.recomputes
+    attn_again = (core_s if again(RecomputeModule.CORE_ATTN) else 0.0) \
+        + (linear_s(cc.mla_up_projection_flop(m, tokens, lay.tp)) if again(RecomputeModule.MLA_UP_PROJ) else 0.0)
+    dense_again = dense if again(RecomputeModule.MLP) else 0.0
+    router_again = router if again(RecomputeModule.MOE) else (shared_s if again(RecomputeModule.SHARED_EXPERTS)
+                                                              else 0.0)
     head_fwd, head_bwd = head, 2.0 * head
     if m.num_mtp_layers:  # the engine's op list stays as it is: MTP runs inside the last stage's LM-head op
         mtp_fwd, mtp_bwd = _mtp_s(sc)
@@ -98,28 +108,37 @@ def layer_costs(sc: Scenario) -> LayerCosts:
     fp8 = dt is Dtype.FP8
     mb, kernels = ops.memory_bound_bytes(sc, fp8), ops.kernel_counts(sc, fp8)
     # a memory-bound backward moves BACKWARD_BYTES_FACTOR x its forward's bytes; full recompute reruns the forward
-    mem_bwd = ops.memory_bound_backward_factor(sc.training.recompute)
-    launch_bwd = 2.0 + (1.0 if sc.training.recompute is Recompute.FULL else 0.0)
+    mem_bwd = ops.memory_bound_backward_factor(tr.recompute)
+    launch_bwd = 2.0 + (1.0 if tr.recompute is Recompute.FULL else 0.0)
     mem_fwd = (float(ops.memory_bound_s(mb.attention_bytes + mb.dense_mlp_bytes, sc)),
                float(ops.memory_bound_s(mb.attention_bytes + mb.moe_bytes, sc)))
+    norms_again = 2.0 * float(ops.memory_bound_s(mb.norm_bytes, sc)) if again(RecomputeModule.LAYERNORM) else 0.0
+    moe_mem_again = float(ops.memory_bound_s(mb.moe_bytes, sc)) if again(RecomputeModule.MOE) else 0.0
     launch = prof.efficiency.kernel_launch_s
     launch_fwd = (launch * (kernels.attention + kernels.dense_mlp), launch * (kernels.attention + kernels.moe))
     head_extra = (float(ops.memory_bound_s(mb.lm_head_bytes, sc)), launch * kernels.lm_head)
-    return LayerCosts(attn_fwd, bwd * attn_fwd + selective, dense, bwd * dense, router, bwd * router,
-                      head_fwd, head_bwd,
-                      memory_bound_fwd_s=mem_fwd, memory_bound_bwd_s=(mem_bwd * mem_fwd[0], mem_bwd * mem_fwd[1]),
+    experts_again = again(RecomputeModule.MOE)
+    return LayerCosts(attn_fwd, bwd * attn_fwd + attn_again, dense, bwd * dense + dense_again, router,
+                      bwd * router + router_again, head_fwd, head_bwd,
+                      memory_bound_fwd_s=mem_fwd,
+                      memory_bound_bwd_s=(mem_bwd * mem_fwd[0] + norms_again,
+                                          mem_bwd * mem_fwd[1] + norms_again + moe_mem_again),
                       launch_fwd_s=launch_fwd, launch_bwd_s=(launch_bwd * launch_fwd[0], launch_bwd * launch_fwd[1]),
                       lm_head_extra_fwd_s=head_extra,
                       lm_head_extra_bwd_s=(ops.BACKWARD_BYTES_FACTOR * head_extra[0], 2.0 * head_extra[1]),
-                      expert_row_memory_bound_s=float(ops.memory_bound_s(mb.expert_row_bytes, sc)))
+                      expert_row_memory_bound_s=float(ops.memory_bound_s(mb.expert_row_bytes, sc)),
+                      expert_bwd_factor=bwd + (1.0 if experts_again else 0.0),
+                      expert_memory_bound_bwd_factor=mem_bwd + (1.0 if experts_again or again(RecomputeModule.MOE_ACT)
+                                                                else 0.0))
 
 
-def _router_and_shared_s(sc: Scenario) -> float:
+def _router_and_shared_s(sc: Scenario) -> tuple[float, float]:
+    """(router GEMM, shared experts' GEMMs) forward seconds."""
     m, lay, prof = sc.model, sc.layout, sc.cluster.profile
     linear_peak, ratio, high_peak = cc.gemm_peaks(prof, sc.training.dtype)
     shared = cc.ffn_flop(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts, lay.tp)
-    return float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), high_peak, prof.efficiency.matmul)
-                 + cc.op_time_s(shared, linear_peak, prof.efficiency.matmul) / ratio)
+    return (float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), high_peak, prof.efficiency.matmul)),
+            float(cc.op_time_s(shared, linear_peak, prof.efficiency.matmul)) / ratio)
 
 
 def _mtp_s(sc: Scenario) -> tuple[float, float]:
@@ -135,14 +154,14 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
     if m.mtp_layer_is_moe:
         local_experts = m.num_experts // lay.ep
         rows = sc.tokens_routed_per_rank * m.top_k * lay.etp / local_experts  # each etp shard sees its group's
-        ffn_s = _router_and_shared_s(sc) + float(cc.expert_time_s(np.full(local_experts, rows), m, prof, dt,
+        ffn_s = sum(_router_and_shared_s(sc)) + float(cc.expert_time_s(np.full(local_experts, rows), m, prof, dt,
                                                                   lay.etp))
     else:
         gemms.append(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
         ffn_s = 0.0
     layer_s = float(cc.op_time_s(np.array(gemms), linear_peak, prof.efficiency.matmul).sum()) / ratio + core_s + ffn_s
     head_s = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
-    selective = core_s if sc.training.recompute is Recompute.SELECTIVE else 0.0
+    selective = core_s if sc.training.recomputes(RecomputeModule.CORE_ATTN) else 0.0
     bwd = cc.backward_multiplier(sc.training.recompute) * layer_s + selective + 2.0 * head_s
     return m.num_mtp_layers * (layer_s + head_s), m.num_mtp_layers * bwd
 

@@ -90,7 +90,7 @@ def _json_default(value: Any, scale: Any) -> Any:
     if isinstance(value, float) and isinstance(scale, (int, float)) and scale != 1.0:
         return value / scale
     if isinstance(value, tuple):
-        return list(value)
+        return [_json_default(v, scale) for v in value]
     return value if value is None or isinstance(value, (bool, int, float, str, dict)) else PydanticUndefined
 
 

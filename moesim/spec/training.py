@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import model_validator
 
-from moesim.spec.base import Count, SpecEnum, SpecModel, spec_field
+from moesim.spec.base import LISTS_AS_TUPLES, Count, SpecEnum, SpecModel, spec_field
 from moesim.spec.dtype import Dtype
 from moesim.spec.bounds import MAX_SEQ_LEN, MAX_SEQUENCES, MAX_STATE_BYTES_PER_PARAM
 from moesim.spec.errors import require
@@ -18,6 +20,18 @@ class Recompute(SpecEnum):
     NONE = "none"  # keep every activation
     SELECTIVE = "selective"  # recompute the attention core (Korthikanti et al.), keep the rest
     FULL = "full"  # keep only each layer's input; rerun the forward in the backward
+
+
+class RecomputeModule(SpecEnum):
+    """Megatron-LM's --recompute-modules: what `recompute: selective` recomputes in the backward."""
+
+    CORE_ATTN = "core_attn"  # the attention core (Megatron's default); FlashAttention stores no scores anyway
+    LAYERNORM = "layernorm"  # the two norms' outputs
+    MOE_ACT = "moe_act"  # the routed experts' activation output
+    MLP = "mlp"  # a dense layer's MLP (its input kept)
+    SHARED_EXPERTS = "shared_experts"  # the shared experts (their input kept)
+    MOE = "moe"  # the whole MoE block's GEMMs (its input kept; the all-to-alls are not rerun here)
+    MLA_UP_PROJ = "mla_up_proj"  # multi-head latent attention's up projections (Q, K, V from the latents)
 
 
 class OptimizerSpec(SpecModel):
@@ -40,12 +54,24 @@ class TrainingSpec(SpecModel):
     grad_dtype: Dtype = spec_field(Dtype.FP32, help="gradient accumulation buffers")
     optimizer: OptimizerSpec = spec_field(OptimizerSpec(), help="optimizer and its state")
     recompute: Recompute = spec_field(Recompute.NONE, help="activation recomputation")
+    recompute_modules: Annotated[tuple[RecomputeModule, ...], LISTS_AS_TUPLES] = spec_field(
+        (RecomputeModule.CORE_ATTN,), help="with recompute: selective, what is recomputed (Megatron-LM "
+        "--recompute-modules): core_attn, layernorm, moe_act, mlp, shared_experts, moe, mla_up_proj")
 
     @model_validator(mode="after")
     def _micro_fits(self) -> TrainingSpec:
         require(self.micro_batch_size <= self.global_batch_size, "micro_batch_size", self.micro_batch_size,
                 f"<= global_batch_size ({self.global_batch_size}) sequences")
+        require(self.recompute is Recompute.SELECTIVE or self.recompute_modules == (RecomputeModule.CORE_ATTN,),
+                "recompute_modules", [m.value for m in self.recompute_modules],
+                "only with recompute: selective (Megatron-LM: --recompute-granularity selective)")
+        require(len(set(self.recompute_modules)) == len(self.recompute_modules), "recompute_modules",
+                [m.value for m in self.recompute_modules], "each module at most once")
         return self
+
+    def recomputes(self, module: RecomputeModule) -> bool:
+        """Whether the backward recomputes `module` (selective recompute with it among the modules)."""
+        return self.recompute is Recompute.SELECTIVE and module in self.recompute_modules
 
     @property
     def tokens_per_step(self) -> int:

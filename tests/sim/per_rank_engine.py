@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from moesim.cost.compute import backward_multiplier
-from moesim.cost.ops import memory_bound_backward_factor
 from moesim.sim.engine import PlacementWork, StepContext, one_f_one_b  # noqa: F401 - shared with the engine
 from moesim.sim.records import OpKind, Phase, RecordLog
 
@@ -176,7 +174,7 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
         return
     lay = ctx.sc.layout
     group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
-    factor = 1.0 if phase is Phase.FORWARD else backward_multiplier(ctx.sc.training.recompute)
+    factor = 1.0 if phase is Phase.FORWARD else ctx.static.layers.expert_bwd_factor
     ready = ctx.placement.layer_ready_s.get(layer, 0.0) if ctx.placement is not None else 0.0
     if env.now < ready:  # an overlapped migration has not delivered this layer's experts yet
         log.add(mb, layer, phase, OpKind.MIGRATION, env.now, ready)
@@ -187,7 +185,7 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
                            layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
     yield from _compute(env, log, mb, layer, phase,
                         ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
-    memory_factor = 1.0 if phase is Phase.FORWARD else memory_bound_backward_factor(ctx.sc.training.recompute)
+    memory_factor = 1.0 if phase is Phase.FORWARD else ctx.static.layers.expert_memory_bound_bwd_factor
     yield from _compute(env, log, mb, layer, phase,
                         ((OpKind.MEMORY_BOUND, float(moe.expert_memory_bound_fwd_s[mb, q]) * memory_factor),))
     yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
