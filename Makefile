@@ -5,7 +5,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench accuracy clean
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
+
+# re-measure the validation set after a cost-model change and commit docs/accuracy.* with it
+accuracy: $(STAMP)
+	$(VENV)/bin/moesim accuracy validation --force
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
