@@ -160,7 +160,10 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     shared = mlp(shared_width, whole_moe or RecomputeModule.SHARED_EXPERTS in drops) if shared_width \
         else h * dtype_bytes  # the router's input: the LN output
     if RecomputeModule.LAYERNORM in drops and not whole_moe:
-        shared -= h * dtype_bytes - (0 if not shared_width else h * fp8_saving)
+        # the norm's output as counted above: bf16 for the router (and a recomputed shared block's input), the
+        # shared fc1's fp8 copy otherwise
+        shared_kept = shared_width and RecomputeModule.SHARED_EXPERTS not in drops
+        shared -= h * (dtype_bytes - fp8_saving) if shared_kept else h * dtype_bytes
     router = 0.0 if whole_moe else model.num_experts * _FP32_BYTES
     per_token = shared + router + h * _MASK_BYTES
     per_row = 0.0 if whole_moe else mlp(model.expert_ffn_size / scenario.layout.etp,

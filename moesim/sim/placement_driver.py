@@ -48,7 +48,7 @@ class PlacementDriver:
         self.events: list[dict] = []
         self._sync_cache: dict[int, tuple[Placement, float]] = {}
         tr = sc.training
-        self.grad_bytes = {s: c.expert_weight_bytes / tr.dtype.bytes * tr.grad_dtype.bytes
+        self.grad_bytes = {s: c.expert_weight_bytes / tr.dtype.weight_bytes * tr.grad_dtype.bytes
                            for s, c in self.contexts.items()}
 
     def step(self, step: int, loads: np.ndarray) -> tuple[np.ndarray, dict[int, Placement], PlacementWork]:

@@ -301,7 +301,8 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     dp_expert = np.tile(dp_expert.reshape(lay.pp, lay.ep * lay.etp), (1, lay.edp))  # q = t + etp*(j + ep*d)
 
     opt = tr.optimizer
-    touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.bytes  # read + write per param
+    # read + write per param: state, gradient, the weights (with the fp8 recipe's fp8 copy)
+    touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_memory_bytes
     shard = np.array([lay.dp, lay.edp]) if opt.distributed else np.ones(2)
     optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
     return StaticWork(layer_costs(sc), tp_comm, p2p, float(p2p_bytes), dp_dense, dp_expert, optimizer_s,

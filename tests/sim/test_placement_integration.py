@@ -10,7 +10,7 @@ import yaml
 from moesim.cli import main
 from moesim.loader import parse_scenario
 from moesim.metrics.summary import summarize
-from moesim.sim.placement_driver import integer_rows
+from moesim.sim.placement_driver import PlacementDriver, integer_rows
 from moesim.sim.simulate import simulate
 from moesim.spec.errors import SpecError
 from moesim.spec.placement import PlacementPolicyKind
@@ -155,3 +155,20 @@ def test_run_writes_placement_events(tmp_path):
     assert events[0].startswith("step,layer,moved_slots") and len(events) > 1
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["placement"]["changes"] == len(events) - 1
+
+
+def test_replica_gradients_count_parameters_not_bytes_of_the_fp8_copy():
+    # the gradient all-reduce among replicas moves one gradient per parameter whatever the GEMMs' precision
+    doc = yaml.safe_load("""
+cluster: {profile: dgx-h100, nodes: 1}
+model: {preset: olmoe-1b-7b, num_layers: 2}
+training: {global_batch_size: 16, seq_len: 512, micro_batch_size: 1}
+layout: {tp: 1, pp: 1, dp: 8, ep: 8}
+placement: {policy: eplb, slots_per_gpu: 10}
+""")
+    grads = {}
+    for dtype in ("bf16", "fp8"):
+        doc["training"]["dtype"] = dtype
+        sc = parse_scenario(doc, "g", Path("."))
+        grads[dtype] = PlacementDriver(sc, [0, 1]).grad_bytes
+    assert grads["fp8"] == grads["bf16"]
