@@ -429,7 +429,7 @@ def _accuracy(args) -> int:
 
     from moesim import __version__  # noqa: PLC0415
     from moesim.report.accuracy import (DEFAULT_MAX_MICRO_BATCHES, accuracy_markdown,  # noqa: PLC0415
-                                        load_validation_set, run_accuracy, write_accuracy)
+                                        load_validation_set, refuse_overwrite, run_accuracy, write_accuracy)
     from moesim.report.progress import Progress  # noqa: PLC0415
 
     max_mbs = DEFAULT_MAX_MICRO_BATCHES if args.max_micro_batches is None else args.max_micro_batches
@@ -441,8 +441,8 @@ def _accuracy(args) -> int:
         if missing:
             raise SpecError("--only", missing[0], f"a run of {args.directory}: {', '.join(r.run_id for r in runs)}")
         runs = [r for r in runs if r.run_id in args.only]
-    elif args.out.exists() and not args.force:  # refuse before an hour of simulation, not after
-        raise SpecError("--out", str(args.out), "a file that does not exist yet, or --force to replace it")
+    else:
+        refuse_overwrite(args.out, args.force)  # before the simulations, not after
     t0 = time.perf_counter()
     rows = run_accuracy(runs, max_mbs, Progress("accuracy", "runs"))
     wall_s = time.perf_counter() - t0

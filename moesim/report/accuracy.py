@@ -241,13 +241,16 @@ def accuracy_record(rows: list[AccuracyRow]) -> dict:
             for r in rows}
 
 
+def refuse_overwrite(out_md: Path, force: bool) -> None:
+    """SpecError when the table or its .json exists and `force` is not given (checked again before writing)."""
+    for path in (Path(out_md), Path(out_md).with_suffix(".json")):
+        if path.exists() and not force:
+            raise SpecError("--out", str(path), "a file that does not exist yet, or --force to replace it")
+
+
 def write_accuracy(out_md: Path, rows: list[AccuracyRow], header: str, force: bool = False) -> list[Path]:
     """`out_md` (the table) and the same path with .json (the numbers the CI check reads), each written
     atomically; an existing file is refused without `force`."""
-    out_md = Path(out_md)
-    out_json = out_md.with_suffix(".json")
-    for path in (out_md, out_json):
-        if path.exists() and not force:
-            raise SpecError("--out", str(path), "a file that does not exist yet, or --force to replace it")
+    refuse_overwrite(out_md, force)
     return [write_text_atomic(out_md, accuracy_markdown(rows, header)),
-            write_json_atomic(out_json, accuracy_record(rows))]
+            write_json_atomic(Path(out_md).with_suffix(".json"), accuracy_record(rows))]

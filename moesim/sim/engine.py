@@ -214,11 +214,12 @@ class _Stage:
         ep = sc.layout.ep
         t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
                              moe.sent_bytes[mb], moe.sent_rows[mb])
-        memory_factor = 1.0 if phase is Phase.FORWARD else self.ctx.static.layers.expert_memory_bound_bwd_factor
+        lc = self.ctx.static.layers
+        memory_factor = 1.0 if phase is Phase.FORWARD else lc.expert_memory_bound_bwd_factor
         t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, moe.expert_fwd_s[mb] * factor),),
                           rows=moe.expert_rows[mb])
-        t = self._compute(t, mb, layer, phase,
-                          ((OpKind.MEMORY_BOUND, moe.expert_memory_bound_fwd_s[mb] * memory_factor),))
+        activations_s = moe.computed_rows[mb] * lc.expert_row_memory_bound_s * memory_factor
+        t = self._compute(t, mb, layer, phase, ((OpKind.MEMORY_BOUND, activations_s),))
         return self._collective(t, self.ep_group, ep, moe.combine_s[mb], mb, layer, phase, OpKind.COMBINE,
                                 moe.sent_bytes[mb], moe.returned_rows[mb])
 

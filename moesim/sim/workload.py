@@ -19,7 +19,7 @@ from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
 from moesim.spec.dtype import Dtype
-from moesim.spec.training import Recompute, RecomputeModule
+from moesim.spec.training import RecomputeModule
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class MoeLayerWork:
     dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to
     combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast)
     expert_fwd_s: np.ndarray  # [M, q]
-    expert_memory_bound_fwd_s: np.ndarray  # [M, q] the activations (+ fp8 casts) of the rows rank q computes
+    computed_rows: np.ndarray  # [M, q] rows rank q computes, tile padding excluded (its activations run on these;
+    # LayerCosts.expert_row_memory_bound_s each)
     expert_rows: np.ndarray  # [M, q] rows rank q computes (capacity padding and tile padding included)
     sent_rows: np.ndarray  # [M, q] rows rank q dispatches (capacity padding included)
     returned_rows: np.ndarray  # [M, q] rows rank q sends back in the combine (what it received)
@@ -109,7 +110,7 @@ def layer_costs(sc: Scenario) -> LayerCosts:
     mb, kernels = ops.memory_bound_bytes(sc, fp8), ops.kernel_counts(sc, fp8)
     # a memory-bound backward moves BACKWARD_BYTES_FACTOR x its forward's bytes; full recompute reruns the forward
     mem_bwd = ops.memory_bound_backward_factor(tr.recompute)
-    launch_bwd = 2.0 + (1.0 if tr.recompute is Recompute.FULL else 0.0)
+    launch_bwd = bwd  # a backward launches twice the forward's kernels, and full recompute reruns the forward
     mem_fwd = (float(ops.memory_bound_s(mb.attention_bytes + mb.dense_mlp_bytes, sc)),
                float(ops.memory_bound_s(mb.attention_bytes + mb.moe_bytes, sc)))
     norms_again = 2.0 * float(ops.memory_bound_s(mb.norm_bytes, sc)) if again(RecomputeModule.LAYERNORM) else 0.0
@@ -235,15 +236,13 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         return x.reshape(M, -1).sum(-1)
 
     gpu_rows = slot_rows.sum(-1)  # [M, edp, ep]
-    row_bytes_mb = ops.memory_bound_bytes(sc, sc.training.dtype is Dtype.FP8).expert_row_bytes
-    row_memory_bound_s = float(ops.memory_bound_s(row_bytes_mb, sc))
     expert_load = loads.sum(axis=1)  # [M, E]
     tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
         dispatch_s=per_rank_group(dispatch),
         combine_s=per_rank_group(combine),
         expert_fwd_s=per_rank(expert_s),
-        expert_memory_bound_fwd_s=per_rank(gpu_rows * row_memory_bound_s),
+        computed_rows=per_rank(gpu_rows),
         expert_rows=per_rank(padded),
         sent_rows=sent.sum(-1).reshape(M, -1),
         returned_rows=recv.transpose(0, 1, 3, 2).reshape(M, -1),

@@ -187,7 +187,8 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
                         ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
     memory_factor = 1.0 if phase is Phase.FORWARD else ctx.static.layers.expert_memory_bound_bwd_factor
     yield from _compute(env, log, mb, layer, phase,
-                        ((OpKind.MEMORY_BOUND, float(moe.expert_memory_bound_fwd_s[mb, q]) * memory_factor),))
+                        ((OpKind.MEMORY_BOUND, float(moe.computed_rows[mb, q])
+                          * ctx.static.layers.expert_row_memory_bound_s * memory_factor),))
     yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
                            float(moe.combine_s[mb, q]), mb,
                            layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))
