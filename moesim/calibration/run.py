@@ -1,6 +1,15 @@
-"""`moesim calibrate`: measure this machine (expert kernels here, collectives on spawned ranks), fit, and write
-hw_profiles/<name>.yaml with the raw samples beside it in <name>.samples/; or build a profile from the samples
-directory the cluster kit (calibrate/run.py under torchrun or Slurm) wrote."""
+"""`moesim calibrate`: measure this machine (expert kernels, the compute model's GEMM sweep, element-wise bandwidth
+and launch overhead here, collectives on spawned ranks), fit, and write hw_profiles/<name>.yaml with the raw samples
+beside it in <name>.samples/; or build a profile from a samples directory without measuring: one `moesim
+calibrate` wrote (host.json), or the cluster kit's (calibrate/run.py under torchrun or Slurm, with --base).
+
+On a GPU that a datasheet profile in hw_profiles/ names (H100, H200, H800, A100), that profile is the base: its
+peaks, fabric and candidate GEMM tiles stay and the measured numbers replace the rest (as --base does).
+
+A samples directory without the compute CSVs (gemm.csv, elementwise.csv, launch.csv; written before they
+existed, or by the cluster kit): with a base profile, the base's compute keys stay, their sources saying they
+were not measured, and one line says which files were missing; without one, one error line names the missing
+files and the two ways on (re-measure, or --base)."""
 
 from __future__ import annotations
 
@@ -14,14 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from moesim.calibration.compute_fit import ComputeSamples
 from moesim.calibration.kernels import (FULL_TOKENS, QUICK_SHAPES, QUICK_TOKENS, KernelShape, measure_kernels,
                                         measure_memory_bandwidth, preset_shapes)
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
-from moesim.calibration.samples import COLLECTIVE_COLUMNS, KERNEL_COLUMNS
+from moesim.calibration.samples import (COLLECTIVE_COLUMNS, COMPUTE_FILES, ELEMENTWISE_COLUMNS, ELEMENTWISE_FILE,
+                                        GEMM_COLUMNS, GEMM_FILE, KERNEL_COLUMNS, LAUNCH_COLUMNS, LAUNCH_FILE)
+from moesim.io.profile import PROFILE_DIR
 from moesim.io.results import write_text_atomic
 from moesim.io.safe_yaml import dump_yaml
 from moesim.io.strict import read_yaml_mapping
-from moesim.spec.errors import SpecError
+from moesim.spec.errors import SpecError, Verbatim
 
 CPU_FULL_SHAPES = (KernelShape(256, 512, 8), KernelShape(1024, 1024, 8))
 CPU_FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -78,10 +90,54 @@ def _refuse_overwrite(path: Path, force: bool) -> None:
         raise SpecError("--out", str(path), "a profile path that does not exist yet (or pass --force to replace it)")
 
 
+def datasheet_base(device_name: str) -> Path | None:
+    """The datasheet profile in hw_profiles/ whose GPU model (the first word of its gpu.name: H100, H200, ...)
+    the device name contains, or None."""
+    words = device_name.upper().replace("-", " ").split()
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        doc = read_yaml_mapping(path, "profile") or {}
+        model = str(doc.get("gpu", {}).get("name", "")).split(" ", 1)[0].upper()
+        if str(doc.get("status", "")).startswith("datasheet") and model and model in words:
+            return path
+    return None
+
+
+def measure_compute_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
+                         description: str | None = None, threads: int = 1, log=print) -> dict:
+    """Measure the compute model's samples on this process's device (a CPU: `threads` threads) and write
+    gemm.csv, elementwise.csv and launch.csv into `samples`. Returns what host.json records under "compute"."""
+    import torch  # noqa: PLC0415
+
+    from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
+
+    if device is None:
+        device, dtype, description = _device()
+    samples.mkdir(parents=True, exist_ok=True)
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        plan = cm.compute_plan(device, quick, cm.l2_cache_bytes(device))
+        gemm = cm.measure_gemms(plan, dtype, device)
+        elementwise = cm.measure_elementwise(plan, dtype, device)
+        launch = cm.measure_launch(plan, dtype, device)
+    finally:
+        torch.set_num_threads(before)
+    for frame, file in ((gemm, GEMM_FILE), (elementwise, ELEMENTWISE_FILE), (launch, LAUNCH_FILE)):
+        _write_csv(frame, samples / file)
+    seconds = time.perf_counter() - t0
+    log(f"compute: {len(gemm)} GEMM shapes, {len(elementwise)} element-wise and {len(launch)} launch samples in "
+        f"{seconds:.1f} s")
+    return {"date": date.today().isoformat(), "device": description, "device_kind": device,
+            "sm_count": cm.sm_count(device, threads), "threads_per_rank": threads if device == "cpu" else None,
+            "mode": "quick" if quick else "full", "seconds": round(seconds, 1)}
+
+
 def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bool, timeout_s: float,
                     name: str | None = None, log=print) -> Path:
-    """Measure kernels in this process and collectives on `ranks` spawned gloo/NCCL ranks of this host; write
-    the profile and its samples. Returns the profile path."""
+    """Measure kernels and the compute model in this process and collectives on `ranks` spawned gloo/NCCL ranks
+    of this host; write the profile and its samples. Returns the profile path."""
     import torch  # noqa: PLC0415
 
     from moesim.calibration.collectives import FULL_SIZES_BYTES, P2P_FULL_BYTES, P2P_QUICK_BYTES, QUICK_SIZES_BYTES  # noqa: PLC0415 - spawns ranks: loaded only to calibrate
@@ -104,6 +160,8 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
     _write_csv(kernels, samples / "kernels.csv")
     bandwidth = measure_memory_bandwidth(device)
     log(f"kernels: {len(kernels)} samples in {time.perf_counter() - t0:.1f} s")
+    compute_meta = measure_compute_into(samples, quick=quick, device=device, dtype=dtype, description=description,
+                                        log=log)
 
     frames, metas = [], []
     for n in ranks:
@@ -121,53 +179,121 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
     collectives = pd.concat(frames, ignore_index=True)[list(COLLECTIVE_COLUMNS)]
     _write_csv(collectives, samples / "collectives.csv")
 
+    base = datasheet_base(description) if device != "cpu" else None
     provenance = {"date": date.today().isoformat(), "device": description, "hosts": 1, "ranks": list(ranks),
                   "threads_per_rank": 1 if device == "cpu" else None, "backend": metas[-1].get("backend"),
                   "mode": "quick" if quick else "full", "command": " ".join(["moesim", *sys.argv[1:]]),
                   "env": metas[-1].get("env", {}), **_versions()}
+    if base is not None:
+        provenance["base_profile"] = base.stem
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(ranks) if device == "cpu" else \
         torch.cuda.get_device_properties(0).total_memory
     host = {"provenance": provenance, "dtype": dtype, "ranks_per_node": max(ranks), "memory_bytes": memory,
-            "memory_bandwidth_bytes_per_s": bandwidth, "device": description}
+            "memory_bandwidth_bytes_per_s": bandwidth, "device": description, "compute": compute_meta}
     write_text_atomic(samples / "host.json", json.dumps(to_yaml_ready(host), indent=2) + "\n")
-    doc = build_profile(name or out.stem, kernels, collectives, provenance, samples.name, dtype=dtype,
-                        ranks_per_node=max(ranks), memory_bytes=memory, memory_bandwidth_bytes_per_s=bandwidth,
-                        device=description)
-    _write_profile(out, doc)
+    if base is not None:
+        log(f"{description}: {base} is the datasheet base (peaks, fabric, GEMM tiles)")
+    # fit from the samples as written (9 significant digits), so that --from-samples rebuilds this profile exactly
+    kernels, collectives = (pd.read_csv(samples / f) for f in ("kernels.csv", "collectives.csv"))
+    _write_profile(out, _profile_from_host(host, samples, out, name, kernels, collectives, base, log))
     log(f"wrote {out} and {samples}/ in {time.perf_counter() - t0:.1f} s")
     return out
 
 
+def _read_base(base: Path) -> dict:
+    doc = read_yaml_mapping(base, "profile") or {}  # the same rules and limits as every profile read
+    doc.pop("calibration", None)
+    return doc
+
+
+def _gpu_tiles_fallback(device: str) -> tuple[tuple, str]:
+    """Candidate tiles for a GPU no datasheet profile names: the H100 profile's, said to be assumed."""
+    ref = PROFILE_DIR / "dgx-h100.yaml"
+    leaf = (read_yaml_mapping(ref, "profile") or {})["compute"]["gemm_tiles"]
+    return ((tuple(tuple(t) for t in leaf["value"]),),
+            f"assumption: no datasheet profile in hw_profiles/ names {device}; the candidates of {ref.name} "
+            f"({leaf.get('source', '')})")
+
+
+def _profile_from_host(host: dict, samples: Path, out: Path, name: str | None, kernels: pd.DataFrame,
+                       collectives: pd.DataFrame, base: Path | None, log=print) -> dict:
+    """The profile of a `moesim calibrate` samples directory (its host.json), on a datasheet base or not."""
+    compute = read_compute_samples(samples, host=host, required=base is None, log=log)
+    extra = {}
+    if base is None and str((host.get("compute") or {}).get("device_kind", "cpu")) != "cpu":
+        extra = dict(zip(("tile_candidates", "tiles_source"), _gpu_tiles_fallback(host["device"])))
+    return build_profile(name or out.stem, kernels, collectives, host["provenance"],
+                         os.path.relpath(samples, out.parent), dtype=host["dtype"],
+                         ranks_per_node=host["ranks_per_node"], memory_bytes=host["memory_bytes"],
+                         memory_bandwidth_bytes_per_s=host["memory_bandwidth_bytes_per_s"], device=host["device"],
+                         base=_read_base(base) if base is not None else None, compute=compute, **extra)
+
+
+def _read_csv(path: Path, columns) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise SpecError(str(path), Verbatim(" ".join(str(err).split())[:200]), "a CSV file of samples") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise SpecError(str(path), missing, f"columns {', '.join(columns)}")
+    return frame
+
+
+def read_compute_samples(samples: Path, *, host: dict | None, required: bool, base_sm_count: int | None = None,
+                         log=print) -> ComputeSamples | None:
+    """The compute CSVs of a samples directory, or None when any is missing (`required`: a SpecError naming the
+    missing files instead; otherwise one line saying which ones, and that the base's compute model stays)."""
+    missing = [f for f in COMPUTE_FILES if not (samples / f).is_file()]
+    if missing:
+        names = ", ".join(missing)
+        if required:
+            raise SpecError(names, Verbatim("no such file"),
+                            f"the compute model's samples, {', '.join(COMPUTE_FILES)} (`moesim calibrate` writes "
+                            "them since it measures the compute model): re-measure, or pass --base PROFILE to keep "
+                            "a datasheet profile's compute model", source=str(samples))
+        log(f"{samples}: no {names}: the compute model (gemm_efficiency, hbm_efficiency, kernel_launch_us) stays "
+            "the base profile's, marked not measured")
+        return None
+    frames = [_read_csv(samples / f, cols) for f, cols in
+              ((GEMM_FILE, GEMM_COLUMNS), (ELEMENTWISE_FILE, ELEMENTWISE_COLUMNS), (LAUNCH_FILE, LAUNCH_COLUMNS))]
+    host = host or {}
+    meta = dict(host.get("compute") or {})
+    device = str(meta.get("device") or host.get("device") or "unknown device")
+    meta.setdefault("device", device)
+    meta.setdefault("date", host.get("provenance", {}).get("date", "?"))
+    meta.setdefault("device_kind", "cpu" if "cpu" in device.lower() else "cuda")
+    if "sm_count" not in meta:
+        meta["sm_count"] = base_sm_count or host.get("provenance", {}).get("threads_per_rank") or 1
+    return ComputeSamples(*frames, meta=meta)
+
+
 def profile_from_samples(samples: Path, out: Path, *, force: bool, base: Path | None, name: str | None = None,
                          log=print) -> Path:
-    """A profile from a samples directory (collectives.csv, meta.json, optionally kernels.csv). Without
-    kernels.csv, `base` (a datasheet profile) supplies the peaks and the compute model."""
+    """A profile from a samples directory (collectives.csv; a `moesim calibrate` directory also has host.json,
+    kernels.csv and the compute CSVs; the cluster kit's has meta.json). Without host.json, `base` (a datasheet
+    profile) supplies the peaks and the compute model; a `moesim calibrate` directory uses the base its host.json
+    names, or --base."""
     _refuse_overwrite(out, force)
     if not (samples / "collectives.csv").is_file():
         raise SpecError("--from-samples", str(samples), "a directory with collectives.csv (from calibrate/run.py)")
-    collectives = pd.read_csv(samples / "collectives.csv")
-    missing = [c for c in COLLECTIVE_COLUMNS if c not in collectives.columns]
-    if missing:
-        raise SpecError(f"{samples / 'collectives.csv'}", missing, f"columns {', '.join(COLLECTIVE_COLUMNS)}")
-    kernels = pd.read_csv(samples / "kernels.csv") if (samples / "kernels.csv").is_file() else \
+    collectives = _read_csv(samples / "collectives.csv", COLLECTIVE_COLUMNS)
+    kernels = _read_csv(samples / "kernels.csv", KERNEL_COLUMNS) if (samples / "kernels.csv").is_file() else \
         pd.DataFrame(columns=list(KERNEL_COLUMNS))
     meta = json.loads((samples / "meta.json").read_text()) if (samples / "meta.json").is_file() else {}
     host_path = samples / "host.json"
-    if host_path.is_file() and base is None:  # a `moesim calibrate` directory: everything was measured here
+    if host_path.is_file():  # a `moesim calibrate` directory: everything was measured here
         host = json.loads(host_path.read_text())
-        doc = build_profile(name or out.stem, kernels, collectives, host["provenance"],
-                            os.path.relpath(samples, out.parent), dtype=host["dtype"],
-                            ranks_per_node=host["ranks_per_node"], memory_bytes=host["memory_bytes"],
-                            memory_bandwidth_bytes_per_s=host["memory_bandwidth_bytes_per_s"], device=host["device"])
-        _write_profile(out, doc)
+        named = host.get("provenance", {}).get("base_profile")
+        _write_profile(out, _profile_from_host(host, samples, out, name, kernels, collectives,
+                                               base if base is not None else
+                                               (PROFILE_DIR / f"{named}.yaml" if named else None), log))
         log(f"wrote {out}")
         return out
     if base is None:
         raise SpecError("--base", None, "a datasheet profile for what the cluster kit does not measure (peaks, "
                                         "memory, compute), e.g. --base hw_profiles/dgx-h100.yaml")
-    base_doc = read_yaml_mapping(base, "profile")  # the same rules and limits as every profile read
-    if base_doc is not None:
-        base_doc.pop("calibration", None)
+    base_doc = _read_base(base)
     provenance = {"date": date.today().isoformat(), "device": meta.get("device", "unknown"),
                   "hosts": len(meta.get("hosts", [])) or None, "ranks": meta.get("world_size"),
                   "backend": meta.get("backend"), "torch": meta.get("torch"), "nccl": meta.get("nccl"),
@@ -175,9 +301,13 @@ def profile_from_samples(samples: Path, out: Path, *, force: bool, base: Path | 
                   "base_profile": str(base) if base else None}
     dtype = str(kernels["dtype"].iloc[0]) if not kernels.empty else "bf16"
     hosts = meta.get("hosts") or [[0]]
+    base_sms = (base_doc.get("gpu", {}).get("sm_count") or {}).get("value")
+    compute = read_compute_samples(samples, host={"device": meta.get("device"), "provenance": provenance},
+                                   required=False, base_sm_count=base_sms, log=log)
     doc = build_profile(name or out.stem, kernels, collectives, provenance, os.path.relpath(samples, out.parent),
                         dtype=dtype, ranks_per_node=len(hosts[0]), memory_bytes=0.0,
-                        memory_bandwidth_bytes_per_s=0.0, device=str(meta.get("device", "unknown")), base=base_doc)
+                        memory_bandwidth_bytes_per_s=0.0, device=str(meta.get("device", "unknown")), base=base_doc,
+                        compute=compute)
     _write_profile(out, doc)
     log(f"wrote {out}")
     return out

@@ -144,7 +144,8 @@ for _tag, _pattern, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456
     _Loader.add_implicit_resolver(_TAG + _tag, _pattern, list(_first))  # ints before floats: `10` is an int
 class _Dumper(yaml.SafeDumper):
     """Writes what _Loader reads back unchanged: a string that YAML 1.2 would take for a number, a boolean or
-    null (`1e-6`, `yes` is fine, `true` is not) is quoted."""
+    null (`1e-6`, `yes` is fine, `true` is not) is quoted; so is one that a YAML 1.1 reader (PyYAML's safe_load)
+    would take for something else (`yes`, a date), so that every reader sees the same file."""
 
     yaml_implicit_resolvers: dict = {}
 
@@ -152,6 +153,9 @@ class _Dumper(yaml.SafeDumper):
 for _tag, _pattern, _first in (("bool", _BOOL, "tTfF"), ("int", _INT, "-+0123456789"),
                                ("float", _FLOAT, "-+.0123456789"), ("null", _NULL, ["~", "n", "N", ""])):
     _Dumper.add_implicit_resolver(_TAG + _tag, _pattern, list(_first))
+for _first, _resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items():  # after 1.2's: only where 1.2 says str
+    for _tag, _pattern in _resolvers:
+        _Dumper.add_implicit_resolver(_tag, _pattern, [_first])
 
 
 def dump_yaml(data: Any) -> str:
