@@ -23,7 +23,7 @@ SLOWEST = {  # every rate at its lowest bound, every latency at its highest
     ("node", "nvlink_GBps"): 0.001, ("node", "nvlink_latency_us"): 1e6, ("node", "nvlink_efficiency"): 0.001,
     ("node", "nvlink_peer_overhead_us"): 1e6, ("fabric", "nic_Gbps"): 0.008, ("fabric", "nic_latency_us"): 1e6,
     ("fabric", "nic_efficiency"): 0.001, ("fabric", "oversubscription"): 100.0,
-    ("fabric", "nic_peer_overhead_us"): 1e6, ("compute", "matmul_efficiency"): 0.001,
+    ("fabric", "nic_peer_overhead_us"): 1e6, ("compute", "gemm_efficiency"): 0.001,
     ("compute", "attention_efficiency"): 0.001,
 }
 FASTEST = {

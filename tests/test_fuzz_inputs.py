@@ -68,7 +68,8 @@ WORDS = sorted({
     "activation", "source", "global_batch_size", "seq_len", "micro_batch_size", "dtype", "grad_dtype",
     "optimizer", "state_bytes_per_param", "distributed", "recompute", "tp", "pp", "dp", "ep", "etp",
     "distribution", "zipf_s", "seed", "steps", "warmup_steps", "schema_version", "status", "gpu", "node",
-    "fabric", "compute", "value", "table_GFLOP", "peak_dense_TFLOPs", "hbm_GB", "expert_tile_rows",
+    "fabric", "compute", "value", "seq_lens", "head_dims", "gemm_tiles", "sm_count", "peak_dense_TFLOPs", "hbm_GB",
+    "expert_tile_rows", "cp",
     "fp32", "bf16", "fp16", "fp8", "fp64", "adam", "sgd", "none", "selective", "full", "balanced", "zipf",
     "pareto", "swiglu", "gelu", "relu", "mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "olmoe-1b-7b",
     "dgx-h100", "dgx-a100", "hgx-h200", "dgx-h1000",
@@ -141,8 +142,11 @@ VARIATIONS = [
     ("profile", ("fabric", "rail_optimized", "value"), [False]),
     ("profile", ("fabric", "oversubscription", "value"), [1, 4.0]),
     ("profile", ("compute", "expert_tile_rows", "value"), [1, 64]),
-    ("profile", ("compute", "matmul_efficiency"), [{"value": 1.0, "source": "t"},
-                                                   {"table_GFLOP": [[0.001, 0.01], [1e6, 1]], "source": "t"}]),
+    ("profile", ("compute", "gemm_efficiency"), [{"value": 1.0, "source": "t"}, {"value": 0.001, "source": "t"}]),
+    ("profile", ("compute", "attention_efficiency"), [
+        {"value": 1.0, "source": "t"},
+        {"seq_lens": [1, 2**24], "head_dims": [1, 2**16], "forward_causal": [[0.001, 1], [1, 0.001]],
+         "backward_causal": [[1, 1], [0.001, 0.001]], "source": "t"}]),
     ("profile", ("node", "nvlink_latency_us", "value"), [0, 1000]),
 ]
 

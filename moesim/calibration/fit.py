@@ -133,19 +133,6 @@ class ExpertKernelFit:
         eff = rows * self.flop_per_row / (self.expert_time_s(rows) * self.peak_flop_per_s)
         return [(int(m), float(e)) for m, e in zip(rows, eff)]
 
-    def padded_flop_curve(self, rows_grid: Sequence[int]) -> tuple[tuple[float, float], ...]:
-        """((flop, efficiency), ...) for moesim.spec.hardware.EfficiencyCurve as moesim.cost.compute uses it:
-        compute.expert_time_s pads rows itself and divides the PADDED flop by peak x eff(padded flop), so here
-        efficiency is relative to padded work: padded_flop / (predicted time x peak). Use tile multiples in
-        rows_grid; there the simulator reproduces predict_s exactly (for this shape's flop_per_row)."""
-        rows = np.unique(_padded(np.asarray(rows_grid, dtype=np.float64), self.tile_rows))
-        rows = rows[rows > 0]
-        if rows.size == 0:
-            raise SpecError("rows_grid", list(rows_grid), "a non-empty list of row counts >= 1")
-        flop = rows * self.flop_per_row
-        eff = flop / (self.expert_time_s(rows) * self.peak_flop_per_s)
-        return tuple((float(f), float(e)) for f, e in zip(flop, eff))
-
 
 def measured_efficiency(samples: pd.DataFrame, peak_flop_per_s: float) -> pd.Series:
     """Per sample row: achieved fraction of peak, flop / (time_median_s x peak). Same index as `samples`."""

@@ -51,7 +51,8 @@ def token_counts(num_experts: int, mean_tokens: int, distribution: str) -> np.nd
     return counts
 
 
-def _timer(device: str):
+def timer(device: str):
+    """fn -> seconds of one fn() call: CUDA events on a GPU (synchronised), the wall clock on a CPU."""
     import torch  # noqa: PLC0415
 
     if device.startswith("cuda"):
@@ -80,7 +81,7 @@ def measure_kernels(shapes, tokens, dtype_name: str, device: str, repeats: int, 
         cpu_impls = ("torch_loop", "torch_matmul")
         impls = ("triton", *cpu_impls) if device.startswith("cuda") else cpu_impls
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    timed = _timer(device)
+    timed = timer(device)
     rows = []
     for shape in shapes:
         w = (torch.randn(shape.num_experts, shape.hidden, shape.ffn, generator=gen) / shape.hidden ** 0.5)
@@ -131,7 +132,7 @@ def measure_memory_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int 
 
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    timed = _timer(device)
+    timed = timer(device)
     dst.copy_(src)
     best = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
     return 2.0 * nbytes / best

@@ -8,7 +8,10 @@ import copy
 import numpy as np
 import pandas as pd
 
+from moesim.calibration.compute_fit import (CPU_TILE_CANDIDATES, ComputeSamples, fit_gemm, fit_hbm_efficiency,
+                                            fit_launch)
 from moesim.calibration.fit import collective_tables, fit_expert_kernel
+from moesim.spec.bounds import MIN_EFFICIENCY
 from moesim.spec.errors import SpecError
 
 ROWS_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -28,13 +31,20 @@ def kernel_peak_flop_per_s(kernels: pd.DataFrame, dtype: str) -> float:
 
 def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, provenance: dict,
                   samples_dir: str, *, dtype: str, ranks_per_node: int, memory_bytes: float,
-                  memory_bandwidth_bytes_per_s: float, device: str, base: dict | None = None) -> dict:
+                  memory_bandwidth_bytes_per_s: float, device: str, base: dict | None = None,
+                  compute: ComputeSamples | None = None,
+                  tile_candidates=CPU_TILE_CANDIDATES, tiles_source: str | None = None) -> dict:
     """A profile document. Without `base` (a datasheet profile's document) every hardware number comes from
-    the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all. With
-    `base`, its datasheet peaks and fabric stay, and only the measured parts are replaced."""
+    the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all, the
+    compute keys are fitted to `compute` (required then) with the tiles chosen among `tile_candidates` (one
+    candidate and `tiles_source`: kept as given). With `base`, its datasheet peaks, fabric and GEMM tiles stay,
+    and only the measured parts are replaced; without `compute` its compute keys stay, marked not measured."""
     when = f"moesim calibrate, {provenance.get('date', '?')}, {device}"
     if kernels.empty and base is None:
         raise SpecError("kernels.csv", "no kernel samples", "kernel samples, or a datasheet base profile (--base)")
+    if compute is None and base is None:
+        raise SpecError("compute samples", None, "gemm.csv, elementwise.csv and launch.csv (moesim calibrate), or "
+                                                 "a datasheet base profile (--base) for the compute model")
     peak = kernel_peak_flop_per_s(kernels, dtype) if not kernels.empty else 0.0
     fits = collective_tables(collectives) if not collectives.empty else {}
     intra = fits.get(("all_to_all", "intra_node"))
@@ -77,7 +87,6 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
         dense["gflop"] = dense["flop"] / 1e9
         dense["eff"] = dense["flop"] / dense["time_median_s"] / peak
         curve = dense.groupby("gflop", sort=True)["eff"].max()
-        matmul_table = [[float(g), round(float(min(max(e, 1e-6), 1.0)), 6)] for g, e in curve.items()]
         nvl_GBps = intra.bus_bandwidth_bytes_per_s / 1e9 if intra else None
         if nvl_GBps is None:
             raise SpecError("collectives", "no intra-node all-to-all", "a calibration with >= 2 ranks on one host")
@@ -108,15 +117,97 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                          "oversubscription": _leaf(1.0, "not measured"),
                          "nic_peer_overhead_us": _leaf(0.0, "contained in the measured all-to-all latency")}
         doc["compute"] = {
-            "matmul_efficiency": {"table_GFLOP": matmul_table,
-                                  "source": f"{when}: torch matmul FLOP/s per size over the fastest"},
             "attention_efficiency": _leaf(round(float(curve.iloc[-1]), 6) if len(curve) else 0.5,
                                           "not measured: the largest dense matmul's efficiency"),
             "expert_tile_rows": _leaf(int(tile), "the calibrated expert kernel's row tile")}
+    _compute_section(doc, compute, dtype=dtype, peak=peak, memory_bandwidth_bytes_per_s=memory_bandwidth_bytes_per_s,
+                     base=base, tile_candidates=tile_candidates, tiles_source=tiles_source)
     doc["calibration"] = {
         "provenance": provenance, "samples": samples_dir, "expert_kernels": kernel_entries,
         "collectives": _collectives_doc(fits)}
     return doc
+
+
+COMPUTE_KEYS = ("gemm_efficiency", "hbm_efficiency", "kernel_launch_us")  # what the compute samples measure
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f} %"
+
+
+def _span(values: pd.Series) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def _tiles_text(tiles) -> str:
+    return "[" + ", ".join(f"[{r}, {c}]" for r, c in tiles) + "]"
+
+
+def _compute_section(doc: dict, compute: ComputeSamples | None, *, dtype: str, peak: float,
+                     memory_bandwidth_bytes_per_s: float, base: dict | None, tile_candidates,
+                     tiles_source: str | None) -> None:
+    """gpu.sm_count and compute.{gemm_efficiency, gemm_tiles, hbm_efficiency, kernel_launch_us} of `doc`, fitted
+    to the compute samples against the profile's own peak and HBM bandwidth (the base's when there is one)."""
+    section = doc.setdefault("compute", {})
+    if compute is None:  # a datasheet base without compute samples: its numbers stay, said to be unmeasured
+        for key in COMPUTE_KEYS:
+            if isinstance(section.get(key), dict):
+                section[key] = _leaf(section[key].get("value"), "not measured by this calibration (no compute "
+                                     f"samples); the base profile's: {section[key].get('source', '?')}")
+        return
+    meta = compute.meta
+    when = f"moesim calibrate, {meta.get('date', '?')}, {meta.get('device', '?')}"
+    gpu = doc.setdefault("gpu", {})
+    if base is not None:  # the datasheet's peak, HBM bandwidth and candidate tiles
+        leaf = gpu.get("peak_dense_TFLOPs", {}).get(dtype)
+        if not isinstance(leaf, dict) or not leaf.get("value"):
+            raise SpecError("--base", f"no gpu.peak_dense_TFLOPs.{dtype}", f"a base profile with a {dtype} peak")
+        peak = float(leaf["value"]) * 1e12
+        hbm_bytes_per_s = float(gpu["hbm_bandwidth_GBps"]["value"]) * 1e9
+        tile_candidates = (tuple(tuple(int(x) for x in t) for t in section["gemm_tiles"]["value"]),)
+    else:
+        hbm_bytes_per_s = memory_bandwidth_bytes_per_s
+    launch = fit_launch(compute.launch)
+    hbm = fit_hbm_efficiency(compute.elementwise, hbm_bytes_per_s=hbm_bytes_per_s, launch_s=launch.launch_s)
+    sms = int(meta["sm_count"])
+    gemm = fit_gemm(compute.gemm, dtype=dtype, peak_flop_per_s=peak, sm_count=sms, hbm_bytes_per_s=hbm_bytes_per_s,
+                    hbm_efficiency=hbm.efficiency, launch_s=launch.launch_s, tile_candidates=tile_candidates)
+    on_gpu = str(meta.get("device_kind", "cpu")).startswith("cuda")
+    gpu["sm_count"] = _leaf(sms, f"{when}: torch.cuda.get_device_properties(0).multi_processor_count" if on_gpu
+                            else f"{when}: CPU threads per rank (torch.set_num_threads): one GEMM tile at a time each")
+    section["gemm_efficiency"] = _leaf(round(gemm.efficiency, 6), _gemm_source(
+        when, compute.gemm[compute.gemm["dtype"] == dtype], gemm, dtype, sms, hbm.efficiency, peak))
+    if base is None:
+        tried = ", ".join(f"{_tiles_text(t)} (MAPE {_pct(err)})" for t, _, err in gemm.candidates)
+        source = tiles_source if tiles_source and len(tile_candidates) == 1 else \
+            f"{when}: of the candidates {tried}, the one with the least error over gemm.csv"
+        section["gemm_tiles"] = _leaf([list(t) for t in gemm.tiles], source)
+    section["hbm_efficiency"] = _leaf(round(hbm.efficiency, 6), _hbm_source(
+        when, compute.elementwise, hbm, hbm_bytes_per_s, measured_here=base is None))
+    section["kernel_launch_us"] = _leaf(round(launch.launch_s * 1e6, 4), (
+        f"{when}: median per-call time of {launch.calls} back-to-back x.add_(1) on a one-element tensor, "
+        f"{launch.repeats} timings (launch.csv; p10-p90 {launch.p10_s * 1e6:.3g}-{launch.p90_s * 1e6:.3g} us)"))
+
+
+def _clipped(fit) -> str:
+    return f" (the unclipped optimum, {fit.raw:.3f}, lies outside [{MIN_EFFICIENCY:g}, 1])" if fit.clipped else ""
+
+
+def _gemm_source(when: str, g: pd.DataFrame, gemm, dtype: str, sms: int, hbm_efficiency: float, peak: float) -> str:
+    return (f"{when}: fitted to {gemm.samples} dense {dtype} GEMMs (gemm.csv: m {_span(g['m'])}, n {_span(g['n'])}, "
+            f"k {_span(g['k'])}) with cost/gemm.py's shape model (sm_count {sms}, tiles {_tiles_text(gemm.tiles)}, "
+            f"hbm_efficiency {hbm_efficiency:.3f}) plus one measured launch per GEMM, against the peak "
+            f"{peak / 1e12:.6g} TFLOP/s: MAPE {_pct(gemm.mape)}{_clipped(gemm)}")
+
+
+def _hbm_source(when: str, e: pd.DataFrame, hbm, hbm_bytes_per_s: float, measured_here: bool) -> str:
+    what = ("itself a measured copy bandwidth (see its source; no datasheet number, as on a CPU: this is the "
+            "element-wise kernels' share of it)") if measured_here else "the datasheet HBM bandwidth"
+    return (f"{when}: {hbm_bytes_per_s * hbm.efficiency / 1e9:.4g} GB/s fitted to {hbm.samples} element-wise "
+            f"{' and '.join(sorted(set(e['op'])))} kernels (elementwise.csv: {_span(e['bytes'] / (1 << 20))} MiB "
+            f"moved per call, one measured launch each) over hbm_bandwidth_GBps {hbm_bytes_per_s / 1e9:.6g}, "
+            f"{what}: MAPE {_pct(hbm.mape)}{_clipped(hbm)}")
 
 
 def _collectives_doc(fits: dict) -> dict:

@@ -26,3 +26,30 @@ BUSBW_FACTOR = {  # nccl-tests: busbw = algbw x factor(n)
     "all_to_all_skewed": lambda n: (n - 1) / n,
     "p2p": lambda n: 1.0,
 }
+
+# ------------------------------------------------------------------------------------------- compute model
+# The compute model's samples (`moesim calibrate` writes them beside kernels.csv; moesim/calibration/compute.py
+# measures them, compute_fit.py fits the profile's compute keys to them). Every time is the wall time of ONE call
+# out of `calls` back-to-back calls timed together (CUDA events around them on a GPU, the wall clock on a CPU),
+# so the per-call launch cost is in it, as the simulator charges one launch per kernel on top of its op time.
+# time_median_s, time_p10_s, time_p90_s: that per-call time's median and 10th/90th percentiles over `repeats`
+# timings, after warm-up.
+GEMM_FILE = "gemm.csv"
+ELEMENTWISE_FILE = "elementwise.csv"
+LAUNCH_FILE = "launch.csv"
+COMPUTE_FILES = (GEMM_FILE, ELEMENTWISE_FILE, LAUNCH_FILE)
+
+# Dense GEMMs [m, k] x [k, n] -> [m, n], row-major operands, in `dtype` (the calibrated training dtype);
+# flop = 2 m n k. The grid covers skinny m (a few rows: operand-bound) and small k (output-write bound).
+GEMM_COLUMNS = ("dtype", "m", "n", "k", "flop", "time_median_s", "time_p10_s", "time_p90_s", "calls", "repeats")
+
+# Element-wise kernels on contiguous tensors of `elements` elements of `dtype`. op "copy": dst.copy_(src) reads
+# and writes each element once; "add": torch.add(a, b, out=c) reads two and writes one. bytes: all bytes read
+# and written by one call; bandwidth_GBps = bytes / time_median_s / 1e9 (STREAM's convention).
+ELEMENTWISE_COLUMNS = ("op", "dtype", "elements", "bytes", "time_median_s", "time_p10_s", "time_p90_s",
+                       "bandwidth_GBps", "calls", "repeats")
+
+# Launch overhead: op "add_scalar" is x.add_(1) on a one-element tensor, as close to an empty kernel as torch
+# gets; its per-call time back-to-back is the cost one more kernel adds (launch, dispatch, the gap between
+# kernels).
+LAUNCH_COLUMNS = ("op", "dtype", "time_median_s", "time_p10_s", "time_p90_s", "calls", "repeats")

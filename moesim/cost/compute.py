@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.spec.hardware import ClusterProfile, Dtype, EfficiencyCurve
+from moesim.cost import attention as ca
+from moesim.cost import gemm as gg
+from moesim.spec.hardware import ClusterProfile, Dtype
 from moesim.spec.model import MoeModelSpec
 from moesim.spec.training import Recompute
 
@@ -68,32 +70,74 @@ def padded_rows(rows: np.ndarray, tile_rows: int) -> np.ndarray:
     return -(-whole // tile_rows) * tile_rows
 
 
-def op_time_s(flop: float | np.ndarray, peak_flop_per_s: float, curve: EfficiencyCurve) -> np.ndarray:
-    """Seconds for ops of the given FLOP counts; efficiency looked up per op. Vectorised."""
-    flop = np.asarray(flop, dtype=np.float64)
-    xs = np.log10([p[0] for p in curve.points])
-    effs = np.array([p[1] for p in curve.points])
-    eff = np.interp(np.log10(np.maximum(flop, 1.0)), xs, effs)
-    return np.where(flop > 0, flop / (peak_flop_per_s * eff), 0.0)
+def attention_peak(profile: ClusterProfile, dtype: Dtype) -> float:
+    """Peak of the attention core: Transformer Engine keeps it in bf16 under an fp8 recipe (fidelity.md 5)."""
+    return profile.gpu.peak(Dtype.BF16 if dtype is Dtype.FP8 else dtype)
 
 
-def gemm_peaks(profile: ClusterProfile, dtype: Dtype) -> tuple[float, float, float]:
-    """(peak of the linear layers' GEMMs, their efficiency ratio, peak of the attention core, router and LM head).
-    Under an fp8 recipe only the linear layers (QKV/out projections, FFNs, experts) run in fp8, at the fp8 peak and
-    fp8_matmul_ratio of the bf16 efficiency; Transformer Engine keeps the attention core, the router and the LM
-    head in bf16 (fidelity.md 5; DeepSeek-V3 report 3.3)."""
-    if dtype is Dtype.FP8:
-        return profile.gpu.peak(Dtype.FP8), profile.efficiency.fp8_matmul_ratio, profile.gpu.peak(Dtype.BF16)
-    peak = profile.gpu.peak(dtype)
-    return peak, 1.0, peak
+def attention_core_s(model: MoeModelSpec, tokens: float, seq_len: int, tp: int, profile: ClusterProfile,
+                     dtype: Dtype, windowed: bool = False, cp: int = 1) -> tuple[float, float]:
+    """(forward, backward) seconds of one layer's attention core on a rank holding `tokens` of sequences of
+    seq_len, at the profile's efficiency for the length one kernel sees (a windowed layer's: at most the window;
+    under context parallelism each ring step attends one rank's seq_len / cp chunk) and the head width (MLA: the
+    mean of d_qk and d_v, which gives the same FLOPs)."""
+    flop = attention_flop(model, tokens, seq_len, tp, windowed).core_flop
+    window = model.sliding_window if windowed else None
+    seq = seq_len / cp if window is None else min(window, seq_len / cp)
+    head_dim = (model.qk_head_width + model.v_head_width) / 2.0
+    table, peak = profile.efficiency.attention, attention_peak(profile, dtype)
+    return (float(ca.attention_core_time_s(flop, seq, head_dim, table, peak, backward=False)),
+            float(ca.attention_core_time_s(flop, seq, head_dim, table, peak, backward=True)))
+
+
+Gemm = tuple[float, float, float]  # (m, n, k) of [m, k] x [k, n] on one rank
+
+
+def attention_gemms(model: MoeModelSpec, tokens: float, tp: int) -> tuple[Gemm, ...]:
+    """The attention's GEMMs on `tokens` tokens, column-parallel ones split on n and the output projection on k
+    over tp. MLA's down projections are duplicated on every TP rank (Megatron's parallel_mode='duplicated') and run
+    on the rank's own sequence-parallel tokens, so their FLOPs split over tp too (what attention_flop counts)."""
+    h = model.hidden_size
+    out = (tokens, h, model.attn_out_width / tp)
+    if not model.is_mla:
+        return (tokens, (model.q_width + model.k_width + model.v_width) / tp, h), out
+    q_down = ((tokens / tp, model.q_lora_rank, h),) if model.q_lora_rank else ()
+    q = q_down if model.q_lora_rank else ((tokens, model.q_width / tp, h),)
+    kv_down = (tokens / tp, model.kv_lora_rank + model.qk_rope_head_dim, h)
+    return (*q, kv_down, *mla_up_projection_gemms(model, tokens, tp), out)
+
+
+def mla_up_projection_gemms(model: MoeModelSpec, tokens: float, tp: int) -> tuple[Gemm, ...]:
+    """Multi-head latent attention's up projections: the query latent to the heads' q (when the query is
+    compressed) and the key/value latent to the heads' k_nope and v (none for other attention)."""
+    if not model.is_mla:
+        return ()
+    heads = model.num_attention_heads
+    kv_up = (tokens, heads * (model.qk_nope_head_dim + model.v_head_dim) / tp, model.kv_lora_rank)
+    return ((tokens, model.q_width / tp, model.q_lora_rank), kv_up) if model.q_lora_rank else (kv_up,)
+
+
+def ffn_gemms(model: MoeModelSpec, rows: float, ffn_size: int, shards: int = 1) -> tuple[Gemm, ...]:
+    """An FFN's two GEMMs: fc1 (gate and up fused when gated) and fc2, their weights split over `shards`."""
+    width = ffn_size / shards
+    return (rows, width * (model.activation.ffn_matrices - 1), model.hidden_size), (rows, model.hidden_size, width)
+
+
+def gemms_time_s(gemms: tuple[Gemm, ...], rates: gg.GemmRates) -> tuple[float, float]:
+    """(forward, backward) seconds of linear-layer GEMMs; the backward is each one's input and weight gradients."""
+    if not gemms:
+        return 0.0, 0.0
+    m, n, k = np.array(gemms, dtype=np.float64).T
+    return float(gg.gemm_time_s(m, n, k, rates).sum()), float(gg.dense_backward_s(m, n, k, rates).sum())
 
 
 def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
-                  etp: int) -> np.ndarray:
-    """Forward time of the routed experts on each rank. rows_per_expert [..., local_experts] holds the rows
-    each local expert computes; each expert's GEMMs are padded to the row tile. Returns [...] seconds.
-    A calibrated profile's expert-kernel fit (nearest measured shape) replaces the datasheet efficiency curve:
-    each of the expert's GEMMs (ffn_matrices of them) pays the measured launch cost t0."""
+                  etp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the routed experts on each rank. rows_per_expert [..., local_experts] holds
+    the rows each local expert computes, padded up to the row tile; fc1 and fc2 are one grouped GEMM each, and so
+    are their input and weight gradients. Returns two [...] arrays. A calibrated profile's expert-kernel fit
+    (nearest measured shape) replaces the shape model: each of the expert's GEMMs (ffn_matrices of them) pays the
+    measured launch cost t0, and the backward is twice the forward."""
     fit = profile.calibration.expert_kernel(dtype, model.hidden_size, model.expert_ffn_size // etp) \
         if profile.calibration is not None else None
     if fit is not None:  # measured: a per-expert launch cost plus tile-quantised work at the saturated efficiency
@@ -101,28 +145,20 @@ def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: Clu
         flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
         per_expert = np.where(rows > 0, fit.t0_s * model.activation.ffn_matrices
                               + flop / (profile.gpu.peak(dtype) * fit.eff_max), 0.0)
-        return per_expert.sum(axis=-1)
+        forward = per_expert.sum(axis=-1)
+        return forward, 2.0 * forward
     rows = padded_rows(rows_per_expert, profile.efficiency.tile_rows)
-    flop = ffn_flop(model, rows, model.expert_ffn_size, etp)
-    peak, ratio, _ = gemm_peaks(profile, dtype)
-    per_expert = op_time_s(flop, peak, profile.efficiency.matmul) / ratio
-    return per_expert.sum(axis=-1)
+    rates = gg.gemm_rates(profile, dtype)
+    forward = backward = np.zeros(rows.shape[:-1])
+    for _, n, k in ffn_gemms(model, 1.0, model.expert_ffn_size, etp):
+        forward = forward + gg.grouped_gemm_time_s(rows, n, k, rates)
+        backward = backward + gg.grouped_gemm_time_s(rows, k, n, rates) + gg.grouped_wgrad_time_s(rows, n, k, rates)
+    return forward, backward
 
 
 def backward_multiplier(recompute: Recompute) -> float:
     """Backward cost relative to forward: 2x (input and weight gradients), +1 forward when fully recomputed."""
     return 3.0 if recompute is Recompute.FULL else 2.0
-
-
-def mla_up_projection_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:
-    """Multi-head latent attention's up projections: the query latent to the heads' q (when the query is
-    compressed) and the key/value latent to the heads' k_nope and v (0 for other attention)."""
-    if not model.is_mla:
-        return 0.0
-    heads = model.num_attention_heads
-    q_up = (model.q_lora_rank or 0) * heads * (model.qk_nope_head_dim + model.qk_rope_head_dim)
-    kv_up = model.kv_lora_rank * heads * (model.qk_nope_head_dim + model.v_head_dim)
-    return 2.0 * tokens * (q_up + kv_up) / tp
 
 
 def mtp_projection_flop(model: MoeModelSpec, tokens: int, tp: int) -> float:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from moesim.cost.ops import combine_row_bytes, dispatch_row_bytes
 from moesim.spec import Dtype, MoeModelSpec, Recompute, Scenario
 from moesim.spec.training import RecomputeModule
 
@@ -117,8 +118,10 @@ def _layer_bytes(scenario: Scenario, moe: bool, expert_rows, recompute: Recomput
     model, dtype = scenario.model, scenario.training.dtype
     dtype_bytes = dtype.activation_bytes
     # under the fp8 recipe a linear layer saves its input in fp8 for the weight gradient (Megatron's MoE README:
-    # "50% activation reduction"): one byte less per element of each GEMM input kept
-    fp8_saving = dtype_bytes - 1 if dtype is Dtype.FP8 else 0
+    # "50% activation reduction"): 1 byte plus the recipe's scales (blockwise: an fp32 per 1x128 tile, mxfp8: an
+    # E8M0 byte per 1x32 block; fidelity.md §2) instead of dtype_bytes per element of each GEMM input kept
+    recipe = scenario.training.fp8_recipe
+    fp8_saving = dtype_bytes - (Dtype.FP8.bytes + recipe.scale_bytes_per_activation) if dtype is Dtype.FP8 else 0
     h = model.hidden_size
     tokens = scenario.tokens_routed_per_rank  # s·b/t: sequence parallelism splits every tensor over tp
     if recompute is Recompute.FULL:
@@ -190,10 +193,14 @@ def mtp_activation_bytes(scenario: Scenario, expert_rows, recompute: Recompute):
 
 
 def a2a_buffer_bytes(scenario: Scenario, expert_rows: float) -> float:
-    """Dispatch send (tokens_routed_per_rank·top_k rows) + receive (expert_rows) buffers of width hidden.
-    Permutation buffers are ignored (the permuted tokens are the send buffer)."""
+    """Send (tokens_routed_per_rank·top_k rows) + receive (expert_rows) buffers of one all-to-all. The dispatch's
+    and the combine's have the same rows; the larger row sets the peak (the combine's bf16 rows under fp8
+    dispatch: moesim.cost.ops.dispatch_row_bytes, combine_row_bytes). Permutation buffers are ignored (the
+    permuted tokens are the send buffer)."""
     send_rows = scenario.tokens_routed_per_rank * scenario.model.top_k
-    return (send_rows + expert_rows) * scenario.model.hidden_size * scenario.training.dtype.activation_bytes
+    row_bytes = max(dispatch_row_bytes(scenario.model, scenario.training),
+                    combine_row_bytes(scenario.model, scenario.training))
+    return (send_rows + expert_rows) * row_bytes
 
 
 def balanced_expert_rows(scenario: Scenario) -> float:
@@ -250,7 +257,7 @@ def _stage_breakdown(scenario: Scenario, stage: int, rows) -> MemoryBreakdown:
     params = dense + expert
     state = tr.optimizer.state_bytes_per_param
     if tr.optimizer.distributed:  # dense state is sharded over dp, expert state over edp
-        optimizer = state * (dense / lay.dp + expert / lay.edp)
+        optimizer = state * (dense / lay.dp_cp + expert / lay.edp)
     else:
         optimizer = state * params
     zero = 0.0 * np.asarray(rows)  # broadcasts scalars to the shape of `rows`

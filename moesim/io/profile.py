@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from moesim.io.document import MISSING, Reader, check_field, file_keys, validate
+from moesim.io.document import MISSING, Reader, check_field, validate
 from moesim.io.strict import read_yaml_mapping
-from moesim.spec.document import CurveFileKeys
 from moesim.spec.errors import SpecError
-from moesim.spec.hardware import ClusterProfile, EfficiencyCurve
-from moesim.spec.render import REQUIRED, join
+from moesim.spec.attention_efficiency import ATTENTION_TABLE_KEYS, AttentionEfficiencyTable
+from moesim.spec.hardware import ClusterProfile
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
 SCHEMA_VERSION = ClusterProfile.model_fields["schema_version"].default
-_CURVE_LEAF = ('{value: <fraction of peak>, source: "where the number comes from"} '
-               'or {table_GFLOP: [[GFLOP, efficiency], ...], source: ...}')
 
 
 def available_profiles() -> list[str]:
@@ -44,21 +41,14 @@ def load_profile(path: Path) -> ClusterProfile:
 def parse_profile(doc: Mapping) -> ClusterProfile:
     # the version first: a newer format's other keys would only mislead
     check_field(ClusterProfile, "schema_version", doc.get("schema_version", MISSING), "schema_version")
-    reader = Reader(hooks={EfficiencyCurve: _curve})
+    reader = Reader(hooks={AttentionEfficiencyTable: _attention})
     fields = reader.fields(ClusterProfile, doc, "")
     return validate(ClusterProfile, {**fields, "provenance": reader.provenance}, doc)
 
 
-def _curve(reader: Reader, leaf: Any, path: str) -> Any:
-    """An efficiency curve's leaf: a constant `{value, source}` or a table `{table_GFLOP, source}`."""
-    if not isinstance(leaf, Mapping):
-        raise SpecError(path, leaf, _CURVE_LEAF)
-    reader.source(leaf, path, file_keys(EfficiencyCurve))
-    if ("value" in leaf) == ("table_GFLOP" in leaf):
-        both = "value" in leaf
-        raise SpecError(join(path, "table_GFLOP"), leaf.get("table_GFLOP"),
-                        "either value or table_GFLOP, not both" if both else REQUIRED)
-    if "value" in leaf:
-        constant = validate(CurveFileKeys, {"value": leaf["value"]}, leaf, path).value
-        return {"points": ((1.0, constant),)}
-    return reader.fields(EfficiencyCurve, {"table_GFLOP": leaf["table_GFLOP"]}, path)
+def _attention(reader: Reader, leaf: Any, path: str) -> Any:
+    """The attention core's efficiency: a constant `{value, source}` or a table by sequence length and head
+    dimension (moesim.spec.attention_efficiency)."""
+    if isinstance(leaf, Mapping):
+        reader.source(leaf, path, ATTENTION_TABLE_KEYS)
+    return AttentionEfficiencyTable.from_yaml(leaf, path)

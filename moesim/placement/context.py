@@ -23,10 +23,11 @@ def placement_context(sc: Scenario, stage: int) -> PlacementContext:
     m, lay, tr, prof = sc.model, sc.layout, sc.training, sc.cluster.profile
     ranks = lay.ep_groups()[stage][0, 0]  # the first EP group; the others hold the same placement
     expert_params = m.ffn_params(m.expert_ffn_size) / lay.etp
-    # forward + backward (3x) of one row, at the GEMM size of an evenly loaded expert
+    # forward + backward of one row, at the GEMM sizes of evenly loaded experts
+    local = max(1, m.num_experts // lay.ep)
     rows = max(1.0, sc.tokens_routed_per_rank * m.top_k * lay.ep / m.num_experts)
-    flop = cc.ffn_flop(m, rows, m.expert_ffn_size, lay.etp)
-    row_s = 3.0 * float(cc.op_time_s(flop, prof.gpu.peak(tr.dtype), prof.efficiency.matmul)) / rows
+    fwd, bwd = cc.expert_time_s(np.full(local, rows), m, prof, tr.dtype, lay.etp)
+    row_s = float(fwd + bwd) / (local * rows)
     return PlacementContext(
         num_experts=m.num_experts, num_ranks=lay.ep,
         slots_per_rank=sc.placement.slots_per_gpu or m.num_experts // lay.ep,

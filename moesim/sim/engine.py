@@ -110,7 +110,7 @@ def _group_end(t: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
 
 
 class _Stage:
-    """One pipeline stage's ranks, q = 0 .. ranks_per_stage - 1 (q = tp_rank + tp * dp_rank
+    """One pipeline stage's ranks, q = 0 .. ranks_per_stage - 1 (q = tp_rank + tp * (cp_rank + cp * dp_rank)
     = etp_rank + etp * (ep_rank + ep * edp_rank), moesim.sim.workload)."""
 
     def __init__(self, env: simpy.Environment, ctx: StepContext, mail: Mailbox, stage: int, log: RecordBlock):
@@ -120,7 +120,8 @@ class _Stage:
         # collective groups as (shape, axis) over the stage's ranks
         self.tp_group = ((q // lay.tp, lay.tp), 1)  # q // tp
         self.ep_group = ((lay.edp, lay.ep, lay.etp), 1)  # (q // (ep * etp), q % etp)
-        self.dp_group = ((lay.dp, lay.tp), 0)  # q % tp
+        self.cp_group = ((lay.dp, lay.cp, lay.tp), 1)  # (q // (cp * tp), q % tp)
+        self.dp_group = ((lay.dp_cp, lay.tp), 0)  # q % tp
         self.edp_group = ((lay.edp, lay.ep * lay.etp), 0)  # q % (ep * etp)
 
     def run(self, finish: np.ndarray):
@@ -151,12 +152,16 @@ class _Stage:
                 yield from self._advance(t)
                 link_stage = stage if fwd else stage - 1
                 self.mail.send((stage + 1 if fwd else stage - 1, mb, phase), t + st.p2p_s[link_stage])
-        t = self._collective(t, self.dp_group, lay.dp, st.dp_dense_s[stage], -1, -1, Phase.STEP,
+        t = self._collective(t, self.dp_group, lay.dp_cp, st.dp_dense_s[stage], -1, -1, Phase.STEP,
                              OpKind.DP_SYNC_DENSE, float(st.grad_bytes[stage, 0]))
         t = self._collective(t, self.edp_group, lay.edp, st.dp_expert_s[stage], -1, -1, Phase.STEP,
                              OpKind.DP_SYNC_EXPERT, float(st.grad_bytes[stage, 1]))
         if pw is not None and pw.replica_sync_s[stage] > 0:
             t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
+        if st.weight_cast_s[stage].any():  # done on the step's first micro-batch; the step's length is the same
+            casts = ((OpKind.MEMORY_BOUND, float(st.weight_cast_s[stage, 0])),
+                     (OpKind.LAUNCH, float(st.weight_cast_s[stage, 1])))
+            t = self._compute(t, -1, -1, Phase.STEP, casts)
         t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
         yield from self._advance(t)
         finish[stage] = t
@@ -194,6 +199,9 @@ class _Stage:
         ops.append((OpKind.MEMORY_BOUND, (lc.memory_bound_fwd_s if fwd else lc.memory_bound_bwd_s)[kind]))
         ops.append((OpKind.LAUNCH, (lc.launch_fwd_s if fwd else lc.launch_bwd_s)[kind]))
         t = self._compute(t, mb, layer, phase, ops)
+        if lay.cp > 1:  # the ring's exposed exchange; every member of a ring waits for the others
+            t = self._collective(t, self.cp_group, lay.cp, ctx.static.cp_comm_s[self.stage, :, int(not fwd)], mb,
+                                 layer, phase, OpKind.CP_COMM, ctx.static.cp_bytes[int(not fwd)])
         if lay.tp > 1:
             t = self._collective(t, self.tp_group, lay.tp, ctx.static.tp_comm_s[self.stage, :, int(is_moe)], mb,
                                  layer, phase, OpKind.TP_COMM)
@@ -204,7 +212,6 @@ class _Stage:
         if moe is None:
             return t
         sc = self.ctx.sc
-        factor = 1.0 if phase is Phase.FORWARD else self.ctx.static.layers.expert_bwd_factor
         pw = self.ctx.placement
         ready = pw.layer_ready_s.get(layer, 0.0) if pw is not None else 0.0
         late = t < ready  # an overlapped migration has not delivered this layer's experts yet
@@ -215,10 +222,12 @@ class _Stage:
         t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
                              moe.sent_bytes[mb], moe.sent_rows[mb])
         lc = self.ctx.static.layers
-        memory_factor = 1.0 if phase is Phase.FORWARD else lc.expert_memory_bound_bwd_factor
-        t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, moe.expert_fwd_s[mb] * factor),),
+        expert_s = moe.expert_fwd_s[mb] if phase is Phase.FORWARD \
+            else moe.expert_bwd_s[mb] + moe.expert_fwd_s[mb] * lc.expert_rerun_fwd
+        t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, expert_s),),
                           rows=moe.expert_rows[mb])
-        activations_s = moe.computed_rows[mb] * lc.expert_row_memory_bound_s * memory_factor
+        activations_s = moe.computed_rows[mb] * (lc.expert_row_memory_bound_s if phase is Phase.FORWARD
+                                                 else lc.expert_row_memory_bound_bwd_s)
         t = self._compute(t, mb, layer, phase, ((OpKind.MEMORY_BOUND, activations_s),))
         return self._collective(t, self.ep_group, ep, moe.combine_s[mb], mb, layer, phase, OpKind.COMBINE,
                                 moe.sent_bytes[mb], moe.returned_rows[mb])

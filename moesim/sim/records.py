@@ -28,6 +28,8 @@ class OpKind(Enum):
     LAUNCH = "kernel_launch"  # one launch overhead per kernel of the ops before it
     LM_HEAD = "lm_head"  # output projection + loss (last stage)
     TP_COMM = "tp_comm"  # sequence-parallel all-gather / reduce-scatter in the tensor-parallel group
+    CP_COMM = "cp_comm"  # ring attention's key/value exchange in the context-parallel group, the part its
+    # attention compute does not hide
     DISPATCH = "dispatch"  # all-to-all to the experts (from arrival to group completion)
     COMBINE = "combine"  # all-to-all back from the experts
     PP_WAIT = "pp_wait"  # waiting for the previous/next pipeline stage (bubble)
@@ -46,7 +48,7 @@ BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.ATTENTION: "compute", OpKind.DENSE_FFN: "compute", OpKind.ROUTER: "compute",
     OpKind.EXPERT: "compute", OpKind.LM_HEAD: "compute",
     OpKind.MEMORY_BOUND: "memory_bound", OpKind.LAUNCH: "kernel_launch",
-    OpKind.TP_COMM: "tensor_parallel",
+    OpKind.TP_COMM: "tensor_parallel", OpKind.CP_COMM: "context_parallel",
     OpKind.DISPATCH: "all_to_all", OpKind.COMBINE: "all_to_all",
     OpKind.PP_WAIT: "pipeline_bubble",
     OpKind.DP_SYNC_DENSE: "dp_sync", OpKind.DP_SYNC_EXPERT: "dp_sync",
@@ -55,7 +57,7 @@ BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.IDLE: "idle",
 }
 BREAKDOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "straggler_wait", "tensor_parallel",
-                     "pipeline_bubble", "dp_sync", "optimizer", "placement", "idle")
+                     "context_parallel", "pipeline_bubble", "dp_sync", "optimizer", "placement", "idle")
 
 RECORD_COLUMNS = ("step", "rank", "micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows",
                   "wait_s")

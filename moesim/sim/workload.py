@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cost import compute as cc
+from moesim.cost import gemm as gg
 from moesim.cost import ops
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
 from moesim.network.flow import FlowNetwork
@@ -18,8 +19,7 @@ from moesim.placement.base import EMPTY, Placement, ReplicaSplit, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.scenario import Scenario
-from moesim.spec.dtype import Dtype
-from moesim.spec.training import RecomputeModule
+from moesim.spec.training import Recompute, RecomputeModule
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class LayerCosts:
     router_bwd_s: float
     lm_head_fwd_s: float
     lm_head_bwd_s: float
+    attention_core_s: tuple[float, float]  # (forward, backward) of the attention core alone, inside attention_*_s
     memory_bound_fwd_s: tuple[float, float]  # (dense layer, MoE layer) outside the routed experts
     memory_bound_bwd_s: tuple[float, float]
     launch_fwd_s: tuple[float, float]  # (dense layer, MoE layer)
@@ -43,8 +44,8 @@ class LayerCosts:
     lm_head_extra_fwd_s: tuple[float, float]  # (memory-bound: final norm + cross-entropy, launches)
     lm_head_extra_bwd_s: tuple[float, float]
     expert_row_memory_bound_s: float  # per routed-expert row: its activation (+ fp8 casts), forward
-    expert_bwd_factor: float  # routed experts' GEMMs, backward / forward (recompute included)
-    expert_memory_bound_bwd_factor: float  # their activations, backward / forward
+    expert_row_memory_bound_bwd_s: float  # the same, backward (+ what it recomputes)
+    expert_rerun_fwd: float  # routed experts' forwards the backward reruns (full or moe recompute: 1)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class MoeLayerWork:
     dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to
     combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast)
     expert_fwd_s: np.ndarray  # [M, q]
+    expert_bwd_s: np.ndarray  # [M, q] input and weight gradients (a recomputed forward not included)
     computed_rows: np.ndarray  # [M, q] rows rank q computes, tile padding excluded (its activations run on these;
     # LayerCosts.expert_row_memory_bound_s each)
     expert_rows: np.ndarray  # [M, q] rows rank q computes (capacity padding and tile padding included)
@@ -74,72 +76,81 @@ class MoeLayerWork:
 
 def layer_costs(sc: Scenario) -> LayerCosts:
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, dt)
+    linear, high = gg.gemm_rates(prof, dt), gg.gemm_rates(prof, dt, linear=False)
     tokens = sc.tokens_per_micro_batch
 
-    def linear_s(flop) -> float:
-        return float(np.sum(cc.op_time_s(flop, linear_peak, prof.efficiency.matmul))) / ratio
-
-    attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp)
-    core_s = float(cc.op_time_s(attn.core_flop, high_peak, prof.efficiency.attention))
+    core = cc.attention_core_s(m, tokens, sc.training.seq_len, lay.tp, prof, dt, cp=lay.cp)
     windowed = m.num_windowed_layers
     if windowed:  # the engine charges every layer alike: each core's time, averaged over the model's layers
-        window = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=True)
-        window_s = float(cc.op_time_s(window.core_flop, high_peak, prof.efficiency.attention))
-        core_s = (windowed * window_s + (m.num_layers - windowed) * core_s) / m.num_layers
-    attn_fwd = linear_s(attn.projections_flop) + core_s
-    dense = linear_s(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
-    router_s, shared_s = _router_and_shared_s(sc)
-    router = router_s + shared_s
-    head = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
+        window = cc.attention_core_s(m, tokens, sc.training.seq_len, lay.tp, prof, dt, windowed=True, cp=lay.cp)
+        core = tuple((windowed * w + (m.num_layers - windowed) * c) / m.num_layers for w, c in zip(window, core))
+    projections = cc.gemms_time_s(cc.attention_gemms(m, tokens, lay.tp), linear)
+    dense = cc.gemms_time_s(cc.ffn_gemms(m, tokens, m.dense_ffn_size, lay.tp), linear)
+    router_s, shared = _router_and_shared_s(sc)
+    head = cc.gemms_time_s(((tokens, m.vocab_size / lay.tp, m.hidden_size),), high)
     tr = sc.training
-    bwd = cc.backward_multiplier(tr.recompute)
+    full = tr.recompute is Recompute.FULL  # the backward reruns the whole forward first
     # selective recompute reruns its modules' forward in the backward (Megatron-LM --recompute-modules)
     again = tr.recomputes
-    attn_again = (core_s if again(RecomputeModule.CORE_ATTN) else 0.0) \
-        + (linear_s(cc.mla_up_projection_flop(m, tokens, lay.tp)) if again(RecomputeModule.MLA_UP_PROJ) else 0.0)
-    dense_again = dense if again(RecomputeModule.MLP) else 0.0
-    router_again = router if again(RecomputeModule.MOE) else (shared_s if again(RecomputeModule.SHARED_EXPERTS)
-                                                              else 0.0)
-    head_fwd, head_bwd = head, 2.0 * head
+    attn_fwd = projections[0] + core[0]
+    attn_again = (core[0] if again(RecomputeModule.CORE_ATTN) else 0.0) \
+        + (cc.gemms_time_s(cc.mla_up_projection_gemms(m, tokens, lay.tp), linear)[0]
+           if again(RecomputeModule.MLA_UP_PROJ) else 0.0)
+    attn_bwd = projections[1] + core[1] + (attn_fwd if full else attn_again)
+    dense_bwd = dense[1] + (dense[0] if full or again(RecomputeModule.MLP) else 0.0)
+    router_fwd = router_s[0] + shared[0]
+    router_again = router_fwd if full or again(RecomputeModule.MOE) else (
+        shared[0] if again(RecomputeModule.SHARED_EXPERTS) else 0.0)
+    router_bwd = router_s[1] + shared[1] + router_again
+    head_fwd, head_bwd = head[0], head[1] + (head[0] if full else 0.0)
     if m.num_mtp_layers:  # the engine's op list stays as it is: MTP runs inside the last stage's LM-head op
         mtp_fwd, mtp_bwd = _mtp_s(sc)
         head_fwd, head_bwd = head_fwd + mtp_fwd, head_bwd + mtp_bwd
 
-    fp8 = dt is Dtype.FP8
-    mb, kernels = ops.memory_bound_bytes(sc, fp8), ops.kernel_counts(sc, fp8)
-    # a memory-bound backward moves BACKWARD_BYTES_FACTOR x its forward's bytes; full recompute reruns the forward
-    mem_bwd = ops.memory_bound_backward_factor(tr.recompute)
-    launch_bwd = bwd  # a backward launches twice the forward's kernels, and full recompute reruns the forward
-    mem_fwd = (float(ops.memory_bound_s(mb.attention_bytes + mb.dense_mlp_bytes, sc)),
-               float(ops.memory_bound_s(mb.attention_bytes + mb.moe_bytes, sc)))
-    norms_again = 2.0 * float(ops.memory_bound_s(mb.norm_bytes, sc)) if again(RecomputeModule.LAYERNORM) else 0.0
-    moe_mem_again = float(ops.memory_bound_s(mb.moe_bytes, sc)) if again(RecomputeModule.MOE) else 0.0
+    mb, kernels = ops.memory_bound_bytes(sc), ops.kernel_counts(sc)
+
+    def hbm_s(nbytes: float) -> float:
+        return float(ops.memory_bound_s(nbytes, sc))
+
+    # (dense layer, MoE layer); a backward's own bytes and kernels (ops: 2x the forward's plus the fp8 recipe's
+    # gradient casts), plus what it recomputes: the whole forward under full recompute, or the selected modules
+    mem_fwd = (hbm_s(mb.attention_bytes + mb.dense_mlp_bytes), hbm_s(mb.attention_bytes + mb.moe_bytes))
+    norms_again = 2.0 * hbm_s(mb.norm_bytes) if again(RecomputeModule.LAYERNORM) else 0.0
+    moe_mem_again = hbm_s(mb.moe_bytes) if again(RecomputeModule.MOE) else 0.0
+    mem_bwd = (hbm_s(mb.attention_bwd_bytes + mb.dense_mlp_bwd_bytes) + (mem_fwd[0] if full else norms_again),
+               hbm_s(mb.attention_bwd_bytes + mb.moe_bwd_bytes) + (mem_fwd[1] if full
+                                                                   else norms_again + moe_mem_again))
     launch = prof.efficiency.kernel_launch_s
-    launch_fwd = (launch * (kernels.attention + kernels.dense_mlp), launch * (kernels.attention + kernels.moe))
-    head_extra = (float(ops.memory_bound_s(mb.lm_head_bytes, sc)), launch * kernels.lm_head)
-    experts_again = again(RecomputeModule.MOE)
-    return LayerCosts(attn_fwd, bwd * attn_fwd + attn_again, dense, bwd * dense + dense_again, router,
-                      bwd * router + router_again, head_fwd, head_bwd,
-                      memory_bound_fwd_s=mem_fwd,
-                      memory_bound_bwd_s=(mem_bwd * mem_fwd[0] + norms_again,
-                                          mem_bwd * mem_fwd[1] + norms_again + moe_mem_again),
-                      launch_fwd_s=launch_fwd, launch_bwd_s=(launch_bwd * launch_fwd[0], launch_bwd * launch_fwd[1]),
-                      lm_head_extra_fwd_s=head_extra,
-                      lm_head_extra_bwd_s=(ops.BACKWARD_BYTES_FACTOR * head_extra[0], 2.0 * head_extra[1]),
-                      expert_row_memory_bound_s=float(ops.memory_bound_s(mb.expert_row_bytes, sc)),
-                      expert_bwd_factor=bwd + (1.0 if experts_again else 0.0),
-                      expert_memory_bound_bwd_factor=mem_bwd + (1.0 if experts_again or again(RecomputeModule.MOE_ACT)
-                                                                else 0.0))
+    # delayed scaling's amax update runs once per pipeline chunk and pass: spread over the stage's layers
+    amax_s = launch * kernels.amax_update / sc.layers_per_stage
+    launch_fwd = (launch * (kernels.attention + kernels.dense_mlp) + amax_s,
+                  launch * (kernels.attention + kernels.moe) + amax_s)
+    launch_bwd = (launch * (kernels.attention_bwd + kernels.dense_mlp_bwd) + amax_s,
+                  launch * (kernels.attention_bwd + kernels.moe_bwd) + amax_s)
+    if full:
+        launch_bwd = (launch_bwd[0] + launch_fwd[0], launch_bwd[1] + launch_fwd[1])
+    head_extra = (hbm_s(mb.lm_head_bytes), launch * kernels.lm_head)
+    head_extra_bwd = (ops.BACKWARD_BYTES_FACTOR * head_extra[0], launch * kernels.lm_head_bwd)
+    experts_again = full or again(RecomputeModule.MOE)
+    row_fwd = hbm_s(mb.expert_row_bytes)
+    row_bwd = hbm_s(mb.expert_row_bwd_bytes) + (row_fwd if experts_again or again(RecomputeModule.MOE_ACT) else 0.0)
+    return LayerCosts(attn_fwd, attn_bwd, dense[0], dense_bwd, router_fwd, router_bwd, head_fwd, head_bwd, core,
+                      memory_bound_fwd_s=mem_fwd, memory_bound_bwd_s=mem_bwd,
+                      launch_fwd_s=launch_fwd, launch_bwd_s=launch_bwd,
+                      lm_head_extra_fwd_s=head_extra, lm_head_extra_bwd_s=head_extra_bwd,
+                      expert_row_memory_bound_s=row_fwd, expert_row_memory_bound_bwd_s=row_bwd,
+                      expert_rerun_fwd=1.0 if experts_again else 0.0)
 
 
-def _router_and_shared_s(sc: Scenario) -> tuple[float, float]:
-    """(router GEMM, shared experts' GEMMs) forward seconds."""
-    m, lay, prof = sc.model, sc.layout, sc.cluster.profile
-    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, sc.training.dtype)
-    shared = cc.ffn_flop(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts, lay.tp)
-    return (float(cc.op_time_s(cc.router_flop(m, sc.tokens_routed_per_rank), high_peak, prof.efficiency.matmul)),
-            float(cc.op_time_s(shared, linear_peak, prof.efficiency.matmul)) / ratio)
+def _router_and_shared_s(sc: Scenario) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(router GEMM, shared experts' GEMMs), each (forward, backward) seconds. The router stays in bf16 under fp8
+    (Transformer Engine; DeepSeek-V3 report 3.3)."""
+    m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
+    router = cc.gemms_time_s(((sc.tokens_routed_per_rank, m.num_experts, m.hidden_size),),
+                             gg.gemm_rates(prof, dt, linear=False))
+    shared = cc.gemms_time_s(cc.ffn_gemms(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts,
+                                          lay.tp), gg.gemm_rates(prof, dt)) if m.num_shared_experts else (0.0, 0.0)
+    return router, shared
 
 
 def _mtp_s(sc: Scenario) -> tuple[float, float]:
@@ -147,24 +158,28 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
     projection, one transformer layer, the shared LM head and loss. Its MoE layer's experts get balanced
     routing (no routing is drawn for it) and its all-to-all and TP collectives are not simulated."""
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    linear_peak, ratio, high_peak = cc.gemm_peaks(prof, dt)
+    linear = gg.gemm_rates(prof, dt)
     tokens = sc.tokens_per_micro_batch
-    attn = cc.attention_flop(m, tokens, sc.training.seq_len, lay.tp, windowed=m.mtp_layer_windowed)
-    core_s = float(cc.op_time_s(attn.core_flop, high_peak, prof.efficiency.attention))
-    gemms = [cc.mtp_projection_flop(m, tokens, lay.tp), attn.projections_flop]
+    core = cc.attention_core_s(m, tokens, sc.training.seq_len, lay.tp, prof, dt, windowed=m.mtp_layer_windowed,
+                               cp=lay.cp)
+    gemms = ((tokens, m.hidden_size / lay.tp, 2 * m.hidden_size), *cc.attention_gemms(m, tokens, lay.tp))
     if m.mtp_layer_is_moe:
         local_experts = m.num_experts // lay.ep
         rows = sc.tokens_routed_per_rank * m.top_k * lay.etp / local_experts  # each etp shard sees its group's
-        ffn_s = sum(_router_and_shared_s(sc)) + float(cc.expert_time_s(np.full(local_experts, rows), m, prof, dt,
-                                                                  lay.etp))
+        router, shared = _router_and_shared_s(sc)
+        experts = cc.expert_time_s(np.full(local_experts, rows), m, prof, dt, lay.etp)
+        ffn = (router[0] + shared[0] + float(experts[0]), router[1] + shared[1] + float(experts[1]))
     else:
-        gemms.append(cc.ffn_flop(m, tokens, m.dense_ffn_size, lay.tp))
-        ffn_s = 0.0
-    layer_s = float(cc.op_time_s(np.array(gemms), linear_peak, prof.efficiency.matmul).sum()) / ratio + core_s + ffn_s
-    head_s = float(cc.op_time_s(cc.lm_head_flop(m, tokens, lay.tp), high_peak, prof.efficiency.matmul))
-    selective = core_s if sc.training.recomputes(RecomputeModule.CORE_ATTN) else 0.0
-    bwd = cc.backward_multiplier(sc.training.recompute) * layer_s + selective + 2.0 * head_s
-    return m.num_mtp_layers * (layer_s + head_s), m.num_mtp_layers * bwd
+        gemms = (*gemms, *cc.ffn_gemms(m, tokens, m.dense_ffn_size, lay.tp))
+        ffn = (0.0, 0.0)
+    layer = cc.gemms_time_s(gemms, linear)
+    head = cc.gemms_time_s(((tokens, m.vocab_size / lay.tp, m.hidden_size),), gg.gemm_rates(prof, dt, linear=False))
+    forward = layer[0] + ffn[0] + core[0]
+    tr = sc.training
+    rerun = forward if tr.recompute is Recompute.FULL else (core[0] if tr.recomputes(RecomputeModule.CORE_ATTN)
+                                                            else 0.0)
+    backward = layer[1] + ffn[1] + core[1] + rerun + head[1]
+    return m.num_mtp_layers * (forward + head[0]), m.num_mtp_layers * backward
 
 
 def _all_to_all(net: CollectiveModel, links: FlowNetwork, groups: np.ndarray,
@@ -209,15 +224,17 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         rows_eg = (gate.computed[..., None] * share).sum(axis=2)  # [M, edp, E, ep]
     se = place.slot_expert
     slot_rows = np.where(se == EMPTY, 0.0, rows_eg[..., np.maximum(se, 0), np.arange(lay.ep)[:, None]])  # [M,edp,G,S]
-    expert_s = cc.expert_time_s(slot_rows, m, sc.cluster.profile, sc.training.dtype, lay.etp)  # [M, edp, ep]
+    expert_fwd, expert_bwd = cc.expert_time_s(slot_rows, m, sc.cluster.profile, sc.training.dtype,
+                                              lay.etp)  # [M, edp, ep] each
     padded = cc.padded_rows(slot_rows, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
     recv = to_rank.sum(axis=2)  # [M, edp, etp, ep_dst] rows each rank receives
 
-    row_bytes = m.hidden_size * sc.training.dtype.activation_bytes
-    matrix = to_rank.transpose(0, 1, 3, 2, 4) * float(row_bytes)  # [M, edp, etp, ep_src, ep_dst]
+    # the forward's dispatch (and the combine's backward) may carry fp8 rows; the combine stays bf16
+    scale = ops.combine_row_bytes(m, sc.training) / ops.dispatch_row_bytes(m, sc.training)
+    matrix = to_rank.transpose(0, 1, 3, 2, 4) * ops.dispatch_row_bytes(m, sc.training)  # [M, edp, etp, src, dst]
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
-    back = groups.swapaxes(-1, -2)
+    back = groups.swapaxes(-1, -2) if scale == 1.0 else groups.swapaxes(-1, -2) * scale
     dispatch, dispatch_links = _all_to_all(net, links, groups, ranks)  # [M, edp * etp], [M, links]
     combine, combine_links = _all_to_all(net, links, back, ranks)
     dispatch, combine = dispatch.reshape(M, lay.edp, lay.etp), combine.reshape(M, lay.edp, lay.etp)
@@ -241,7 +258,8 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     return MoeLayerWork(
         dispatch_s=per_rank_group(dispatch),
         combine_s=per_rank_group(combine),
-        expert_fwd_s=per_rank(expert_s),
+        expert_fwd_s=per_rank(expert_fwd),
+        expert_bwd_s=per_rank(expert_bwd),
         computed_rows=per_rank(gpu_rows),
         expert_rows=per_rank(padded),
         sent_rows=sent.sum(-1).reshape(M, -1),
@@ -266,11 +284,14 @@ class StaticWork:
 
     layers: LayerCosts
     tp_comm_s: np.ndarray  # [pp, q, 2] one layer's TP collectives in one pass; [..., 0] dense, [..., 1] MoE layer
+    cp_comm_s: np.ndarray  # [pp, q, 2] one layer's exposed ring-attention exchange; [..., 0] forward, [..., 1] bwd
+    cp_bytes: tuple[float, float]  # bytes one rank sends in that exchange (forward, backward)
     p2p_s: np.ndarray  # [pp, q] activation (or gradient) transfer from stage s to s+1 (last stage: 0)
     p2p_bytes: float
     dp_dense_s: np.ndarray  # [pp, q] all-reduce of non-expert gradients over the dp group
     dp_expert_s: np.ndarray  # [pp, q] all-reduce of expert gradients over the edp group
     optimizer_s: np.ndarray  # [pp] optimizer update on one rank of the stage
+    weight_cast_s: np.ndarray  # [pp, 2] the fp8 recipe's once-per-step weight casts (memory-bound, launches)
     grad_bytes: np.ndarray  # [pp, 2] dense, expert gradient bytes per rank
 
 
@@ -284,6 +305,9 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     # attention: all-gather + reduce-scatter; a dense FFN or the shared experts add another pair
     tp_comm = np.stack([(2 + 2) * per_q, (2 + shared) * per_q], axis=-1) if lay.tp > 1 else np.zeros((lay.pp, q, 2))
 
+    layers = layer_costs(sc)
+    cp_comm, cp_bytes = _ring_attention_exposed(sc, net, layers)
+
     p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.activation_bytes
     p2p = np.zeros((lay.pp, q))
     for s in range(lay.pp - 1):
@@ -295,14 +319,50 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     grad_bytes = params * tr.grad_dtype.bytes
     dp_dense = np.stack([np.repeat(net.all_reduce_s(grad_bytes[s, 0], lay.dp_groups()[s]), 1)
                          for s in range(lay.pp)])  # [pp, tp]
-    dp_dense = np.tile(dp_dense, (1, lay.dp))  # q = t + tp * d -> tp rank is q % tp
+    dp_dense = np.tile(dp_dense, (1, lay.dp_cp))  # q = t + tp * (c + cp * d) -> tp rank is q % tp
     dp_expert = np.stack([net.all_reduce_s(grad_bytes[s, 1], lay.edp_groups()[s]) for s in range(lay.pp)])
     dp_expert = np.tile(dp_expert.reshape(lay.pp, lay.ep * lay.etp), (1, lay.edp))  # q = t + etp*(j + ep*d)
 
     opt = tr.optimizer
     # read + write per param: state, gradient, the weights (with the fp8 recipe's fp8 copy)
     touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_memory_bytes
-    shard = np.array([lay.dp, lay.edp]) if opt.distributed else np.ones(2)
+    shard = np.array([lay.dp_cp, lay.edp]) if opt.distributed else np.ones(2)
     optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
-    return StaticWork(layer_costs(sc), tp_comm, p2p, float(p2p_bytes), dp_dense, dp_expert, optimizer_s,
-                      grad_bytes)
+    return StaticWork(layers, tp_comm, cp_comm, cp_bytes, p2p, float(p2p_bytes), dp_dense, dp_expert, optimizer_s,
+                      _weight_casts_s(sc), grad_bytes)
+
+
+def _weight_casts_s(sc: Scenario) -> np.ndarray:
+    """[pp, 2] (memory-bound, launch) seconds of one step's fp8 weight casts on a rank of each stage: every linear
+    weight cast once, on the step's first micro-batch (moesim.cost.ops.fp8_weight_casts; zero without fp8)."""
+    out = np.zeros((sc.layout.pp, 2))
+    casts = {moe: ops.fp8_weight_casts(sc, moe) for moe in (False, True)}
+    if not casts[True].kernels and not casts[False].kernels:
+        return out
+    launch = sc.cluster.profile.efficiency.kernel_launch_s
+    for layer in range(sc.model.num_layers):
+        c = casts[sc.model.is_moe_layer(layer)]
+        out[layer // sc.layers_per_stage] += (float(ops.memory_bound_s(c.bytes, sc)), launch * c.kernels)
+    return out
+
+
+def _ring_attention_exposed(sc: Scenario, net: CollectiveModel,
+                            layers: LayerCosts) -> tuple[np.ndarray, tuple[float, float]]:
+    """([pp, q, 2] exposed seconds per layer, (forward, backward) bytes per rank) of context parallelism's ring
+    attention (Megatron's: cp - 1 steps, each sending this rank's key/value chunk to the next rank of the ring while
+    the attention of the chunk in hand runs; the backward sends the keys/values and their gradients). A step's
+    transfer hides behind that step's share of the attention core; what sticks out is exposed."""
+    lay, m = sc.layout, sc.model
+    q = lay.ranks_per_stage
+    if lay.cp == 1:
+        return np.zeros((lay.pp, q, 2)), (0.0, 0.0)
+    kv = sc.tokens_per_micro_batch * (m.k_width + m.v_width) / lay.tp * sc.training.dtype.activation_bytes
+    sent = (kv, 2.0 * kv)
+    exposed = np.zeros((lay.pp, q, 2))
+    for s in range(lay.pp):
+        src = s * q  # the stage's first ring: rank -> the next cp rank, tp ranks further
+        for phase in range(2):
+            step_s = float(net.p2p_s(sent[phase], src, src + lay.tp))
+            hidden_by = layers.attention_core_s[phase] / lay.cp
+            exposed[s, :, phase] = (lay.cp - 1) * max(0.0, step_s - hidden_by)
+    return exposed, (float((lay.cp - 1) * sent[0]), float((lay.cp - 1) * sent[1]))

@@ -2,8 +2,8 @@
 
 from moesim.spec.errors import SpecError
 from moesim.spec.dtype import Dtype
-from moesim.spec.hardware import (ClusterProfile, ClusterSpec, ComputeEfficiency, EfficiencyCurve,
-                                  FabricSpec, GpuSpec, NodeSpec)
+from moesim.spec.dtype import Fp8Recipe
+from moesim.spec.hardware import ClusterProfile, ClusterSpec, ComputeEfficiency, FabricSpec, GpuSpec, NodeSpec
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.model import Activation, MoeModelSpec
 from moesim.spec.routing import RoutingDistribution, RoutingSpec
@@ -12,7 +12,7 @@ from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import Optimizer, OptimizerSpec, Recompute, TrainingSpec
 
 __all__ = [
-    "Activation", "ClusterProfile", "ClusterSpec", "ComputeEfficiency", "Dtype", "EfficiencyCurve",
+    "Activation", "ClusterProfile", "ClusterSpec", "ComputeEfficiency", "Dtype", "Fp8Recipe",
     "FabricSpec", "GpuSpec", "MoeModelSpec", "NodeSpec", "Optimizer", "OptimizerSpec", "ParallelLayout",
     "Recompute", "RoutingDistribution", "RoutingSpec", "Scenario", "SimulationSpec", "SpecError",
     "TrainingSpec",

@@ -15,8 +15,8 @@ MIN_EFFICIENCY = 1e-3  # fractions of peak in [0.1 %, 100 %]
 MAX_DEVICES = 4096  # GPUs in one NVLink domain, NICs in one node (NVL72 has 72)
 MAX_NODES = 65_536  # nodes in a cluster (today's largest: ~12,500 8-GPU nodes)
 MAX_OVERSUBSCRIPTION = 100.0  # leaf-to-spine (real fabrics: 1 to 4)
-MAX_FLOP = 1e30  # FLOP of one operation in an efficiency table (1e21 GFLOP)
 MAX_TILE_ROWS = 65_536  # an expert GEMM's row tile (real: 64 to 256)
+MAX_SMS = 65_536  # streaming multiprocessors or cores of one device (H100: 132)
 MAX_RANKS = 2**20  # ranks in a measured collective
 
 FRACTION = dict(ge=MIN_EFFICIENCY, le=1.0)

@@ -9,9 +9,9 @@ from typing import Annotated
 from pydantic import Field, create_model, field_validator
 
 from moesim.spec.base import LISTS_AS_TUPLES, NonEmptyStr, SpecModel, spec_field
-from moesim.spec.bounds import FRACTION
 from moesim.spec.errors import require
-from moesim.spec.hardware import ClusterSpec, EfficiencyCurve
+from moesim.spec.attention_efficiency import AttentionEfficiencyTable, AttentionTableFileKeys
+from moesim.spec.hardware import ClusterSpec
 from moesim.spec.model import MoeModelSpec
 from moesim.spec.placement import PlacementSpec
 from moesim.spec.placement_params import POLICY_PARAMS
@@ -60,11 +60,6 @@ class RoutingFileKeys(SpecModel):
         return family
 
 
-class CurveFileKeys(SpecModel):
-    value: float = spec_field(help="a constant efficiency (instead of table_GFLOP)", unit="(fraction of peak)",
-                              **FRACTION)
-
-
 class SourceKey(SpecModel):
     source: NonEmptyStr = spec_field(help="where the number comes from: a datasheet, a paper, or a calibration "
                                           "run (date, device, driver and library versions)")
@@ -80,4 +75,5 @@ PlacementFileKeys = create_model(
 # spec model -> the keys its section of a file has beyond the spec's own fields
 FILE_KEYS: dict[type, type[SpecModel]] = {Scenario: ScenarioFileKeys, ClusterSpec: ClusterFileKeys,
                                           MoeModelSpec: ModelFileKeys, RoutingSpec: RoutingFileKeys,
-                                          PlacementSpec: PlacementFileKeys, EfficiencyCurve: CurveFileKeys}
+                                          PlacementSpec: PlacementFileKeys,
+                                          AttentionEfficiencyTable: AttentionTableFileKeys}

@@ -3,58 +3,19 @@ SI inside; each field says how hw_profiles/*.yaml writes it (`{value: X, source:
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from moesim import units
 from moesim.spec.base import LISTS_AS_TUPLES, NOT_BOOL, Count, NonEmptyStr, SpecModel, spec_field
-from moesim.spec.bounds import (MAX_DEVICES, MAX_FLOP, MAX_FLOP_PER_S, MAX_MEMORY_BYTES, MAX_NODES,
-                                MAX_OVERSUBSCRIPTION, MAX_TILE_ROWS, MIN_EFFICIENCY, MIN_FLOP_PER_S,
+from moesim.spec.bounds import (MAX_DEVICES, MAX_FLOP_PER_S, MAX_MEMORY_BYTES, MAX_NODES,
+                                MAX_OVERSUBSCRIPTION, MAX_SMS, MAX_TILE_ROWS, MIN_FLOP_PER_S,
                                 MIN_MEMORY_BYTES, BANDWIDTH, FRACTION, LATENCY)
+from moesim.spec.attention_efficiency import AttentionEfficiencyTable
 from moesim.spec.calibration import Calibration
 from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError, require
-
-
-class EfficiencyCurve(SpecModel):
-    """Fraction of peak achieved by one operation as a function of its FLOP count.
-    Points are (flop, efficiency); interpolated linearly in log10(flop), clamped at the ends.
-    A single point is a constant. In a profile: `{value: <fraction>, source}` or `{table_GFLOP: ..., source}`."""
-
-    points: Annotated[tuple[tuple[float, float], ...], LISTS_AS_TUPLES] = spec_field(
-        help="(FLOP of one operation, fraction of peak) pairs", yaml="table_GFLOP", unit="GFLOP",
-        scale=(units.GFLOP, 1.0), min_length=1,
-        expected=f"a list of [GFLOP, efficiency] pairs with GFLOP increasing, in (0, {MAX_FLOP / units.GFLOP:g}], "
-                 f"and efficiency in [{MIN_EFFICIENCY:g}, 1]")
-
-    @field_validator("points")
-    @classmethod
-    def _ordered(cls, points: tuple) -> tuple:
-        flops = [p[0] for p in points]
-        ok = all(0 < f <= MAX_FLOP for f in flops) and all(b > a for a, b in zip(flops, flops[1:])) \
-            and all(MIN_EFFICIENCY <= eff <= 1 for _, eff in points)
-        require(ok, "", points, f"(flop, efficiency) pairs with flop in (0, {MAX_FLOP:g}] increasing and "
-                                f"efficiency in [{MIN_EFFICIENCY:g}, 1]")
-        return points
-
-    @staticmethod
-    def constant(efficiency: float) -> EfficiencyCurve:
-        return EfficiencyCurve(points=((1.0, float(efficiency)),))
-
-    def at(self, flop: float) -> float:
-        pts = self.points
-        if len(pts) == 1 or flop <= pts[0][0]:
-            return pts[0][1]
-        if flop >= pts[-1][0]:
-            return pts[-1][1]
-        x = math.log10(flop)
-        for (f0, e0), (f1, e1) in zip(pts, pts[1:]):
-            if flop <= f1:
-                x0, x1 = math.log10(f0), math.log10(f1)
-                return e0 + (e1 - e0) * (x - x0) / (x1 - x0)
-        raise AssertionError("unreachable: flop inside the table")
 
 
 class GpuSpec(SpecModel):
@@ -67,6 +28,8 @@ class GpuSpec(SpecModel):
                                   ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
     hbm_bandwidth_bytes_per_s: float = spec_field(help="HBM bandwidth", yaml="hbm_bandwidth_GBps", unit="GB/s",
                                                   scale=units.GB_PER_S, sourced=True, **BANDWIDTH)
+    sm_count: Count = spec_field(help="streaming multiprocessors (CPU: cores): the GEMM tiles one wave runs",
+                                 unit="SMs", sourced=True, ge=1, le=MAX_SMS)
 
     def peak(self, dtype: Dtype) -> float:
         if dtype not in self.peak_flop_per_s:
@@ -113,10 +76,18 @@ class FabricSpec(SpecModel):
 
 
 class ComputeEfficiency(SpecModel):
-    matmul: EfficiencyCurve = spec_field(help="GEMMs: projections, FFNs, experts, router, LM head",
-                                         yaml="matmul_efficiency", unit="(fraction of peak)", sourced=True)
-    attention: EfficiencyCurve = spec_field(help="the fused attention core (QK^T, softmax, AV)",
-                                            yaml="attention_efficiency", unit="(fraction of peak)", sourced=True)
+    gemm: float = spec_field(help="fraction of peak a GEMM's main loop holds on full waves of long-K tiles "
+                                  "(projections, FFNs, experts, router, LM head; cost/gemm.py adds tile and wave "
+                                  "quantisation, each tile's output write and the HBM roofline)",
+                             yaml="gemm_efficiency", unit="(fraction of peak)", sourced=True, **FRACTION)
+    gemm_tiles: Annotated[tuple[tuple[Count, Count], ...], LISTS_AS_TUPLES] = spec_field(
+        help="output tiles (rows, columns) the GEMM library chooses among; each GEMM takes its fastest",
+        yaml="gemm_tiles", unit="(rows, columns)", sourced=True, min_length=1,
+        expected=f"a list of [rows, columns] tiles, each in [1, {MAX_TILE_ROWS}]")
+    attention: AttentionEfficiencyTable = spec_field(
+        help="the fused attention core (QK^T, softmax, AV; FlashAttention's FLOP convention), causal, by sequence "
+             "length and head dimension, forward and backward; or one constant", yaml="attention_efficiency",
+        unit="(fraction of peak)", sourced=True)
     tile_rows: Count = spec_field(help="expert GEMM row tile: each expert's rows are padded up to a multiple",
                                   yaml="expert_tile_rows", unit="rows", sourced=True, ge=1, le=MAX_TILE_ROWS)
     hbm: float = spec_field(0.9, help="fraction of the HBM bandwidth memory-bound kernels achieve (norms, RoPE, "
@@ -127,6 +98,13 @@ class ComputeEfficiency(SpecModel):
                                         scale=units.US, sourced=True, **LATENCY)
     fp8_matmul_ratio: float = spec_field(1.0, help="fp8 GEMM efficiency relative to bf16's at the same FLOPs "
                                                    "(of the fp8 peak)", unit="(ratio)", sourced=True, **FRACTION)
+
+    @field_validator("gemm_tiles")
+    @classmethod
+    def _tiles_in_range(cls, tiles: tuple) -> tuple:
+        ok = all(1 <= t <= MAX_TILE_ROWS for tile in tiles for t in tile)
+        require(ok, "", tiles, f"[rows, columns] tiles, each in [1, {MAX_TILE_ROWS}]")
+        return tiles
 
     @field_validator("tile_rows")
     @classmethod

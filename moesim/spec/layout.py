@@ -1,9 +1,9 @@
 """Parallel layout with Megatron-core semantics.
 
-Dense layers use tp x dp x pp; expert layers re-fold the same tp x dp ranks of a pipeline stage as
-etp x ep x edp ("MoE parallel folding"). Rank order follows Megatron: tp innermost, then dp, then pp;
-inside a stage, expert ranks are etp innermost, then ep, then edp. Sequence parallelism is on whenever
-tp > 1 (Megatron requires it for MoE with tensor parallelism), so each rank routes seq/tp tokens.
+Dense layers use tp x cp x dp x pp; expert layers re-fold the same tp x cp x dp ranks of a pipeline stage as
+etp x ep x edp ("MoE parallel folding"). Rank order follows Megatron's default (tp-cp-ep-dp-pp): tp innermost,
+then cp, then dp, then pp; inside a stage, expert ranks are etp innermost, then ep, then edp. Sequence parallelism
+is on whenever tp > 1 (Megatron requires it for MoE with tensor parallelism), so each rank routes seq/(cp·tp) tokens.
 """
 
 from __future__ import annotations
@@ -18,28 +18,37 @@ _GPUS = "(GPUs in each group)"
 
 
 class ParallelLayout(SpecModel):
-    """Megatron's parallel sizes (its flags: --tensor-model-parallel-size, --pipeline-model-parallel-size, data
-    parallel = the rest, --expert-model-parallel-size, --expert-tensor-parallel-size)."""
+    """Megatron's parallel sizes (its flags: --tensor-model-parallel-size, --context-parallel-size,
+    --pipeline-model-parallel-size, data parallel = the rest, --expert-model-parallel-size,
+    --expert-tensor-parallel-size)."""
 
     tp: Count = spec_field(1, help="tensor parallel size (sequence parallel when > 1)", unit=_GPUS, ge=1)
+    cp: Count = spec_field(1, help="context parallel size: each sequence split over cp ranks, attention as a ring "
+                                   "exchanging keys and values (Megatron --context-parallel-size)", unit=_GPUS, ge=1)
     pp: Count = spec_field(1, help="pipeline parallel size (stages)", unit=_GPUS, ge=1)
     dp: Count = spec_field(1, help="data parallel size", unit=_GPUS, ge=1)
-    ep: Count = spec_field(1, help="expert parallel size, carved out of tp x dp", unit=_GPUS, ge=1)
+    ep: Count = spec_field(1, help="expert parallel size, carved out of tp x cp x dp", unit=_GPUS, ge=1)
     etp: Count = spec_field(1, help="expert tensor parallel size", unit=_GPUS, ge=1)
 
     @model_validator(mode="after")
     def _expert_grid_fits(self) -> ParallelLayout:
         require(self.ranks_per_stage % (self.ep * self.etp) == 0, "ep", self.ep,
-                f"ep x etp ({self.ep} x {self.etp}) must divide tp x dp ({self.ranks_per_stage})")
+                f"ep x etp ({self.ep} x {self.etp}) must divide tp x cp x dp ({self.ranks_per_stage})")
         return self
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.dp * self.pp
+        return self.tp * self.cp * self.dp * self.pp
 
     @property
     def ranks_per_stage(self) -> int:
-        return self.tp * self.dp
+        return self.tp * self.cp * self.dp
+
+    @property
+    def dp_cp(self) -> int:
+        """Ranks holding the same dense weights in a stage: their gradients are reduced together and the
+        distributed optimizer shards over them (Megatron's data-parallel group with context parallelism)."""
+        return self.dp * self.cp
 
     @property
     def edp(self) -> int:
@@ -47,17 +56,20 @@ class ParallelLayout(SpecModel):
         return self.ranks_per_stage // (self.ep * self.etp)
 
     def _grid(self) -> np.ndarray:
-        return np.arange(self.world_size).reshape(self.pp, self.dp, self.tp)
+        return np.arange(self.world_size).reshape(self.pp, self.dp, self.cp, self.tp)
 
     def _expert_grid(self) -> np.ndarray:
         return np.arange(self.world_size).reshape(self.pp, self.edp, self.ep, self.etp)
 
     # Each *_groups() returns an int array whose last axis lists one group's ranks in group order.
-    def tp_groups(self) -> np.ndarray:  # [pp, dp, tp]
-        return self._grid()
+    def tp_groups(self) -> np.ndarray:  # [pp, dp * cp, tp]
+        return self._grid().reshape(self.pp, self.dp * self.cp, self.tp)
 
-    def dp_groups(self) -> np.ndarray:  # [pp, tp, dp]
-        return self._grid().transpose(0, 2, 1)
+    def cp_groups(self) -> np.ndarray:  # [pp, dp, tp, cp]: one ring each
+        return self._grid().transpose(0, 1, 3, 2)
+
+    def dp_groups(self) -> np.ndarray:  # [pp, tp, dp * cp]: the dense gradients' groups (dp_cp)
+        return self.tp_groups().transpose(0, 2, 1)
 
     def ep_groups(self) -> np.ndarray:  # [pp, edp, etp, ep]
         return self._expert_grid().transpose(0, 1, 3, 2)

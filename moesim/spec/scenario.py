@@ -33,15 +33,21 @@ class Scenario(SpecModel):
     def _consistent(self) -> Scenario:
         lay, mod, tr = self.layout, self.model, self.training
         gpus = self.cluster.num_gpus
-        require(lay.world_size == gpus, "layout", f"tp*dp*pp = {lay.tp}*{lay.dp}*{lay.pp} = {lay.world_size}",
-                f"tp*dp*pp equal to the cluster's GPUs ({self.cluster.num_nodes} nodes x "
+        require(lay.world_size == gpus, "layout",
+                f"tp*cp*dp*pp = {lay.tp}*{lay.cp}*{lay.dp}*{lay.pp} = {lay.world_size}",
+                f"tp*cp*dp*pp equal to the cluster's GPUs ({self.cluster.num_nodes} nodes x "
                 f"{self.cluster.profile.node.gpus_per_node} = {gpus})")
         _divides("layout.pp", lay.pp, "model.num_layers", mod.num_layers)
         _divides("layout.tp", lay.tp, "model.num_attention_heads", mod.num_attention_heads)
         _divides("layout.tp", lay.tp, "model.num_kv_heads", mod.num_kv_heads)
         if mod.dense_ffn_size:
             _divides("layout.tp", lay.tp, "model.dense_ffn_size", mod.dense_ffn_size)
-        _divides("layout.tp", lay.tp, "training.seq_len", tr.seq_len)  # sequence parallelism
+        if lay.cp > 1:  # Megatron splits each sequence into 2 x cp chunks (load-balanced causal attention)
+            require(tr.seq_len % (2 * lay.cp) == 0, "layout.cp", lay.cp,
+                    f"a cp with 2 x cp dividing training.seq_len ({tr.seq_len})")
+        share = f"training.seq_len / layout.cp ({tr.seq_len} / {lay.cp})" if lay.cp > 1 \
+            else f"training.seq_len ({tr.seq_len})"
+        require((tr.seq_len // lay.cp) % lay.tp == 0, "layout.tp", lay.tp, f"a divisor of {share}")
         _divides("layout.ep", lay.ep, "model.num_experts", mod.num_experts)
         _divides("layout.etp", lay.etp, "model.expert_ffn_size", mod.expert_ffn_size)
         sequences_per_round = lay.dp * tr.micro_batch_size
@@ -71,8 +77,8 @@ class Scenario(SpecModel):
 
     @property
     def tokens_per_micro_batch(self) -> int:
-        """Tokens one tensor-parallel group processes in one micro-batch."""
-        return self.training.micro_batch_size * self.training.seq_len
+        """Tokens one tensor-parallel group processes in one micro-batch: its 1/cp of each sequence."""
+        return self.training.micro_batch_size * self.training.seq_len // self.layout.cp
 
     @property
     def tokens_routed_per_rank(self) -> int:

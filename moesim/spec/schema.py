@@ -96,7 +96,7 @@ def _json_default(value: Any, scale: Any) -> Any:
 
 def _sourced(annotation: Any, value_schema: dict, value_text: str) -> dict:
     """`{value: X, source: "..."}`; per key for a mapping (a peak per dtype); a model's keys for a model (an
-    efficiency curve: `value` or `table_GFLOP`). `value_text`: the description of X."""
+    attention table: `value` or its four keys together). `value_text`: the description of X."""
     source = _field(SourceKey.model_fields["source"], field_meta("source", SourceKey.model_fields["source"]))
     base = unwrap(annotation)[0]
     if get_origin(base) is dict:
@@ -104,7 +104,13 @@ def _sourced(annotation: Any, value_schema: dict, value_text: str) -> dict:
         return {**value_schema, "additionalProperties": _leaf({"value": inner}, ["value"], source)}
     if is_model(base):
         props = value_schema["properties"]
-        return {**_leaf(props, [], source), "oneOf": [{"required": [key]} for key in props]}
+        # a file-only key (a curve's constant `value`) is one form, and so is each of the model's own keys, unless
+        # the model needs them together (the attention table's four keys)
+        own = [field_meta(n, i).key for n, i in base.model_fields.items() if field_meta(n, i).in_file]
+        required_own = [key for key, (n, i) in zip(own, base.model_fields.items()) if i.is_required()]
+        forms = [[key] for key in props if key not in own]
+        forms += [required_own] if required_own and len(required_own) == len(own) else [[key] for key in own]
+        return {**_leaf(props, [], source), "oneOf": [{"required": keys} for keys in forms]}
     return _leaf({"value": {**value_schema, "description": value_text}}, ["value"], source)
 
 

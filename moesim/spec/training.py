@@ -1,4 +1,4 @@
-"""What one training step does: batch, sequence, precision, optimizer, recomputation."""
+"""What one training step does: batch, sequence, precision (and its fp8 recipe), optimizer, recomputation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import model_validator
 
 from moesim.spec.base import LISTS_AS_TUPLES, Count, SpecEnum, SpecModel, spec_field
-from moesim.spec.dtype import Dtype
+from moesim.spec.dtype import Dtype, Fp8Recipe
 from moesim.spec.bounds import MAX_SEQ_LEN, MAX_SEQUENCES, MAX_STATE_BYTES_PER_PARAM
 from moesim.spec.errors import require
 
@@ -51,6 +51,13 @@ class TrainingSpec(SpecModel):
     micro_batch_size: Count = spec_field(help="sequences per micro-batch per data-parallel rank", unit="sequences",
                                          ge=1, le=MAX_SEQUENCES)
     dtype: Dtype = spec_field(Dtype.BF16, help="weights, activations and GEMMs")
+    fp8_recipe: Fp8Recipe = spec_field(Fp8Recipe.DELAYED, help="with dtype: fp8, how the linear layers' fp8 "
+                                       "tensors are scaled (Megatron-LM --fp8-recipe; Megatron's default is "
+                                       "delayed): delayed, tensorwise, blockwise, mxfp8")
+    fp8_dispatch: bool = spec_field(False, help="with fp8_recipe: blockwise, the dispatch all-to-all sends fp8 "
+                                    "rows with an fp32 scale per 128 elements, and the combine's backward sends "
+                                    "fp8 gradients; the combine stays bf16 (DeepEP, DeepSeek-V3 report 3.3; "
+                                    "Megatron-LM has no flag for it)")
     grad_dtype: Dtype = spec_field(Dtype.FP32, help="gradient accumulation buffers")
     optimizer: OptimizerSpec = spec_field(OptimizerSpec(), help="optimizer and its state")
     recompute: Recompute = spec_field(Recompute.NONE, help="activation recomputation")
@@ -67,6 +74,11 @@ class TrainingSpec(SpecModel):
                 "only with recompute: selective (Megatron-LM: --recompute-granularity selective)")
         require(len(set(self.recompute_modules)) == len(self.recompute_modules), "recompute_modules",
                 [m.value for m in self.recompute_modules], "each module at most once")
+        require(self.dtype is Dtype.FP8 or self.fp8_recipe is Fp8Recipe.DELAYED, "fp8_recipe",
+                self.fp8_recipe.value, "only with dtype: fp8 (Megatron-LM applies --fp8-recipe only with --fp8-format)")
+        require(not self.fp8_dispatch or (self.dtype is Dtype.FP8 and self.fp8_recipe is Fp8Recipe.BLOCKWISE),
+                "fp8_dispatch", self.fp8_dispatch, "only with dtype: fp8 and fp8_recipe: blockwise (DeepEP sends "
+                "the experts' inputs as the blockwise recipe's 1x128-scaled fp8)")
         return self
 
     def recomputes(self, module: RecomputeModule) -> bool:

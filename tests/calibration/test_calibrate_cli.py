@@ -1,7 +1,11 @@
-"""`moesim calibrate --quick` on 2 gloo ranks writes a profile the simulator runs on; the cluster-kit path."""
+"""`moesim calibrate --quick` on 2 gloo ranks writes a profile the simulator runs on; the cluster-kit path; a samples
+directory rebuilds the same profile, and one without the compute CSVs says which are missing."""
 
+import json
+import shutil
 
 import pytest
+import yaml
 
 from moesim.cli import main
 from moesim.io.profile import PROFILE_DIR, load_profile
@@ -30,6 +34,16 @@ def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
     samples = calibrated.with_name("cpu-ci.samples")
     assert (samples / "kernels.csv").is_file() and (samples / "collectives.csv").is_file()
     assert prof.gpu.peak(Dtype.FP32) > 0
+    for name in ("gemm.csv", "elementwise.csv", "launch.csv"):
+        assert (samples / name).is_file(), name
+    compute = json.loads((samples / "host.json").read_text())["compute"]
+    assert compute["mode"] == "quick" and compute["sm_count"] == 1 and compute["device_kind"] == "cpu"
+    assert prof.gpu.sm_count == 1 and 0 < prof.efficiency.kernel_launch_s < 1e-3
+    assert 0 < prof.efficiency.gemm <= 1 and 0 < prof.efficiency.hbm <= 1
+    for key in ("compute.gemm_efficiency", "compute.gemm_tiles", "compute.hbm_efficiency", "compute.kernel_launch_us",
+                "gpu.sm_count"):
+        assert prof.provenance[key].startswith("moesim calibrate, "), key
+    assert "MAPE" in prof.provenance["compute.gemm_efficiency"]
 
 
 @pytest.mark.parametrize("model", list(NetworkModelKind))
@@ -48,6 +62,8 @@ def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, 
     samples = calibrated.with_name("cpu-ci.samples")
     assert main(["calibrate", "--from-samples", str(samples), "--out", str(rebuilt)]) == 0
     assert load_profile(rebuilt).calibration.collective("all_to_all", "intra_node") is not None
+    original, again = (yaml.safe_load(p.read_text()) for p in (calibrated, rebuilt))
+    assert again["compute"] == original["compute"] and again["gpu"] == original["gpu"]  # fits are deterministic
     kit_run = samples / "ranks2"  # a cluster-kit style directory: collectives only, the rest from a datasheet
     assert main(["calibrate", "--from-samples", str(kit_run), "--out", str(tmp_path / "kit.yaml")]) == 2
     assert "--base" in capsys.readouterr().err
@@ -55,6 +71,22 @@ def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, 
                  "--out", str(tmp_path / "kit.yaml")]) == 0
     kit = load_profile(tmp_path / "kit.yaml")
     assert kit.gpu.peak(Dtype.BF16) > 900e12 and kit.calibration.collective("all_to_all", "intra_node")
+    assert "no gemm.csv, elementwise.csv, launch.csv" in capsys.readouterr().out  # the kit measures no compute
+    assert kit.provenance["compute.gemm_efficiency"].startswith("not measured by this calibration")
+    assert kit.efficiency.gemm == load_profile(PROFILE_DIR / "dgx-h100.yaml").efficiency.gemm
     assert main(["calibrate", "--from-samples", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.yaml")]) == 2
     assert main(["calibrate", "--ranks", "1", "--out", str(tmp_path / "y.yaml")]) == 2
 
+
+
+@pytest.mark.parametrize("removed", [("launch.csv",), ("gemm.csv", "elementwise.csv", "launch.csv")])
+def test_a_samples_directory_without_the_compute_csvs_is_one_line(calibrated, tmp_path, capsys, removed):
+    old = tmp_path / "old.samples"
+    shutil.copytree(calibrated.with_name("cpu-ci.samples"), old)
+    for name in removed:
+        (old / name).unlink()
+    assert main(["calibrate", "--from-samples", str(old), "--out", str(tmp_path / "old.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"moesim: error: {old}: {', '.join(removed)}: got no such file;")
+    assert "--base" in err
+    assert not (tmp_path / "old.yaml").exists()

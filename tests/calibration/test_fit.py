@@ -13,9 +13,7 @@ from moesim.calibration.fit import (AlphaBeta, ExpertKernelFit, check_efficiency
                                     collective_tables, fit_alpha_beta, fit_expert_kernel, interpolate_busbw,
                                     measured_efficiency)
 from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS, KERNEL_COLUMNS
-from moesim.cost.compute import op_time_s, padded_rows
 from moesim.spec.errors import SpecError
-from moesim.spec.hardware import EfficiencyCurve
 
 PEAK = 989e12  # H100 bf16 dense, FLOP/s
 TILE = 128
@@ -120,16 +118,6 @@ def test_measured_efficiency_is_flop_over_time_times_peak():
     eff = measured_efficiency(samples, PEAK)
     assert list(eff.index) == list(samples.index)
     np.testing.assert_allclose(eff, samples["flop"] / (samples["time_median_s"] * PEAK))
-
-
-def test_padded_flop_curve_makes_the_simulator_reproduce_the_fit(kernel_fit):
-    """cost.compute pads rows and divides padded flop by peak x eff(padded flop): with the curve the fit
-    exports, it must give the fit's own times at tile multiples."""
-    curve = EfficiencyCurve(kernel_fit.padded_flop_curve(range(TILE, 8192 + 1, TILE)))
-    counts = np.array([[1, 128, 300, 1000, 4096, 8000]])
-    flop = padded_rows(counts, TILE) * kernel_fit.flop_per_row
-    simulated = op_time_s(flop, PEAK, curve).sum(axis=-1)
-    np.testing.assert_allclose(simulated, kernel_fit.predict_s(counts), rtol=1e-9)
 
 
 def test_fit_rejects_bad_inputs():

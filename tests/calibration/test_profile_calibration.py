@@ -8,6 +8,7 @@ import yaml
 
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
 from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS, KERNEL_COLUMNS
+from moesim.cost import gemm as gg
 from moesim.cost.compute import expert_time_s
 from moesim.io.profile import PROFILE_DIR, load_profile
 from moesim.network import AlphaBetaNetwork, FlowNetwork
@@ -41,10 +42,19 @@ def collective_samples(alpha=30e-6, algbw=2e9) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLLECTIVE_COLUMNS))
 
 
+def synthetic_compute():
+    """Compute samples of a 1-thread device at PEAK x 0.9 with 8 x 8 tiles (calibration/compute_samples.py)."""
+    from calibration.compute_samples import compute_samples
+
+    rates = gg.GemmRates(sm_count=1, tiles=np.array([[8.0, 8.0]]), sm_flop_per_s=PEAK * 0.9,
+                         hbm_bytes_per_s=9e9, input_bytes=4.0, output_bytes=4.0)
+    return compute_samples(rates, 2e-6, 9e9)
+
+
 def write_profile(tmp_path, mutate=None):
     doc = build_profile("cpu-test", kernel_samples(), collective_samples(), {"date": "2026-11-23", "device": "test"},
                         "cpu-test.samples", dtype="fp32", ranks_per_node=4, memory_bytes=4e9,
-                        memory_bandwidth_bytes_per_s=10e9, device="synthetic CPU")
+                        memory_bandwidth_bytes_per_s=10e9, device="synthetic CPU", compute=synthetic_compute())
     doc = to_yaml_ready(doc)
     if mutate:
         mutate(doc)
@@ -104,7 +114,7 @@ def test_calibrated_tables_never_give_negative_or_vanishing_times(tmp_path):
     frames = pd.concat([collective_samples(), collective_samples().assign(tier="inter_node", ranks=4)])
     doc = build_profile("cpu-test", kernel_samples(), frames, {"date": "2026-11-23", "device": "test"},
                         "s", dtype="fp32", ranks_per_node=4, memory_bytes=4e9, memory_bandwidth_bytes_per_s=10e9,
-                        device="synthetic CPU")
+                        device="synthetic CPU", compute=synthetic_compute())
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(to_yaml_ready(doc)))
     prof = load_profile(path)

@@ -45,11 +45,13 @@ def test_recomputed_modules_run_their_forward_again_in_the_backward():
     plain = layer_costs(_selective(sc, M.CORE_ATTN))
     moe = layer_costs(_selective(sc, M.CORE_ATTN, M.MOE))
     assert moe.router_bwd_s == pytest.approx(plain.router_bwd_s + plain.router_fwd_s)
-    assert moe.expert_bwd_factor == plain.expert_bwd_factor + 1.0
-    assert moe.expert_memory_bound_bwd_factor == plain.expert_memory_bound_bwd_factor + 1.0
+    assert (plain.expert_rerun_fwd, moe.expert_rerun_fwd) == (0.0, 1.0)
+    assert moe.expert_row_memory_bound_bwd_s == pytest.approx(plain.expert_row_memory_bound_bwd_s
+                                                              + plain.expert_row_memory_bound_s)
     act = layer_costs(_selective(sc, M.CORE_ATTN, M.MOE_ACT))
-    assert act.expert_bwd_factor == plain.expert_bwd_factor
-    assert act.expert_memory_bound_bwd_factor == plain.expert_memory_bound_bwd_factor + 1.0
+    assert act.expert_rerun_fwd == 0.0
+    assert act.expert_row_memory_bound_bwd_s == pytest.approx(plain.expert_row_memory_bound_bwd_s
+                                                              + plain.expert_row_memory_bound_s)
     norms = layer_costs(_selective(sc, M.CORE_ATTN, M.LAYERNORM))
     assert norms.memory_bound_bwd_s[1] > plain.memory_bound_bwd_s[1]
     no_core = layer_costs(_selective(sc, M.LAYERNORM))

@@ -24,9 +24,10 @@ _H100_DOC = yaml.safe_load(H100.read_text(encoding="utf-8"))
 
 
 def _sourced_leaves(node: Any, path: str = "") -> Iterator[str]:
-    """Key paths of every `{value: ...}` / `{table_GFLOP: ...}` leaf, i.e. every number in the file."""
+    """Key paths of every `{value: ...}` / `{table_GFLOP: ...}` / attention table leaf, i.e. every number in the
+    file."""
     if isinstance(node, dict):
-        if "value" in node or "table_GFLOP" in node:
+        if "value" in node or "table_GFLOP" in node or "seq_lens" in node:
             yield path
             return
         for key, child in node.items():
@@ -53,7 +54,8 @@ def test_shipped_profile_loads_with_a_source_for_every_number(path: Path):
         assert profile.provenance[key].strip(), f"{path.name}: {key} has an empty source"
     peak = "gpu.peak_dense_TFLOPs.fp32" if calibrated else "gpu.peak_dense_TFLOPs.bf16"  # a CPU measures fp32
     for key in (peak, "gpu.hbm_GB", "gpu.hbm_bandwidth_GBps", "node.gpus_per_node",
-                "node.nvlink_GBps", "fabric.nic_Gbps", "fabric.rail_optimized", "compute.matmul_efficiency",
+                "node.nvlink_GBps", "fabric.nic_Gbps", "fabric.rail_optimized", "gpu.sm_count",
+                "compute.gemm_efficiency", "compute.gemm_tiles",
                 "compute.attention_efficiency", "compute.expert_tile_rows"):
         assert profile.provenance.get(key, "").strip(), key
 
@@ -66,7 +68,10 @@ def test_h100_numbers_are_converted_to_si():
     assert profile.fabric.nic_bandwidth_bytes_per_s == pytest.approx(400 * units.GBIT_PER_S)
     assert profile.node.nvlink_latency_s == pytest.approx(3.4 * units.US)
     assert profile.efficiency.tile_rows == 128
-    assert profile.efficiency.matmul.at(128 * units.GFLOP) == pytest.approx(0.80)
+    assert profile.gpu.sm_count == 132
+    assert profile.efficiency.gemm == pytest.approx(0.845)
+    assert profile.efficiency.gemm_tiles[0] == (128, 256)
+    assert profile.efficiency.attention.at(16384, 128, backward=False) == pytest.approx(616 / 989.4, abs=1e-6)
 
 
 def _set(dotted: str, value: Any):
@@ -93,7 +98,7 @@ MUTATIONS = [
     pytest.param(_set("gpu.hbm_GB", 80), "gpu.hbm_GB", 80, "{value: <number> GB, source:", id="bare-number"),
     pytest.param(_set("fabric.rail_optimized", True), "fabric.rail_optimized", True, "{value: true or false",
                  id="bare-bool"),
-    pytest.param(_set("compute.attention_efficiency", 0.45), "compute.attention_efficiency", 0.45, "table_GFLOP",
+    pytest.param(_set("compute.attention_efficiency", 0.45), "compute.attention_efficiency", 0.45, "seq_lens",
                  id="bare-efficiency"),
     pytest.param(_delete("fabric.nic_Gbps.source"), "fabric.nic_Gbps.source", None, "required", id="missing-source"),
     pytest.param(_set("fabric.nic_Gbps.source", ""), "fabric.nic_Gbps.source", "", "a non-empty string",
@@ -101,25 +106,29 @@ MUTATIONS = [
     pytest.param(_delete("gpu.hbm_GB.value"), "gpu.hbm_GB.value", None, "required", id="missing-value"),
     pytest.param(_set("node.nvlink_efficiency.value", 1.2), "node.nvlink_efficiency.value", 1.2, "(fraction)",
                  id="efficiency-above-one"),
-    pytest.param(_set("compute.attention_efficiency.value", 1.5), "compute.attention_efficiency.value", 1.5,
+    pytest.param(_set("compute.attention_efficiency", {"value": 1.5, "source": "s"}),
+                 "compute.attention_efficiency.value", 1.5,
                  "fraction of peak", id="attention-efficiency-above-one"),
     pytest.param(_set("fabric.nic_efficiency.value", 0), "fabric.nic_efficiency.value", 0, "(fraction)",
                  id="zero-efficiency"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[16, 0.7], [1, 0.5]]),
-                 "compute.matmul_efficiency.table_GFLOP", [[16, 0.7], [1, 0.5]], "GFLOP increasing",
-                 id="table-not-increasing"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [1, 0.6]]),
-                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [1, 0.6]], "GFLOP increasing",
-                 id="table-repeated-size"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]]),
-                 "compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [16, 1.3]], "efficiency in [0.001, 1]",
-                 id="table-efficiency-above-one"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5], [10**400, 0.6]]),
-                 "compute.matmul_efficiency.table_GFLOP", [10**400, 0.6], "pairs", id="table-huge-size"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 0.5, 3]]),
-                 "compute.matmul_efficiency.table_GFLOP", [1, 0.5, 3], "pairs", id="table-row-of-three"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", []), "compute.matmul_efficiency.table_GFLOP", [],
-                 "pairs", id="table-empty"),
+    pytest.param(_set("compute.gemm_tiles.value", [[128, 0]]), "compute.gemm_tiles.value", [[128, 0]],
+                 "tiles, each in [1, 65536]", id="tile-of-zero-columns"),
+    pytest.param(_set("compute.gemm_tiles.value", [[128, 256, 64]]), "compute.gemm_tiles.value", [128, 256, 64],
+                 "[rows, columns]", id="tile-of-three"),
+    pytest.param(_set("compute.gemm_tiles.value", []), "compute.gemm_tiles.value", [], "[rows, columns]",
+                 id="no-tiles"),
+    pytest.param(_set("compute.gemm_efficiency.value", 1.3), "compute.gemm_efficiency.value", 1.3,
+                 "(fraction of peak)", id="gemm-efficiency-above-one"),
+    pytest.param(_delete("gpu.sm_count"), "gpu.sm_count.value", None, "required", id="no-sm-count"),
+    pytest.param(_set("compute.attention_efficiency.seq_lens", [2048, 512, 8192, 16384]),
+                 "compute.attention_efficiency.seq_lens", [2048, 512, 8192, 16384], "increasing",
+                 id="attention-seq-lens-not-increasing"),
+    pytest.param(_set("compute.attention_efficiency.forward_causal", [[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7]]),
+                 "compute.attention_efficiency.forward_causal", [[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7]], "one per",
+                 id="attention-ragged-rows"),
+    pytest.param(_set("compute.attention_efficiency.backward_causal", [[1.3, 0.6, 0.7, 0.8]] * 3),
+                 "compute.attention_efficiency.backward_causal", [1.3, 0.6, 0.7, 0.8], "[0.001, 1]",
+                 id="attention-above-one"),
     pytest.param(_set("compute.expert_tile_rows.value", 96), "compute.expert_tile_rows.value", 96,
                  "a power of two >= 1 rows", id="tile-rows-not-power-of-two"),
     pytest.param(_set("compute.expert_tile_rows.value", 128.0), "compute.expert_tile_rows.value", 128.0,
@@ -163,14 +172,12 @@ MUTATIONS = [
                  "a number in [0, 1e+06] us", id="peer-overhead-above-1s"),
     pytest.param(_set("node.nvlink_efficiency.value", 1e-300), "node.nvlink_efficiency.value", 1e-300,
                  "a number in [0.001, 1.0]", id="efficiency-1e-300"),
-    pytest.param(_set("compute.attention_efficiency.value", 1e-300), "compute.attention_efficiency.value", 1e-300,
+    pytest.param(_set("compute.attention_efficiency", {"value": 1e-300, "source": "s"}),
+                 "compute.attention_efficiency.value", 1e-300,
                  "a number in [0.001, 1.0] (fraction of peak)", id="constant-curve-1e-300"),
-    pytest.param(_set("compute.attention_efficiency.value", None), "compute.attention_efficiency.value", None,
+    pytest.param(_set("compute.attention_efficiency", {"value": None, "source": "s"}),
+                 "compute.attention_efficiency.value", None,
                  "number in [0.001, 1.0] (fraction of peak)", id="constant-curve-null"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1, 1e-300]]), "compute.matmul_efficiency.table_GFLOP",
-                 [[1, 1e-300]], "efficiency in [0.001, 1]", id="table-efficiency-1e-300"),
-    pytest.param(_set("compute.matmul_efficiency.table_GFLOP", [[1e300, 0.5]]), "compute.matmul_efficiency.table_GFLOP",
-                 [1e300, 0.5], "GFLOP increasing, in (0, 1e+21]", id="table-gflop-1e300"),  # the row shown
     pytest.param(_set("node.gpus_per_node.value", 10**6), "node.gpus_per_node.value", 10**6, "in [1, 4096] GPUs",
                  id="gpus-per-node-huge"),
     pytest.param(_set("fabric.nics_per_node.value", 5000), "fabric.nics_per_node.value", 5000, "in [1, 4096] NICs",

@@ -126,7 +126,7 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
             peer = rank + q_count if fwd else rank - q_count
             link_stage = stage if fwd else stage - 1
             mail.send((peer, mb, phase), float(st.p2p_s[link_stage, q]))
-    yield from _collective(env, rdv, log, ("dp", stage, q % lay.tp), lay.dp,
+    yield from _collective(env, rdv, log, ("dp", stage, q % lay.tp), lay.dp_cp,
                            float(st.dp_dense_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_DENSE,
                            float(st.grad_bytes[stage, 0]))
     yield from _collective(env, rdv, log, ("edp", stage, q % (lay.ep * lay.etp)), lay.edp,
@@ -135,6 +135,9 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
     if pw is not None and pw.replica_sync_s[stage] > 0:
         yield from _compute(env, log, -1, -1, Phase.STEP,
                             ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
+    if st.weight_cast_s[stage].any():
+        yield from _compute(env, log, -1, -1, Phase.STEP, ((OpKind.MEMORY_BOUND, float(st.weight_cast_s[stage, 0])),
+                                                           (OpKind.LAUNCH, float(st.weight_cast_s[stage, 1]))))
     yield from _compute(env, log, -1, -1, Phase.STEP, ((OpKind.OPTIMIZER, float(st.optimizer_s[stage])),))
     finish[rank] = env.now
 
@@ -161,6 +164,11 @@ def _dense_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: in
     ops.append((OpKind.MEMORY_BOUND, (lc.memory_bound_fwd_s if fwd else lc.memory_bound_bwd_s)[int(is_moe)]))
     ops.append((OpKind.LAUNCH, (lc.launch_fwd_s if fwd else lc.launch_bwd_s)[int(is_moe)]))
     yield from _compute(env, log, mb, layer, phase, ops)
+    if lay.cp > 1:
+        ring = (stage, q // (lay.cp * lay.tp), q % lay.tp)
+        yield from _collective(env, rdv, log, ("cp", layer, mb, phase, ring), lay.cp,
+                               float(ctx.static.cp_comm_s[stage, q, int(not fwd)]), mb, layer, phase, OpKind.CP_COMM,
+                               ctx.static.cp_bytes[int(not fwd)])
     if lay.tp > 1:
         yield from _collective(env, rdv, log, ("tp", layer, mb, phase, stage, q // lay.tp),
                                lay.tp, float(ctx.static.tp_comm_s[stage, q, int(is_moe)]), mb, layer, phase,
@@ -174,7 +182,6 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
         return
     lay = ctx.sc.layout
     group = (stage, q // (lay.ep * lay.etp), q % lay.etp)
-    factor = 1.0 if phase is Phase.FORWARD else ctx.static.layers.expert_bwd_factor
     ready = ctx.placement.layer_ready_s.get(layer, 0.0) if ctx.placement is not None else 0.0
     if env.now < ready:  # an overlapped migration has not delivered this layer's experts yet
         log.add(mb, layer, phase, OpKind.MIGRATION, env.now, ready)
@@ -183,12 +190,15 @@ def _moe_block(env, ctx: StepContext, rdv: Rendezvous, log: RankLog, stage: int,
     yield from _collective(env, rdv, log, ("dispatch", layer, mb, phase, group), lay.ep,
                            float(moe.dispatch_s[mb, q]), mb,
                            layer, phase, OpKind.DISPATCH, nbytes, int(moe.sent_rows[mb, q]))
+    expert_s = float(moe.expert_fwd_s[mb, q]) if phase is Phase.FORWARD else float(
+        moe.expert_bwd_s[mb, q] + moe.expert_fwd_s[mb, q] * ctx.static.layers.expert_rerun_fwd)
     yield from _compute(env, log, mb, layer, phase,
-                        ((OpKind.EXPERT, float(moe.expert_fwd_s[mb, q]) * factor),), rows=int(moe.expert_rows[mb, q]))
-    memory_factor = 1.0 if phase is Phase.FORWARD else ctx.static.layers.expert_memory_bound_bwd_factor
+                        ((OpKind.EXPERT, expert_s),), rows=int(moe.expert_rows[mb, q]))
+    lc = ctx.static.layers
+    row_s = lc.expert_row_memory_bound_s if phase is Phase.FORWARD else lc.expert_row_memory_bound_bwd_s
     yield from _compute(env, log, mb, layer, phase,
                         ((OpKind.MEMORY_BOUND, float(moe.computed_rows[mb, q])
-                          * ctx.static.layers.expert_row_memory_bound_s * memory_factor),))
+                          * row_s),))
     yield from _collective(env, rdv, log, ("combine", layer, mb, phase, group), lay.ep,
                            float(moe.combine_s[mb, q]), mb,
                            layer, phase, OpKind.COMBINE, nbytes, int(moe.returned_rows[mb, q]))

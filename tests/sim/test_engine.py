@@ -37,13 +37,16 @@ def test_one_gpu_without_communication_is_the_sum_of_its_compute():
     result = simulate(sc)
     lc = layer_costs(sc)
     prof, dt = sc.cluster.profile, sc.training.dtype
-    expert_fwd = float(cc.expert_time_s(np.array([sc.tokens_per_micro_batch]), model, prof, dt, 1))
+    expert_fwd, expert_bwd = (float(x) for x in cc.expert_time_s(np.array([sc.tokens_per_micro_batch]), model,
+                                                                  prof, dt, 1))
     rows = sc.tokens_per_micro_batch
-    dense_layer = lc.attention_fwd_s + lc.dense_ffn_fwd_s + lc.memory_bound_fwd_s[0] + lc.launch_fwd_s[0]
+    dense_layer = (lc.attention_fwd_s + lc.dense_ffn_fwd_s + lc.memory_bound_fwd_s[0] + lc.launch_fwd_s[0]
+                   + lc.attention_bwd_s + lc.dense_ffn_bwd_s + lc.memory_bound_bwd_s[0] + lc.launch_bwd_s[0])
     moe_layer = (lc.attention_fwd_s + lc.router_fwd_s + expert_fwd + lc.memory_bound_fwd_s[1] + lc.launch_fwd_s[1]
-                 + rows * lc.expert_row_memory_bound_s)
-    head = lc.lm_head_fwd_s + sum(lc.lm_head_extra_fwd_s)
-    per_mb = 3.0 * (dense_layer + moe_layer + head)  # bwd = 2x fwd for every op without recompute
+                 + lc.attention_bwd_s + lc.router_bwd_s + expert_bwd + lc.memory_bound_bwd_s[1] + lc.launch_bwd_s[1]
+                 + rows * (lc.expert_row_memory_bound_s + lc.expert_row_memory_bound_bwd_s))
+    head = lc.lm_head_fwd_s + sum(lc.lm_head_extra_fwd_s) + lc.lm_head_bwd_s + sum(lc.lm_head_extra_bwd_s)
+    per_mb = dense_layer + moe_layer + head
     rec = result.records
     optimizer = float((rec.end_s - rec.start_s)[rec.op == "optimizer"].sum())
     assert result.step_times_s[0] == pytest.approx(3 * per_mb + optimizer, rel=1e-12)

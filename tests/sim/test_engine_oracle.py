@@ -1,7 +1,7 @@
 """The per-stage engine (numpy vectors of per-rank clocks, one SimPy process per pipeline stage) gives the same
 records, to the last bit, as the per-rank engine it replaced (tests/sim/per_rank_engine.py, one process per rank),
 on the same precomputed work: every schedule path (pipeline waits, TP/EP/DP groups, expert tensor parallelism,
-recompute, blocking and overlapped migrations, shadowed and replicated experts)."""
+context parallelism, recompute, blocking and overlapped migrations, shadowed and replicated experts)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def _cases():
                                      recompute=Recompute.SELECTIVE)
     yield "ep1-pp2", scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=1), model=tiny_model(first_k_dense=1))
     yield "two-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.0, layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
+    # context parallelism across the two nodes: the ring's exchange is exposed and its members wait for each other
+    yield "cp2-across-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.2,
+                                       layout=ParallelLayout(tp=2, cp=2, pp=2, dp=1, ep=4))
     for name, placement in PLACEMENTS.items():
         doc = yaml.safe_load(PLACEMENT.format(policy=name, placement=placement))
         yield name, parse_scenario(doc, name, Path("."))

@@ -65,7 +65,7 @@ def test_quantities_converted_to_si_carry_their_unit_in_the_column_name():
     assert ("cluster", "profile", "gpu", "hbm_bytes") in scaled  # the walk sees the profile's fields
     for path in scaled:
         assert by_path[path].endswith(SI_SUFFIXES), by_path[path]
-    assert by_path[("cluster", "profile", "efficiency", "matmul", "points")].endswith("points_flop")
+    assert by_path[("cluster", "profile", "gpu", "hbm_bandwidth_bytes_per_s")].endswith("_bytes_per_s")
 
 
 def test_point_rows_hold_swept_values_metrics_and_resolved_parameters_with_one_type_per_column(tiny_sweep, tmp_path):

@@ -1,0 +1,170 @@
+"""Measure what the compute model (moesim/cost/gemm.py, the memory-bound ops and the launch count) needs, on the
+device at hand: a dense GEMM shape sweep, element-wise bandwidth and the launch overhead. Rows in the layouts of
+moesim.calibration.samples (GEMM_COLUMNS, ELEMENTWISE_COLUMNS, LAUNCH_COLUMNS); torch loads lazily.
+
+Every sample times `calls` back-to-back calls at once (CUDA events on a GPU, the wall clock on a CPU) and keeps
+the per-call time, `repeats` times after `warmup` calls; `calls` is chosen so one timing lasts about
+`target_s`. Operands rotate through enough copies to exceed the caches (`cache_bytes`), so a small GEMM or copy
+reads HBM (DRAM on a CPU), as the model assumes, instead of the L2 cache left warm by the previous call."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibration.kernels import timer
+from moesim.calibration.samples import ELEMENTWISE_COLUMNS, GEMM_COLUMNS, LAUNCH_COLUMNS
+
+MiB = 1 << 20
+MAX_COPIES = 512  # operand copies rotated through at most (tiny shapes stay cached on a CPU; that is fine)
+MAX_CALLS = 10_000
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """What to measure. gemm_shapes: (m, n, k) of [m, k] x [k, n]; elementwise_bytes: bytes of ONE tensor."""
+
+    gemm_shapes: tuple[tuple[int, int, int], ...]
+    elementwise_bytes: tuple[int, ...]
+    repeats: int
+    warmup: int
+    target_s: float  # wall time of one timing of back-to-back calls
+    launch_calls: int  # tiny ops per timing of the launch overhead
+    cache_bytes: int  # operands rotate through copies of at least this many bytes in all
+
+
+def _grid(ms, ns, ks) -> tuple[tuple[int, int, int], ...]:
+    return tuple(itertools.product(ms, ns, ks))
+
+
+def compute_plan(device: str, quick: bool, l2_bytes: int | None = None) -> ComputePlan:
+    """The sweep for a GPU (bf16 at hundreds of TFLOP/s) or one CPU thread (fp32 at ~0.1 TFLOP/s). Both cover
+    skinny m (1 to 16 rows: operand-bound), small k (32 to 512: output-write bound) and large square-ish shapes;
+    quick keeps a handful (seconds on a CPU)."""
+    if device.startswith("cuda"):
+        cache = 2 * (l2_bytes or 50 * MiB)  # H100/H200: 50 MiB of L2
+        if quick:
+            return ComputePlan(_grid((16, 2048), (4096,), (512, 4096)), (64 * MiB, 256 * MiB), 5, 2, 2e-3, 200,
+                               cache)
+        return ComputePlan(_grid((1, 16, 128, 512, 2048, 8192), (1024, 4096, 16384), (256, 1024, 4096, 16384)),
+                           tuple(s * MiB for s in (1, 4, 16, 64, 256, 1024)), 20, 5, 5e-3, 1000, cache)
+    if quick:
+        return ComputePlan(_grid((1, 64, 512), (256,), (32, 512)), (1 * MiB, 16 * MiB), 3, 1, 1e-3, 200, 64 * MiB)
+    return ComputePlan(_grid((1, 4, 16, 64, 256, 1024), (128, 512, 2048), (32, 128, 512, 2048)),
+                       tuple(s * MiB for s in (1, 4, 16, 64, 256)), 10, 2, 5e-3, 1000, 64 * MiB)
+
+
+def _torch_dtype(name: str):
+    import torch  # noqa: PLC0415
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _copies(set_bytes: float, cache_bytes: int) -> int:
+    return int(min(MAX_COPIES, max(1, math.ceil(cache_bytes / max(set_bytes, 1.0)))))
+
+
+def _rotating(sets: list, op):
+    """A call that runs op(*sets[i]) on the next operand set each time."""
+    state = {"i": 0}
+
+    def call():
+        op(*sets[state["i"]])
+        state["i"] = (state["i"] + 1) % len(sets)
+    return call
+
+
+def per_call_times(fn, device: str, repeats: int, warmup: int, target_s: float,
+                   calls: int | None = None) -> tuple[np.ndarray, int]:
+    """([repeats] seconds per call, calls per timing): fn called back to back, `calls` at a time (default: as
+    many as last about target_s, from one timed call after the warm-up)."""
+    timed = timer(device)
+    for _ in range(max(warmup, 1)):
+        fn()
+    if calls is None:
+        one = timed(fn)
+        calls = int(min(MAX_CALLS, max(1, math.ceil(target_s / max(one, 1e-9)))))
+
+    def batch():
+        for _ in range(calls):
+            fn()
+    return np.array([timed(batch) for _ in range(repeats)]) / calls, calls
+
+
+def _stats(times: np.ndarray) -> tuple[float, float, float]:
+    return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+
+
+def measure_gemms(plan: ComputePlan, dtype_name: str, device: str, seed: int = 0) -> pd.DataFrame:
+    """GEMM_COLUMNS rows: torch.matmul(a, b, out=c) for every (m, n, k) of the plan."""
+    import torch  # noqa: PLC0415
+
+    dtype = _torch_dtype(dtype_name)
+    gen = torch.Generator(device=device).manual_seed(seed)  # operands made where they are used: no host copy
+    size = torch.finfo(dtype).bits // 8
+    rows = []
+    for m, n, k in plan.gemm_shapes:
+        copies = _copies((m * k + k * n + m * n) * size, plan.cache_bytes)
+        sets = [(torch.randn(m, k, generator=gen, device=device, dtype=dtype),
+                 torch.randn(k, n, generator=gen, device=device, dtype=dtype),
+                 torch.empty(m, n, device=device, dtype=dtype)) for _ in range(copies)]
+        times, calls = per_call_times(_rotating(sets, lambda x, y, z: torch.matmul(x, y, out=z)), device,
+                                      plan.repeats, plan.warmup, plan.target_s)
+        del sets
+        rows.append((dtype_name, m, n, k, 2.0 * m * n * k, *_stats(times), calls, plan.repeats))
+    return pd.DataFrame(rows, columns=list(GEMM_COLUMNS))
+
+
+def measure_elementwise(plan: ComputePlan, dtype_name: str, device: str) -> pd.DataFrame:
+    """ELEMENTWISE_COLUMNS rows: a copy (2 tensors' bytes moved) and an add (3) at every size of the plan."""
+    import torch  # noqa: PLC0415
+
+    dtype = _torch_dtype(dtype_name)
+    size = torch.finfo(dtype).bits // 8
+    ops = {"copy": (2, lambda src, dst, _: dst.copy_(src)), "add": (3, lambda a, b, c: torch.add(a, b, out=c))}
+    rows = []
+    for nbytes in plan.elementwise_bytes:
+        elements = max(1, nbytes // size)
+        for op, (tensors, fn) in ops.items():
+            copies = _copies(tensors * elements * size, plan.cache_bytes)
+            sets = [tuple(torch.ones(elements, device=device, dtype=dtype) for _ in range(3))
+                    for _ in range(copies)]
+            times, calls = per_call_times(_rotating(sets, fn), device, plan.repeats, plan.warmup, plan.target_s)
+            del sets
+            moved = float(tensors * elements * size)
+            median, p10, p90 = _stats(times)
+            rows.append((op, dtype_name, elements, moved, median, p10, p90, moved / median / 1e9, calls,
+                         plan.repeats))
+    return pd.DataFrame(rows, columns=list(ELEMENTWISE_COLUMNS))
+
+
+def measure_launch(plan: ComputePlan, dtype_name: str, device: str) -> pd.DataFrame:
+    """LAUNCH_COLUMNS row: x.add_(1) on a one-element tensor, plan.launch_calls back to back per timing."""
+    import torch  # noqa: PLC0415
+
+    x = torch.zeros(1, device=device, dtype=_torch_dtype(dtype_name))
+    times, calls = per_call_times(lambda: x.add_(1), device, plan.repeats, max(plan.warmup, 10), plan.target_s,
+                                  calls=plan.launch_calls)
+    return pd.DataFrame([("add_scalar", dtype_name, *_stats(times), calls, plan.repeats)],
+                        columns=list(LAUNCH_COLUMNS))
+
+
+def sm_count(device: str, threads: int | None) -> int:
+    """GEMM tiles one wave runs: the GPU's SMs, or the CPU threads one rank computes with."""
+    if device.startswith("cuda"):
+        import torch  # noqa: PLC0415
+
+        return int(torch.cuda.get_device_properties(0).multi_processor_count)
+    return int(threads or 1)
+
+
+def l2_cache_bytes(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch  # noqa: PLC0415
+
+    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)) or None
