@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 # re-measure the validation set after a cost-model change and commit docs/accuracy.* with it
 accuracy: $(STAMP)
-	$(VENV)/bin/moesim accuracy validation --force
+	$(VENV)/bin/moesim accuracy validation --baseline docs/accuracy.json --force
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -49,7 +49,7 @@ def run_layers(sc, net, loads, placements, moe_layers) -> float:
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for i, layer in enumerate(moe_layers):
-        moe_layer_work(sc, net, net, loads[:, i], layer // sc.layers_per_stage, rng, placements[layer])
+        moe_layer_work(sc, net, net, loads[:, i], sc.stage_of_layer(layer), rng, placements[layer])
     return time.perf_counter() - t0
 
 

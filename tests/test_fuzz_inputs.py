@@ -365,7 +365,7 @@ def test_validate_never_raises_on_1000_mutated_files(fuzz_dir):
 
     check()
     assert sum(outcomes.values()) >= 1000, outcomes
-    assert outcomes[0] >= 50 and outcomes[2] >= 500, outcomes  # both valid and invalid files were produced
+    assert outcomes[0] >= 40 and outcomes[2] >= 500, outcomes  # both valid (about 5 %) and invalid files
     assert len(keys) >= 40, sorted(keys)  # errors came from many different key paths, not one early check
 
 

@@ -1,6 +1,8 @@
-"""Measure what the compute model (moesim/cost/gemm.py, the memory-bound ops and the launch count) needs, on the
-device at hand: a dense GEMM shape sweep, element-wise bandwidth and the launch overhead. Rows in the layouts of
-moesim.calibration.samples (GEMM_COLUMNS, ELEMENTWISE_COLUMNS, LAUNCH_COLUMNS); torch loads lazily.
+"""Measure what the compute model (moesim/cost/gemm.py, cost/attention.py, the memory-bound ops and the launch count)
+needs, on the device at hand: a dense GEMM shape sweep, element-wise bandwidth, the launch overhead and the fused
+attention core (causal scaled_dot_product_attention over a seq_len x head_dim grid, forward and forward+backward).
+Rows in the layouts of moesim.calibration.samples (GEMM_COLUMNS, ELEMENTWISE_COLUMNS, LAUNCH_COLUMNS,
+ATTENTION_COLUMNS); torch loads lazily.
 
 Every sample times `calls` back-to-back calls at once (CUDA events on a GPU, the wall clock on a CPU) and keeps
 the per-call time, `repeats` times after `warmup` calls; `calls` is chosen so one timing lasts about
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from moesim.calibration.compute_fit import attention_forward_flop
 from moesim.calibration.kernels import timer
-from moesim.calibration.samples import ELEMENTWISE_COLUMNS, GEMM_COLUMNS, LAUNCH_COLUMNS
+from moesim.calibration.samples import ATTENTION_COLUMNS, ELEMENTWISE_COLUMNS, GEMM_COLUMNS, LAUNCH_COLUMNS
+from moesim.cost.attention import BACKWARD_FLOP_RATIO
 
 MiB = 1 << 20
 MAX_COPIES = 512  # operand copies rotated through at most (tiny shapes stay cached on a CPU; that is fine)
@@ -56,6 +60,37 @@ def compute_plan(device: str, quick: bool, l2_bytes: int | None = None) -> Compu
         return ComputePlan(_grid((1, 64, 512), (256,), (32, 512)), (1 * MiB, 16 * MiB), 3, 1, 1e-3, 200, 64 * MiB)
     return ComputePlan(_grid((1, 4, 16, 64, 256, 1024), (128, 512, 2048), (32, 128, 512, 2048)),
                        tuple(s * MiB for s in (1, 4, 16, 64, 256)), 10, 2, 5e-3, 1000, 64 * MiB)
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """The attention grid: every seq_len x head_dim, each on `tokens` tokens (batch = tokens // seq_len sequences)
+    and `hidden` query width (heads = hidden // head_dim), FlashAttention's benchmark's way of keeping the work per
+    call alike across the grid (it uses 16k tokens and hidden 2048)."""
+
+    seq_lens: tuple[int, ...]
+    head_dims: tuple[int, ...]
+    tokens: int
+    hidden: int
+    repeats: int
+    warmup: int
+    target_s: float
+    cache_bytes: int
+
+
+def attention_plan(device: str, quick: bool, l2_bytes: int | None = None) -> AttentionPlan:
+    """A GPU: seq 512 to 16k at head dims 64, 128 and 256 on 16k tokens of hidden 2048 (FlashAttention-3's
+    published grid, so the table compares with the datasheet profiles'); about ten seconds on an H100. One CPU
+    thread (fp32 at ~0.1 TFLOP/s): seq 128 to 1024 at head dims 32 to 128 on 1024 tokens of hidden 256, a few
+    seconds. quick keeps a 2 x 2 (GPU) or 3 x 2 (CPU) grid, under a second or two."""
+    if device.startswith("cuda"):
+        cache = 2 * (l2_bytes or 50 * MiB)
+        if quick:
+            return AttentionPlan((1024, 4096), (64, 128), 16384, 2048, 5, 2, 2e-3, cache)
+        return AttentionPlan((512, 1024, 2048, 4096, 8192, 16384), (64, 128, 256), 16384, 2048, 20, 5, 5e-3, cache)
+    if quick:
+        return AttentionPlan((64, 128, 256), (32, 64), 256, 128, 3, 1, 1e-3, 64 * MiB)
+    return AttentionPlan((128, 256, 512, 1024), (32, 64, 128), 1024, 256, 10, 2, 5e-3, 64 * MiB)
 
 
 def _torch_dtype(name: str):
@@ -151,6 +186,55 @@ def measure_launch(plan: ComputePlan, dtype_name: str, device: str) -> pd.DataFr
                                   calls=plan.launch_calls)
     return pd.DataFrame([("add_scalar", dtype_name, *_stats(times), calls, plan.repeats)],
                         columns=list(LAUNCH_COLUMNS))
+
+
+def sdpa_backend(q, k, v) -> str:
+    """The implementation scaled_dot_product_attention(q, k, v, is_causal=True) dispatches to on these tensors, as
+    torch itself chooses it (torch._fused_sdp_choice, what SDPA calls on CPU and CUDA: flash_attention,
+    efficient_attention, cudnn_attention, math), or "unknown" where this torch does not have it."""
+    import torch  # noqa: PLC0415
+
+    try:
+        from torch.nn.attention import SDPBackend  # noqa: PLC0415
+
+        return SDPBackend(int(torch._fused_sdp_choice(q, k, v, None, 0.0, True))).name.lower()
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):
+        return "unknown"
+
+
+def measure_attention(plan: AttentionPlan, dtype_name: str, device: str, seed: int = 0) -> pd.DataFrame:
+    """ATTENTION_COLUMNS rows: causal torch.nn.functional.scaled_dot_product_attention, forward and forward with
+    backward (torch.autograd.grad for q, k and v), at every seq_len x head_dim of the plan."""
+    import torch  # noqa: PLC0415
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    dtype = _torch_dtype(dtype_name)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    size = torch.finfo(dtype).bits // 8
+
+    def forward(q, k, v, _):
+        sdpa(q, k, v, is_causal=True)
+
+    def forward_backward(q, k, v, grad):
+        torch.autograd.grad(sdpa(q, k, v, is_causal=True), (q, k, v), grad)
+
+    rows = []
+    for head_dim in plan.head_dims:
+        for seq in plan.seq_lens:
+            batch, heads = max(1, plan.tokens // seq), max(1, plan.hidden // head_dim)
+            shape = (batch, heads, seq, head_dim)
+            copies = _copies(4 * batch * heads * seq * head_dim * size, plan.cache_bytes)  # q, k, v, output grad
+            sets = [tuple(torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(i < 3)
+                          for i in range(4)) for _ in range(copies)]
+            backend = sdpa_backend(*sets[0][:3])
+            flop = attention_forward_flop(batch, heads, seq, head_dim)
+            for name, fn, ratio in (("forward", forward, 1.0),
+                                    ("forward_backward", forward_backward, 1.0 + BACKWARD_FLOP_RATIO)):
+                times, calls = per_call_times(_rotating(sets, fn), device, plan.repeats, plan.warmup, plan.target_s)
+                rows.append((dtype_name, name, batch, heads, seq, head_dim, flop * ratio, *_stats(times), calls,
+                             plan.repeats, backend))
+            del sets
+    return pd.DataFrame(rows, columns=list(ATTENTION_COLUMNS))
 
 
 def sm_count(device: str, threads: int | None) -> int:

@@ -8,8 +8,8 @@ import copy
 import numpy as np
 import pandas as pd
 
-from moesim.calibration.compute_fit import (CPU_TILE_CANDIDATES, ComputeSamples, fit_gemm, fit_hbm_efficiency,
-                                            fit_launch)
+from moesim.calibration.compute_fit import (CPU_TILE_CANDIDATES, AttentionFit, ComputeSamples, fit_attention,
+                                            fit_gemm, fit_hbm_efficiency, fit_launch)
 from moesim.calibration.fit import collective_tables, fit_expert_kernel
 from moesim.spec.bounds import MIN_EFFICIENCY
 from moesim.spec.errors import SpecError
@@ -36,15 +36,18 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                   tile_candidates=CPU_TILE_CANDIDATES, tiles_source: str | None = None) -> dict:
     """A profile document. Without `base` (a datasheet profile's document) every hardware number comes from
     the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all, the
-    compute keys are fitted to `compute` (required then) with the tiles chosen among `tile_candidates` (one
-    candidate and `tiles_source`: kept as given). With `base`, its datasheet peaks, fabric and GEMM tiles stay,
-    and only the measured parts are replaced; without `compute` its compute keys stay, marked not measured."""
+    compute keys are fitted to `compute` (required then, attention.csv included: the attention table) with the
+    tiles chosen among `tile_candidates` (one candidate and `tiles_source`: kept as given). With `base`, its
+    datasheet peaks, fabric and GEMM tiles stay, and only the measured parts are replaced; without `compute` its
+    compute keys stay, marked not measured (its attention table too, also where `compute` has no attention
+    samples)."""
     when = f"moesim calibrate, {provenance.get('date', '?')}, {device}"
     if kernels.empty and base is None:
         raise SpecError("kernels.csv", "no kernel samples", "kernel samples, or a datasheet base profile (--base)")
-    if compute is None and base is None:
-        raise SpecError("compute samples", None, "gemm.csv, elementwise.csv and launch.csv (moesim calibrate), or "
-                                                 "a datasheet base profile (--base) for the compute model")
+    if (compute is None or compute.attention is None) and base is None:
+        raise SpecError("compute samples", None, "gemm.csv, elementwise.csv, launch.csv and attention.csv (moesim "
+                                                 "calibrate), or a datasheet base profile (--base) for the compute "
+                                                 "model")
     peak = kernel_peak_flop_per_s(kernels, dtype) if not kernels.empty else 0.0
     fits = collective_tables(collectives) if not collectives.empty else {}
     intra = fits.get(("all_to_all", "intra_node"))
@@ -83,10 +86,6 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
         for section, key in (("node", "nvlink_peer_overhead_us"), ("fabric", "nic_peer_overhead_us")):
             doc.setdefault(section, {})[key] = _leaf(0.0, "contained in the measured all-to-all latency")
     if base is None:
-        dense = kernels[(kernels["impl"] == "torch_matmul") & (kernels["dtype"] == dtype)].copy()
-        dense["gflop"] = dense["flop"] / 1e9
-        dense["eff"] = dense["flop"] / dense["time_median_s"] / peak
-        curve = dense.groupby("gflop", sort=True)["eff"].max()
         nvl_GBps = intra.bus_bandwidth_bytes_per_s / 1e9 if intra else None
         if nvl_GBps is None:
             raise SpecError("collectives", "no intra-node all-to-all", "a calibration with >= 2 ranks on one host")
@@ -117,8 +116,7 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                          "oversubscription": _leaf(1.0, "not measured"),
                          "nic_peer_overhead_us": _leaf(0.0, "contained in the measured all-to-all latency")}
         doc["compute"] = {
-            "attention_efficiency": _leaf(round(float(curve.iloc[-1]), 6) if len(curve) else 0.5,
-                                          "not measured: the largest dense matmul's efficiency"),
+            "attention_efficiency": {},  # measured: attention.csv, in _compute_section
             "expert_tile_rows": _leaf(int(tile), "the calibrated expert kernel's row tile")}
     _compute_section(doc, compute, dtype=dtype, peak=peak, memory_bandwidth_bytes_per_s=memory_bandwidth_bytes_per_s,
                      base=base, tile_candidates=tile_candidates, tiles_source=tiles_source)
@@ -129,6 +127,8 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
 
 
 COMPUTE_KEYS = ("gemm_efficiency", "hbm_efficiency", "kernel_launch_us")  # what the compute samples measure
+ATTENTION_KEY = "attention_efficiency"  # what attention.csv measures
+NOT_MEASURED = "not measured by this calibration"
 
 
 def _pct(fraction: float) -> str:
@@ -147,13 +147,20 @@ def _tiles_text(tiles) -> str:
 def _compute_section(doc: dict, compute: ComputeSamples | None, *, dtype: str, peak: float,
                      memory_bandwidth_bytes_per_s: float, base: dict | None, tile_candidates,
                      tiles_source: str | None) -> None:
-    """gpu.sm_count and compute.{gemm_efficiency, gemm_tiles, hbm_efficiency, kernel_launch_us} of `doc`, fitted
-    to the compute samples against the profile's own peak and HBM bandwidth (the base's when there is one)."""
+    """gpu.sm_count and compute.{gemm_efficiency, gemm_tiles, hbm_efficiency, kernel_launch_us,
+    attention_efficiency} of `doc`, fitted to the compute samples against the profile's own peak and HBM bandwidth
+    (the base's when there is one); a base's keys that no samples measure keep their values, their sources saying
+    so."""
     section = doc.setdefault("compute", {})
+    if compute is None or compute.attention is None:  # a datasheet base's attention table stays, said so
+        leaf = section.get(ATTENTION_KEY)
+        if isinstance(leaf, dict):
+            section[ATTENTION_KEY] = {**leaf, "source": f"{NOT_MEASURED} (no attention.csv); the base profile's: "
+                                                        f"{leaf.get('source', '?')}"}
     if compute is None:  # a datasheet base without compute samples: its numbers stay, said to be unmeasured
         for key in COMPUTE_KEYS:
             if isinstance(section.get(key), dict):
-                section[key] = _leaf(section[key].get("value"), "not measured by this calibration (no compute "
+                section[key] = _leaf(section[key].get("value"), f"{NOT_MEASURED} (no compute "
                                      f"samples); the base profile's: {section[key].get('source', '?')}")
         return
     meta = compute.meta
@@ -188,6 +195,52 @@ def _compute_section(doc: dict, compute: ComputeSamples | None, *, dtype: str, p
     section["kernel_launch_us"] = _leaf(round(launch.launch_s * 1e6, 4), (
         f"{when}: median per-call time of {launch.calls} back-to-back x.add_(1) on a one-element tensor, "
         f"{launch.repeats} timings (launch.csv; p10-p90 {launch.p10_s * 1e6:.3g}-{launch.p90_s * 1e6:.3g} us)"))
+    if compute.attention is not None:
+        fit = fit_attention(compute.attention, dtype=dtype, peak_flop_per_s=peak)
+        section[ATTENTION_KEY] = {
+            "seq_lens": list(fit.seq_lens), "head_dims": list(fit.head_dims),
+            "forward_causal": [[round(v, 6) for v in row] for row in fit.forward],
+            "backward_causal": [[round(v, 6) for v in row] for row in fit.backward],
+            "source": _attention_source(compute, fit, dtype, peak, on_gpu)}
+
+
+def _attention_source(compute: ComputeSamples, fit: AttentionFit, dtype: str, peak: float, on_gpu: bool) -> str:
+    meta = {**compute.meta, **(compute.meta.get("attention") or {})}  # its own date where measured apart
+    when = f"moesim calibrate, {meta.get('date', '?')}, {meta.get('device', '?')}"
+    a = compute.attention
+    a = a[a["dtype"] == dtype]  # type: ignore[index]
+    tokens = sorted({int(b * s) for b, s in zip(a["batch"], a["seq_len"])})
+    width = sorted({int(h * d) for h, d in zip(a["heads"], a["head_dim"])})
+    fwd = np.asarray(fit.forward_flop_per_s) / 1e12
+    bwd = np.asarray(fit.backward_flop_per_s) / 1e12
+    unit, scale = ("TFLOP/s", 1.0) if on_gpu else ("GFLOP/s", 1e3)
+    backend = ", ".join(fit.backends)
+    how = ("torch._fused_sdp_choice, the dispatch SDPA itself uses" if "unknown" not in fit.backends else
+           "as far as this torch says")
+    text = (f"{when}: causal torch.nn.functional.scaled_dot_product_attention (is_causal=True), {dtype}, "
+            f"SDPA backend {backend} ({how}); forward and forward+backward (torch.autograd.grad for q, k, v) timed "
+            f"at {len(fit.seq_lens)} seq_lens x {len(fit.head_dims)} head_dims (attention.csv, {fit.samples} rows: "
+            f"{'/'.join(map(str, tokens))} tokens per call, batch = tokens / seq_len; heads x head_dim = "
+            f"{'/'.join(map(str, width))}), the backward's time = forward+backward's minus forward's; efficiency = "
+            f"FlashAttention-convention FLOPs (cost/attention.py: causal forward 4*batch*heads*head_dim*seq^2/2, "
+            f"backward 2.5x the forward's) / (median time x the {dtype} peak {peak / 1e12:.6g} TFLOP/s). Achieved "
+            f"forward {_range(fwd * scale)} {unit}, backward {_range(bwd * scale)} {unit}")
+    clamped = fit.clamped
+    if clamped:
+        shown = "; ".join(f"{p} head_dim {d} seq_len {s}: "
+                          f"{f'{r:.4g}' if np.isfinite(r) else 'no time left (forward+backward <= forward)'}"
+                          for p, d, s, r in clamped[:6])
+        more = f"; and {len(clamped) - 6} more" if len(clamped) > 6 else ""
+        text += (f". {len(clamped)} of {2 * len(fit.seq_lens) * len(fit.head_dims)} values clamped into "
+                 f"[{MIN_EFFICIENCY:g}, 1] (raw: {shown}{more})")
+    return text
+
+
+def _range(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return "-"
+    return f"{finite.min():.3g}-{finite.max():.3g}"
 
 
 def _clipped(fit) -> str:

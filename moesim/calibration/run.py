@@ -1,15 +1,17 @@
-"""`moesim calibrate`: measure this machine (expert kernels, the compute model's GEMM sweep, element-wise bandwidth
-and launch overhead here, collectives on spawned ranks), fit, and write hw_profiles/<name>.yaml with the raw samples
-beside it in <name>.samples/; or build a profile from a samples directory without measuring: one `moesim
-calibrate` wrote (host.json), or the cluster kit's (calibrate/run.py under torchrun or Slurm, with --base).
+"""`moesim calibrate`: measure this machine (expert kernels, the compute model's GEMM sweep, element-wise bandwidth,
+launch overhead and attention core here, collectives on spawned ranks), fit, and write hw_profiles/<name>.yaml
+with the raw samples beside it in <name>.samples/; or build a profile from a samples directory without measuring:
+one `moesim calibrate` wrote (host.json), or the cluster kit's (calibrate/run.py under torchrun or Slurm, with
+--base).
 
 On a GPU that a datasheet profile in hw_profiles/ names (H100, H200, H800, A100), that profile is the base: its
 peaks, fabric and candidate GEMM tiles stay and the measured numbers replace the rest (as --base does).
 
-A samples directory without the compute CSVs (gemm.csv, elementwise.csv, launch.csv; written before they
-existed, or by the cluster kit): with a base profile, the base's compute keys stay, their sources saying they
-were not measured, and one line says which files were missing; without one, one error line names the missing
-files and the two ways on (re-measure, or --base)."""
+A samples directory without the compute CSVs (gemm.csv, elementwise.csv, launch.csv, attention.csv; written
+before they existed, or by the cluster kit): with a base profile, the base's compute keys stay (only its attention
+table where attention.csv alone is missing), their sources saying they were not measured, and one line says which
+files were missing; without one, one error line names the missing files and the two ways on (re-measure, or
+--base)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -27,8 +30,9 @@ from moesim.calibration.compute_fit import ComputeSamples
 from moesim.calibration.kernels import (FULL_TOKENS, QUICK_SHAPES, QUICK_TOKENS, KernelShape, measure_kernels,
                                         measure_memory_bandwidth, preset_shapes)
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
-from moesim.calibration.samples import (COLLECTIVE_COLUMNS, COMPUTE_FILES, ELEMENTWISE_COLUMNS, ELEMENTWISE_FILE,
-                                        GEMM_COLUMNS, GEMM_FILE, KERNEL_COLUMNS, LAUNCH_COLUMNS, LAUNCH_FILE)
+from moesim.calibration.samples import (ATTENTION_COLUMNS, ATTENTION_FILE, COLLECTIVE_COLUMNS, COMPUTE_FILES,
+                                        ELEMENTWISE_COLUMNS, ELEMENTWISE_FILE, GEMM_COLUMNS, GEMM_FILE, KERNEL_COLUMNS,
+                                        LAUNCH_COLUMNS, LAUNCH_FILE)
 from moesim.io.profile import PROFILE_DIR
 from moesim.io.results import write_text_atomic
 from moesim.io.safe_yaml import dump_yaml
@@ -81,6 +85,20 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+@contextmanager
+def _threads(device: str, threads: int):
+    """A CPU measures with `threads` torch threads (what each calibrated rank gets); restored afterwards."""
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def samples_dir_for(profile_path: Path) -> Path:
     return profile_path.with_name(profile_path.stem + ".samples")
 
@@ -105,33 +123,55 @@ def datasheet_base(device_name: str) -> Path | None:
 def measure_compute_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
                          description: str | None = None, threads: int = 1, log=print) -> dict:
     """Measure the compute model's samples on this process's device (a CPU: `threads` threads) and write
-    gemm.csv, elementwise.csv and launch.csv into `samples`. Returns what host.json records under "compute"."""
-    import torch  # noqa: PLC0415
-
+    gemm.csv, elementwise.csv, launch.csv and attention.csv into `samples`. Returns what host.json records under
+    "compute" (the attention measurement's own seconds and SDPA backend under "attention")."""
     from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
 
     if device is None:
         device, dtype, description = _device()
     samples.mkdir(parents=True, exist_ok=True)
-    before = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    try:
+    with _threads(device, threads):
         plan = cm.compute_plan(device, quick, cm.l2_cache_bytes(device))
         gemm = cm.measure_gemms(plan, dtype, device)
         elementwise = cm.measure_elementwise(plan, dtype, device)
         launch = cm.measure_launch(plan, dtype, device)
-    finally:
-        torch.set_num_threads(before)
     for frame, file in ((gemm, GEMM_FILE), (elementwise, ELEMENTWISE_FILE), (launch, LAUNCH_FILE)):
         _write_csv(frame, samples / file)
     seconds = time.perf_counter() - t0
     log(f"compute: {len(gemm)} GEMM shapes, {len(elementwise)} element-wise and {len(launch)} launch samples in "
         f"{seconds:.1f} s")
+    attention = measure_attention_into(samples, quick=quick, device=device, dtype=dtype, description=description,
+                                       threads=threads, log=log)
     return {"date": date.today().isoformat(), "device": description, "device_kind": device,
             "sm_count": cm.sm_count(device, threads), "threads_per_rank": threads if device == "cpu" else None,
-            "mode": "quick" if quick else "full", "seconds": round(seconds, 1)}
+            "mode": "quick" if quick else "full", "seconds": round(seconds + attention["seconds"], 1),
+            "attention": attention}
+
+
+def measure_attention_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
+                           description: str | None = None, threads: int = 1, log=print) -> dict:
+    """Measure the attention core (causal SDPA, forward and forward+backward over the plan's seq_len x head_dim
+    grid) on this process's device (a CPU: `threads` threads) and write attention.csv into `samples`. Returns what
+    host.json records under "compute" -> "attention": date, device, mode, seconds, the SDPA backend(s) and the
+    grid."""
+    from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
+
+    if device is None:
+        device, dtype, description = _device()
+    samples.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with _threads(device, threads):
+        plan = cm.attention_plan(device, quick, cm.l2_cache_bytes(device))
+        attention = cm.measure_attention(plan, dtype, device)
+    _write_csv(attention, samples / ATTENTION_FILE)
+    seconds = time.perf_counter() - t0
+    backends = sorted(set(attention["backend"]))
+    log(f"attention: causal SDPA ({', '.join(backends)}) forward and forward+backward at {len(plan.seq_lens)} "
+        f"seq_lens x {len(plan.head_dims)} head_dims in {seconds:.1f} s")
+    return {"date": date.today().isoformat(), "device": description, "mode": "quick" if quick else "full",
+            "seconds": round(seconds, 1), "sdpa_backend": backends, "seq_lens": list(plan.seq_lens),
+            "head_dims": list(plan.head_dims), "tokens": plan.tokens, "hidden": plan.hidden}
 
 
 def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bool, timeout_s: float,
@@ -242,21 +282,27 @@ def _read_csv(path: Path, columns) -> pd.DataFrame:
 
 def read_compute_samples(samples: Path, *, host: dict | None, required: bool, base_sm_count: int | None = None,
                          log=print) -> ComputeSamples | None:
-    """The compute CSVs of a samples directory, or None when any is missing (`required`: a SpecError naming the
-    missing files instead; otherwise one line saying which ones, and that the base's compute model stays)."""
+    """The compute CSVs of a samples directory, or None when gemm.csv, elementwise.csv or launch.csv is missing
+    (`required`: a SpecError naming the missing files instead, attention.csv too; otherwise one line saying which
+    ones, and that the base's compute model stays). Without attention.csv alone, the rest is read and the base's
+    attention table stays (ComputeSamples.attention None), which one line says."""
     missing = [f for f in COMPUTE_FILES if not (samples / f).is_file()]
     if missing:
         names = ", ".join(missing)
         if required:
             raise SpecError(names, Verbatim("no such file"),
                             f"the compute model's samples, {', '.join(COMPUTE_FILES)} (`moesim calibrate` writes "
-                            "them since it measures the compute model): re-measure, or pass --base PROFILE to keep "
-                            "a datasheet profile's compute model", source=str(samples))
-        log(f"{samples}: no {names}: the compute model (gemm_efficiency, hbm_efficiency, kernel_launch_us) stays "
-            "the base profile's, marked not measured")
-        return None
+                            "them since it measures the compute model and the attention core): re-measure, or pass "
+                            "--base PROFILE to keep a datasheet profile's compute model", source=str(samples))
+        if missing != [ATTENTION_FILE]:
+            log(f"{samples}: no {names}: the compute model (gemm_efficiency, hbm_efficiency, kernel_launch_us, "
+                "attention_efficiency) stays the base profile's, marked not measured")
+            return None
+        log(f"{samples}: no {ATTENTION_FILE}: the attention table (attention_efficiency) stays the base profile's, "
+            "marked not measured")
     frames = [_read_csv(samples / f, cols) for f, cols in
               ((GEMM_FILE, GEMM_COLUMNS), (ELEMENTWISE_FILE, ELEMENTWISE_COLUMNS), (LAUNCH_FILE, LAUNCH_COLUMNS))]
+    attention = _read_csv(samples / ATTENTION_FILE, ATTENTION_COLUMNS) if ATTENTION_FILE not in missing else None
     host = host or {}
     meta = dict(host.get("compute") or {})
     device = str(meta.get("device") or host.get("device") or "unknown device")
@@ -265,7 +311,7 @@ def read_compute_samples(samples: Path, *, host: dict | None, required: bool, ba
     meta.setdefault("device_kind", "cpu" if "cpu" in device.lower() else "cuda")
     if "sm_count" not in meta:
         meta["sm_count"] = base_sm_count or host.get("provenance", {}).get("threads_per_rank") or 1
-    return ComputeSamples(*frames, meta=meta)
+    return ComputeSamples(*frames, meta=meta, attention=attention)
 
 
 def profile_from_samples(samples: Path, out: Path, *, force: bool, base: Path | None, name: str | None = None,

@@ -37,7 +37,8 @@ BUSBW_FACTOR = {  # nccl-tests: busbw = algbw x factor(n)
 GEMM_FILE = "gemm.csv"
 ELEMENTWISE_FILE = "elementwise.csv"
 LAUNCH_FILE = "launch.csv"
-COMPUTE_FILES = (GEMM_FILE, ELEMENTWISE_FILE, LAUNCH_FILE)
+ATTENTION_FILE = "attention.csv"
+COMPUTE_FILES = (GEMM_FILE, ELEMENTWISE_FILE, LAUNCH_FILE, ATTENTION_FILE)
 
 # Dense GEMMs [m, k] x [k, n] -> [m, n], row-major operands, in `dtype` (the calibrated training dtype);
 # flop = 2 m n k. The grid covers skinny m (a few rows: operand-bound) and small k (output-write bound).
@@ -53,3 +54,16 @@ ELEMENTWISE_COLUMNS = ("op", "dtype", "elements", "bytes", "time_median_s", "tim
 # gets; its per-call time back-to-back is the cost one more kernel adds (launch, dispatch, the gap between
 # kernels).
 LAUNCH_COLUMNS = ("op", "dtype", "time_median_s", "time_p10_s", "time_p90_s", "calls", "repeats")
+
+# The fused attention core: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True) on
+# [batch, heads, seq_len, head_dim] tensors of `dtype` (q, k and v alike, requiring gradients, as in training).
+# pass "forward": the call alone; "forward_backward": the call and torch.autograd.grad of its output for q, k and v
+# (FlashAttention's benchmark's fwd+bwd). The backward pass's time is forward_backward's minus forward's (the fit
+# takes it; both rows are kept as measured). flop: FlashAttention's convention for the timed call, which is what
+# moesim.cost.compute.attention_flop counts: forward 4·batch·heads·head_dim·seq_len²/2 (causal: seq_len/2 keys
+# per query, keys_per_query), forward_backward 3.5x that (the backward is 2.5x the forward, cost/attention.py).
+# backend: the SDPA implementation torch dispatched to (torch._fused_sdp_choice: flash_attention,
+# efficient_attention, cudnn_attention, math, ...; "unknown" where torch does not say).
+ATTENTION_COLUMNS = ("dtype", "pass", "batch", "heads", "seq_len", "head_dim", "flop", "time_median_s",
+                     "time_p10_s", "time_p90_s", "calls", "repeats", "backend")
+ATTENTION_PASSES = ("forward", "forward_backward")

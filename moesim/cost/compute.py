@@ -132,7 +132,7 @@ def gemms_time_s(gemms: tuple[Gemm, ...], rates: gg.GemmRates) -> tuple[float, f
 
 
 def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
-                  etp: int) -> tuple[np.ndarray, np.ndarray]:
+                  etp: int, grad_dtype: Dtype = Dtype.FP32) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of the routed experts on each rank. rows_per_expert [..., local_experts] holds
     the rows each local expert computes, padded up to the row tile; fc1 and fc2 are one grouped GEMM each, and so
     are their input and weight gradients. Returns two [...] arrays. A calibrated profile's expert-kernel fit
@@ -148,7 +148,7 @@ def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: Clu
         forward = per_expert.sum(axis=-1)
         return forward, 2.0 * forward
     rows = padded_rows(rows_per_expert, profile.efficiency.tile_rows)
-    rates = gg.gemm_rates(profile, dtype)
+    rates = gg.gemm_rates(profile, dtype, grad_dtype=grad_dtype)
     forward = backward = np.zeros(rows.shape[:-1])
     for _, n, k in ffn_gemms(model, 1.0, model.expert_ffn_size, etp):
         forward = forward + gg.grouped_gemm_time_s(rows, n, k, rates)

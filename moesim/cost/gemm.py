@@ -23,9 +23,6 @@ import numpy as np
 from moesim.spec.dtype import Dtype
 from moesim.spec.hardware import ClusterProfile
 
-# the weight gradient accumulates into Megatron's fp32 main_grad (gradient_accumulation_fusion, on by default with
-# Transformer Engine): its epilogue reads and writes 4 bytes per element
-WGRAD_OUTPUT_BYTES = 8.0
 
 
 @dataclass(frozen=True)
@@ -38,13 +35,17 @@ class GemmRates:
     hbm_bytes_per_s: float  # achieved HBM bandwidth of the whole GPU
     input_bytes: float  # bytes of an operand element (fp8: 1)
     output_bytes: float  # bytes of an output element (bf16 under fp8 too)
+    # the weight gradient accumulates into Megatron's main_grad buffer of the training's grad_dtype
+    # (gradient_accumulation_fusion, on by default with Transformer Engine): its epilogue reads and writes it
+    wgrad_output_bytes: float = 8.0
 
     @property
     def sm_hbm_bytes_per_s(self) -> float:
         return self.hbm_bytes_per_s / self.sm_count
 
 
-def gemm_rates(profile: ClusterProfile, dtype: Dtype, linear: bool = True) -> GemmRates:
+def gemm_rates(profile: ClusterProfile, dtype: Dtype, linear: bool = True,
+               grad_dtype: Dtype = Dtype.FP32) -> GemmRates:
     """Rates of the linear layers' GEMMs (`linear`: QKV/out projections, FFNs, experts) or of the GEMMs Transformer
     Engine keeps in bf16 under an fp8 recipe (router, LM head). Under fp8 the linear GEMMs run at the fp8 peak and
     fp8_matmul_ratio of the bf16 efficiency (fidelity.md 5; DeepSeek-V3 report 3.3)."""
@@ -56,7 +57,8 @@ def gemm_rates(profile: ClusterProfile, dtype: Dtype, linear: bool = True) -> Ge
     sms = profile.gpu.sm_count
     return GemmRates(sm_count=sms, tiles=np.array(eff.gemm_tiles, dtype=np.float64), sm_flop_per_s=peak / sms,
                      hbm_bytes_per_s=profile.gpu.hbm_bandwidth_bytes_per_s * eff.hbm,
-                     input_bytes=float(dtype.bytes), output_bytes=float(dtype.activation_bytes))
+                     input_bytes=float(dtype.bytes), output_bytes=float(dtype.activation_bytes),
+                     wgrad_output_bytes=2.0 * grad_dtype.bytes)
 
 
 def _tile_time_s(k, tm, tn, rates: GemmRates, output_bytes: float):
@@ -78,7 +80,7 @@ def gemm_time_s(m, n, k, rates: GemmRates, output_bytes: float | None = None) ->
 def dense_backward_s(m, n, k, rates: GemmRates) -> np.ndarray:
     """Backward of a linear layer whose forward is [m, k] x [k, n]: the input gradient [m, n] x [n, k] and the
     weight gradient [k, m] x [m, n], whose reduction runs over the m tokens."""
-    return gemm_time_s(m, k, n, rates) + gemm_time_s(k, n, m, rates, WGRAD_OUTPUT_BYTES)
+    return gemm_time_s(m, k, n, rates) + gemm_time_s(k, n, m, rates, rates.wgrad_output_bytes)
 
 
 def grouped_gemm_time_s(rows, n: int, k: int, rates: GemmRates) -> np.ndarray:
@@ -106,12 +108,12 @@ def grouped_wgrad_time_s(rows, n: int, k: int, rates: GemmRates) -> np.ndarray:
     per_expert = np.ceil(k / tm) * np.ceil(n / tn)  # [C] tiles of one expert's weight gradient
     active = (rows > 0).sum(axis=-1)[..., None]  # [..., 1]
     tiles = active * per_expert  # [..., C]
-    work = per_expert * (_tile_time_s(rows[..., None], tm, tn, rates, WGRAD_OUTPUT_BYTES)
+    work = per_expert * (_tile_time_s(rows[..., None], tm, tn, rates, rates.wgrad_output_bytes)
                          * (rows[..., None] > 0)).sum(axis=-2)  # [..., C] SM-seconds
     waves = np.ceil(tiles / rates.sm_count)
     quantised = np.where(tiles > 0, work * waves * rates.sm_count / np.maximum(tiles, 1.0), 0.0) / rates.sm_count
     compute = quantised.min(axis=-1)
     total = rows.sum(axis=-1)
-    memory = (total * (k + n) * rates.input_bytes + active[..., 0] * k * n * WGRAD_OUTPUT_BYTES) \
+    memory = (total * (k + n) * rates.input_bytes + active[..., 0] * k * n * rates.wgrad_output_bytes) \
         / rates.hbm_bytes_per_s
     return np.where(total > 0, np.maximum(compute, memory), 0.0)

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from moesim.cost.ops import combine_row_bytes, dispatch_row_bytes
+from moesim.cost.pipeline import chunks_in_flight, peak_chunk_counts, schedule
 from moesim.spec import Dtype, MoeModelSpec, Recompute, Scenario
 from moesim.spec.training import RecomputeModule
 
@@ -70,13 +71,13 @@ def stage_params(scenario: Scenario, stage: int) -> tuple[float, float]:
     """(dense, expert) parameters held by one rank of pipeline stage `stage`. The last stage also holds the
     multi-token-prediction modules (Megatron places them there) and, when pp > 1, the copy of the input
     embedding they need (Megatron's GPTModel builds it `if self.pre_process or self.mtp_process`; a tied LM head
-    is that copy)."""
+    is that copy). The stage's layers are all its model chunks' (Scenario.stage_layers: uneven splits and
+    interleaving); the embedding sits on the first stage's first chunk, the LM head on the last stage's last."""
     model, lay = scenario.model, scenario.layout
     if not 0 <= stage < lay.pp:
         raise ValueError(f"stage {stage} out of range: the layout has pp = {lay.pp} stages")
-    per_stage = scenario.layers_per_stage
     dense = expert = 0.0
-    for layer in range(stage * per_stage, (stage + 1) * per_stage):
+    for layer in scenario.stage_layers(stage):
         d, e = _layer_params(scenario, model.is_moe_layer(layer))
         dense, expert = dense + d, expert + e
     embedding = model.embedding_params / lay.tp  # vocab-parallel
@@ -213,9 +214,14 @@ def balanced_expert_rows(scenario: Scenario) -> float:
     return float(local_experts * math.ceil(rows / local_experts / tile) * tile)
 
 
-def micro_batches_in_flight(scenario: Scenario, stage: int) -> int:
-    """1F1B: stage s runs pp - s forwards before its first backward (capped by the micro-batch count)."""
-    return min(scenario.layout.pp - stage, scenario.num_micro_batches)
+def micro_batches_in_flight(scenario: Scenario, stage: int) -> float:
+    """Micro-batches' worth of the stage's layers whose forward has run and backward not, at most (in layer units:
+    a model chunk holds 1/vpp of the stage's layers). 1F1B: min(pp - s, m). Interleaved 1F1B:
+    min(2·(pp - s - 1) + (vpp - 1)·pp + 1, m·vpp) / vpp, i.e. pp + (pp - 1)/vpp on the first stage
+    (moesim.cost.pipeline.chunks_in_flight)."""
+    lay = scenario.layout
+    chunks = chunks_in_flight(stage, lay.pp, scenario.num_micro_batches, lay.vpp)
+    return chunks if lay.vpp == 1 else chunks / lay.vpp
 
 
 def rank_memory(scenario: Scenario, rank: int, expert_rows_per_micro_batch: float) -> MemoryBreakdown:
@@ -271,18 +277,28 @@ def _stage_breakdown(scenario: Scenario, stage: int, rows) -> MemoryBreakdown:
 
 
 def _stage_activation_bytes(scenario: Scenario, stage: int, rows):
-    """Stored activations × micro-batches in flight, plus one-off terms: under FULL recompute the one layer
-    being recomputed holds a SELECTIVE-recompute layer's activations, and the last stage keeps the fp32
-    cross-entropy softmax over the vocab-parallel logits for the one micro-batch it has in flight."""
-    model, recompute = scenario.model, scenario.training.recompute
-    per_stage = scenario.layers_per_stage
-    layers = range(stage * per_stage, (stage + 1) * per_stage)
-    num_moe = sum(model.is_moe_layer(i) for i in layers)
-    num_dense = per_stage - num_moe
-    per_micro_batch = num_moe * activation_bytes_per_layer(scenario, True, rows)
-    if num_dense:
-        per_micro_batch = per_micro_batch + num_dense * activation_bytes_per_layer(scenario, False, rows)
-    total = per_micro_batch * micro_batches_in_flight(scenario, stage)
+    """Stored activations of the passes in flight at the stage's peak, plus one-off terms: under FULL recompute
+    the one layer being recomputed holds a SELECTIVE-recompute layer's activations, and the last stage keeps the
+    fp32 cross-entropy softmax over the vocab-parallel logits for the one micro-batch it has in flight.
+    The peak is taken over the schedule (moesim.cost.pipeline.peak_chunk_counts): with 1F1B, micro_batches_in_flight
+    copies of the stage's layers; interleaved, the mix of model chunks in flight, each with its own MoE and dense
+    layers."""
+    model, recompute, lay = scenario.model, scenario.training.recompute, scenario.layout
+    per_chunk = []  # one micro-batch's activations of each model chunk
+    num_moe = num_dense = 0
+    for chunk in range(lay.vpp):
+        layers = scenario.chunk_layers(stage, chunk)
+        moe = sum(model.is_moe_layer(i) for i in layers)
+        dense = len(layers) - moe
+        per_micro_batch = moe * activation_bytes_per_layer(scenario, True, rows)
+        if dense:
+            per_micro_batch = per_micro_batch + dense * activation_bytes_per_layer(scenario, False, rows)
+        per_chunk.append(per_micro_batch)
+        num_moe, num_dense = num_moe + moe, num_dense + dense
+    order = schedule(stage, lay.pp, scenario.num_micro_batches, lay.vpp)
+    total = 0.0
+    for counts in peak_chunk_counts(order, lay.vpp):
+        total = np.maximum(total, sum(n * b for n, b in zip(counts, per_chunk)))
     if recompute is Recompute.FULL:
         # the layer being recomputed runs with flash attention, which never stores the s x s scores
         working = _layer_bytes(scenario, True, rows, Recompute.SELECTIVE) if num_moe else 0.0

@@ -293,7 +293,9 @@ def kernel_counts(sc: Scenario, fp8_gemms: bool | None = None) -> KernelCounts:
     n_attention = len(cc.attention_gemms(m, 1.0, 1))
     shared = SHARED_EXPERT_KERNELS if m.num_shared_experts else 0
     n_moe = (2 if m.num_shared_experts else 0) + 2 + (1 if fp8 and tr.fp8_dispatch else 0)  # + grouped fc1, fc2
-    fwd = dict(attention=ATTENTION_KERNELS + q * n_attention, dense_mlp=DENSE_MLP_KERNELS + 2 * q,
+    # MLA: its down and up projections beyond QKV + out, and the RMSNorms of its latents (query and key/value)
+    mla = (n_attention - 2) + ((2 if m.q_lora_rank else 1) if m.is_mla else 0)
+    fwd = dict(attention=ATTENTION_KERNELS + mla + q * n_attention, dense_mlp=DENSE_MLP_KERNELS + 2 * q,
                moe=MOE_KERNELS + shared + q * n_moe, lm_head=LM_HEAD_KERNELS)
     extra = dict(attention=q * n_attention, dense_mlp=2 * q, moe=q * n_moe, lm_head=0)
     bwd = {f"{k}_bwd": 2 * (v - extra[k]) + extra[k] for k, v in fwd.items()}

@@ -42,6 +42,19 @@ def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
     return table / len(result.measured_steps)
 
 
+def hidden_breakdown(result: SimResult) -> dict[str, float]:
+    """bucket -> seconds per measured step of communication that overlapped compute (records' hidden_s), mean
+    over ranks; every bucket present, zeros where nothing overlaps."""
+    rec = result.records
+    measured = rec["step"].isin(result.measured_steps).to_numpy()
+    hidden = rec["hidden_s"].to_numpy()[measured]
+    buckets = np.array([BREAKDOWN_BUCKETS.index(_BUCKET_OF_OP[o]) for o in rec["op"].array.categories])
+    codes = buckets[rec["op"].array.codes[measured]]
+    per_bucket = np.bincount(codes, hidden, minlength=len(BREAKDOWN_BUCKETS))
+    scale = len(result.measured_steps) * result.scenario.layout.world_size
+    return {b: float(per_bucket[i] / scale) for i, b in enumerate(BREAKDOWN_BUCKETS)}
+
+
 def _a2a_bytes_per_step(result: SimResult) -> float:
     """Dispatch + combine bytes per measured step, summed over a mask (no filtered copy of the records)."""
     rec = result.records
@@ -143,7 +156,7 @@ def _summary(result: SimResult) -> RunSummary:
     return RunSummary(
         scenario=sc.name,
         gpus=lay.world_size,
-        layout=LayoutDegrees(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, etp=lay.etp, edp=lay.edp),
+        layout=LayoutDegrees(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, etp=lay.etp, edp=lay.edp, cp=lay.cp),
         profile=ProfileRef(name=sc.cluster.profile.name, status=sc.cluster.profile.status),
         measured_steps=int(len(measured)),
         step_time_s=p50,
@@ -158,6 +171,7 @@ def _summary(result: SimResult) -> RunSummary:
         mfu_nominal=nominal_flop / capacity_s,
         capacity_factor=sc.gate.capacity_factor,
         breakdown_s={k: float(v) for k, v in breakdown.items()},
+        hidden_s=hidden_breakdown(result),
         peak_memory_bytes=tuple(float(x) for x in mem),
         peak_memory_bytes_max=float(mem.max()),
         peak_memory_breakdown_bytes={k: float(v) for k, v in result.peak_memory_breakdown_bytes.items()},

@@ -35,6 +35,7 @@ class LayoutDegrees:
     ep: int
     etp: int
     edp: int
+    cp: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +133,8 @@ class RunSummary:
     mfu_nominal: float  # every token counted as if nothing were dropped
     capacity_factor: float | None  # None: dropless
     breakdown_s: dict[str, float]  # bucket -> seconds per step, mean over ranks; sums to step_time_mean_s
+    hidden_s: dict[str, float]  # bucket -> communication per step that ran under compute (overlap), mean over
+    # ranks; not in breakdown_s (the exposed part is)
     peak_memory_bytes: tuple[float, ...]  # per rank
     peak_memory_bytes_max: float
     peak_memory_breakdown_bytes: dict[str, float]  # the busiest rank: weights, gradients, optimizer, activations,

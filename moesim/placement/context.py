@@ -26,7 +26,7 @@ def placement_context(sc: Scenario, stage: int) -> PlacementContext:
     # forward + backward of one row, at the GEMM sizes of evenly loaded experts
     local = max(1, m.num_experts // lay.ep)
     rows = max(1.0, sc.tokens_routed_per_rank * m.top_k * lay.ep / m.num_experts)
-    fwd, bwd = cc.expert_time_s(np.full(local, rows), m, prof, tr.dtype, lay.etp)
+    fwd, bwd = cc.expert_time_s(np.full(local, rows), m, prof, tr.dtype, lay.etp, tr.grad_dtype)
     row_s = float(fwd + bwd) / (local * rows)
     return PlacementContext(
         num_experts=m.num_experts, num_ranks=lay.ep,

@@ -11,6 +11,7 @@ a 1F1B step is affine in the micro-batch count when the micro-batches cost the s
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,12 +190,23 @@ def accuracy_stats(rows: list[AccuracyRow]) -> AccuracyStats:
 
 
 _SHOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "straggler_wait", "tensor_parallel",
-                  "pipeline_bubble", "dp_sync")
+                  "context_parallel", "pipeline_bubble", "dp_sync")
 
 
-def accuracy_markdown(rows: list[AccuracyRow], header: str) -> str:
-    """docs/accuracy.md: the table, the statistics against the goal, the order of layouts per group."""
+def read_baseline(path: Path) -> dict[str, float]:
+    """run id -> error of an earlier docs/accuracy.json (moesim accuracy --baseline); one line if unreadable."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {str(run): float(row["error"]) for run, row in doc.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise SpecError("--baseline", str(path), f"a docs/accuracy.json written by moesim accuracy ({err})") from None
+
+
+def accuracy_markdown(rows: list[AccuracyRow], header: str, baseline: dict[str, float] | None = None) -> str:
+    """docs/accuracy.md: the table, the statistics against the goal, the order of layouts per group; with a
+    baseline (run id -> earlier error), each row's error before too."""
     st = accuracy_stats(rows)
+    before = baseline is not None
     lines = [
         "# Accuracy against published MoE training runs", "",
         header, "",
@@ -204,11 +216,20 @@ def accuracy_markdown(rows: list[AccuracyRow], header: str) -> str:
         "to the run's count).", "",
         f"**{len(rows)} runs: median |error| {100 * st.median_abs_error:.1f} %, max |error| "
         f"{100 * st.max_abs_error:.1f} % ({st.max_abs_error_run}), signed mean {100 * st.signed_mean_error:+.1f} %.** "
-        "Goal (issue 12): median <= 10 %, max <= 25 %, signed mean within +-5 %, layouts in the measured order.", "",
+        "Goal (issues 12 and 13): median <= 10 %, max <= 25 %, signed mean within +-5 %, layouts in the measured "
+        "order.", "",
         "| run | model | GPUs | precision | published s | predicted s | error | "
-        + " | ".join(b.replace("_", " ") for b in _SHOWN_BUCKETS) + " | other | peak memory / HBM | simulated |",
-        "|---|---|---|---|---|---|---|" + "---|" * (len(_SHOWN_BUCKETS) + 3),
+        + ("error before | " if before else "") + " | ".join(b.replace("_", " ") for b in _SHOWN_BUCKETS)
+        + " | other | peak memory / HBM | simulated |",
+        "|---|---|---|---|---|---|---|" + ("---|" if before else "") + "---|" * (len(_SHOWN_BUCKETS) + 3),
     ]
+    old = [baseline[r.run.run_id] for r in rows if r.run.run_id in baseline] if before else []
+    if old:  # the statistics line gains the baseline's
+        stats_line = next(i for i, line in enumerate(lines) if line.startswith("**"))
+        lines[stats_line] += (f" Before (the baseline's errors of these {len(old)} runs): median |error| "
+                              f"{100 * statistics.median(abs(e) for e in old):.1f} %, max "
+                              f"{100 * max(abs(e) for e in old):.1f} %, signed mean "
+                              f"{100 * statistics.fmean(old):+.1f} %.")
     for r in rows:
         p, sc = r.prediction, r.run.scenario
         other = sum(v for b, v in p.breakdown_s.items() if b not in _SHOWN_BUCKETS)
@@ -217,7 +238,8 @@ def accuracy_markdown(rows: list[AccuracyRow], header: str) -> str:
         fit = "" if r.fits else " **does not fit**"
         sim = "/".join(str(m) for m in p.simulated_micro_batches) + (f" -> {p.micro_batches}" if p.extrapolated else "")
         lines.append(f"| {r.run.run_id} | {r.run.model} | {sc.layout.world_size:,} | {r.run.precision} "
-                     f"| {r.run.published_step_s:.3f} | {p.step_s:.3f} | {100 * r.error:+.1f} % | {buckets} "
+                     f"| {r.run.published_step_s:.3f} | {p.step_s:.3f} | {100 * r.error:+.1f} % "
+                     + (f"| {_before(baseline, r.run.run_id)} " if before else "") + f"| {buckets} "
                      f"| {other:.2f} | {p.peak_memory_bytes / 2**30:.1f} / {p.hbm_bytes / 2**30:.0f} GiB{fit} "
                      f"| {sim} |")
     lines += ["", "## Order of layouts", ""]
@@ -231,6 +253,10 @@ def accuracy_markdown(rows: list[AccuracyRow], header: str) -> str:
     lines += ["", "## Sources", ""]
     lines += [f"- {r.run.run_id}: {r.run.source}" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _before(baseline: dict[str, float], run_id: str) -> str:
+    return f"{100 * baseline[run_id]:+.1f} %" if run_id in baseline else "new"
 
 
 def accuracy_record(rows: list[AccuracyRow]) -> dict:
@@ -248,9 +274,10 @@ def refuse_overwrite(out_md: Path, force: bool) -> None:
             raise SpecError("--out", str(path), "a file that does not exist yet, or --force to replace it")
 
 
-def write_accuracy(out_md: Path, rows: list[AccuracyRow], header: str, force: bool = False) -> list[Path]:
+def write_accuracy(out_md: Path, rows: list[AccuracyRow], header: str, force: bool = False,
+                   baseline: dict[str, float] | None = None) -> list[Path]:
     """`out_md` (the table) and the same path with .json (the numbers the CI check reads), each written
     atomically; an existing file is refused without `force`."""
     refuse_overwrite(out_md, force)
-    return [write_text_atomic(out_md, accuracy_markdown(rows, header)),
+    return [write_text_atomic(out_md, accuracy_markdown(rows, header, baseline)),
             write_json_atomic(Path(out_md).with_suffix(".json"), accuracy_record(rows))]

@@ -33,7 +33,8 @@ def format_summary(s: RunSummary, wall_s: float) -> str:
     lay = s.layout
     gib = GIB
     lines = [
-        f"scenario        {s.scenario}  ({s.gpus} GPUs, tp={lay.tp} pp={lay.pp} dp={lay.dp} "
+        f"scenario        {s.scenario}  ({s.gpus} GPUs, tp={lay.tp}" + (f" cp={lay.cp}" if lay.cp > 1 else "")
+        + f" pp={lay.pp} dp={lay.dp} "
         f"ep={lay.ep} etp={lay.etp}; profile {s.profile.name}: {s.profile.status})",
         f"step time       p50 {s.step_time_s:.4f} s   p95 {s.step_time_p95_s:.4f} s   "
         f"p99 {s.step_time_p99_s:.4f} s   ({s.measured_steps} measured steps)",
@@ -58,6 +59,8 @@ def format_summary(s: RunSummary, wall_s: float) -> str:
     ]
     total = sum(s.breakdown_s.values())
     for bucket, sec in s.breakdown_s.items():
-        lines.append(f"  {bucket:<16}{sec:10.4f}  {100 * sec / total if total else 0:5.1f} %")
+        hidden = s.hidden_s.get(bucket, 0.0)
+        lines.append(f"  {bucket:<16}{sec:10.4f}  {100 * sec / total if total else 0:5.1f} %"
+                     + (f"   (+{hidden:.4f} hidden under compute)" if hidden > 0 else ""))
     lines.append(f"simulated in {wall_s:.2f} s wall")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""The SimPy engine: one process per pipeline stage replays Megatron's 1F1B schedule of one training step for all
-of the stage's ranks at once.
+"""The SimPy engine: one process per pipeline stage replays Megatron's 1F1B schedule (interleaved 1F1B over the
+stage's model chunks when layout.vpp > 1; moesim.cost.pipeline) of one training step for all of the stage's ranks
+at once.
 
 Per micro-batch and layer: attention (+ dense FFN, or router + shared experts) -> tensor-parallel collectives
 -> dispatch all-to-all -> expert compute -> combine all-to-all; backward mirrors it. A stage's ranks run the same
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from moesim.cost.pipeline import schedule
 from moesim.sim.records import OpKind, Phase, RecordBlock, RecordLog
 from moesim.sim.workload import MoeLayerWork, StaticWork
 from moesim.spec.scenario import Scenario
@@ -52,12 +54,15 @@ class Mailbox:
 
 def one_f_one_b(stage: int, num_stages: int, num_micro_batches: int) -> list[tuple[Phase, int]]:
     """Megatron's non-interleaved 1F1B order for one stage: warm-up forwards, steady 1F1B, cool-down."""
-    warmup = min(num_stages - stage - 1, num_micro_batches)
-    order = [(Phase.FORWARD, i) for i in range(warmup)]
-    for i in range(num_micro_batches - warmup):
-        order += [(Phase.FORWARD, warmup + i), (Phase.BACKWARD, i)]
-    order += [(Phase.BACKWARD, i) for i in range(num_micro_batches - warmup, num_micro_batches)]
-    return order
+    return [(phase, mb) for phase, mb, _ in pipeline_schedule(stage, num_stages, num_micro_batches)]
+
+
+def pipeline_schedule(stage: int, num_stages: int, num_micro_batches: int,
+                      num_chunks: int = 1) -> list[tuple[Phase, int, int]]:
+    """(phase, micro-batch, model chunk) of one stage in Megatron's order: 1F1B with one chunk, interleaved 1F1B
+    with more (moesim.cost.pipeline)."""
+    return [(Phase.FORWARD if forward else Phase.BACKWARD, mb, chunk)
+            for forward, mb, chunk in schedule(stage, num_stages, num_micro_batches, num_chunks)]
 
 
 @dataclass
@@ -123,39 +128,52 @@ class _Stage:
         self.cp_group = ((lay.dp, lay.cp, lay.tp), 1)  # (q // (cp * tp), q % tp)
         self.dp_group = ((lay.dp_cp, lay.tp), 0)  # q % tp
         self.edp_group = ((lay.edp, lay.ep * lay.etp), 0)  # q % (ep * etp)
+        # passes next to one of the other kind in the schedule (1F1B's steady state): they can overlap a partner
+        order = pipeline_schedule(stage, lay.pp, ctx.sc.num_micro_batches, lay.vpp)
+        self.chunk = 0  # the model chunk whose pass runs now
+        self.paired = {op: any(0 <= j < len(order) and order[j][0] is not op[0] for j in (i - 1, i + 1))
+                       for i, op in enumerate(order)}
 
     def run(self, finish: np.ndarray):
         ctx, st, stage = self.ctx, self.ctx.static, self.stage
         sc, lay = ctx.sc, ctx.sc.layout
-        layers = range(stage * sc.layers_per_stage, (stage + 1) * sc.layers_per_stage)
+        chunks = [sc.chunk_layers(stage, c) for c in range(lay.vpp)]
         last = stage == lay.pp - 1
         t = np.zeros(lay.ranks_per_stage)
         pw = ctx.placement
         if pw is not None:
             ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
             t = self._compute(t, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
-        for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
+        # Model chunk c of stage s is virtual stage c·pp + s: it receives from the virtual stage before it (the last
+        # stage's chunk c feeds stage 0's chunk c + 1) and sends to the one after. The model's first chunk
+        # (stage 0, chunk 0) embeds its input; its last (last stage, last chunk) runs the LM head and the loss.
+        for phase, mb, chunk in pipeline_schedule(stage, lay.pp, sc.num_micro_batches, lay.vpp):
             fwd = phase is Phase.FORWARD
-            if stage > 0 if fwd else not last:  # upstream
-                arrival = yield self.mail.receive((stage, mb, phase))
+            self.chunk, layers = chunk, chunks[chunk]
+            first, head = stage == 0 and chunk == 0, last and chunk == lay.vpp - 1
+            if not first if fwd else not head:  # upstream
+                arrival = yield self.mail.receive((stage, chunk, mb, phase))
                 waited = arrival > t
                 if waited.any():
                     self.log.add(mb, -1, phase, OpKind.PP_WAIT, t, arrival, keep=waited)
                     t = np.where(waited, arrival, t)
-            if last and not fwd:
+            if head and not fwd:
                 t = self._compute(t, mb, -1, phase, self._lm_head_ops(phase))
             for layer in (layers if fwd else reversed(layers)):
                 t = self._layer(t, layer, mb, phase)
-            if last and fwd:
+            if head and fwd:
                 t = self._compute(t, mb, -1, phase, self._lm_head_ops(phase))
-            if not last if fwd else stage > 0:  # downstream
+            if not head if fwd else not first:  # downstream
                 yield from self._advance(t)
-                link_stage = stage if fwd else stage - 1
-                self.mail.send((stage + 1 if fwd else stage - 1, mb, phase), t + st.p2p_s[link_stage])
+                link_stage = stage if fwd else (stage - 1) % lay.pp  # p2p_s[s]: stage s to s + 1 (mod pp)
+                peer = ((stage + 1) % lay.pp, chunk + int(last)) if fwd \
+                    else ((stage - 1) % lay.pp, chunk - int(stage == 0))
+                self.mail.send((*peer, mb, phase), t + st.p2p_s[link_stage])
         t = self._collective(t, self.dp_group, lay.dp_cp, st.dp_dense_s[stage], -1, -1, Phase.STEP,
-                             OpKind.DP_SYNC_DENSE, float(st.grad_bytes[stage, 0]))
+                             OpKind.DP_SYNC_DENSE, float(st.grad_bytes[stage, 0]), hidden_s=st.dp_hidden_s[0, stage])
         t = self._collective(t, self.edp_group, lay.edp, st.dp_expert_s[stage], -1, -1, Phase.STEP,
-                             OpKind.DP_SYNC_EXPERT, float(st.grad_bytes[stage, 1]))
+                             OpKind.DP_SYNC_EXPERT, float(st.grad_bytes[stage, 1]), hidden_s=st.dp_hidden_s[1, stage])
+        t = self._contention(t, -1, -1, Phase.STEP, st.dp_hidden_s[0, stage] + st.dp_hidden_s[1, stage])
         if pw is not None and pw.replica_sync_s[stage] > 0:
             t = self._compute(t, -1, -1, Phase.STEP, ((OpKind.REPLICA_SYNC, float(pw.replica_sync_s[stage])),))
         if st.weight_cast_s[stage].any():  # done on the step's first micro-batch; the step's length is the same
@@ -203,8 +221,13 @@ class _Stage:
             t = self._collective(t, self.cp_group, lay.cp, ctx.static.cp_comm_s[self.stage, :, int(not fwd)], mb,
                                  layer, phase, OpKind.CP_COMM, ctx.static.cp_bytes[int(not fwd)])
         if lay.tp > 1:
-            t = self._collective(t, self.tp_group, lay.tp, ctx.static.tp_comm_s[self.stage, :, int(is_moe)], mb,
-                                 layer, phase, OpKind.TP_COMM)
+            tp_s = ctx.static.tp_comm_s[self.stage, :, int(is_moe)]
+            hidden = 0.0
+            if ctx.sc.comm.tp_comm_overlap:  # userbuffers: the collectives run inside the neighbouring GEMMs
+                hidden = np.minimum(tp_s, lc.tp_overlap_budget_s[int(is_moe)][int(not fwd)])
+                tp_s = tp_s - hidden
+            t = self._collective(t, self.tp_group, lay.tp, tp_s, mb, layer, phase, OpKind.TP_COMM, hidden_s=hidden)
+            t = self._contention(t, mb, layer, phase, hidden)
         return t
 
     def _moe_block(self, t: np.ndarray, layer: int, mb: int, phase: Phase) -> np.ndarray:
@@ -219,9 +242,10 @@ class _Stage:
             self.log.add(mb, layer, phase, OpKind.MIGRATION, t, ready, keep=late)
             t = np.where(late, t + (ready - t), t)
         ep = sc.layout.ep
-        t = self._collective(t, self.ep_group, ep, moe.dispatch_s[mb], mb, layer, phase, OpKind.DISPATCH,
-                             moe.sent_bytes[mb], moe.sent_rows[mb])
         lc = self.ctx.static.layers
+        (dispatch_s, hide_dispatch), (combine_s, hide_combine) = self._a2a_exposed(moe, layer, mb, phase)
+        t = self._collective(t, self.ep_group, ep, dispatch_s, mb, layer, phase, OpKind.DISPATCH,
+                             moe.sent_bytes[mb], moe.sent_rows[mb], hidden_s=hide_dispatch)
         expert_s = moe.expert_fwd_s[mb] if phase is Phase.FORWARD \
             else moe.expert_bwd_s[mb] + moe.expert_fwd_s[mb] * lc.expert_rerun_fwd
         t = self._compute(t, mb, layer, phase, ((OpKind.EXPERT, expert_s),),
@@ -229,8 +253,33 @@ class _Stage:
         activations_s = moe.computed_rows[mb] * (lc.expert_row_memory_bound_s if phase is Phase.FORWARD
                                                  else lc.expert_row_memory_bound_bwd_s)
         t = self._compute(t, mb, layer, phase, ((OpKind.MEMORY_BOUND, activations_s),))
-        return self._collective(t, self.ep_group, ep, moe.combine_s[mb], mb, layer, phase, OpKind.COMBINE,
-                                moe.sent_bytes[mb], moe.returned_rows[mb])
+        t = self._collective(t, self.ep_group, ep, combine_s, mb, layer, phase, OpKind.COMBINE,
+                             moe.sent_bytes[mb], moe.returned_rows[mb], hidden_s=hide_combine)
+        return self._contention(t, mb, layer, phase, hide_dispatch + hide_combine)
+
+    def _a2a_exposed(self, moe, layer: int, mb: int, phase: Phase):
+        """((dispatch exposed, hidden), (combine exposed, hidden)) seconds [q] of this micro-batch's all-to-alls.
+        moe_a2a_overlap (Megatron's 1F1B all-to-all overlap; DualPipe alike): in the steady state a forward and a
+        backward of two micro-batches run together, so the all-to-alls of one hide behind the other's compute of
+        the same layer; the EP group hides what its least busy member's compute covers. Warm-up and cool-down
+        passes have no partner. shared_expert_overlap: the shared experts run during the dispatch."""
+        sc, lc, fwd = self.ctx.sc, self.ctx.static.layers, phase is Phase.FORWARD
+        d, c = moe.dispatch_s[mb], moe.combine_s[mb]
+        none = np.zeros_like(d)
+        if sc.comm.moe_a2a_overlap and self.paired[(phase, mb, self.chunk)]:
+            other = 1 if fwd else 0  # the partner's pass
+            expert = moe.expert_bwd_s[mb] + moe.expert_fwd_s[mb] * lc.expert_rerun_fwd if fwd else moe.expert_fwd_s[mb]
+            budget = ((lc.attention_fwd_s, lc.attention_bwd_s)[other] + (lc.router_fwd_s, lc.router_bwd_s)[other]
+                      + expert)
+            shape, axis = self.ep_group
+            budget = np.broadcast_to(budget.reshape(shape).min(axis=axis, keepdims=True), shape).reshape(-1)
+            total = d + c
+            keep = np.where(total > 0, np.maximum(0.0, total - budget) / np.where(total > 0, total, 1.0), 0.0)
+            return (d * keep, d - d * keep), (c * keep, c - c * keep)
+        if sc.comm.shared_expert_overlap:
+            hidden = np.minimum(d, lc.shared_expert_s[0 if fwd else 1])
+            return (d - hidden, hidden), (c, none)
+        return (d, none), (c, none)
 
     def _compute(self, t: np.ndarray, mb: int, layer: int, phase: Phase, ops, rows=0) -> np.ndarray:
         """Back-to-back compute ops: each its own record, the clock advanced once by their sum."""
@@ -242,10 +291,18 @@ class _Stage:
         return t + total
 
     def _collective(self, t: np.ndarray, group: tuple, size: int, duration_s: np.ndarray, mb: int, layer: int,
-                    phase: Phase, op: OpKind, nbytes=0.0, rows=0) -> np.ndarray:
-        """Every member ends when the group's last member has arrived and the collective has run. A group's
-        members share one duration (sim/workload.py computes it per group)."""
+                    phase: Phase, op: OpKind, nbytes=0.0, rows=0, hidden_s=0.0) -> np.ndarray:
+        """Every member ends when the group's last member has arrived and the collective's exposed part
+        (`duration_s`) has run; `hidden_s` more of it ran under compute. A group's members share one duration
+        (sim/workload.py computes it per group)."""
         end = (_group_end(t, *group) if size > 1 else t) + duration_s
         wait_s = np.maximum(0.0, end - duration_s - t)  # the group started when its last member arrived
-        self.log.add(mb, layer, phase, op, t, end, nbytes, rows, wait_s)
+        self.log.add(mb, layer, phase, op, t, end, nbytes, rows, wait_s, hidden_s=hidden_s)
         return end
+
+    def _contention(self, t: np.ndarray, mb: int, layer: int, phase: Phase, hidden_s) -> np.ndarray:
+        """The compute that hid `hidden_s` of communication runs slower by the profile's overlap_slowdown."""
+        slow = self.ctx.sc.cluster.profile.efficiency.overlap_slowdown * hidden_s
+        if np.any(slow > 0):
+            return self._compute(t, mb, layer, phase, ((OpKind.CONTENTION, slow),))
+        return t

@@ -152,9 +152,8 @@ def _write_cost(sc: Scenario, rows_per_step: int, rows: int) -> tuple[int, float
 
 def _layers_per_stage(sc: Scenario) -> list[tuple[int, int]]:
     """[(layers, MoE layers)] per pipeline stage."""
-    per = sc.layers_per_stage
-    return [(per, sum(sc.model.is_moe_layer(layer) for layer in range(s * per, (s + 1) * per)))
-            for s in range(sc.layout.pp)]
+    return [(len(layers), sum(sc.model.is_moe_layer(layer) for layer in layers))
+            for layers in map(sc.stage_layers, range(sc.layout.pp))]
 
 
 def _ops_per_stage(sc: Scenario) -> list[int]:
@@ -167,7 +166,7 @@ def _ops_per_stage(sc: Scenario) -> list[int]:
         per_pass = layers * (4 + tp_comm) + 4 * moe
         per_pass += 3 * (stage == lay.pp - 1)  # LM head, its memory-bound ops and launches
         # pipeline waits: at most one per received pass; counted in full (they are < 3 % of the rows)
-        waits = mbs * ((stage > 0) + (stage < lay.pp - 1))
+        waits = mbs * (2 * lay.vpp - (stage == 0) - (stage == lay.pp - 1))  # one per received pass and chunk
         n = 2 * mbs * per_pass + waits + 3  # + dp sync dense, expert, optimizer
         n += stage < lay.pp - 1  # idle: the stages that finish before the slowest (typically all but the last)
         n += sc.placement.policy is not PlacementPolicyKind.STATIC  # a migration, shadow or replica sync op
@@ -179,7 +178,7 @@ def _kinds_per_rank(sc: Scenario, stage: int, layers: int, moe: int) -> int:
     """Distinct (phase, op kind) of one rank of `stage`: its rows per step when records are summed."""
     lay = sc.layout
     per_pass = 3 + (moe > 0) + (layers > moe) + (lay.tp > 1) + 3 * (moe > 0) + (stage == lay.pp - 1)
-    waits = (stage > 0) + (stage < lay.pp - 1)
+    waits = (stage > 0 or lay.vpp > 1) + (stage < lay.pp - 1 or lay.vpp > 1)
     return 2 * per_pass + waits + 3 + (stage < lay.pp - 1) + (sc.placement.policy is not PlacementPolicyKind.STATIC)
 
 
@@ -201,7 +200,7 @@ def events_per_step_count(sc: Scenario) -> int:
     """SimPy events one step processes: per stage its process's start and end and a last clock advance; per
     pipeline message the sender's clock advance, the transfer's timeout and the message; the empty queue's end."""
     lay = sc.layout
-    return 3 * lay.pp + 3 * 2 * (lay.pp - 1) * sc.num_micro_batches + 1
+    return 3 * lay.pp + 3 * 2 * (lay.pp * lay.vpp - 1) * sc.num_micro_batches + 1  # messages between virtual stages
 
 
 def routing_elements_per_step(sc: Scenario) -> int:

@@ -39,9 +39,9 @@ class PlacementDriver:
     def __init__(self, sc: Scenario, moe_layers: list[int]):
         self.sc = sc
         self.moe_layers = moe_layers
-        stages = sorted({layer // sc.layers_per_stage for layer in moe_layers})
+        stages = sorted({sc.stage_of_layer(layer) for layer in moe_layers})
         self.contexts = {s: placement_context(sc, s) for s in stages}
-        self.policies = {layer: make_policy(sc.placement, self.contexts[layer // sc.layers_per_stage])
+        self.policies = {layer: make_policy(sc.placement, self.contexts[sc.stage_of_layer(layer)])
                          for layer in moe_layers}
         self.current: dict[int, Placement] = {layer: p.initial() for layer, p in self.policies.items()}
         self.active = sc.placement.policy is not PlacementPolicyKind.STATIC
@@ -62,7 +62,7 @@ class PlacementDriver:
         routed_all = loads  # copied only if a routing-side policy changes something
 
         for i, layer in enumerate(self.moe_layers):
-            stage = layer // sc.layers_per_stage
+            stage = sc.stage_of_layer(layer)
             ctx, policy, old = self.contexts[stage], self.policies[layer], self.current[layer]
             # [M * edp * etp, ep, E]: every EP group's sources, as policies see one group
             grouped = loads[:, i].reshape(M, lay.edp, lay.ep, lay.etp, E).transpose(0, 1, 3, 2, 4)

@@ -39,6 +39,7 @@ class OpKind(Enum):
     MIGRATION = "migration"  # moving re-placed experts (weights + optimizer state) or waiting for them
     SHADOW = "shadow"  # broadcasting shadowed experts' weights and reducing their gradients (FasterMoE)
     REPLICA_SYNC = "replica_sync"  # gradient all-reduce among the replicas of replicated experts
+    CONTENTION = "contention"  # compute slowed by communication running beside it (overlap: SMs, HBM)
     IDLE = "idle"  # finished before the slowest rank of the step
 
 
@@ -47,7 +48,7 @@ class OpKind(Enum):
 BREAKDOWN_OF: dict[OpKind, str] = {
     OpKind.ATTENTION: "compute", OpKind.DENSE_FFN: "compute", OpKind.ROUTER: "compute",
     OpKind.EXPERT: "compute", OpKind.LM_HEAD: "compute",
-    OpKind.MEMORY_BOUND: "memory_bound", OpKind.LAUNCH: "kernel_launch",
+    OpKind.MEMORY_BOUND: "memory_bound", OpKind.LAUNCH: "kernel_launch", OpKind.CONTENTION: "compute",
     OpKind.TP_COMM: "tensor_parallel", OpKind.CP_COMM: "context_parallel",
     OpKind.DISPATCH: "all_to_all", OpKind.COMBINE: "all_to_all",
     OpKind.PP_WAIT: "pipeline_bubble",
@@ -60,14 +61,14 @@ BREAKDOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "
                      "context_parallel", "pipeline_bubble", "dp_sync", "optimizer", "placement", "idle")
 
 RECORD_COLUMNS = ("step", "rank", "micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows",
-                  "wait_s")
+                  "wait_s", "hidden_s")
 
 _PHASES, _OPS = tuple(Phase), tuple(OpKind)
 PHASE_CODE = {p: i for i, p in enumerate(_PHASES)}
 OP_CODE = {o: i for i, o in enumerate(_OPS)}
 _DTYPES = {"step": np.int32, "rank": np.int32, "micro_batch": np.int32, "layer": np.int32, "phase": np.int8,
            "op": np.int8, "start_s": np.float64, "end_s": np.float64, "bytes": np.float64, "rows": np.int64,
-           "wait_s": np.float64}
+           "wait_s": np.float64, "hidden_s": np.float64}
 RECORD_BYTES = sum(np.dtype(d).itemsize for d in _DTYPES.values())  # one record in the columns and the frame
 # One op of one rank while its step is simulated: start and end vectors (the other columns are mostly scalars
 # shared by the stage's ranks, or small next to the ~100-byte Python tuple an op costs the whole stage).
@@ -91,9 +92,9 @@ class RecordBlock:
         self._count = 0  # records before any summing
 
     def add(self, micro_batch: int, layer: int, phase: Phase, op: OpKind, start_s, end_s, nbytes=0.0, rows=0,
-            wait_s=0.0, keep: np.ndarray | None = None) -> None:
+            wait_s=0.0, keep: np.ndarray | None = None, hidden_s=0.0) -> None:
         self._ops.append((micro_batch, layer, PHASE_CODE[phase], OP_CODE[op], start_s, end_s, nbytes, rows, wait_s,
-                          keep))
+                          hidden_s, keep))
         self._count += self.num_ranks if keep is None else int(np.count_nonzero(keep))
 
     def __len__(self) -> int:
@@ -102,13 +103,13 @@ class RecordBlock:
     def columns(self, step: int) -> dict[str, np.ndarray]:
         """The block's records in canonical order (by rank, each rank's records in program order)."""
         n_ranks, ops, n_ops = self.num_ranks, self._ops, len(self._ops)
-        names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s")
+        names = ("micro_batch", "layer", "phase", "op", "start_s", "end_s", "bytes", "rows", "wait_s", "hidden_s")
         # one copy per column: the [ranks, ops] view straight into a contiguous array of the column's type
         cols = {name: np.ascontiguousarray(_rank_major([op[i] for op in ops], n_ranks), _DTYPES[name]).ravel()
                 for i, name in enumerate(names)}
         cols["rank"] = np.repeat(np.arange(self.first_rank, self.first_rank + n_ranks), n_ops)
-        if any(op[9] is not None for op in ops):
-            keep = _rank_major([True if op[9] is None else op[9] for op in ops], n_ranks, bool).ravel()
+        if any(op[10] is not None for op in ops):
+            keep = _rank_major([True if op[10] is None else op[10] for op in ops], n_ranks, bool).ravel()
             cols = {k: v[keep] for k, v in cols.items()}
         n = self._count
         if self.aggregate:
@@ -127,7 +128,8 @@ def _summed(cols: dict[str, np.ndarray], first_rank: int, n_ranks: int) -> tuple
     size = n_ranks * kinds
     present = np.flatnonzero(np.bincount(key, minlength=size))
     total = {name: np.bincount(key, values, minlength=size)[present] for name, values in
-             (("end_s", cols["end_s"] - cols["start_s"]), ("wait_s", cols["wait_s"]), ("bytes", cols["bytes"]),
+             (("end_s", cols["end_s"] - cols["start_s"]), ("wait_s", cols["wait_s"]), ("hidden_s", cols["hidden_s"]),
+              ("bytes", cols["bytes"]),
               ("rows", cols["rows"].astype(np.float64)))}
     summed = {"micro_batch": -1, "layer": -1, "phase": (present % kinds) // len(_OPS),
               "op": (present % kinds) % len(_OPS), "start_s": 0.0, "rank": first_rank + present // kinds, **total}
@@ -153,8 +155,9 @@ class RecordLog:
     `micro_batch`/`layer` are -1 where they do not apply; `bytes` is what the rank sent in a communication op,
     `rows` the expert rows it computed (tile padding included) or, for dispatch/combine, the assignments it
     sent. `wait_s` is the part of a collective spent waiting for the group's last member to arrive (load
-    imbalance), the rest being the transfer itself. `detail` says whether ops are kept one by one or summed per
-    (rank, phase, op kind) (RecordBlock)."""
+    imbalance), the rest being the transfer itself. `hidden_s` is communication of the op that ran under other
+    compute (an overlap option of the scenario's `comm:`), off the critical path: not in end_s - start_s.
+    `detail` says whether ops are kept one by one or summed per (rank, phase, op kind) (RecordBlock)."""
 
     def __init__(self, detail: RecordDetail = RecordDetail.FULL) -> None:
         self.detail = detail
@@ -177,9 +180,11 @@ class RecordLog:
         return blk
 
     def add(self, step: int, rank: int, micro_batch: int, layer: int, phase: Phase, op: OpKind,
-            start_s: float, end_s: float, nbytes: float = 0.0, rows: int = 0, wait_s: float = 0.0) -> None:
+            start_s: float, end_s: float, nbytes: float = 0.0, rows: int = 0, wait_s: float = 0.0,
+            hidden_s: float = 0.0) -> None:
         """One record of one rank (a block of one rank)."""
-        self.block(step, rank, 1).add(micro_batch, layer, phase, op, start_s, end_s, nbytes, rows, wait_s)
+        self.block(step, rank, 1).add(micro_batch, layer, phase, op, start_s, end_s, nbytes, rows, wait_s,
+                                      hidden_s=hidden_s)
 
     def flush(self) -> None:
         """Move the current step's blocks, in rank order, to the columns."""

@@ -111,7 +111,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
         loads, placements, placement_work = driver.step(step, demand.step(step))  # [M, moe_layers, q, E]
         work: dict[int, MoeLayerWork] = {}
         for i, layer in enumerate(moe_layers):
-            stage = layer // sc.layers_per_stage
+            stage = sc.stage_of_layer(layer)
             w = work[layer] = moe_layer_work(sc, net, links, loads[:, i], stage, gate_rng, placements[layer])
             ranks = lay.stage_ranks(stage)
             worst_rows[step, ranks] += w.expert_rows.max(axis=0)
@@ -129,7 +129,7 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
     # The log is in canonical order (by step and rank, each rank's records in program order): the order SimPy
     # interleaves the stages' processes in is invisible, so summaries and files are byte-identical for any order.
     records = log.to_frame()
-    moe_per_stage = np.bincount([layer // sc.layers_per_stage for layer in moe_layers], minlength=lay.pp)
+    moe_per_stage = np.bincount([sc.stage_of_layer(layer) for layer in moe_layers], minlength=lay.pp)
     rows_per_layer = worst_rows.max(axis=0) / np.maximum(np.repeat(moe_per_stage, lay.ranks_per_stage), 1)
     usage = LinkUsage(links.topology.link_tier, links.topology.link_capacity_bytes_per_s, link_bytes)
     peak = peak_memory_per_rank(sc, rows_per_layer)

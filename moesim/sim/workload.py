@@ -14,10 +14,12 @@ from moesim.cost import compute as cc
 from moesim.cost import gemm as gg
 from moesim.cost import ops
 from moesim.cost.memory import stage_params  # the memory model owns per-rank parameter counts
+from moesim.network.dispatch import allgather_rows, flex_rows
 from moesim.network.flow import FlowNetwork
 from moesim.placement.base import EMPTY, Placement, ReplicaSplit, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
+from moesim.spec.comm import TokenDispatcher
 from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute, RecomputeModule
 
@@ -37,6 +39,9 @@ class LayerCosts:
     lm_head_fwd_s: float
     lm_head_bwd_s: float
     attention_core_s: tuple[float, float]  # (forward, backward) of the attention core alone, inside attention_*_s
+    shared_expert_s: tuple[float, float]  # (forward, backward) of the shared experts' GEMMs, inside router_*_s
+    tp_overlap_budget_s: tuple[tuple[float, float], tuple[float, float]]  # GEMMs next to the TP collectives that
+    # can hide them: (dense layer, MoE layer) x (forward, backward)
     memory_bound_fwd_s: tuple[float, float]  # (dense layer, MoE layer) outside the routed experts
     memory_bound_bwd_s: tuple[float, float]
     launch_fwd_s: tuple[float, float]  # (dense layer, MoE layer)
@@ -76,7 +81,8 @@ class MoeLayerWork:
 
 def layer_costs(sc: Scenario) -> LayerCosts:
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    linear, high = gg.gemm_rates(prof, dt), gg.gemm_rates(prof, dt, linear=False)
+    gd = sc.training.grad_dtype
+    linear, high = gg.gemm_rates(prof, dt, grad_dtype=gd), gg.gemm_rates(prof, dt, linear=False, grad_dtype=gd)
     tokens = sc.tokens_per_micro_batch
 
     core = cc.attention_core_s(m, tokens, sc.training.seq_len, lay.tp, prof, dt, cp=lay.cp)
@@ -102,7 +108,7 @@ def layer_costs(sc: Scenario) -> LayerCosts:
     router_again = router_fwd if full or again(RecomputeModule.MOE) else (
         shared[0] if again(RecomputeModule.SHARED_EXPERTS) else 0.0)
     router_bwd = router_s[1] + shared[1] + router_again
-    head_fwd, head_bwd = head[0], head[1] + (head[0] if full else 0.0)
+    head_fwd, head_bwd = head[0], head[1]  # full recompute checkpoints the transformer layers, not the LM head
     if m.num_mtp_layers:  # the engine's op list stays as it is: MTP runs inside the last stage's LM-head op
         mtp_fwd, mtp_bwd = _mtp_s(sc)
         head_fwd, head_bwd = head_fwd + mtp_fwd, head_bwd + mtp_bwd
@@ -121,8 +127,8 @@ def layer_costs(sc: Scenario) -> LayerCosts:
                hbm_s(mb.attention_bwd_bytes + mb.moe_bwd_bytes) + (mem_fwd[1] if full
                                                                    else norms_again + moe_mem_again))
     launch = prof.efficiency.kernel_launch_s
-    # delayed scaling's amax update runs once per pipeline chunk and pass: spread over the stage's layers
-    amax_s = launch * kernels.amax_update / sc.layers_per_stage
+    # delayed scaling's amax update runs once per pipeline chunk and pass: spread over the chunk's layers
+    amax_s = launch * kernels.amax_update / sc.mean_chunk_layers
     launch_fwd = (launch * (kernels.attention + kernels.dense_mlp) + amax_s,
                   launch * (kernels.attention + kernels.moe) + amax_s)
     launch_bwd = (launch * (kernels.attention_bwd + kernels.dense_mlp_bwd) + amax_s,
@@ -134,7 +140,10 @@ def layer_costs(sc: Scenario) -> LayerCosts:
     experts_again = full or again(RecomputeModule.MOE)
     row_fwd = hbm_s(mb.expert_row_bytes)
     row_bwd = hbm_s(mb.expert_row_bwd_bytes) + (row_fwd if experts_again or again(RecomputeModule.MOE_ACT) else 0.0)
+    budget = ((projections[0] + dense[0], projections[1] + dense[1]),
+              (projections[0] + shared[0], projections[1] + shared[1]))
     return LayerCosts(attn_fwd, attn_bwd, dense[0], dense_bwd, router_fwd, router_bwd, head_fwd, head_bwd, core,
+                      shared, budget,
                       memory_bound_fwd_s=mem_fwd, memory_bound_bwd_s=mem_bwd,
                       launch_fwd_s=launch_fwd, launch_bwd_s=launch_bwd,
                       lm_head_extra_fwd_s=head_extra, lm_head_extra_bwd_s=head_extra_bwd,
@@ -147,9 +156,10 @@ def _router_and_shared_s(sc: Scenario) -> tuple[tuple[float, float], tuple[float
     (Transformer Engine; DeepSeek-V3 report 3.3)."""
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
     router = cc.gemms_time_s(((sc.tokens_routed_per_rank, m.num_experts, m.hidden_size),),
-                             gg.gemm_rates(prof, dt, linear=False))
+                             gg.gemm_rates(prof, dt, linear=False, grad_dtype=sc.training.grad_dtype))
     shared = cc.gemms_time_s(cc.ffn_gemms(m, sc.tokens_per_micro_batch, m.expert_ffn_size * m.num_shared_experts,
-                                          lay.tp), gg.gemm_rates(prof, dt)) if m.num_shared_experts else (0.0, 0.0)
+                                          lay.tp), gg.gemm_rates(prof, dt, grad_dtype=sc.training.grad_dtype)) \
+        if m.num_shared_experts else (0.0, 0.0)
     return router, shared
 
 
@@ -158,7 +168,7 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
     projection, one transformer layer, the shared LM head and loss. Its MoE layer's experts get balanced
     routing (no routing is drawn for it) and its all-to-all and TP collectives are not simulated."""
     m, lay, prof, dt = sc.model, sc.layout, sc.cluster.profile, sc.training.dtype
-    linear = gg.gemm_rates(prof, dt)
+    linear = gg.gemm_rates(prof, dt, grad_dtype=sc.training.grad_dtype)
     tokens = sc.tokens_per_micro_batch
     core = cc.attention_core_s(m, tokens, sc.training.seq_len, lay.tp, prof, dt, windowed=m.mtp_layer_windowed,
                                cp=lay.cp)
@@ -167,13 +177,14 @@ def _mtp_s(sc: Scenario) -> tuple[float, float]:
         local_experts = m.num_experts // lay.ep
         rows = sc.tokens_routed_per_rank * m.top_k * lay.etp / local_experts  # each etp shard sees its group's
         router, shared = _router_and_shared_s(sc)
-        experts = cc.expert_time_s(np.full(local_experts, rows), m, prof, dt, lay.etp)
+        experts = cc.expert_time_s(np.full(local_experts, rows), m, prof, dt, lay.etp, sc.training.grad_dtype)
         ffn = (router[0] + shared[0] + float(experts[0]), router[1] + shared[1] + float(experts[1]))
     else:
         gemms = (*gemms, *cc.ffn_gemms(m, tokens, m.dense_ffn_size, lay.tp))
         ffn = (0.0, 0.0)
     layer = cc.gemms_time_s(gemms, linear)
-    head = cc.gemms_time_s(((tokens, m.vocab_size / lay.tp, m.hidden_size),), gg.gemm_rates(prof, dt, linear=False))
+    head = cc.gemms_time_s(((tokens, m.vocab_size / lay.tp, m.hidden_size),),
+                           gg.gemm_rates(prof, dt, linear=False, grad_dtype=sc.training.grad_dtype))
     forward = layer[0] + ffn[0] + core[0]
     tr = sc.training
     rerun = forward if tr.recompute is Recompute.FULL else (core[0] if tr.recomputes(RecomputeModule.CORE_ATTN)
@@ -189,6 +200,19 @@ def _all_to_all(net: CollectiveModel, links: FlowNetwork, groups: np.ndarray,
     if net is links:
         return links.all_to_all_and_link_bytes(groups, ranks)
     return net.all_to_all_s(groups, ranks), links.link_bytes(groups, ranks)
+
+
+def _wire_rows(sc: Scenario, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """[..., src, dst] rows the scenario's token dispatcher sends inside each EP group, from the rows plain
+    all-to-all would send; `group` holds the global ranks of one EP group (all groups share its node pattern)."""
+    dispatcher = sc.comm.dispatcher
+    if dispatcher is TokenDispatcher.ALLTOALL:
+        return rows
+    if dispatcher is TokenDispatcher.ALLGATHER:
+        return allgather_rows(rows.shape, sc.tokens_routed_per_rank)
+    gpus = sc.cluster.profile.node.gpus_per_node
+    m = sc.model
+    return flex_rows(rows, sc.tokens_routed_per_rank, m.top_k, m.num_experts, group // gpus, group % gpus)
 
 
 def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads: np.ndarray, stage: int,
@@ -225,14 +249,15 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     se = place.slot_expert
     slot_rows = np.where(se == EMPTY, 0.0, rows_eg[..., np.maximum(se, 0), np.arange(lay.ep)[:, None]])  # [M,edp,G,S]
     expert_fwd, expert_bwd = cc.expert_time_s(slot_rows, m, sc.cluster.profile, sc.training.dtype,
-                                              lay.etp)  # [M, edp, ep] each
+                                              lay.etp, sc.training.grad_dtype)  # [M, edp, ep] each
     padded = cc.padded_rows(slot_rows, sc.cluster.profile.efficiency.tile_rows).sum(-1)  # [M, edp, ep]
     recv = to_rank.sum(axis=2)  # [M, edp, etp, ep_dst] rows each rank receives
 
     # the forward's dispatch (and the combine's backward) may carry fp8 rows; the combine stays bf16
     scale = ops.combine_row_bytes(m, sc.training) / ops.dispatch_row_bytes(m, sc.training)
-    matrix = to_rank.transpose(0, 1, 3, 2, 4) * ops.dispatch_row_bytes(m, sc.training)  # [M, edp, etp, src, dst]
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
+    wire_rows = _wire_rows(sc, to_rank.transpose(0, 1, 3, 2, 4), ranks[0])  # [M, edp, etp, src, dst]
+    matrix = wire_rows * ops.dispatch_row_bytes(m, sc.training)
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
     back = groups.swapaxes(-1, -2) if scale == 1.0 else groups.swapaxes(-1, -2) * scale
     dispatch, dispatch_links = _all_to_all(net, links, groups, ranks)  # [M, edp * etp], [M, links]
@@ -286,10 +311,12 @@ class StaticWork:
     tp_comm_s: np.ndarray  # [pp, q, 2] one layer's TP collectives in one pass; [..., 0] dense, [..., 1] MoE layer
     cp_comm_s: np.ndarray  # [pp, q, 2] one layer's exposed ring-attention exchange; [..., 0] forward, [..., 1] bwd
     cp_bytes: tuple[float, float]  # bytes one rank sends in that exchange (forward, backward)
-    p2p_s: np.ndarray  # [pp, q] activation (or gradient) transfer from stage s to s+1 (last stage: 0)
+    p2p_s: np.ndarray  # [pp, q] activation (or gradient) transfer from stage s to s+1 (last stage: to stage 0
+    # with vpp > 1, else 0)
     p2p_bytes: float
-    dp_dense_s: np.ndarray  # [pp, q] all-reduce of non-expert gradients over the dp group
-    dp_expert_s: np.ndarray  # [pp, q] all-reduce of expert gradients over the edp group
+    dp_dense_s: np.ndarray  # [pp, q] exposed all-reduce of non-expert gradients over the dp x cp group
+    dp_expert_s: np.ndarray  # [pp, q] exposed all-reduce of expert gradients over the edp group
+    dp_hidden_s: np.ndarray  # [2, pp, q] the part of each (dense, expert) that overlapped compute
     optimizer_s: np.ndarray  # [pp] optimizer update on one rank of the stage
     weight_cast_s: np.ndarray  # [pp, 2] the fp8 recipe's once-per-step weight casts (memory-bound, launches)
     grad_bytes: np.ndarray  # [pp, 2] dense, expert gradient bytes per rank
@@ -310,10 +337,10 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
 
     p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.activation_bytes
     p2p = np.zeros((lay.pp, q))
-    for s in range(lay.pp - 1):
+    for s in range(lay.pp if lay.vpp > 1 else lay.pp - 1):  # interleaving: the last stage sends on to stage 0
         for i in range(q):
             src = s * q + i
-            p2p[s, i] = net.p2p_s(p2p_bytes, src, src + q)
+            p2p[s, i] = net.p2p_s(p2p_bytes, src, (src + q) % lay.world_size)
 
     params = np.array([stage_params(sc, s) for s in range(lay.pp)])  # [pp, 2] dense, expert
     grad_bytes = params * tr.grad_dtype.bytes
@@ -324,12 +351,45 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     dp_expert = np.tile(dp_expert.reshape(lay.pp, lay.ep * lay.etp), (1, lay.edp))  # q = t + etp*(j + ep*d)
 
     opt = tr.optimizer
-    # read + write per param: state, gradient, the weights (with the fp8 recipe's fp8 copy)
-    touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_memory_bytes
+    # read + write per param: state, gradient, the weights (the fp8 recipe's fp8 copy is written by its weight
+    # casts on the next step's first micro-batch: _weight_casts_s)
+    touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_bytes
     shard = np.array([lay.dp_cp, lay.edp]) if opt.distributed else np.ones(2)
     optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
-    return StaticWork(layers, tp_comm, cp_comm, cp_bytes, p2p, float(p2p_bytes), dp_dense, dp_expert, optimizer_s,
-                      _weight_casts_s(sc), grad_bytes)
+    exposed, hidden = _dp_overlap(sc, layers, np.stack([dp_dense, dp_expert]))
+    return StaticWork(layers, tp_comm, cp_comm, cp_bytes, p2p, float(p2p_bytes), exposed[0], exposed[1], hidden,
+                      optimizer_s, _weight_casts_s(sc), grad_bytes)
+
+
+def _dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exposed, hidden) seconds of the gradient syncs sync_s [2, pp, q] under the overlap options. With the
+    distributed optimizer the all-reduce is a reduce-scatter and an all-gather of half its time each (without,
+    the whole all-reduce is the reduction). overlap_grad_reduce runs the reduction bucket by bucket during the
+    last micro-batch's backward: what one micro-batch's backward of the stage's layers (outside the routed experts)
+    cannot cover stays exposed, and at least the last layer's bucket. overlap_param_gather runs the all-gather
+    under the next step's first forward alike."""
+    comm, lay = sc.comm, sc.layout
+    if not (comm.overlap_grad_reduce or comm.overlap_param_gather):
+        return sync_s, np.zeros_like(sync_s)
+    per_stage = np.array(sc.stage_layer_counts, dtype=np.float64)[None, :, None]
+    fwd, bwd = np.zeros(lay.pp), np.zeros(lay.pp)
+    lc = layers
+    for layer in range(sc.model.num_layers):
+        moe = int(sc.model.is_moe_layer(layer))
+        stage = sc.stage_of_layer(layer)
+        fwd[stage] += lc.attention_fwd_s + (lc.router_fwd_s if moe else lc.dense_ffn_fwd_s) \
+            + lc.memory_bound_fwd_s[moe]
+        bwd[stage] += lc.attention_bwd_s + (lc.router_bwd_s if moe else lc.dense_ffn_bwd_s) \
+            + lc.memory_bound_bwd_s[moe]
+    gather = sync_s / 2.0 if sc.training.optimizer.distributed else np.zeros_like(sync_s)
+    reduce = sync_s - gather
+    exposed = sync_s.copy()
+    if comm.overlap_grad_reduce:
+        last_bucket = reduce / per_stage
+        exposed = exposed - reduce + np.maximum(last_bucket, reduce - bwd[None, :, None])
+    if comm.overlap_param_gather:
+        exposed = exposed - gather + np.maximum(0.0, gather - fwd[None, :, None])
+    return exposed, sync_s - exposed
 
 
 def _weight_casts_s(sc: Scenario) -> np.ndarray:
@@ -342,7 +402,7 @@ def _weight_casts_s(sc: Scenario) -> np.ndarray:
     launch = sc.cluster.profile.efficiency.kernel_launch_s
     for layer in range(sc.model.num_layers):
         c = casts[sc.model.is_moe_layer(layer)]
-        out[layer // sc.layers_per_stage] += (float(ops.memory_bound_s(c.bytes, sc)), launch * c.kernels)
+        out[sc.stage_of_layer(layer)] += (float(ops.memory_bound_s(c.bytes, sc)), launch * c.kernels)
     return out
 
 
@@ -351,7 +411,8 @@ def _ring_attention_exposed(sc: Scenario, net: CollectiveModel,
     """([pp, q, 2] exposed seconds per layer, (forward, backward) bytes per rank) of context parallelism's ring
     attention (Megatron's: cp - 1 steps, each sending this rank's key/value chunk to the next rank of the ring while
     the attention of the chunk in hand runs; the backward sends the keys/values and their gradients). A step's
-    transfer hides behind that step's share of the attention core; what sticks out is exposed."""
+    transfers (the slowest hop of the stage's rings) hide behind that step's share of the attention core; what sticks
+    out is exposed. A recomputed attention core reruns its forward ring in the backward."""
     lay, m = sc.layout, sc.model
     q = lay.ranks_per_stage
     if lay.cp == 1:
@@ -359,10 +420,15 @@ def _ring_attention_exposed(sc: Scenario, net: CollectiveModel,
     kv = sc.tokens_per_micro_batch * (m.k_width + m.v_width) / lay.tp * sc.training.dtype.activation_bytes
     sent = (kv, 2.0 * kv)
     exposed = np.zeros((lay.pp, q, 2))
+    rings = lay.cp_groups()  # [pp, dp, tp, cp]
     for s in range(lay.pp):
-        src = s * q  # the stage's first ring: rank -> the next cp rank, tp ranks further
-        for phase in range(2):
-            step_s = float(net.p2p_s(sent[phase], src, src + lay.tp))
+        hops = rings[s].reshape(-1, lay.cp)
+        pairs = list(zip(hops.ravel().tolist(), np.roll(hops, -1, axis=-1).ravel().tolist()))
+        for phase in range(2):  # every hop of every ring runs at once: a step lasts as long as the slowest
+            step_s = max(float(net.p2p_s(sent[phase], a, b)) for a, b in pairs)
             hidden_by = layers.attention_core_s[phase] / lay.cp
             exposed[s, :, phase] = (lay.cp - 1) * max(0.0, step_s - hidden_by)
+    tr = sc.training
+    if tr.recompute is Recompute.FULL or tr.recomputes(RecomputeModule.CORE_ATTN):
+        exposed[..., 1] += exposed[..., 0]  # the recomputed attention runs its forward ring again
     return exposed, (float((lay.cp - 1) * sent[0]), float((lay.cp - 1) * sent[1]))

@@ -96,6 +96,9 @@ class ComputeEfficiency(SpecModel):
     kernel_launch_s: float = spec_field(0.0, help="time one kernel launch adds (launch latency, gaps between "
                                                   "kernels); 0 = ignored", yaml="kernel_launch_us", unit="us",
                                         scale=units.US, sourced=True, **LATENCY)
+    overlap_slowdown: float = spec_field(0.0, help="compute time added per second of communication hidden under "
+                                                   "it (the SMs and HBM bandwidth the communication kernels take)",
+                                         unit="(s per s)", sourced=True, ge=0.0, le=1.0)
     fp8_matmul_ratio: float = spec_field(1.0, help="fp8 GEMM efficiency relative to bf16's at the same FLOPs "
                                                    "(of the fp8 peak)", unit="(ratio)", sourced=True, **FRACTION)
 

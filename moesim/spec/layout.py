@@ -29,11 +29,33 @@ class ParallelLayout(SpecModel):
     dp: Count = spec_field(1, help="data parallel size", unit=_GPUS, ge=1)
     ep: Count = spec_field(1, help="expert parallel size, carved out of tp x cp x dp", unit=_GPUS, ge=1)
     etp: Count = spec_field(1, help="expert tensor parallel size", unit=_GPUS, ge=1)
+    vpp: Count = spec_field(1, help="virtual pipeline stages (model chunks) per pipeline rank, run as Megatron's "
+                                    "interleaved 1F1B; 1 = plain 1F1B (Megatron --num-virtual-stages-per-pipeline-"
+                                    "rank, formerly --virtual-pipeline-model-parallel-size)",
+                            unit="(model chunks per pipeline rank)", ge=1)
+    first_stage_layers: Count | None = spec_field(
+        None, help="transformer layers on the first pipeline stage; null = an even share (Megatron "
+                   "--decoder-first-pipeline-num-layers). The layers left split evenly over the middle stages",
+        unit="(layers)", ge=1)
+    last_stage_layers: Count | None = spec_field(
+        None, help="transformer layers on the last pipeline stage; null = an even share (Megatron "
+                   "--decoder-last-pipeline-num-layers)", unit="(layers)", ge=1)
 
     @model_validator(mode="after")
     def _expert_grid_fits(self) -> ParallelLayout:
         require(self.ranks_per_stage % (self.ep * self.etp) == 0, "ep", self.ep,
                 f"ep x etp ({self.ep} x {self.etp}) must divide tp x cp x dp ({self.ranks_per_stage})")
+        return self
+
+    @model_validator(mode="after")
+    def _pipeline_options_need_stages(self) -> ParallelLayout:
+        """Megatron's argument checks: virtual stages and uneven splits need pp > 1."""
+        require(self.vpp == 1 or self.pp > 1, "vpp", self.vpp,
+                "1 when pp = 1: interleaving needs pipeline stages (Megatron requires "
+                "--pipeline-model-parallel-size > 1 for virtual pipeline stages)")
+        for key in ("first_stage_layers", "last_stage_layers"):
+            require(getattr(self, key) is None or self.pp > 1, key, getattr(self, key),
+                    "null when pp = 1: there is only one stage, holding every layer")
         return self
 
     @property

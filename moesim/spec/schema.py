@@ -106,11 +106,16 @@ def _sourced(annotation: Any, value_schema: dict, value_text: str) -> dict:
         props = value_schema["properties"]
         # a file-only key (a curve's constant `value`) is one form, and so is each of the model's own keys, unless
         # the model needs them together (the attention table's four keys)
-        own = [field_meta(n, i).key for n, i in base.model_fields.items() if field_meta(n, i).in_file]
-        required_own = [key for key, (n, i) in zip(own, base.model_fields.items()) if i.is_required()]
+        fields = [(field_meta(n, i).key, i) for n, i in base.model_fields.items() if field_meta(n, i).in_file]
+        own = [key for key, _ in fields]
+        required_own = [key for key, info in fields if info.is_required()]
+        together = required_own and len(required_own) == len(own)
         forms = [[key] for key in props if key not in own]
-        forms += [required_own] if required_own and len(required_own) == len(own) else [[key] for key in own]
-        return {**_leaf(props, [], source), "oneOf": [{"required": keys} for keys in forms]}
+        forms += [required_own] if together else [[key] for key in own]
+        # each form excludes the other forms' keys: the loader refuses a constant `value` beside a table
+        return {**_leaf(props, [], source), "oneOf": [
+            {"required": keys, "not": {"anyOf": [{"required": [k]} for k in props if k not in keys]}}
+            for keys in forms]}
     return _leaf({"value": {**value_schema, "description": value_text}}, ["value"], source)
 
 

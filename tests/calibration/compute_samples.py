@@ -1,5 +1,5 @@
-"""Synthetic compute samples (gemm.csv, elementwise.csv, launch.csv rows) made by the simulator's own models, so a
-fit must give back the parameters that made them."""
+"""Synthetic compute samples (gemm.csv, elementwise.csv, launch.csv, attention.csv rows) made by the simulator's own
+models, so a fit must give back the parameters that made them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from moesim.calibration.compute_fit import ComputeSamples
-from moesim.calibration.samples import ELEMENTWISE_COLUMNS, GEMM_COLUMNS, LAUNCH_COLUMNS
+from moesim.calibration.samples import ATTENTION_COLUMNS, ELEMENTWISE_COLUMNS, GEMM_COLUMNS, LAUNCH_COLUMNS
 from moesim.cost import gemm as gg
+from moesim.spec.attention_efficiency import AttentionEfficiencyTable
 
 CPU_SHAPES = tuple(itertools.product((1, 4, 16, 64, 200, 1024), (128, 500, 2048), (32, 128, 512, 2048)))
 GPU_SHAPES = tuple(itertools.product((1, 16, 128, 512, 2048, 8192), (1024, 4096, 16384), (256, 1024, 4096, 16384)))
@@ -48,18 +49,49 @@ def launch_samples(launch_s: float, dtype: str = "fp32") -> pd.DataFrame:
                         columns=list(LAUNCH_COLUMNS))
 
 
+# a CPU-like attention table: every point different, so a transposed or shifted fit shows
+CPU_ATTENTION = AttentionEfficiencyTable(
+    seq_lens=(128, 256, 512, 1024), head_dims=(32, 64, 128),
+    forward_causal=((0.11, 0.17, 0.23, 0.29), (0.13, 0.19, 0.31, 0.37), (0.16, 0.24, 0.41, 0.53)),
+    backward_causal=((0.07, 0.12, 0.2, 0.26), (0.09, 0.15, 0.27, 0.33), (0.1, 0.21, 0.36, 0.47)))
+
+
+def attention_samples(table: AttentionEfficiencyTable, peak_flop_per_s: float, *, dtype: str = "fp32",
+                      tokens: int = 1024, hidden: int = 256, backend: str = "flash_attention", noise: float = 0.0,
+                      rng: np.random.Generator | None = None) -> pd.DataFrame:
+    """attention.csv rows of a device whose causal attention core runs at the table's efficiencies of
+    peak_flop_per_s, written out with FlashAttention's FLOP convention (not moesim's functions): forward
+    4·b·h·d·s²/2 FLOPs, backward 2.5x, the forward_backward row timing both."""
+    rows = []
+    for d, fwd_row, bwd_row in zip(table.head_dims, table.forward_causal, table.backward_causal):
+        for s, e_f, e_b in zip(table.seq_lens, fwd_row, bwd_row):
+            b, h = tokens // s, hidden // d
+            flop = 4.0 * b * h * d * s * s / 2.0
+            t_f = flop / (peak_flop_per_s * e_f)
+            t_fb = t_f + 2.5 * flop / (peak_flop_per_s * e_b)
+            for name, f, t in (("forward", flop, t_f), ("forward_backward", 3.5 * flop, t_fb)):
+                t = float(_noisy(np.array([t]), noise, rng)[0])
+                rows.append((dtype, name, b, h, s, d, f, t, 0.95 * t, 1.05 * t, 1, 5, backend))
+    return pd.DataFrame(rows, columns=list(ATTENTION_COLUMNS))
+
+
 def compute_samples(rates: gg.GemmRates, launch_s: float, hbm_bytes_per_s: float, *, dtype: str = "fp32",
-                    shapes=CPU_SHAPES, device: str = "synthetic CPU", kind: str = "cpu") -> ComputeSamples:
-    """All three files of a device whose GEMMs, element-wise kernels and launches follow `rates` exactly
-    (hbm_bytes_per_s: the bandwidth the element-wise kernels achieve)."""
+                    shapes=CPU_SHAPES, device: str = "synthetic CPU", kind: str = "cpu",
+                    attention: AttentionEfficiencyTable | None = CPU_ATTENTION,
+                    attention_peak_flop_per_s: float = 50e9) -> ComputeSamples:
+    """All four files of a device whose GEMMs, element-wise kernels and launches follow `rates` exactly
+    (hbm_bytes_per_s: the bandwidth the element-wise kernels achieve) and whose attention core runs at `attention`'s
+    efficiencies of attention_peak_flop_per_s (None: no attention.csv)."""
     meta = {"date": "2026-12-01", "device": device, "device_kind": kind, "sm_count": rates.sm_count,
             "threads_per_rank": rates.sm_count if kind == "cpu" else None, "mode": "full", "seconds": 1.0}
     return ComputeSamples(gemm_samples(rates, launch_s, dtype=dtype, shapes=shapes),
                           elementwise_samples(hbm_bytes_per_s, launch_s, dtype=dtype), launch_samples(launch_s, dtype),
-                          meta)
+                          meta, None if attention is None else
+                          attention_samples(attention, attention_peak_flop_per_s, dtype=dtype))
 
 
 def write_compute_samples(directory, samples: ComputeSamples) -> None:
     for frame, name in ((samples.gemm, "gemm.csv"), (samples.elementwise, "elementwise.csv"),
-                        (samples.launch, "launch.csv")):
-        frame.to_csv(directory / name, index=False)
+                        (samples.launch, "launch.csv"), (samples.attention, "attention.csv")):
+        if frame is not None:
+            frame.to_csv(directory / name, index=False)

@@ -34,14 +34,18 @@ def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
     samples = calibrated.with_name("cpu-ci.samples")
     assert (samples / "kernels.csv").is_file() and (samples / "collectives.csv").is_file()
     assert prof.gpu.peak(Dtype.FP32) > 0
-    for name in ("gemm.csv", "elementwise.csv", "launch.csv"):
+    for name in ("gemm.csv", "elementwise.csv", "launch.csv", "attention.csv"):
         assert (samples / name).is_file(), name
     compute = json.loads((samples / "host.json").read_text())["compute"]
     assert compute["mode"] == "quick" and compute["sm_count"] == 1 and compute["device_kind"] == "cpu"
+    assert compute["attention"]["mode"] == "quick" and compute["attention"]["seconds"] <= compute["seconds"]
+    table = prof.efficiency.attention
+    assert table.seq_lens == tuple(compute["attention"]["seq_lens"]) and len(table.head_dims) == 2
+    assert 0 < table.at(128, 64, backward=False) <= 1 and 0 < table.at(128, 64, backward=True) <= 1
     assert prof.gpu.sm_count == 1 and 0 < prof.efficiency.kernel_launch_s < 1e-3
     assert 0 < prof.efficiency.gemm <= 1 and 0 < prof.efficiency.hbm <= 1
     for key in ("compute.gemm_efficiency", "compute.gemm_tiles", "compute.hbm_efficiency", "compute.kernel_launch_us",
-                "gpu.sm_count"):
+                "compute.attention_efficiency", "gpu.sm_count"):
         assert prof.provenance[key].startswith("moesim calibrate, "), key
     assert "MAPE" in prof.provenance["compute.gemm_efficiency"]
 
@@ -73,13 +77,16 @@ def test_existing_profile_is_not_overwritten_and_samples_rebuild_it(calibrated, 
     assert kit.gpu.peak(Dtype.BF16) > 900e12 and kit.calibration.collective("all_to_all", "intra_node")
     assert "no gemm.csv, elementwise.csv, launch.csv" in capsys.readouterr().out  # the kit measures no compute
     assert kit.provenance["compute.gemm_efficiency"].startswith("not measured by this calibration")
+    assert kit.provenance["compute.attention_efficiency"].startswith("not measured by this calibration")
+    assert kit.efficiency.attention == load_profile(PROFILE_DIR / "dgx-h100.yaml").efficiency.attention
     assert kit.efficiency.gemm == load_profile(PROFILE_DIR / "dgx-h100.yaml").efficiency.gemm
     assert main(["calibrate", "--from-samples", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.yaml")]) == 2
     assert main(["calibrate", "--ranks", "1", "--out", str(tmp_path / "y.yaml")]) == 2
 
 
 
-@pytest.mark.parametrize("removed", [("launch.csv",), ("gemm.csv", "elementwise.csv", "launch.csv")])
+@pytest.mark.parametrize("removed", [("launch.csv",), ("gemm.csv", "elementwise.csv", "launch.csv"),
+                                     ("attention.csv",)])
 def test_a_samples_directory_without_the_compute_csvs_is_one_line(calibrated, tmp_path, capsys, removed):
     old = tmp_path / "old.samples"
     shutil.copytree(calibrated.with_name("cpu-ci.samples"), old)

@@ -19,8 +19,8 @@ from helpers import scenario
 
 SUMMARY_JSON_KEYS = [
     "scenario", "gpus", "layout", "profile", "measured_steps", "step_time_s", "step_time_p95_s", "step_time_p99_s",
-    "step_time_mean_s", "tokens_per_s", "mfu", "mfu_nominal", "capacity_factor", "breakdown_s", "peak_memory_bytes",
-    "peak_memory_bytes_max", "peak_memory_breakdown_bytes", "hbm_bytes", "fits_in_memory",
+    "step_time_mean_s", "tokens_per_s", "mfu", "mfu_nominal", "capacity_factor", "breakdown_s", "hidden_s",
+    "peak_memory_bytes", "peak_memory_bytes_max", "peak_memory_breakdown_bytes", "hbm_bytes", "fits_in_memory",
     "expert_load_max_over_mean", "gpu_load_max_over_mean",
     "dropped_fraction", "dropped_first_choice_fraction", "padding_fraction", "unrouted_token_fraction",
     "all_to_all_bytes_per_step", "network", "placement", "step_times_s", "per_layer", "provenance",
@@ -45,7 +45,7 @@ def test_summary_is_frozen_and_typed(summary):
 def test_to_dict_is_summary_json(summary):
     d = summary.to_dict()
     assert list(d) == SUMMARY_JSON_KEYS
-    assert list(d["layout"]) == ["tp", "pp", "dp", "ep", "etp", "edp"]
+    assert list(d["layout"]) == ["tp", "pp", "dp", "ep", "etp", "edp", "cp"]
     assert list(d["network"]["a2a_link_utilisation"]["nic"]) == ["mean", "max"]
     assert list(d["provenance"])[-1] == "scenario" and d["per_layer"][0]["layer"] == summary.per_layer[0].layer
     assert json.loads(json.dumps(d, allow_nan=False)) == d  # plain JSON types only: no tuples, no records

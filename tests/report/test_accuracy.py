@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from moesim.report.accuracy import (AccuracyRow, accuracy_markdown, accuracy_stats, load_validation_set, predict,
-                                    run_accuracy)
+                                    read_baseline, run_accuracy)
 from moesim.spec.errors import SpecError
 from moesim.spec.simulation import RoutingDraws
 
@@ -68,6 +68,21 @@ def test_markdown_has_the_statistics_and_the_order_of_layouts(runs):
     assert f"median |error| {100 * st.median_abs_error:.1f} %" in text
     assert "## Order of layouts" in text and "grok-1" in text.lower()
     assert all(isinstance(r, AccuracyRow) for r in rows)
+
+
+def test_a_baseline_shows_each_rows_error_before(runs, tmp_path):
+    rows = run_accuracy([runs[name] for name in SMALLEST])
+    baseline = tmp_path / "before.json"
+    baseline.write_text(json.dumps({SMALLEST[0]: {"error": -0.25}}), encoding="utf-8")
+    text = accuracy_markdown(rows, "header line", read_baseline(baseline))
+    assert "| error before |" in text
+    table = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| -25.0 % |" in table[SMALLEST[0]] and "| new |" in table[SMALLEST[1]]
+    assert "Before (the baseline's errors of these 1 runs): median |error| 25.0 %" in text
+    (tmp_path / "bad.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(SpecError) as err:
+        read_baseline(tmp_path / "bad.json")
+    assert err.value.one_line().startswith("--baseline")
 
 
 def _copy_run(tmp_path: Path, name: str) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from moesim.sim.engine import PlacementWork, StepContext, one_f_one_b  # noqa: F401 - shared with the engine
+from moesim.sim.engine import PlacementWork, StepContext, pipeline_schedule  # noqa: F401 - shared with the engine
 from moesim.sim.records import OpKind, Phase, RecordLog
 
 
@@ -101,31 +101,37 @@ def _rank(env, ctx: StepContext, rdv: Rendezvous, mail: Mailbox, rank: int, fini
     lay = sc.layout
     q_count = lay.ranks_per_stage
     stage, q = divmod(rank, q_count)
-    layers = range(stage * sc.layers_per_stage, (stage + 1) * sc.layers_per_stage)
     last = stage == lay.pp - 1
     pw = ctx.placement
     if pw is not None:
         ops = ((OpKind.MIGRATION, float(pw.migration_s[stage])), (OpKind.SHADOW, float(pw.shadow_s[stage])))
         yield from _compute(env, log, -1, -1, Phase.STEP, tuple(o for o in ops if o[1] > 0))
-    for phase, mb in one_f_one_b(stage, lay.pp, sc.num_micro_batches):
+    for phase, mb, chunk in pipeline_schedule(stage, lay.pp, sc.num_micro_batches, lay.vpp):
+        # model chunk c of stage s is virtual stage c * pp + s; the last stage's chunk c feeds stage 0's c + 1
         fwd = phase is Phase.FORWARD
-        upstream = stage > 0 if fwd else not last
+        layers = sc.chunk_layers(stage, chunk)
+        first_chunk, head_chunk = stage == 0 and chunk == 0, last and chunk == lay.vpp - 1
+        upstream = not first_chunk if fwd else not head_chunk
         if upstream:
             t0 = env.now
-            yield mail.receive((rank, mb, phase))
+            yield mail.receive((rank, chunk, mb, phase))
             if env.now > t0:
                 log.add(mb, -1, phase, OpKind.PP_WAIT, t0, env.now)
-        if last and not fwd:
+        if head_chunk and not fwd:
             yield from _compute(env, log, mb, -1, phase, _lm_head_ops(st.layers, phase))
         for layer in (layers if fwd else reversed(layers)):
             yield from _layer(env, ctx, rdv, log, stage, q, layer, mb, phase)
-        if last and fwd:
+        if head_chunk and fwd:
             yield from _compute(env, log, mb, -1, phase, _lm_head_ops(st.layers, phase))
-        downstream = not last if fwd else stage > 0
+        downstream = not head_chunk if fwd else not first_chunk
         if downstream:
-            peer = rank + q_count if fwd else rank - q_count
-            link_stage = stage if fwd else stage - 1
-            mail.send((peer, mb, phase), float(st.p2p_s[link_stage, q]))
+            world = lay.world_size
+            if fwd:
+                peer, peer_chunk, link_stage = (rank + q_count) % world, chunk + (1 if last else 0), stage
+            else:
+                peer, peer_chunk, link_stage = (rank - q_count) % world, chunk - (1 if stage == 0 else 0), \
+                    (stage - 1) % lay.pp
+            mail.send((peer, peer_chunk, mb, phase), float(st.p2p_s[link_stage, q]))
     yield from _collective(env, rdv, log, ("dp", stage, q % lay.tp), lay.dp_cp,
                            float(st.dp_dense_s[stage, q]), -1, -1, Phase.STEP, OpKind.DP_SYNC_DENSE,
                            float(st.grad_bytes[stage, 0]))

@@ -47,12 +47,35 @@ def test_the_exposed_exchange_is_what_each_ring_step_does_not_hide():
     m, lay = sc.model, sc.layout
     kv = sc.tokens_per_micro_batch * (m.k_width + m.v_width) / lay.tp * sc.training.dtype.activation_bytes
     for phase, sent in enumerate((kv, 2 * kv)):
-        step_s = float(net.p2p_s(sent, 0, lay.tp))
+        step_s = float(net.p2p_s(sent, 0, lay.tp))  # stage 0's rings [0, 2] and [1, 3]: every hop alike
         want = (lay.cp - 1) * max(0.0, step_s - lc.attention_core_s[phase] / lay.cp)
         assert st.cp_comm_s[0, :, phase] == pytest.approx(np.full(lay.ranks_per_stage, want))
     assert st.cp_bytes == pytest.approx((kv, 2 * kv))
     # ranks 0 and 2 of stage 0 share a node; a ring across nodes is slower
     assert float(net.p2p_s(kv, 0, 2)) < float(net.p2p_s(kv, 0, 4))
+
+
+def test_a_ring_that_crosses_nodes_steps_at_its_slowest_hop():
+    # tp 2, cp 4 on nodes of 4 GPUs: ring [0, 2, 4, 6] hops 0->2 and 4->6 over NVLink, 2->4 and 6->0 across nodes
+    sc = scenario(nodes=2, gpus_per_node=4, layout=ParallelLayout(tp=2, cp=4, pp=1, dp=1, ep=4), seq_len=4096)
+    net = build_network(sc.cluster, sc.network)
+    st, lc = static_work(sc, net), layer_costs(sc)
+    kv = st.cp_bytes[0] / 3
+    across = float(net.p2p_s(kv, 2, 4))
+    assert across > float(net.p2p_s(kv, 0, 2))
+    assert st.cp_comm_s[0, 0, 0] == pytest.approx(3 * max(0.0, across - lc.attention_core_s[0] / 4))
+
+
+def test_recomputed_attention_runs_its_forward_ring_again():
+    from moesim.spec import Recompute
+
+    layout = ParallelLayout(tp=2, cp=4, pp=1, dp=1, ep=4)
+    plain = scenario(nodes=2, gpus_per_node=4, layout=layout, seq_len=4096)
+    full = scenario(nodes=2, gpus_per_node=4, layout=layout, seq_len=4096, recompute=Recompute.FULL)
+    net = build_network(plain.cluster, plain.network)
+    a, b = static_work(plain, net), static_work(full, net)
+    assert a.cp_comm_s[0, 0, 0] > 0
+    assert b.cp_comm_s[0, 0, 1] == pytest.approx(b.cp_comm_s[0, 0, 0] + a.cp_comm_s[0, 0, 1])
 
 
 def test_long_sequences_hide_the_exchange_inside_a_node():

@@ -1,7 +1,8 @@
 """The per-stage engine (numpy vectors of per-rank clocks, one SimPy process per pipeline stage) gives the same
 records, to the last bit, as the per-rank engine it replaced (tests/sim/per_rank_engine.py, one process per rank),
 on the same precomputed work: every schedule path (pipeline waits, TP/EP/DP groups, expert tensor parallelism,
-context parallelism, recompute, blocking and overlapped migrations, shadowed and replicated experts)."""
+context parallelism, recompute, blocking and overlapped migrations, shadowed and replicated experts, interleaved
+1F1B and uneven pipeline splits)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ def _cases():
     # context parallelism across the two nodes: the ring's exchange is exposed and its members wait for each other
     yield "cp2-across-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.2,
                                        layout=ParallelLayout(tp=2, cp=2, pp=2, dp=1, ep=4))
+    # interleaved 1F1B across two nodes: the last stage's chunk 0 feeds stage 0's chunk 1 over the network; a dense
+    # first layer makes stage 0's chunks differ
+    yield "vpp2-two-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.2, model=tiny_model(first_k_dense=1),
+                                     layout=ParallelLayout(tp=1, pp=2, dp=4, ep=2, vpp=2))
+    # uneven split (Megatron --decoder-first/last-pipeline-num-layers) with interleaving: 2 + 2 x 2 + 2 layers
+    yield "uneven-vpp2", scenario(zipf_s=1.0, model=tiny_model(num_layers=8), global_batch=8,
+                                  layout=ParallelLayout(tp=1, pp=4, dp=2, ep=2, vpp=2, first_stage_layers=2,
+                                                        last_stage_layers=2))
+    yield "uneven-pp4", scenario(zipf_s=1.5, model=tiny_model(num_layers=8), global_batch=6,
+                                 layout=ParallelLayout(tp=2, pp=4, dp=1, ep=2, first_stage_layers=1,
+                                                       last_stage_layers=3))
     for name, placement in PLACEMENTS.items():
         doc = yaml.safe_load(PLACEMENT.format(policy=name, placement=placement))
         yield name, parse_scenario(doc, name, Path("."))

@@ -31,7 +31,7 @@ def test_frame_has_the_documented_dtypes_and_the_log_starts_over():
     blk.add(0, 1, Phase.BACKWARD, OpKind.DISPATCH, 1.0, 2.5, nbytes=4096.0, rows=12, wait_s=0.25)
     frame = log.to_frame()
     assert frame.dtypes.astype(str).tolist() == ["int32", "int32", "int32", "int32", "category", "category",
-                                                 "float64", "float64", "float64", "int64", "float64"]
+                                                 "float64", "float64", "float64", "int64", "float64", "float64"]
     assert list(frame["op"].cat.categories) == [o.value for o in OpKind]
     assert frame.iloc[0][["bytes", "rows", "wait_s"]].tolist() == [4096.0, 12, 0.25]
     assert len(log) == 0 and len(log.to_frame()) == 0
