@@ -340,7 +340,7 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     for s in range(lay.pp if lay.vpp > 1 else lay.pp - 1):  # interleaving: the last stage sends on to stage 0
         for i in range(q):
             src = s * q + i
-            p2p[s, i] = net.p2p_s(p2p_bytes, src, (src + q) % lay.world_size)
+            p2p[s, i] = net.p2p_s(p2p_bytes, int(lay.physical(src)), int(lay.physical((src + q) % lay.world_size)))
 
     params = np.array([stage_params(sc, s) for s in range(lay.pp)])  # [pp, 2] dense, expert
     grad_bytes = params * tr.grad_dtype.bytes

@@ -11,10 +11,17 @@ from __future__ import annotations
 import numpy as np
 from pydantic import model_validator
 
-from moesim.spec.base import Count, SpecModel, spec_field
+from moesim.spec.base import Count, SpecEnum, SpecModel, spec_field
 from moesim.spec.errors import require
 
 _GPUS = "(GPUs in each group)"
+
+
+class RankOrder(SpecEnum):
+    """How Megatron lays the parallel dimensions over the GPUs, innermost first (parallel_state's `order`)."""
+
+    TP_CP_EP_DP_PP = "tp-cp-ep-dp-pp"  # Megatron's default: a pipeline stage is a block of consecutive GPUs
+    TP_CP_EP_PP_DP = "tp-cp-ep-pp-dp"  # --use-tp-pp-dp-mapping: the stages of one pipeline are neighbours
 
 
 class ParallelLayout(SpecModel):
@@ -41,10 +48,18 @@ class ParallelLayout(SpecModel):
         None, help="transformer layers on the last pipeline stage; null = an even share (Megatron "
                    "--decoder-last-pipeline-num-layers)", unit="(layers)", ge=1)
 
+    order: RankOrder = spec_field(
+        RankOrder.TP_CP_EP_DP_PP, help="how the dimensions are laid over the GPUs, innermost first: tp-cp-ep-dp-pp "
+        "(Megatron's default) or tp-cp-ep-pp-dp (Megatron --use-tp-pp-dp-mapping); decides which groups cross nodes")
+
     @model_validator(mode="after")
     def _expert_grid_fits(self) -> ParallelLayout:
         require(self.ranks_per_stage % (self.ep * self.etp) == 0, "ep", self.ep,
                 f"ep x etp ({self.ep} x {self.etp}) must divide tp x cp x dp ({self.ranks_per_stage})")
+        # pp inside dp: the expert grid (etp-ep-pp-edp) must put every GPU on the same stage as the dense grid
+        require(self.order is RankOrder.TP_CP_EP_DP_PP or self.pp == 1 or self.ep * self.etp == self.tp * self.cp,
+                "order", self.order.value, f"tp-cp-ep-dp-pp, or ep x etp ({self.ep} x {self.etp}) equal to tp x cp "
+                f"({self.tp} x {self.cp}) with tp-cp-ep-pp-dp (both grids must place a GPU on the same stage)")
         return self
 
     @model_validator(mode="after")
@@ -77,13 +92,25 @@ class ParallelLayout(SpecModel):
         """Expert data-parallel degree: replicas of each expert shard inside a stage."""
         return self.ranks_per_stage // (self.ep * self.etp)
 
+    def physical(self, rank):
+        """The GPU (global rank on the cluster) of stage-major rank `rank` = position in the stage's ranks + stage
+        x ranks_per_stage, the index the simulator's per-rank arrays and records use. The default order lays them
+        alike; tp-cp-ep-pp-dp puts the pp stages of each block of tp x cp GPUs next to each other."""
+        rank = np.asarray(rank)
+        if self.order is RankOrder.TP_CP_EP_DP_PP:
+            return rank
+        block = self.tp * self.cp
+        stage, within = np.divmod(rank, self.ranks_per_stage)
+        d, b = np.divmod(within, block)
+        return b + block * (stage + self.pp * d)
+
     def _grid(self) -> np.ndarray:
-        return np.arange(self.world_size).reshape(self.pp, self.dp, self.cp, self.tp)
+        return self.physical(np.arange(self.world_size)).reshape(self.pp, self.dp, self.cp, self.tp)
 
     def _expert_grid(self) -> np.ndarray:
-        return np.arange(self.world_size).reshape(self.pp, self.edp, self.ep, self.etp)
+        return self.physical(np.arange(self.world_size)).reshape(self.pp, self.edp, self.ep, self.etp)
 
-    # Each *_groups() returns an int array whose last axis lists one group's ranks in group order.
+    # Each *_groups() returns an int array whose last axis lists one group's GPUs (physical ranks) in group order.
     def tp_groups(self) -> np.ndarray:  # [pp, dp * cp, tp]
         return self._grid().reshape(self.pp, self.dp * self.cp, self.tp)
 

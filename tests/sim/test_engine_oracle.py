@@ -18,6 +18,7 @@ import moesim.sim.simulate as simulate_module
 from moesim.loader import parse_scenario
 from moesim.sim.simulate import simulate
 from moesim.spec import ParallelLayout, Recompute
+from moesim.spec.layout import RankOrder
 
 from helpers import scenario, tiny_model
 from sim import per_rank_engine
@@ -51,6 +52,8 @@ def _cases():
     yield "ep1-pp2", scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=1), model=tiny_model(first_k_dense=1))
     yield "two-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.0, layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
     # context parallelism across the two nodes: the ring's exchange is exposed and its members wait for each other
+    yield "tp-pp-dp-mapping", scenario(nodes=2, gpus_per_node=4, zipf_s=1.2,
+                                       layout=ParallelLayout(tp=2, pp=2, dp=2, ep=2, order=RankOrder.TP_CP_EP_PP_DP))
     yield "cp2-across-nodes", scenario(nodes=2, gpus_per_node=4, zipf_s=1.2,
                                        layout=ParallelLayout(tp=2, cp=2, pp=2, dp=1, ep=4))
     # interleaved 1F1B across two nodes: the last stage's chunk 0 feeds stage 0's chunk 1 over the network; a dense
