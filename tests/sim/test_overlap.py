@@ -107,6 +107,25 @@ def test_dp_overlap_closed_form():
     assert exposed[0, 0, 0] == pytest.approx(1e-6 / 2)  # the last layer's bucket (2 layers per stage) stays
 
 
+def test_param_gather_overlap_hides_the_all_gather_half_behind_one_forward():
+    from moesim.spec.training import OptimizerSpec  # noqa: PLC0415
+
+    base = scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
+    base = base.replace(training=base.training.replace(optimizer=OptimizerSpec(distributed=True)))
+    lc = layer_costs(base)
+    moe = [base.model.is_moe_layer(i) for i in range(2)]
+    fwd = sum(lc.attention_fwd_s + (lc.router_fwd_s if m else lc.dense_ffn_fwd_s) + lc.memory_bound_fwd_s[int(m)]
+              for m in moe)
+    bwd = sum(lc.attention_bwd_s + (lc.router_bwd_s if m else lc.dense_ffn_bwd_s) + lc.memory_bound_bwd_s[int(m)]
+              for m in moe)
+    sync = np.full((2, 2, 4), 1.0)
+    exposed, hidden = _dp_overlap(_with(base, overlap_param_gather=True), lc, sync)
+    assert hidden[0, 0, 0] == pytest.approx(fwd)  # the all-gather: half of the all-reduce, under one forward
+    exposed, hidden = _dp_overlap(_with(base, overlap_param_gather=True, overlap_grad_reduce=True), lc, sync)
+    assert hidden[0, 0, 0] == pytest.approx(fwd + bwd)  # and the reduce-scatter half under one backward
+    assert exposed[0, 0, 0] == pytest.approx(1.0 - fwd - bwd)
+
+
 @pytest.mark.parametrize("comm, layout, expected", [
     (dict(overlap_param_gather=True), ParallelLayout(tp=1, pp=2, dp=4, ep=4), "optimizer.distributed: true"),
     (dict(tp_comm_overlap=True), ParallelLayout(tp=1, pp=2, dp=4, ep=4), "layout.tp > 1"),
