@@ -14,6 +14,7 @@ from moesim.sim.workload import _dp_overlap, layer_costs, static_work
 from moesim.spec import ParallelLayout
 from moesim.spec.comm import CommSpec
 from moesim.spec.errors import SpecError
+from moesim.spec.training import OptimizerSpec
 
 from helpers import scenario, tiny_model
 
@@ -108,8 +109,6 @@ def test_dp_overlap_closed_form():
 
 
 def test_param_gather_overlap_hides_the_all_gather_half_behind_one_forward():
-    from moesim.spec.training import OptimizerSpec  # noqa: PLC0415
-
     base = scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
     base = base.replace(training=base.training.replace(optimizer=OptimizerSpec(distributed=True)))
     lc = layer_costs(base)
