@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     acc.add_argument("--max-micro-batches", type=yaml_int,
                      help="above this many micro-batches per pipeline, extrapolate from two shorter runs "
                           "(default 32: moesim.report.accuracy.DEFAULT_MAX_MICRO_BATCHES)")
+    pln = sub.add_parser("plan", help="search layouts x dispatcher x placement x capacity for a scenario's cluster, "
+                                      "model and batch (its plan: section), rank them under routing conditions")
+    pln.add_argument("scenario", type=Path, help="scenario YAML file (its plan: section; defaults without one)")
+    pln.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-plan)")
+    pln.add_argument("--force", action="store_true", help="replace the files of an earlier plan in --out")
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
@@ -78,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--force", action="store_true", help="replace an existing profile")
     _trace_parsers(sub.add_parser("trace", help="record, fit or import routing traces")
                    .add_subparsers(dest="trace_command", required=True, parser_class=_Parser))
+    meg = sub.add_parser("import", help="a training framework's launch command -> a scenario YAML").add_subparsers(
+        dest="import_kind", required=True, parser_class=_Parser).add_parser(
+        "megatron", help="a Megatron-LM command line or arguments file (torchrun ... pretrain_gpt.py --flag value "
+                         "...) -> SCENARIO.yaml; unread flags are reported on stderr")
+    meg.add_argument("args_file", type=Path, metavar="ARGS_FILE")
+    meg.add_argument("--out", type=Path, required=True, metavar="SCENARIO.yaml", help="the scenario to write")
+    meg.add_argument("--force", action="store_true", help="replace an existing file")
+    meg.add_argument("--profile", default="dgx-h100", help="hardware profile name or path (default dgx-h100)")
+    meg.add_argument("--nodes", type=yaml_int, help="nodes of the profile (default: the torchrun launcher's "
+                                                    "--nnodes x --nproc-per-node in the file)")
     return p
 
 
@@ -201,6 +216,33 @@ def _trace_import(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    """`moesim import megatron`: read the flags, report each one not read (one line each), write the scenario."""
+    from moesim import __version__  # noqa: PLC0415
+    from moesim.export.megatron_flags import flag_line  # noqa: PLC0415
+    from moesim.io.megatron_args import import_megatron_args  # noqa: PLC0415
+    from moesim.io.results import write_text_atomic  # noqa: PLC0415
+    from moesim.io.safe_yaml import dump_yaml  # noqa: PLC0415
+
+    _refuse_overwrite(args.out, args.force)
+    result = import_megatron_args(args.args_file, name=args.out.stem or "imported", base_dir=args.out.parent,
+                                  profile=args.profile, nodes=args.nodes)
+    for line in [*result.warnings, *(f"{flag[:80]}: {flag_line(flag)}" for flag in result.unmapped)]:
+        line = " ".join(f"moesim: warning: {args.args_file}: {line}".split())  # one line, whatever the file holds
+        print(line if len(line) <= 400 else line[:397] + "...", file=sys.stderr)
+    header = (f"# Imported by `moesim import megatron` (moesim {__version__}) from {str(args.args_file)!r}: "
+              f"{len(result.flags)} flags, {len(result.unmapped)} not read (reported when imported).\n# routing: a "
+              "preset chosen from the load-balancing flags; Megatron-LM's flags do not say how skewed the router "
+              "is.\n")
+    write_text_atomic(args.out, header + dump_yaml(result.doc))
+    sc, lay = result.scenario, result.scenario.layout
+    print(f"wrote {args.out}: {sc.model.name} on {lay.world_size} GPUs ({sc.cluster.nodes} x "
+          f"{sc.cluster.profile.name}), tp={lay.tp} cp={lay.cp} pp={lay.pp} dp={lay.dp} ep={lay.ep} etp={lay.etp}"
+          f"{f' vpp={lay.vpp}' if lay.vpp > 1 else ''}; {len(result.flags) - len(result.unmapped)} of "
+          f"{len(result.flags)} flags read")
+    return 0
+
+
 def _terminate(signum: int, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: a half-written run is removed, the old one kept
 
@@ -226,7 +268,7 @@ def _main(argv: list[str]) -> int:
             warnings.simplefilter("ignore")
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
                     "calibrate": _calibrate, "schema": _schema, "sweep": _sweep,
-                    "report": _report, "accuracy": _accuracy}[args.command](args)
+                    "report": _report, "accuracy": _accuracy, "import": _import, "plan": _plan}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -425,6 +467,31 @@ def _report(args) -> int:
     paths = write_sweep_report(args.sweep_dir, args.out, force=args.force)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _plan(args) -> int:
+    from moesim.io.strict import read_yaml_mapping  # noqa: PLC0415
+    from moesim.loader import load_scenario  # noqa: PLC0415
+    from moesim.plan.output import FILES, shortlist_markdown, write_plan  # noqa: PLC0415
+    from moesim.plan.run import plan  # noqa: PLC0415
+    from moesim.report.progress import Progress  # noqa: PLC0415
+
+    sc = load_scenario(args.scenario)
+    doc = read_yaml_mapping(args.scenario, "scenario")
+    out = args.out if args.out is not None else Path("runs") / f"{sc.name}-plan"
+    if out.is_dir():  # before any work
+        for name in FILES:
+            _refuse_overwrite(out / name, args.force)
+    bars = {"screen": Progress("plan: screen", "candidates"), "simulate": Progress("plan: simulate", "layouts")}
+    result = plan(sc, progress=lambda stage, done, total: bars[stage](done, total))
+    title = f"moesim plan {args.scenario}"
+    text = shortlist_markdown(result, title)
+    print(text.split("\n## Why", 1)[0].rstrip())
+    if result.winner is not None:
+        print("why:\n" + "\n".join(f"  {line}" for line in result.winner.explanation))
+    paths = write_plan(out, result, dict(doc), title)
+    print(f"wrote {len(paths)} files to {out}/: {', '.join(p.name for p in paths)}")
+    return 0 if result.winner is not None else EXIT_FAILED
 
 
 def _accuracy(args) -> int:

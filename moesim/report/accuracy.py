@@ -20,13 +20,10 @@ from pathlib import Path
 from moesim.io.results import write_json_atomic, write_text_atomic
 from moesim.io.strict import finite_float, read_yaml_mapping
 from moesim.loader import load_scenario
-from moesim.metrics.summary import summarize
-from moesim.sim.simulate import simulate
+from moesim.metrics.predict import DEFAULT_MAX_MICRO_BATCHES, Prediction, predict
 from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
-from moesim.spec.simulation import RecordDetail
 
-DEFAULT_MAX_MICRO_BATCHES = 32
 # published.yaml's keys (validation/README.md describes them); only `id`, `compare_group` and `step_time_s`
 # are read, the rest is provenance for people
 PUBLISHED_KEYS = ("id", "model", "cluster", "precision", "layout", "compare_group", "published", "source",
@@ -44,20 +41,6 @@ class ValidationRun:
     precision: str
     source: str
     scenario: Scenario
-
-
-@dataclass(frozen=True)
-class Prediction:
-    step_s: float
-    breakdown_s: dict[str, float]  # bucket -> seconds per step (mean over ranks)
-    peak_memory_bytes: float  # the busiest rank
-    hbm_bytes: float
-    micro_batches: int
-    simulated_micro_batches: tuple[int, ...]  # (m,) simulated whole, or (m1, m2) extrapolated from
-
-    @property
-    def extrapolated(self) -> bool:
-        return len(self.simulated_micro_batches) == 2
 
 
 def load_validation_set(directory: Path) -> list[ValidationRun]:
@@ -105,34 +88,6 @@ def _load_run(name: str, path: Path, scenario: Scenario) -> ValidationRun:
         if isinstance(src, dict) else str(src)
     return ValidationRun(name, value, group, str(doc.get("model", scenario.model.name)), str(doc.get("layout", "")),
                          str(doc.get("precision", scenario.training.dtype.value)), where, scenario)
-
-
-def with_micro_batches(sc: Scenario, micro_batches: int) -> Scenario:
-    """The scenario with `micro_batches` per data-parallel rank (the global batch scaled to match)."""
-    gbs = micro_batches * sc.layout.dp * sc.training.micro_batch_size
-    return sc.replace(training=sc.training.replace(global_batch_size=gbs))
-
-
-def predict(sc: Scenario, max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES) -> Prediction:
-    """Simulate `sc` (summary records only), extrapolating in the micro-batch count above `max_micro_batches`."""
-    sc = sc.replace(simulation=sc.simulation.replace(records=RecordDetail.SUMMARY))
-    m = sc.num_micro_batches
-    if m <= max_micro_batches:
-        s = summarize(simulate(sc))
-        return Prediction(s.step_time_s, dict(s.breakdown_s), s.peak_memory_bytes_max, s.hbm_bytes, m, (m,))
-    m1 = max(sc.layout.pp, max_micro_batches // 2)
-    m2 = 2 * m1
-    if m2 >= m:  # too few to extrapolate from below: simulate it whole
-        return predict(sc, m)
-    s1, s2 = (summarize(simulate(with_micro_batches(sc, k))) for k in (m1, m2))
-
-    def extend(y1: float, y2: float) -> float:
-        return y2 + (m - m2) * (y2 - y1) / (m2 - m1)
-
-    breakdown = {b: extend(s1.breakdown_s[b], s2.breakdown_s[b]) for b in s2.breakdown_s}
-    # memory: with m1 >= pp every stage already holds its most micro-batches in flight
-    return Prediction(extend(s1.step_time_s, s2.step_time_s), breakdown, s2.peak_memory_bytes_max, s2.hbm_bytes,
-                      m, (m1, m2))
 
 
 @dataclass(frozen=True)

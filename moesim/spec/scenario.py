@@ -13,6 +13,7 @@ from moesim.spec.model import MoeModelSpec
 from moesim.spec.network import NetworkSpec
 from moesim.spec.placement import PlacementSpec
 from moesim.spec.comm import CommSpec, TokenDispatcher
+from moesim.spec.plan import PlanSpec
 from moesim.spec.routing import GateSpec, RoutingSpec
 from moesim.spec.simulation import SimulationSpec
 from moesim.spec.training import TrainingSpec
@@ -28,6 +29,8 @@ class Scenario(SpecModel):
     simulation: SimulationSpec = spec_field(SimulationSpec(), help="steps and master seed")
     gate: GateSpec = spec_field(GateSpec(), help="capacity and drops")
     comm: CommSpec = spec_field(CommSpec(), help="token dispatcher and communication overlap (Megatron-LM's flags)")
+    plan: PlanSpec | None = spec_field(None, help="what `moesim plan` searches and how it ranks (ignored by "
+                                       "`moesim run`)")
     network: NetworkSpec = spec_field(NetworkSpec(), help="how collectives are timed")
     placement: PlacementSpec = spec_field(PlacementSpec(), help="expert placement policy and memory budget")
 

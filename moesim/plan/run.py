@@ -1,0 +1,214 @@
+"""`moesim plan`: screen every candidate with the closed-form estimate, re-rank the best with the simulator under
+each routing condition, explain the short list and write the winner as a runnable scenario."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.metrics.predict import Prediction, predict
+from moesim.network import build_network
+from moesim.plan.estimate import Estimate, estimate, peak_memory
+from moesim.plan.space import KEYS, Candidate, candidates, count
+from moesim.spec.errors import SpecError
+from moesim.spec.placement import PlacementPolicyKind, PlacementSpec
+from moesim.spec.plan import SCENARIO_ROUTING, PlanSpec, RankBy
+from moesim.spec.routing import RoutingSpec
+from moesim.spec.routing_presets import ROUTING_PRESETS
+from moesim.spec.scenario import Scenario
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Screened:
+    candidate: Candidate
+    estimate: Estimate | None
+    reason: str  # "" when it passed the screen
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    screened: Screened
+    placement: PlacementPolicyKind
+    scenario: Scenario
+    predictions: dict[str, Prediction]  # routing condition -> simulated step
+    score_s: float  # by the plan's rank_by
+    explanation: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: PlanSpec
+    screened: list[Screened]
+    shortlist: list[Evaluated]  # best first
+    screen_s: float
+    simulate_s: float
+
+    @property
+    def winner(self) -> Evaluated | None:
+        return self.shortlist[0] if self.shortlist else None
+
+
+def screen(sc: Scenario, plan: PlanSpec, progress: Callable[[int, int], None] | None = None) -> list[Screened]:
+    """Every candidate with its estimate, or the reason it was pruned (memory included: a candidate that does not
+    fit its GPUs under balanced routing is pruned with the numbers)."""
+    net = build_network(sc.cluster, sc.network)  # one cluster for every candidate: one network, one cache
+    total, out = count(plan), []
+    for i, cand in enumerate(candidates(sc, plan)):
+        if cand.scenario is None:
+            out.append(Screened(cand, None, cand.reason))
+        else:
+            peak, stage = peak_memory(cand.scenario)  # first: a layout that does not fit needs no step time
+            hbm = cand.scenario.cluster.profile.gpu.hbm_bytes
+            if peak > hbm:
+                out.append(Screened(cand, None, f"does not fit: {peak / GIB:.1f} of {hbm / GIB:.1f} GiB on "
+                                                f"stage {stage}"))
+            else:
+                out.append(Screened(cand, estimate(cand.scenario, net), ""))
+        if progress is not None:
+            progress(i + 1, total)
+    return out
+
+
+def routing_conditions(sc: Scenario, plan: PlanSpec) -> dict[str, Scenario]:
+    """Routing condition name -> the scenario routed that way."""
+    out = {}
+    for name in plan.routing:
+        if name == SCENARIO_ROUTING:
+            out[f"scenario ({sc.routing.preset or sc.routing.distribution.value})"] = sc
+        else:
+            out[name] = sc.replace(routing=RoutingSpec(**ROUTING_PRESETS[name], preset=name))
+    return out
+
+
+def score(predictions: dict[str, Prediction], rank_by: RankBy) -> float:
+    steps = [p.step_s for p in predictions.values()]
+    if rank_by is RankBy.MEAN:
+        return float(np.mean(steps))
+    if rank_by is RankBy.WORST:
+        return float(max(steps))
+    return float(max(p.step_p95_s for p in predictions.values()))
+
+
+_ADVICE = {
+    "all_to_all": "exposed expert all-to-all: {share} of the step; try moe_a2a_overlap, the flex dispatcher or "
+                  "a smaller ep inside a node",
+    "straggler_wait": "waiting for the hot experts' GPUs (routing skew): {share} of the step; try a placement "
+                      "policy (eplb) or a capacity factor",
+    "pipeline_bubble": "pipeline bubble {share}: raise the micro-batch count or vpp, or lower pp",
+    "tensor_parallel": "tensor-parallel collectives {share}: tp_comm_overlap or a smaller tp",
+    "context_parallel": "context-parallel ring exchange {share}: a smaller cp or longer sequences per rank",
+    "dp_sync": "gradient sync {share}: overlap_grad_reduce / overlap_param_gather",
+    "memory_bound": "memory-bound kernels {share}: larger micro-batches amortise little here; fewer, larger GEMMs",
+    "kernel_launch": "kernel launches {share}: CUDA graphs or fused kernels",
+}
+
+
+def explain(sc: Scenario, predictions: dict[str, Prediction]) -> tuple[str, ...]:
+    """The short list's bottleneck in words, from the worst routing condition's breakdown, and how the step
+    degrades from the first routing condition to the others."""
+    worst_name = max(predictions, key=lambda k: predictions[k].step_s)
+    worst = predictions[worst_name]
+    total = sum(max(v, 0.0) for v in worst.breakdown_s.values()) or 1.0
+    shares = {b: max(v, 0.0) / total for b, v in worst.breakdown_s.items() if b in _ADVICE}
+    lines = []
+    for bucket, share in sorted(shares.items(), key=lambda kv: -kv[1])[:2]:
+        if share >= 0.05:
+            lines.append(_ADVICE[bucket].format(share=f"{100 * share:.0f} %") + f" (under {worst_name})")
+    if not lines:
+        lines.append(f"compute-bound: {100 * worst.breakdown_s.get('compute', 0.0) / total:.0f} % compute "
+                     f"(under {worst_name})")
+    names = list(predictions)
+    base = predictions[names[0]].step_s
+    if len(names) > 1 and base > 0:
+        steps = {n: predictions[n].step_s for n in names}
+        lines.append("routing: " + ", ".join(f"{n} {t:.3f} s ({100 * (t / base - 1):+.0f} %)"
+                                             for n, t in steps.items()))
+    return tuple(lines)
+
+
+def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[str, int, int], None] | None = None
+         ) -> PlanResult:
+    """Screen, short-list, simulate under every routing condition and placement policy, rank."""
+    plan_spec = plan_spec or sc.plan or PlanSpec()
+    t0 = time.perf_counter()
+    screened = screen(sc, plan_spec, (lambda i, n: progress("screen", i, n)) if progress else None)
+    t1 = time.perf_counter()
+    kept = sorted((s for s in screened if not s.reason), key=lambda s: s.estimate.step_s)
+    shortlist = kept[:plan_spec.shortlist]
+    jobs = [(s, p) for s in shortlist for p in plan_spec.placement]
+    evaluated = []
+    for i, (s, policy) in enumerate(jobs):
+        try:
+            base = s.candidate.scenario.replace(placement=PlacementSpec(policy=policy))
+        except SpecError:
+            continue  # a policy this layout cannot use
+        base = base.replace(simulation=base.simulation.replace(steps=plan_spec.steps, warmup_steps=0))
+        predictions = {name: predict(variant, plan_spec.max_micro_batches)
+                       for name, variant in routing_conditions(base, plan_spec).items()}
+        evaluated.append(Evaluated(s, policy, base, predictions, score(predictions, plan_spec.rank_by),
+                                   explain(base, predictions)))
+        if progress is not None:
+            progress("simulate", i + 1, len(jobs))
+    evaluated.sort(key=lambda e: e.score_s)
+    return PlanResult(plan_spec, screened, evaluated, t1 - t0, time.perf_counter() - t1)
+
+
+def candidate_rows(result: PlanResult) -> list[dict]:
+    """One row per candidate (candidates.parquet): its values, the estimate and its breakdown, memory, the reason
+    it was pruned; short-listed ones add their simulated score."""
+    simulated: dict[int, float] = {}
+    for e in result.shortlist:
+        key = id(e.screened)
+        simulated[key] = min(simulated.get(key, math.inf), e.score_s)
+    rows = []
+    for s in result.screened:
+        row = {k: s.candidate.values[k] for k in KEYS}
+        row["capacity_factor"] = float("nan") if row["capacity_factor"] is None else float(row["capacity_factor"])
+        est = s.estimate
+        row["pruned_because"] = s.reason
+        row["estimated_step_s"] = est.step_s if est is not None else float("nan")
+        row["peak_memory_bytes"] = est.peak_memory_bytes if est is not None else float("nan")
+        row["memory_headroom_bytes"] = est.hbm_bytes - est.peak_memory_bytes if est is not None else float("nan")
+        for bucket, value in (est.breakdown_s.items() if est is not None else ()):
+            row[f"est_{bucket}_s"] = value
+        row["simulated_score_s"] = simulated.get(id(s), float("nan"))
+        rows.append(row)
+    return rows
+
+
+def winner_document(doc: dict, winner: Evaluated) -> dict:
+    """The user's scenario file with the winner's choices written in: `moesim run plan.yaml` reproduces it."""
+    out = copy.deepcopy(dict(doc))
+    out.pop("plan", None)
+    values = winner.screened.candidate.values
+    layout = {k: values[k] for k in ("tp", "cp", "pp", "vpp", "dp", "ep", "etp")}
+    if winner.scenario.layout.order.value != "tp-cp-ep-dp-pp":
+        layout["order"] = winner.scenario.layout.order.value
+    out["layout"] = layout
+    training = dict(out.get("training", {}))
+    tr = winner.scenario.training
+    training.update(micro_batch_size=tr.micro_batch_size, recompute=tr.recompute.value)
+    if tr.recompute.value == "selective":
+        training["recompute_modules"] = [m.value for m in tr.recompute_modules]
+    else:
+        training.pop("recompute_modules", None)
+    optimizer = dict(training.get("optimizer", {}))
+    optimizer["distributed"] = tr.optimizer.distributed
+    training["optimizer"] = optimizer
+    out["training"] = training
+    c = winner.scenario.comm
+    out["comm"] = {**dict(out.get("comm", {})), "dispatcher": c.dispatcher.value,
+                   "moe_a2a_overlap": c.moe_a2a_overlap, "tp_comm_overlap": c.tp_comm_overlap,
+                   "overlap_param_gather": c.overlap_param_gather, "shared_expert_overlap": c.shared_expert_overlap}
+    g = winner.scenario.gate
+    out["gate"] = {**dict(out.get("gate", {})), "capacity_factor": g.capacity_factor,
+                   "pad_to_capacity": g.pad_to_capacity}
+    out["placement"] = {**dict(out.get("placement", {})), "policy": winner.placement.value}
+    return out

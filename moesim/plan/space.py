@@ -1,0 +1,83 @@
+"""The planner's candidates: every combination of the `plan:` section's options, as a scenario, or the reason it
+cannot run (the first rule it breaks, in the words of the check that refused it)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from moesim.spec.errors import SpecError
+from moesim.spec.layout import ParallelLayout
+from moesim.spec.plan import PlanSpec
+from moesim.spec.scenario import Scenario
+from moesim.spec.training import Recompute, RecomputeModule
+
+# the candidate's columns, in output order
+KEYS = ("tp", "cp", "pp", "vpp", "dp", "ep", "etp", "micro_batch_size", "recompute", "distributed_optimizer",
+        "dispatcher", "moe_a2a_overlap", "capacity_factor")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    values: dict  # KEYS -> the value (enums as their YAML text)
+    scenario: Scenario | None  # None when pruned
+    reason: str  # why it was pruned ("" when kept)
+
+
+def _option_sets(plan: PlanSpec) -> list[tuple]:
+    return [plan.tp, plan.cp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.micro_batch_size, plan.recompute,
+            plan.distributed_optimizer, plan.dispatcher, plan.moe_a2a_overlap, plan.capacity_factor]
+
+
+def count(plan: PlanSpec) -> int:
+    n = 1
+    for options in _option_sets(plan):
+        n *= len(options)
+    return n
+
+
+def candidates(sc: Scenario, plan: PlanSpec) -> Iterator[Candidate]:
+    """Every combination of the plan's options on the scenario's cluster, model and global batch. The scenario's
+    own values stand for everything the plan does not vary; overlap flags that a candidate cannot use (tensor-
+    parallel overlap at tp 1) are switched off for it rather than pruning it."""
+    gpus = sc.cluster.num_gpus
+    per_node = sc.cluster.profile.node.gpus_per_node
+    for (tp, cp, pp, vpp, ep, etp, mbs, recompute, dist, dispatcher, a2a,
+         cf) in itertools.product(*_option_sets(plan)):
+        values = dict(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=0, ep=ep, etp=etp, micro_batch_size=mbs,
+                      recompute=recompute.value, distributed_optimizer=dist, dispatcher=dispatcher.value,
+                      moe_a2a_overlap=a2a, capacity_factor=cf)
+        model_parallel = tp * cp * pp
+        if gpus % model_parallel:
+            yield Candidate(values, None, f"tp x cp x pp = {model_parallel} does not divide the {gpus} GPUs")
+            continue
+        dp = gpus // model_parallel
+        values["dp"] = dp
+        if tp > per_node or etp > per_node:
+            yield Candidate(values, None, f"tp {tp} / etp {etp} > {per_node} GPUs per node (tensor parallelism "
+                                          "stays inside a node)")
+            continue
+        try:
+            yield Candidate(values, _scenario(sc, tp, cp, pp, vpp, dp, ep, etp, mbs, recompute, dist, dispatcher,
+                                              a2a, cf), "")
+        except SpecError as err:
+            yield Candidate(values, None, err.one_line())
+
+
+def _scenario(sc: Scenario, tp, cp, pp, vpp, dp, ep, etp, mbs, recompute, dist, dispatcher, a2a, cf) -> Scenario:
+    tr = sc.training
+    try:
+        layout = ParallelLayout(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=ep, etp=etp, order=sc.layout.order)
+    except SpecError as err:  # the key as it reads in the scenario
+        raise SpecError(f"layout.{err.key}", err.value, err.expected) from None
+    modules = tr.recompute_modules if recompute is Recompute.SELECTIVE and tr.recompute is Recompute.SELECTIVE \
+        else (RecomputeModule.CORE_ATTN,)
+    training = tr.replace(micro_batch_size=mbs, recompute=recompute, recompute_modules=modules,
+                          optimizer=tr.optimizer.replace(distributed=dist))
+    c = sc.comm
+    comm = c.replace(dispatcher=dispatcher, moe_a2a_overlap=a2a, tp_comm_overlap=c.tp_comm_overlap and tp > 1,
+                     overlap_param_gather=c.overlap_param_gather and dist,
+                     shared_expert_overlap=c.shared_expert_overlap and dispatcher.value != "allgather")
+    gate = sc.gate.replace(capacity_factor=cf, pad_to_capacity=sc.gate.pad_to_capacity and cf is not None)
+    return sc.replace(layout=layout, training=training, comm=comm, gate=gate, plan=None)

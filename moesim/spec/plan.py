@@ -1,0 +1,69 @@
+"""The planner's search space and ranking (a scenario's `plan:` section): each key lists the values to try; the
+scenario's own value is used for everything the plan does not vary. Defaults cover what Megatron-LM users vary."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from moesim.spec.base import LISTS_AS_TUPLES, Count, SpecEnum, SpecModel, spec_field
+from moesim.spec.comm import TokenDispatcher
+from moesim.spec.errors import require
+from moesim.spec.placement import PlacementPolicyKind
+from moesim.spec.routing_presets import ROUTING_PRESETS
+from moesim.spec.training import Recompute
+
+_Sizes = Annotated[tuple[Annotated[int, Field(ge=1, le=2**20)], ...], LISTS_AS_TUPLES]
+SCENARIO_ROUTING = "scenario"  # in plan.routing: the scenario's own routing section
+
+
+class RankBy(SpecEnum):
+    MEAN = "mean"  # mean step time over the routing conditions
+    P95 = "p95"  # the p95 of every simulated step under every condition
+    WORST = "worst"  # the slowest condition's mean
+
+
+class PlanSpec(SpecModel):
+    tp: _Sizes = spec_field((1, 2, 4, 8), help="tensor parallel sizes to try (within a node)", min_length=1)
+    cp: _Sizes = spec_field((1,), help="context parallel sizes to try", min_length=1)
+    pp: _Sizes = spec_field((1, 2, 4, 8), help="pipeline parallel sizes to try", min_length=1)
+    vpp: _Sizes = spec_field((1,), help="virtual pipeline stages per rank to try (1 = plain 1F1B)", min_length=1)
+    ep: _Sizes = spec_field((1, 2, 4, 8, 16, 32, 64), help="expert parallel sizes to try", min_length=1)
+    etp: _Sizes = spec_field((1,), help="expert tensor parallel sizes to try", min_length=1)
+    micro_batch_size: _Sizes = spec_field((1, 2), help="micro-batch sizes to try (sequences)", min_length=1)
+    recompute: Annotated[tuple[Recompute, ...], LISTS_AS_TUPLES] = spec_field(
+        (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL), help="activation recompute options to try",
+        min_length=1)
+    distributed_optimizer: Annotated[tuple[bool, ...], LISTS_AS_TUPLES] = spec_field(
+        (True,), help="distributed optimizer (ZeRO-1) options to try", min_length=1)
+    dispatcher: Annotated[tuple[TokenDispatcher, ...], LISTS_AS_TUPLES] = spec_field(
+        (TokenDispatcher.ALLTOALL,), help="token dispatchers to try (Megatron --moe-token-dispatcher-type)",
+        min_length=1)
+    moe_a2a_overlap: Annotated[tuple[bool, ...], LISTS_AS_TUPLES] = spec_field(
+        (False, True), help="expert all-to-all overlap options to try (refused with ep 1)", min_length=1)
+    capacity_factor: Annotated[tuple[float | None, ...], LISTS_AS_TUPLES] = spec_field(
+        (None,), help="capacity factors to try (null: dropless)", min_length=1)
+    placement: Annotated[tuple[PlacementPolicyKind, ...], LISTS_AS_TUPLES] = spec_field(
+        (PlacementPolicyKind.STATIC,), help="expert placement policies to try on the short list", min_length=1)
+    routing: Annotated[tuple[str, ...], LISTS_AS_TUPLES] = spec_field(
+        ("balanced", SCENARIO_ROUTING), help="routing conditions the short list is simulated under: routing "
+        "presets, or 'scenario' for the scenario's own routing", min_length=1)
+    rank_by: RankBy = spec_field(RankBy.MEAN, help="how the short list is ranked over the routing conditions: "
+                                 "mean, p95 or worst")
+    shortlist: Count = spec_field(5, help="layouts the simulator re-ranks (the estimate's best)", unit="layouts",
+                                  ge=1, le=1000)
+    steps: Count = spec_field(2, help="simulated steps per layout and routing condition", unit="steps", ge=1,
+                              le=1000)
+    max_micro_batches: Count = spec_field(32, help="above this many micro-batches per pipeline the simulation "
+                                          "extrapolates from two shorter runs (as moesim accuracy)",
+                                          unit="micro-batches", ge=2, le=100_000)
+
+    @field_validator("routing")
+    @classmethod
+    def _known_routing(cls, routing: tuple) -> tuple:
+        known = (SCENARIO_ROUTING, *ROUTING_PRESETS)
+        for name in routing:
+            require(name in known, "", name, f"a routing preset or 'scenario': {', '.join(known)}")
+        require(len(set(routing)) == len(routing), "", list(routing), "each routing condition once")
+        return routing

@@ -1,0 +1,99 @@
+"""moesim plan: the closed-form screen against the simulator, the planner's choice against simulating every
+candidate, pruning reasons, ranking over routing conditions, and the runnable plan it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moesim.cli import main
+from moesim.loader import load_scenario
+from moesim.metrics.predict import predict
+from moesim.network import build_network
+from moesim.plan.estimate import estimate
+from moesim.plan.run import Prediction, plan, score, screen
+from moesim.spec import ParallelLayout
+from moesim.spec.plan import PlanSpec, RankBy
+from moesim.spec.simulation import RoutingDraws
+
+from helpers import scenario
+
+SMALL = """
+name: small-plan
+cluster: {profile: dgx-h100, nodes: 2}
+model: {preset: mixtral-8x7b, num_layers: 4}
+training: {global_batch_size: 32, seq_len: 2048, micro_batch_size: 1}
+layout: {tp: 1, pp: 1, dp: 16, ep: 8}
+routing: {preset: balanced}
+simulation: {routing_draws: expected}
+plan: {tp: [1, 2, 4], pp: [1, 2], ep: [2, 4, 8], micro_batch_size: [1], recompute: [none], moe_a2a_overlap: [false],
+       routing: [balanced], shortlist: 3, steps: 1}
+"""
+
+
+@pytest.mark.parametrize("layout", [ParallelLayout(tp=1, pp=2, dp=4, ep=4), ParallelLayout(tp=2, pp=2, dp=2, ep=4),
+                                    ParallelLayout(tp=1, pp=1, dp=8, ep=8), ParallelLayout(tp=1, pp=4, dp=2, ep=2),
+                                    ParallelLayout(tp=2, pp=2, dp=2, ep=4, vpp=2)])
+def test_the_estimate_is_within_10_percent_of_the_simulation_on_balanced_routing(layout):
+    sc = scenario(layout=layout, global_batch=32, seq_len=1024, steps=1)
+    sc = sc.replace(simulation=sc.simulation.replace(routing_draws=RoutingDraws.EXPECTED))
+    est = estimate(sc, build_network(sc.cluster, sc.network))
+    simulated = predict(sc).step_s
+    assert est.step_s == pytest.approx(simulated, rel=0.10)
+
+
+def test_the_planners_first_choice_is_within_3_percent_of_the_best_simulated_candidate(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL, encoding="utf-8")
+    sc = load_scenario(path)
+    result = plan(sc)
+    every = [predict(s.candidate.scenario).step_s for s in result.screened if not s.reason]
+    assert len(every) >= 5  # the test is not vacuous: several layouts fit
+    assert result.winner.score_s <= 1.03 * min(every)
+
+
+def test_pruned_candidates_keep_their_reason():
+    sc = scenario(nodes=2, gpus_per_node=8, layout=ParallelLayout(tp=1, pp=1, dp=16, ep=8), global_batch=32)
+    spec = PlanSpec(tp=(16, 3, 1), pp=(1,), ep=(8, 32), micro_batch_size=(1,), recompute=(sc.training.recompute,),
+                    moe_a2a_overlap=(False,))
+    reasons = {(s.candidate.values["tp"], s.candidate.values["ep"]): s.reason for s in screen(sc, spec)}
+    assert reasons[(16, 8)] == "tp 16 / etp 1 > 8 GPUs per node (tensor parallelism stays inside a node)"
+    assert reasons[(3, 8)] == "tp x cp x pp = 3 does not divide the 16 GPUs"
+    assert reasons[(1, 32)] == "layout.ep: got 32; expected ep x etp (32 x 1) must divide tp x cp x dp (16)"
+    assert reasons[(1, 8)] == ""
+
+
+def test_a_layout_that_does_not_fit_is_pruned_with_its_numbers():
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml")
+    spec = PlanSpec(tp=(1,), pp=(1,), ep=(1,), micro_batch_size=(1,), recompute=(sc.training.recompute,),
+                    moe_a2a_overlap=(False,), distributed_optimizer=(False,))
+    (only,) = screen(sc, spec)
+    assert only.reason.startswith("does not fit: ") and " GiB on stage 0" in only.reason
+
+
+def test_rank_by_mean_p95_or_worst_over_routing_conditions():
+    preds = {"a": Prediction(1.0, 1.5, {}, 0.0, 1.0, 1, (1,)), "b": Prediction(2.0, 2.1, {}, 0.0, 1.0, 1, (1,))}
+    assert score(preds, RankBy.MEAN) == 1.5
+    assert score(preds, RankBy.WORST) == 2.0
+    assert score(preds, RankBy.P95) == 2.1
+
+
+def test_the_cli_writes_a_plan_that_moesim_run_reproduces(tmp_path, capsys):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["plan", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 |" in printed and "wrote 6 files" in printed
+    assert {p.name for p in out.iterdir()} == {"candidates.parquet", "shortlist.md", "plan.yaml", "megatron_args.txt",
+                                               "deepspeed_moe.json", "pareto.png"}
+    assert "--expert-model-parallel-size" in (out / "megatron_args.txt").read_text(encoding="utf-8")
+    assert main(["plan", str(path), "--out", str(out)]) == 2  # no overwrite without --force
+    assert "--force" in capsys.readouterr().err
+    plan_doc = yaml.safe_load((out / "plan.yaml").read_text(encoding="utf-8"))
+    assert "plan" not in plan_doc
+    rerun = predict(load_scenario(out / "plan.yaml"))
+    winner_s = float((out / "shortlist.md").read_text().split("| 1 |")[1].split("|")[4])
+    assert rerun.step_s == pytest.approx(winner_s, abs=1e-3)
