@@ -19,36 +19,42 @@ FILES = ("candidates.parquet", "shortlist.md", "plan.yaml", "megatron_args.txt",
 
 
 def _layout(values: dict) -> str:
-    text = f"tp{values['tp']} cp{values['cp']} pp{values['pp']} vpp{values['vpp']} dp{values['dp']} " \
+    split = f" ({values['first_stage_layers']}/../{values['last_stage_layers']})" \
+        if values["first_stage_layers"] is not None else ""
+    text = f"tp{values['tp']} cp{values['cp']} pp{values['pp']}{split} vpp{values['vpp']} dp{values['dp']} " \
            f"ep{values['ep']} etp{values['etp']} mbs{values['micro_batch_size']} {values['recompute']}"
     extras = [values["dispatcher"]] + (["a2a-overlap"] if values["moe_a2a_overlap"] else [])
-    cf = values["capacity_factor"]
-    extras.append("dropless" if cf is None else f"CF {cf:g}")
     return text + " " + " ".join(extras)
+
+
+def _choice(e) -> str:
+    """The short list's own choices: placement (EPLB's redundant slots) and capacity."""
+    placement = e.placement.value + (f" +{e.redundant_experts}" if e.redundant_experts else "")
+    return f"{placement}, " + ("dropless" if e.capacity_factor is None else f"CF {e.capacity_factor:g}")
 
 
 def shortlist_markdown(result: PlanResult, title: str) -> str:
     pruned = sum(1 for s in result.screened if s.reason)
     lines = [f"# {title}", "",
              f"{len(result.screened)} candidates screened in {result.screen_s:.1f} s ({pruned} pruned, reasons in "
-             f"candidates.parquet); {len(result.shortlist)} layout x placement pairs simulated in "
+             f"candidates.parquet); {len(result.shortlist)} layout x placement x capacity choices simulated in "
              f"{result.simulate_s:.1f} s under {', '.join(result.plan.routing)}; ranked by "
              f"{result.plan.rank_by.value} step time.", ""]
     if not result.shortlist:
         lines.append("No candidate fits: see pruned_because in candidates.parquet.")
         return "\n".join(lines) + "\n"
     names = list(result.shortlist[0].predictions)
-    lines += ["| # | layout | placement | estimate s | " + " | ".join(f"{n} s" for n in names)
+    lines += ["| # | layout | placement, capacity | estimate s | " + " | ".join(f"{n} s" for n in names)
               + f" | {result.plan.rank_by.value} s | peak memory GiB |",
               "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
     for i, e in enumerate(result.shortlist, 1):
         est = e.screened.estimate
-        lines.append(f"| {i} | {_layout(e.screened.candidate.values)} | {e.placement.value} | {est.step_s:.3f} | "
+        lines.append(f"| {i} | {_layout(e.screened.candidate.values)} | {_choice(e)} | {est.step_s:.3f} | "
                      + " | ".join(f"{e.predictions[n].step_s:.3f}" for n in names)
                      + f" | {e.score_s:.3f} | {est.peak_memory_bytes / 2**30:.1f} |")
     lines += ["", "## Why", ""]
     for i, e in enumerate(result.shortlist, 1):
-        lines.append(f"{i}. {_layout(e.screened.candidate.values)}, {e.placement.value}:")
+        lines.append(f"{i}. {_layout(e.screened.candidate.values)}, {_choice(e)}:")
         lines += [f"   - {line}" for line in e.explanation]
     return "\n".join(lines) + "\n"
 

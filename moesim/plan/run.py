@@ -4,6 +4,7 @@ each routing condition, explain the short list and write the winner as a runnabl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ class Screened:
 class Evaluated:
     screened: Screened
     placement: PlacementPolicyKind
+    capacity_factor: float | None
+    redundant_experts: int  # EPLB's redundant slots per EP group (0 for other policies)
     scenario: Scenario
     predictions: dict[str, Prediction]  # routing condition -> simulated step
     score_s: float  # by the plan's rank_by
@@ -99,8 +102,8 @@ def score(predictions: dict[str, Prediction], rank_by: RankBy) -> float:
 _ADVICE = {
     "all_to_all": "exposed expert all-to-all: {share} of the step; try moe_a2a_overlap, the flex dispatcher or "
                   "a smaller ep inside a node",
-    "straggler_wait": "waiting for the hot experts' GPUs (routing skew): {share} of the step; try a placement "
-                      "policy (eplb) or a capacity factor",
+    "straggler_wait": "waiting for the hot experts' GPUs (routing skew): {share} of the step (placement and "
+                      "capacity options act on it: plan.placement, plan.capacity_factor)",
     "pipeline_bubble": "pipeline bubble {share}: raise the micro-batch count or vpp, or lower pp",
     "tensor_parallel": "tensor-parallel collectives {share}: tp_comm_overlap or a smaller tp",
     "context_parallel": "context-parallel ring exchange {share}: a smaller cp or longer sequences per rank",
@@ -142,22 +145,59 @@ def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[st
     t1 = time.perf_counter()
     kept = sorted((s for s in screened if not s.reason), key=lambda s: s.estimate.step_s)
     shortlist = kept[:plan_spec.shortlist]
-    jobs = [(s, p) for s in shortlist for p in plan_spec.placement]
+    jobs = [(s, p, cf, r) for s in shortlist for p in plan_spec.placement for cf in plan_spec.capacity_factor
+            for r in (plan_spec.redundant_experts if p is PlacementPolicyKind.EPLB else (0,))]
     evaluated = []
-    for i, (s, policy) in enumerate(jobs):
+    for i, (s, policy, cf, redundant) in enumerate(jobs):
         try:
-            base = s.candidate.scenario.replace(placement=PlacementSpec(policy=policy))
+            base = _variant(s.candidate.scenario, policy, cf, redundant)
         except SpecError:
-            continue  # a policy this layout cannot use
+            continue  # a policy or capacity this layout cannot use
         base = base.replace(simulation=base.simulation.replace(steps=plan_spec.steps, warmup_steps=0))
         predictions = {name: predict(variant, plan_spec.max_micro_batches)
                        for name, variant in routing_conditions(base, plan_spec).items()}
-        evaluated.append(Evaluated(s, policy, base, predictions, score(predictions, plan_spec.rank_by),
+        evaluated.append(Evaluated(s, policy, cf, redundant, base, predictions, score(predictions, plan_spec.rank_by),
                                    explain(base, predictions)))
         if progress is not None:
             progress("simulate", i + 1, len(jobs))
+    evaluated = _with_recovery(evaluated)
     evaluated.sort(key=lambda e: e.score_s)
     return PlanResult(plan_spec, screened, evaluated, t1 - t0, time.perf_counter() - t1)
+
+
+def _with_recovery(evaluated: list[Evaluated]) -> list[Evaluated]:
+    """Each choice's explanation gains, for its layout, which placement and capacity recovered the skew best
+    against static placement and the first capacity tried (when more than one was tried)."""
+    groups: dict[int, list[Evaluated]] = {}
+    for e in evaluated:
+        groups.setdefault(id(e.screened), []).append(e)
+    out = []
+    for e in evaluated:
+        group = groups[id(e.screened)]
+        if len(group) < 2:
+            out.append(e)
+            continue
+        base = group[0]
+        best = min(group, key=lambda x: x.score_s)
+        line = ("no placement or capacity tried beats " + _label(base) if best is base else
+                f"best placement and capacity for this layout: {_label(best)} "
+                f"({100 * (best.score_s / base.score_s - 1):+.1f} % against {_label(base)})")
+        out.append(dataclasses.replace(e, explanation=(*e.explanation, line)))
+    return out
+
+
+def _label(e: Evaluated) -> str:
+    placement = e.placement.value + (f" +{e.redundant_experts} redundant" if e.redundant_experts else "")
+    return placement + (", dropless" if e.capacity_factor is None else f", CF {e.capacity_factor:g}")
+
+
+def _variant(sc: Scenario, policy: PlacementPolicyKind, cf: float | None, redundant: int) -> Scenario:
+    """A short-listed layout with a placement policy (EPLB with `redundant` spare slots per EP group) and a
+    capacity factor."""
+    lay, m = sc.layout, sc.model
+    slots = m.num_experts // lay.ep + -(-redundant // lay.ep) if redundant else None
+    gate = sc.gate.replace(capacity_factor=cf, pad_to_capacity=sc.gate.pad_to_capacity and cf is not None)
+    return sc.replace(placement=PlacementSpec(policy=policy, slots_per_gpu=slots), gate=gate)
 
 
 def candidate_rows(result: PlanResult) -> list[dict]:
@@ -170,7 +210,8 @@ def candidate_rows(result: PlanResult) -> list[dict]:
     rows = []
     for s in result.screened:
         row = {k: s.candidate.values[k] for k in KEYS}
-        row["capacity_factor"] = float("nan") if row["capacity_factor"] is None else float(row["capacity_factor"])
+        for key in ("first_stage_layers", "last_stage_layers"):  # one column type: -1 for the even split
+            row[key] = -1 if row[key] is None else int(row[key])
         est = s.estimate
         row["pruned_because"] = s.reason
         row["estimated_step_s"] = est.step_s if est is not None else float("nan")
@@ -189,6 +230,9 @@ def winner_document(doc: dict, winner: Evaluated) -> dict:
     out.pop("plan", None)
     values = winner.screened.candidate.values
     layout = {k: values[k] for k in ("tp", "cp", "pp", "vpp", "dp", "ep", "etp")}
+    for key in ("first_stage_layers", "last_stage_layers"):
+        if values[key] is not None:
+            layout[key] = values[key]
     if winner.scenario.layout.order.value != "tp-cp-ep-dp-pp":
         layout["order"] = winner.scenario.layout.order.value
     out["layout"] = layout
@@ -210,5 +254,8 @@ def winner_document(doc: dict, winner: Evaluated) -> dict:
     g = winner.scenario.gate
     out["gate"] = {**dict(out.get("gate", {})), "capacity_factor": g.capacity_factor,
                    "pad_to_capacity": g.pad_to_capacity}
-    out["placement"] = {**dict(out.get("placement", {})), "policy": winner.placement.value}
+    placement = {**dict(out.get("placement", {})), "policy": winner.placement.value}
+    if winner.scenario.placement.slots_per_gpu is not None:
+        placement["slots_per_gpu"] = winner.scenario.placement.slots_per_gpu
+    out["placement"] = placement
     return out

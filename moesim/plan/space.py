@@ -14,8 +14,8 @@ from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute, RecomputeModule
 
 # the candidate's columns, in output order
-KEYS = ("tp", "cp", "pp", "vpp", "dp", "ep", "etp", "micro_batch_size", "recompute", "distributed_optimizer",
-        "dispatcher", "moe_a2a_overlap", "capacity_factor")
+KEYS = ("tp", "cp", "pp", "vpp", "dp", "ep", "etp", "first_stage_layers", "last_stage_layers", "micro_batch_size",
+        "recompute", "distributed_optimizer", "dispatcher", "moe_a2a_overlap")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Candidate:
 
 def _option_sets(plan: PlanSpec) -> list[tuple]:
     return [plan.tp, plan.cp, plan.pp, plan.vpp, plan.ep, plan.etp, plan.micro_batch_size, plan.recompute,
-            plan.distributed_optimizer, plan.dispatcher, plan.moe_a2a_overlap, plan.capacity_factor]
+            plan.distributed_optimizer, plan.dispatcher, plan.moe_a2a_overlap, plan.uneven_stages]
 
 
 def count(plan: PlanSpec) -> int:
@@ -43,11 +43,19 @@ def candidates(sc: Scenario, plan: PlanSpec) -> Iterator[Candidate]:
     parallel overlap at tp 1) are switched off for it rather than pruning it."""
     gpus = sc.cluster.num_gpus
     per_node = sc.cluster.profile.node.gpus_per_node
+    layers = sc.model.num_layers
     for (tp, cp, pp, vpp, ep, etp, mbs, recompute, dist, dispatcher, a2a,
-         cf) in itertools.product(*_option_sets(plan)):
-        values = dict(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=0, ep=ep, etp=etp, micro_batch_size=mbs,
-                      recompute=recompute.value, distributed_optimizer=dist, dispatcher=dispatcher.value,
-                      moe_a2a_overlap=a2a, capacity_factor=cf)
+         uneven) in itertools.product(*_option_sets(plan)):
+        first, last = uneven_split(layers, pp) if uneven else (None, None)
+        values = dict(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=0, ep=ep, etp=etp, first_stage_layers=first,
+                      last_stage_layers=last, micro_batch_size=mbs, recompute=recompute.value,
+                      distributed_optimizer=dist, dispatcher=dispatcher.value, moe_a2a_overlap=a2a)
+        if uneven and first is None:
+            why = ("need pp > 1" if pp == 1 else f"pp {pp} divides the {layers} layers (the even split is the "
+                   "candidate)" if layers % pp == 0 else f"no split of {layers} layers over pp {pp} with equal "
+                   "middle stages")
+            yield Candidate(values, None, f"uneven stages: {why}")
+            continue
         model_parallel = tp * cp * pp
         if gpus % model_parallel:
             yield Candidate(values, None, f"tp x cp x pp = {model_parallel} does not divide the {gpus} GPUs")
@@ -59,16 +67,31 @@ def candidates(sc: Scenario, plan: PlanSpec) -> Iterator[Candidate]:
                                           "stays inside a node)")
             continue
         try:
-            yield Candidate(values, _scenario(sc, tp, cp, pp, vpp, dp, ep, etp, mbs, recompute, dist, dispatcher,
-                                              a2a, cf), "")
+            yield Candidate(values, _scenario(sc, tp, cp, pp, vpp, dp, ep, etp, first, last, mbs, recompute, dist,
+                                              dispatcher, a2a), "")
         except SpecError as err:
             yield Candidate(values, None, err.one_line())
 
 
-def _scenario(sc: Scenario, tp, cp, pp, vpp, dp, ep, etp, mbs, recompute, dist, dispatcher, a2a, cf) -> Scenario:
+def uneven_split(layers: int, pp: int) -> tuple[int | None, int | None]:
+    """(first, last) stage layers when pp does not divide `layers`: the pp - 2 middle stages get ceil(layers / pp)
+    each and the end stages what is left, the first one layer more if it is odd (the last also holds the LM head).
+    (None, None) when pp divides the layers (the even split) or no such split exists."""
+    if pp < 2 or layers % pp == 0:
+        return None, None
+    middle = -(-layers // pp)
+    rest = layers - (pp - 2) * middle
+    first = -(-rest // 2)
+    last = rest - first
+    return (first, last) if last >= 1 else (None, None)
+
+
+def _scenario(sc: Scenario, tp, cp, pp, vpp, dp, ep, etp, first, last, mbs, recompute, dist, dispatcher,
+              a2a) -> Scenario:
     tr = sc.training
     try:
-        layout = ParallelLayout(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=ep, etp=etp, order=sc.layout.order)
+        layout = ParallelLayout(tp=tp, cp=cp, pp=pp, vpp=vpp, dp=dp, ep=ep, etp=etp, first_stage_layers=first,
+                                last_stage_layers=last, order=sc.layout.order)
     except SpecError as err:  # the key as it reads in the scenario
         raise SpecError(f"layout.{err.key}", err.value, err.expected) from None
     modules = tr.recompute_modules if recompute is Recompute.SELECTIVE and tr.recompute is Recompute.SELECTIVE \
@@ -79,5 +102,4 @@ def _scenario(sc: Scenario, tp, cp, pp, vpp, dp, ep, etp, mbs, recompute, dist, 
     comm = c.replace(dispatcher=dispatcher, moe_a2a_overlap=a2a, tp_comm_overlap=c.tp_comm_overlap and tp > 1,
                      overlap_param_gather=c.overlap_param_gather and dist,
                      shared_expert_overlap=c.shared_expert_overlap and dispatcher.value != "allgather")
-    gate = sc.gate.replace(capacity_factor=cf, pad_to_capacity=sc.gate.pad_to_capacity and cf is not None)
-    return sc.replace(layout=layout, training=training, comm=comm, gate=gate, plan=None)
+    return sc.replace(layout=layout, training=training, comm=comm, plan=None)

@@ -42,10 +42,18 @@ class PlanSpec(SpecModel):
         min_length=1)
     moe_a2a_overlap: Annotated[tuple[bool, ...], LISTS_AS_TUPLES] = spec_field(
         (False, True), help="expert all-to-all overlap options to try (refused with ep 1)", min_length=1)
+    uneven_stages: Annotated[tuple[bool, ...], LISTS_AS_TUPLES] = spec_field(
+        (False, True), help="split the layers unevenly when pp does not divide them: the middle stages get "
+        "ceil(layers / pp) each, the first and last stages the rest (Megatron --decoder-first/last-pipeline-num-"
+        "layers); false needs pp to divide the layers", min_length=1)
     capacity_factor: Annotated[tuple[float | None, ...], LISTS_AS_TUPLES] = spec_field(
-        (None,), help="capacity factors to try (null: dropless)", min_length=1)
+        (None,), help="capacity factors to try on the short list (null: dropless); under balanced routing they "
+        "change nothing, so the screen does not vary them", min_length=1)
     placement: Annotated[tuple[PlacementPolicyKind, ...], LISTS_AS_TUPLES] = spec_field(
         (PlacementPolicyKind.STATIC,), help="expert placement policies to try on the short list", min_length=1)
+    redundant_experts: Annotated[tuple[Annotated[int, Field(ge=0, le=2**14)], ...], LISTS_AS_TUPLES] = spec_field(
+        (0,), help="with placement eplb: redundant expert slots per EP group to try (DeepSeek EPLB's "
+        "num_redundant_experts; rounded up to whole slots per GPU)", min_length=1)
     routing: Annotated[tuple[str, ...], LISTS_AS_TUPLES] = spec_field(
         ("balanced", SCENARIO_ROUTING), help="routing conditions the short list is simulated under: routing "
         "presets, or 'scenario' for the scenario's own routing", min_length=1)

@@ -14,6 +14,7 @@ from moesim.metrics.predict import predict
 from moesim.network import build_network
 from moesim.plan.estimate import estimate
 from moesim.plan.run import Prediction, plan, score, screen
+from moesim.plan.space import uneven_split
 from moesim.spec import ParallelLayout
 from moesim.spec.plan import PlanSpec, RankBy
 from moesim.spec.simulation import RoutingDraws
@@ -57,7 +58,7 @@ def test_the_planners_first_choice_is_within_3_percent_of_the_best_simulated_can
 def test_pruned_candidates_keep_their_reason():
     sc = scenario(nodes=2, gpus_per_node=8, layout=ParallelLayout(tp=1, pp=1, dp=16, ep=8), global_batch=32)
     spec = PlanSpec(tp=(16, 3, 1), pp=(1,), ep=(8, 32), micro_batch_size=(1,), recompute=(sc.training.recompute,),
-                    moe_a2a_overlap=(False,))
+                    moe_a2a_overlap=(False,), uneven_stages=(False,))
     reasons = {(s.candidate.values["tp"], s.candidate.values["ep"]): s.reason for s in screen(sc, spec)}
     assert reasons[(16, 8)] == "tp 16 / etp 1 > 8 GPUs per node (tensor parallelism stays inside a node)"
     assert reasons[(3, 8)] == "tp x cp x pp = 3 does not divide the 16 GPUs"
@@ -68,9 +69,34 @@ def test_pruned_candidates_keep_their_reason():
 def test_a_layout_that_does_not_fit_is_pruned_with_its_numbers():
     sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml")
     spec = PlanSpec(tp=(1,), pp=(1,), ep=(1,), micro_batch_size=(1,), recompute=(sc.training.recompute,),
-                    moe_a2a_overlap=(False,), distributed_optimizer=(False,))
+                    moe_a2a_overlap=(False,), distributed_optimizer=(False,), uneven_stages=(False,))
     (only,) = screen(sc, spec)
     assert only.reason.startswith("does not fit: ") and " GiB on stage 0" in only.reason
+
+
+def test_uneven_stages_split_what_pp_does_not_divide():
+    assert uneven_split(61, 16) == (3, 2)  # DeepSeek-V3 as DGX Cloud runs it: 3, 14 x 4, 2
+    assert uneven_split(94, 8) == (11, 11)  # Qwen3-235B-A22B: 11, 6 x 12, 11
+    assert uneven_split(61, 2) == (31, 30)
+    assert uneven_split(64, 8) == (None, None)  # the even split
+    sc = scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
+    spec = PlanSpec(tp=(1,), pp=(2,), ep=(4,), micro_batch_size=(1,), recompute=(sc.training.recompute,),
+                    moe_a2a_overlap=(False,), uneven_stages=(True,))
+    (only,) = screen(sc, spec)
+    assert only.reason == "uneven stages: pp 2 divides the 4 layers (the even split is the candidate)"
+
+
+def test_the_short_list_tries_eplb_with_redundant_slots_and_capacity_factors(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.replace("routing: [balanced], shortlist: 3", "routing: [balanced], shortlist: 1,\n"
+                                  "       placement: [static, eplb], redundant_experts: [0, 8], "
+                                  "capacity_factor: [null, 1.25]"), encoding="utf-8")
+    result = plan(load_scenario(path))
+    choices = {(e.placement.value, e.redundant_experts, e.capacity_factor) for e in result.shortlist}
+    assert choices == {(p, r, cf) for p, r in (("static", 0), ("eplb", 0), ("eplb", 8)) for cf in (None, 1.25)}
+    eplb = next(e for e in result.shortlist if e.redundant_experts == 8)
+    ep = eplb.scenario.layout.ep
+    assert eplb.scenario.placement.slots_per_gpu == 8 // ep + -(-8 // ep)
 
 
 def test_rank_by_mean_p95_or_worst_over_routing_conditions():
