@@ -56,6 +56,10 @@ def shortlist_markdown(result: PlanResult, title: str) -> str:
     for i, e in enumerate(result.shortlist, 1):
         lines.append(f"{i}. {_layout(e.screened.candidate.values)}, {_choice(e)}:")
         lines += [f"   - {line}" for line in e.explanation]
+        worst = max(e.predictions, key=lambda k: e.predictions[k].step_s)
+        shown = {b: v for b, v in e.predictions[worst].breakdown_s.items() if v > 5e-4}
+        lines.append(f"   - breakdown under {worst} (s/step): "
+                     + ", ".join(f"{b} {v:.3f}" for b, v in sorted(shown.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines) + "\n"
 
 

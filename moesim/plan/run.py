@@ -18,8 +18,8 @@ from moesim.plan.estimate import Estimate, estimate, peak_memory
 from moesim.plan.space import KEYS, Candidate, candidates, count
 from moesim.spec.errors import SpecError
 from moesim.spec.placement import PlacementPolicyKind, PlacementSpec
-from moesim.spec.plan import SCENARIO_ROUTING, PlanSpec, RankBy
-from moesim.spec.routing import RoutingSpec
+from moesim.spec.plan import SCENARIO_ROUTING, PlanSpec, RankBy, zipf_level
+from moesim.spec.routing import RoutingDistribution, RoutingSpec
 from moesim.spec.routing_presets import ROUTING_PRESETS
 from moesim.spec.scenario import Scenario
 
@@ -85,6 +85,8 @@ def routing_conditions(sc: Scenario, plan: PlanSpec) -> dict[str, Scenario]:
     for name in plan.routing:
         if name == SCENARIO_ROUTING:
             out[f"scenario ({sc.routing.preset or sc.routing.distribution.value})"] = sc
+        elif zipf_level(name) is not None:
+            out[name] = sc.replace(routing=RoutingSpec(distribution=RoutingDistribution.ZIPF, zipf_s=zipf_level(name)))
         else:
             out[name] = sc.replace(routing=RoutingSpec(**ROUTING_PRESETS[name], preset=name))
     return out

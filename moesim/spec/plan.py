@@ -18,6 +18,21 @@ _Sizes = Annotated[tuple[Annotated[int, Field(ge=1, le=2**20)], ...], LISTS_AS_T
 SCENARIO_ROUTING = "scenario"  # in plan.routing: the scenario's own routing section
 
 
+MAX_ZIPF_S = 10.0
+
+
+def zipf_level(name: str) -> float | None:
+    """The exponent of a 'zipf:S' routing condition, or None when `name` is not one."""
+    head, _, value = name.partition(":")
+    if head != "zipf" or not value:
+        return None
+    try:
+        s = float(value)
+    except ValueError:
+        return None
+    return s if 0.0 <= s <= MAX_ZIPF_S else None
+
+
 class RankBy(SpecEnum):
     MEAN = "mean"  # mean step time over the routing conditions
     P95 = "p95"  # the p95 of every simulated step under every condition
@@ -56,10 +71,11 @@ class PlanSpec(SpecModel):
         "num_redundant_experts; rounded up to whole slots per GPU)", min_length=1)
     routing: Annotated[tuple[str, ...], LISTS_AS_TUPLES] = spec_field(
         ("balanced", SCENARIO_ROUTING), help="routing conditions the short list is simulated under: routing "
-        "presets, or 'scenario' for the scenario's own routing", min_length=1)
+        "presets, 'zipf:S' for a skew level (Zipf exponent S), or 'scenario' for the scenario's own routing (a "
+        "trace or drift included)", min_length=1)
     rank_by: RankBy = spec_field(RankBy.MEAN, help="how the short list is ranked over the routing conditions: "
                                  "mean, p95 or worst")
-    shortlist: Count = spec_field(5, help="layouts the simulator re-ranks (the estimate's best)", unit="layouts",
+    shortlist: Count = spec_field(10, help="layouts the simulator re-ranks (the estimate's best)", unit="layouts",
                                   ge=1, le=1000)
     steps: Count = spec_field(2, help="simulated steps per layout and routing condition", unit="steps", ge=1,
                               le=1000)
@@ -72,6 +88,7 @@ class PlanSpec(SpecModel):
     def _known_routing(cls, routing: tuple) -> tuple:
         known = (SCENARIO_ROUTING, *ROUTING_PRESETS)
         for name in routing:
-            require(name in known, "", name, f"a routing preset or 'scenario': {', '.join(known)}")
+            require(name in known or zipf_level(name) is not None, "", name,
+                    f"a routing preset, zipf:S with 0 <= S <= {MAX_ZIPF_S:g}, or 'scenario': {', '.join(known)}")
         require(len(set(routing)) == len(routing), "", list(routing), "each routing condition once")
         return routing

@@ -16,6 +16,7 @@ from moesim.plan.estimate import estimate
 from moesim.plan.run import Prediction, plan, score, screen
 from moesim.plan.space import uneven_split
 from moesim.spec import ParallelLayout
+from moesim.spec.errors import SpecError
 from moesim.spec.plan import PlanSpec, RankBy
 from moesim.spec.simulation import RoutingDraws
 
@@ -97,6 +98,20 @@ def test_the_short_list_tries_eplb_with_redundant_slots_and_capacity_factors(tmp
     eplb = next(e for e in result.shortlist if e.redundant_experts == 8)
     ep = eplb.scenario.layout.ep
     assert eplb.scenario.placement.slots_per_gpu == 8 // ep + -(-8 // ep)
+
+
+def test_skew_levels_are_routing_conditions_and_skew_slows_the_short_list(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.replace("routing: [balanced], shortlist: 3", "routing: [balanced, 'zipf:1.5'], shortlist: 2"),
+                    encoding="utf-8")
+    result = plan(load_scenario(path))
+    for e in result.shortlist:
+        assert list(e.predictions) == ["balanced", "zipf:1.5"]
+        assert e.predictions["zipf:1.5"].step_s > e.predictions["balanced"].step_s
+        assert any(line.startswith("routing: balanced") for line in e.explanation)
+    with pytest.raises(SpecError) as err:
+        PlanSpec(routing=("zipf:abc",))
+    assert "zipf:S" in err.value.one_line()
 
 
 def test_rank_by_mean_p95_or_worst_over_routing_conditions():
