@@ -479,16 +479,26 @@ def _plan(args) -> int:
     sc = load_scenario(args.scenario)
     doc = read_yaml_mapping(args.scenario, "scenario")
     out = args.out if args.out is not None else Path("runs") / f"{sc.name}-plan"
-    if out.is_dir():  # before any work
+    if out.exists() and not out.is_dir():  # before any work
+        raise SpecError("--out", str(out), "a directory for the plan's files, not a file")
+    if out.is_dir():
         for name in FILES:
             _refuse_overwrite(out / name, args.force)
-    bars = {"screen": Progress("plan: screen", "candidates"), "simulate": Progress("plan: simulate", "layouts")}
-    result = plan(sc, progress=lambda stage, done, total: bars[stage](done, total))
+    bars: dict = {}
+
+    def progress(stage: str, done: int, total: int) -> None:  # each bar starts when its stage does
+        bars.setdefault(stage, Progress(f"plan: {stage}", "candidates" if stage == "screen" else "choices"))
+        bars[stage](done, total)
+
+    result = plan(sc, progress=progress)
     title = f"moesim plan {args.scenario}"
     text = shortlist_markdown(result, title)
     print(text.split("\n## Why", 1)[0].rstrip())
     if result.winner is not None:
         print("why:\n" + "\n".join(f"  {line}" for line in result.winner.explanation))
+    if out.is_dir():  # --force: what this run does not rewrite must not outlive it
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
     paths = write_plan(out, result, dict(doc), title)
     print(f"wrote {len(paths)} files to {out}/: {', '.join(p.name for p in paths)}")
     return 0 if result.winner is not None else EXIT_FAILED

@@ -24,6 +24,7 @@ class Prediction:
     hbm_bytes: float
     micro_batches: int
     simulated_micro_batches: tuple[int, ...]  # (m,) simulated whole, or (m1, m2) extrapolated from
+    dropped_fraction: float = 0.0  # assignments the gate dropped (a capacity factor's price)
 
     @property
     def extrapolated(self) -> bool:
@@ -43,7 +44,7 @@ def predict(sc: Scenario, max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES) ->
     if m <= max_micro_batches:
         s = summarize(simulate(sc))
         return Prediction(s.step_time_s, s.step_time_p95_s, dict(s.breakdown_s), s.peak_memory_bytes_max,
-                          s.hbm_bytes, m, (m,))
+                          s.hbm_bytes, m, (m,), s.dropped_fraction)
     pp = sc.layout.pp
     m1 = max(pp, max_micro_batches // 2)
     if sc.layout.vpp > 1:  # interleaving needs a multiple of pp micro-batches
@@ -59,6 +60,6 @@ def predict(sc: Scenario, max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES) ->
     breakdown = {b: extend(s1.breakdown_s[b], s2.breakdown_s[b]) for b in s2.breakdown_s}
     # memory: with m1 >= pp every stage already holds its most micro-batches in flight
     return Prediction(extend(s1.step_time_s, s2.step_time_s), extend(s1.step_time_p95_s, s2.step_time_p95_s),
-                      breakdown, s2.peak_memory_bytes_max, s2.hbm_bytes, m, (m1, m2))
+                      breakdown, s2.peak_memory_bytes_max, s2.hbm_bytes, m, (m1, m2), s2.dropped_fraction)
 
 

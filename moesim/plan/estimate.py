@@ -2,14 +2,13 @@
 simulator uses, in closed form (no SimPy, no routing draws): balanced routing, every micro-batch alike, each stage's
 micro-batch time repeated m times plus the pipeline's fill and drain.
 
-step = (m + (p - 1) / v) x max over stages of one micro-batch's forward + backward on the stage
-       + the exposed gradient sync + the optimizer + the fp8 weight casts
+step = m x the slowest stage's micro-batch (forward + backward) + (the other stages' micro-batches + the pipeline
+       transfers) / v for the fill and drain + the exposed gradient sync + the optimizer + the fp8 weight casts
 
 A micro-batch on a stage is its layers' compute, memory-bound kernels and launches, its experts on the balanced
 rows, the exposed parts of its all-to-alls, tensor- and context-parallel collectives (the overlap options of
-`comm:` as the engine applies them), the LM head on the last stage and the pipeline transfers. The data-parallel
-all-reduce is the ring's closed form 2(n-1)/n x bytes over the group's slowest tier, so that the estimate stays a
-few milliseconds per layout at thousands of GPUs.
+`comm:` as the engine applies them) and the LM head on the last stage. The data-parallel all-reduce is the
+simulator's ring in closed form, so that the estimate stays a few milliseconds per layout at thousands of GPUs.
 """
 
 from __future__ import annotations
@@ -59,20 +58,23 @@ def _all_to_all_s(sc: Scenario, net: CollectiveModel) -> tuple[float, float]:
 
 
 def _ring_all_reduce_s(sc: Scenario, nbytes: float, group: np.ndarray) -> float:
-    """A ring all-reduce of `nbytes` per rank over `group` (GPU ids): 2(n-1)/n x bytes over the slowest tier the
-    ring crosses, plus 2(n-1) of that tier's latency."""
+    """A ring all-reduce of `nbytes` per rank over `group` (GPU ids), as the simulator's ring runs it: 2(n - 1)
+    steps; across nodes NCCL runs c = members-per-node rings at once, each crossing between nodes on its own NIC
+    (a step moves bytes / (n c) per ring over the NIC and the other rings' share over NVLink), inside a node one
+    ring over NVLink; each step adds its tier's latency."""
     n = len(group)
     if n <= 1 or nbytes <= 0:
         return 0.0
     prof = sc.cluster.profile
-    gpus = prof.node.gpus_per_node
-    if len(np.unique(np.asarray(group) // gpus)) > 1:
-        bw = prof.nic_bandwidth_per_gpu_bytes_per_s * prof.fabric.nic_efficiency / prof.fabric.oversubscription
-        latency = prof.fabric.nic_latency_s
+    nodes, per_node = np.unique(np.asarray(group) // prof.node.gpus_per_node, return_counts=True)
+    nvlink = prof.node.nvlink_bandwidth_bytes_per_s * prof.node.nvlink_efficiency
+    if len(nodes) > 1:
+        c = int(per_node.min())
+        nic = prof.nic_bandwidth_per_gpu_bytes_per_s * prof.fabric.nic_efficiency / prof.fabric.oversubscription
+        step = max(nbytes / (n * c) / nic, nbytes * (c - 1) / (n * c) / nvlink) + prof.fabric.nic_latency_s
     else:
-        bw = prof.node.nvlink_bandwidth_bytes_per_s * prof.node.nvlink_efficiency
-        latency = prof.node.nvlink_latency_s
-    return 2.0 * (n - 1) / n * nbytes / bw + 2.0 * (n - 1) * latency
+        step = nbytes / n / nvlink + prof.node.nvlink_latency_s
+    return 2.0 * (n - 1) * step
 
 
 def _tp_s(sc: Scenario, net: CollectiveModel) -> tuple[float, float]:
@@ -150,16 +152,17 @@ def estimate(sc: Scenario, net: CollectiveModel) -> Estimate:
             total["compute"] += lc.lm_head_fwd_s + lc.lm_head_bwd_s
             total["memory_bound"] += lc.lm_head_extra_fwd_s[0] + lc.lm_head_extra_bwd_s[0]
             total["kernel_launch"] += lc.lm_head_extra_fwd_s[1] + lc.lm_head_extra_bwd_s[1]
-        if lay.pp > 1:  # an activation out and a gradient back per chunk boundary
-            src = int(lay.physical(s * q))
-            dst = int(lay.physical(((s + 1) % lay.pp) * q))
-            total["pipeline_transfer"] += 2.0 * lay.vpp * float(net.p2p_s(p2p_bytes, src, dst))
         stages.append(total)
+    # pipeline transfers do not block the sender: they cost time while the pipeline fills and drains, once per hop
+    p2p = [2.0 * float(net.p2p_s(p2p_bytes, int(lay.physical(s * q)), int(lay.physical(((s + 1) % lay.pp) * q))))
+           for s in range(lay.pp - 1)] if lay.pp > 1 else []
     per_mb = [sum(st[b] for b in BUCKETS) for st in stages]
     slowest = int(np.argmax(per_mb))
     mbs = sc.num_micro_batches
     breakdown = {b: mbs * stages[slowest][b] for b in BUCKETS}
-    breakdown["pipeline_bubble"] = (lay.pp - 1) / lay.vpp * per_mb[slowest]
+    # fill and drain: every other stage's micro-batch once (uniform stages: (p - 1) / v of the slowest)
+    breakdown["pipeline_bubble"] = (sum(per_mb) - per_mb[slowest]) / lay.vpp
+    breakdown["pipeline_transfer"] = sum(p2p) / lay.vpp
     hidden = {b: mbs * stages[slowest][f"hidden_{b}"] for b in BUCKETS}
 
     params = np.array([stage_params(sc, s) for s in range(lay.pp)])  # [pp, 2] dense, expert

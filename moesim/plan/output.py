@@ -45,13 +45,14 @@ def shortlist_markdown(result: PlanResult, title: str) -> str:
         return "\n".join(lines) + "\n"
     names = list(result.shortlist[0].predictions)
     lines += ["| # | layout | placement, capacity | estimate s | " + " | ".join(f"{n} s" for n in names)
-              + f" | {result.plan.rank_by.value} s | peak memory GiB |",
-              "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+              + f" | {result.plan.rank_by.value} s | dropped % | peak memory GiB |",
+              "|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for i, e in enumerate(result.shortlist, 1):
         est = e.screened.estimate
         lines.append(f"| {i} | {_layout(e.screened.candidate.values)} | {_choice(e)} | {est.step_s:.3f} | "
                      + " | ".join(f"{e.predictions[n].step_s:.3f}" for n in names)
-                     + f" | {e.score_s:.3f} | {est.peak_memory_bytes / 2**30:.1f} |")
+                     + f" | {e.score_s:.3f} | {100 * max(p.dropped_fraction for p in e.predictions.values()):.2f} "
+                     f"| {est.peak_memory_bytes / 2**30:.1f} |")
     lines += ["", "## Why", ""]
     for i, e in enumerate(result.shortlist, 1):
         lines.append(f"{i}. {_layout(e.screened.candidate.values)}, {_choice(e)}:")

@@ -14,10 +14,11 @@ import numpy as np
 
 from moesim.metrics.predict import Prediction, predict
 from moesim.network import build_network
-from moesim.plan.estimate import Estimate, estimate, peak_memory
+from moesim.plan.estimate import BUCKETS, Estimate, estimate, peak_memory
 from moesim.plan.space import KEYS, Candidate, candidates, count
 from moesim.spec.errors import SpecError
 from moesim.spec.placement import PlacementPolicyKind, PlacementSpec
+from moesim.spec.placement_params import EplbParams
 from moesim.spec.plan import SCENARIO_ROUTING, PlanSpec, RankBy, zipf_level
 from moesim.spec.routing import RoutingDistribution, RoutingSpec
 from moesim.spec.routing_presets import ROUTING_PRESETS
@@ -31,6 +32,7 @@ class Screened:
     candidate: Candidate
     estimate: Estimate | None
     reason: str  # "" when it passed the screen
+    peak_memory_bytes: float = float("nan")  # when the memory check ran
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ def screen(sc: Scenario, plan: PlanSpec, progress: Callable[[int, int], None] | 
             hbm = cand.scenario.cluster.profile.gpu.hbm_bytes
             if peak > hbm:
                 out.append(Screened(cand, None, f"does not fit: {peak / GIB:.1f} of {hbm / GIB:.1f} GiB on "
-                                                f"stage {stage}"))
+                                                f"stage {stage}", peak))
             else:
-                out.append(Screened(cand, estimate(cand.scenario, net), ""))
+                out.append(Screened(cand, estimate(cand.scenario, net), "", peak))
         if progress is not None:
             progress(i + 1, total)
     return out
@@ -147,19 +149,21 @@ def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[st
     t1 = time.perf_counter()
     kept = sorted((s for s in screened if not s.reason), key=lambda s: s.estimate.step_s)
     shortlist = kept[:plan_spec.shortlist]
-    jobs = [(s, p, cf, r) for s in shortlist for p in plan_spec.placement for cf in plan_spec.capacity_factor
+    placements = plan_spec.placement or (sc.placement.policy,)
+    capacities = plan_spec.capacity_factor or (sc.gate.capacity_factor,)
+    jobs = [(s, p, cf, r) for s in shortlist for p in placements for cf in capacities
             for r in (plan_spec.redundant_experts if p is PlacementPolicyKind.EPLB else (0,))]
     evaluated = []
     for i, (s, policy, cf, redundant) in enumerate(jobs):
         try:
-            base = _variant(s.candidate.scenario, policy, cf, redundant)
+            base = _variant(sc, s.candidate.scenario, policy, cf, redundant, plan_spec.steps)
         except SpecError:
-            continue  # a policy or capacity this layout cannot use
-        base = base.replace(simulation=base.simulation.replace(steps=plan_spec.steps, warmup_steps=0))
-        predictions = {name: predict(variant, plan_spec.max_micro_batches)
-                       for name, variant in routing_conditions(base, plan_spec).items()}
-        evaluated.append(Evaluated(s, policy, cf, redundant, base, predictions, score(predictions, plan_spec.rank_by),
-                                   explain(base, predictions)))
+            base = None  # a policy or capacity this layout cannot use
+        if base is not None:
+            predictions = {name: predict(variant, plan_spec.max_micro_batches)
+                           for name, variant in routing_conditions(base, plan_spec).items()}
+            evaluated.append(Evaluated(s, policy, cf, redundant, base, predictions,
+                                       score(predictions, plan_spec.rank_by), explain(base, predictions)))
         if progress is not None:
             progress("simulate", i + 1, len(jobs))
     evaluated = _with_recovery(evaluated)
@@ -193,13 +197,26 @@ def _label(e: Evaluated) -> str:
     return placement + (", dropless" if e.capacity_factor is None else f", CF {e.capacity_factor:g}")
 
 
-def _variant(sc: Scenario, policy: PlacementPolicyKind, cf: float | None, redundant: int) -> Scenario:
-    """A short-listed layout with a placement policy (EPLB with `redundant` spare slots per EP group) and a
-    capacity factor."""
+def _variant(original: Scenario, sc: Scenario, policy: PlacementPolicyKind, cf: float | None, redundant: int,
+             steps: int) -> Scenario:
+    """A short-listed layout with a placement policy and a capacity factor, simulated for `steps` steps. The
+    scenario's own policy keeps its parameters; EPLB with `redundant` spare expert slots per EP group (rounded up to
+    whole slots per GPU) rebalances every step on the last step's loads, after one warm-up step, so that the
+    measured steps see it placed."""
     lay, m = sc.layout, sc.model
-    slots = m.num_experts // lay.ep + -(-redundant // lay.ep) if redundant else None
+    warmup = 0
+    if policy is original.placement.policy and not redundant:
+        placement = original.placement
+    elif policy is PlacementPolicyKind.EPLB:
+        slots = m.num_experts // lay.ep + -(-redundant // lay.ep)
+        params = EplbParams(redundant_experts=slots * lay.ep - m.num_experts, period_steps=1, history_steps=1)
+        placement = PlacementSpec(policy=policy, slots_per_gpu=slots if redundant else None, params=params)
+        warmup = 1
+    else:
+        placement = PlacementSpec(policy=policy)
     gate = sc.gate.replace(capacity_factor=cf, pad_to_capacity=sc.gate.pad_to_capacity and cf is not None)
-    return sc.replace(placement=PlacementSpec(policy=policy, slots_per_gpu=slots), gate=gate)
+    return sc.replace(placement=placement, gate=gate,
+                      simulation=sc.simulation.replace(steps=steps, warmup_steps=warmup))
 
 
 def candidate_rows(result: PlanResult) -> list[dict]:
@@ -217,10 +234,12 @@ def candidate_rows(result: PlanResult) -> list[dict]:
         est = s.estimate
         row["pruned_because"] = s.reason
         row["estimated_step_s"] = est.step_s if est is not None else float("nan")
-        row["peak_memory_bytes"] = est.peak_memory_bytes if est is not None else float("nan")
-        row["memory_headroom_bytes"] = est.hbm_bytes - est.peak_memory_bytes if est is not None else float("nan")
-        for bucket, value in (est.breakdown_s.items() if est is not None else ()):
-            row[f"est_{bucket}_s"] = value
+        peak = est.peak_memory_bytes if est is not None else s.peak_memory_bytes
+        row["peak_memory_bytes"] = peak
+        row["memory_headroom_bytes"] = s.candidate.scenario.cluster.profile.gpu.hbm_bytes - peak \
+            if s.candidate.scenario is not None else float("nan")
+        for bucket in BUCKETS:  # every column in every file, NaN where there is no estimate
+            row[f"est_{bucket}_s"] = est.breakdown_s[bucket] if est is not None else float("nan")
         row["simulated_score_s"] = simulated.get(id(s), float("nan"))
         rows.append(row)
     return rows
@@ -256,8 +275,16 @@ def winner_document(doc: dict, winner: Evaluated) -> dict:
     g = winner.scenario.gate
     out["gate"] = {**dict(out.get("gate", {})), "capacity_factor": g.capacity_factor,
                    "pad_to_capacity": g.pad_to_capacity}
-    placement = {**dict(out.get("placement", {})), "policy": winner.placement.value}
-    if winner.scenario.placement.slots_per_gpu is not None:
-        placement["slots_per_gpu"] = winner.scenario.placement.slots_per_gpu
-    out["placement"] = placement
+    pl = winner.scenario.placement
+    original = doc.get("placement") if isinstance(doc.get("placement"), dict) else {}
+    if original.get("policy", "static") == pl.policy.value and not winner.redundant_experts:
+        out["placement"] = dict(original)  # the scenario's own policy, as written
+    else:
+        placement: dict = {"policy": pl.policy.value}
+        if pl.slots_per_gpu is not None:
+            placement["slots_per_gpu"] = pl.slots_per_gpu
+        if pl.policy is PlacementPolicyKind.EPLB:
+            placement["eplb"] = {"redundant_experts": pl.params.redundant_experts, "period_steps": 1,
+                                 "history_steps": 1}
+        out["placement"] = placement
     return out

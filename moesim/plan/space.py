@@ -7,8 +7,10 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from moesim.io.megatron_args import megatron_refusals
 from moesim.spec.errors import SpecError
 from moesim.spec.layout import ParallelLayout
+from moesim.spec.placement import PlacementSpec
 from moesim.spec.plan import PlanSpec
 from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute, RecomputeModule
@@ -70,7 +72,7 @@ def candidates(sc: Scenario, plan: PlanSpec) -> Iterator[Candidate]:
             yield Candidate(values, _scenario(sc, tp, cp, pp, vpp, dp, ep, etp, first, last, mbs, recompute, dist,
                                               dispatcher, a2a), "")
         except SpecError as err:
-            yield Candidate(values, None, err.one_line())
+            yield Candidate(values, None, err.expected if err.key == "megatron" else err.one_line())
 
 
 def uneven_split(layers: int, pp: int) -> tuple[int | None, int | None]:
@@ -102,4 +104,9 @@ def _scenario(sc: Scenario, tp, cp, pp, vpp, dp, ep, etp, first, last, mbs, reco
     comm = c.replace(dispatcher=dispatcher, moe_a2a_overlap=a2a, tp_comm_overlap=c.tp_comm_overlap and tp > 1,
                      overlap_param_gather=c.overlap_param_gather and dist,
                      shared_expert_overlap=c.shared_expert_overlap and dispatcher.value != "allgather")
-    return sc.replace(layout=layout, training=training, comm=comm, plan=None)
+    # the short list chooses the placement (static until then: the screen assumes balanced routing)
+    out = sc.replace(layout=layout, training=training, comm=comm, placement=PlacementSpec(), plan=None)
+    refused = megatron_refusals(out)
+    if refused:  # a plan must launch: what Megatron-LM's argument checks refuse is no candidate
+        raise SpecError("megatron", f"{layout.tp}/{layout.pp}/{layout.ep}", refused[0])
+    return out

@@ -20,7 +20,7 @@ from moesim.spec.errors import SpecError
 from moesim.spec.plan import PlanSpec, RankBy
 from moesim.spec.simulation import RoutingDraws
 
-from helpers import scenario
+from helpers import scenario, tiny_model
 
 SMALL = """
 name: small-plan
@@ -35,12 +35,29 @@ plan: {tp: [1, 2, 4], pp: [1, 2], ep: [2, 4, 8], micro_batch_size: [1], recomput
 """
 
 
-@pytest.mark.parametrize("layout", [ParallelLayout(tp=1, pp=2, dp=4, ep=4), ParallelLayout(tp=2, pp=2, dp=2, ep=4),
-                                    ParallelLayout(tp=1, pp=1, dp=8, ep=8), ParallelLayout(tp=1, pp=4, dp=2, ep=2),
-                                    ParallelLayout(tp=2, pp=2, dp=2, ep=4, vpp=2)])
-def test_the_estimate_is_within_10_percent_of_the_simulation_on_balanced_routing(layout):
-    sc = scenario(layout=layout, global_batch=32, seq_len=1024, steps=1)
-    sc = sc.replace(simulation=sc.simulation.replace(routing_draws=RoutingDraws.EXPECTED))
+CASES = {  # name -> (nodes, GPUs per node, layout, comm, tiny-model overrides)
+    "pp2": (1, 8, ParallelLayout(tp=1, pp=2, dp=4, ep=4), {}, {}),
+    "tp2-pp2": (1, 8, ParallelLayout(tp=2, pp=2, dp=2, ep=4), {}, {}),
+    "ep8": (1, 8, ParallelLayout(tp=1, pp=1, dp=8, ep=8), {}, {}),
+    "pp4": (1, 8, ParallelLayout(tp=1, pp=4, dp=2, ep=2), {}, {}),
+    "vpp2": (1, 8, ParallelLayout(tp=2, pp=2, dp=2, ep=4, vpp=2), {}, {}),
+    "2-nodes-pp4-a2a-overlap": (2, 8, ParallelLayout(tp=1, pp=4, dp=4, ep=4), dict(moe_a2a_overlap=True), {}),
+    "2-nodes-flex-ep16": (2, 8, ParallelLayout(tp=1, pp=1, dp=16, ep=16), dict(dispatcher="flex"),
+                          dict(num_experts=16)),
+    "2-nodes-tp-pp-dp-order": (2, 8, ParallelLayout(tp=2, pp=2, dp=4, ep=2, order="tp-cp-ep-pp-dp"), {}, {}),
+    "uneven-1-2-2-1": (1, 8, ParallelLayout(tp=1, pp=4, dp=2, ep=2, first_stage_layers=1, last_stage_layers=1),
+                       {}, dict(num_layers=6)),
+    "cp2-vpp2-2-nodes": (2, 8, ParallelLayout(tp=2, cp=2, pp=2, dp=2, ep=4, vpp=2), {}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_estimate_is_within_10_percent_of_the_simulation_on_balanced_routing(name):
+    nodes, gpn, layout, comm, model = CASES[name]
+    sc = scenario(nodes=nodes, gpus_per_node=gpn, layout=layout, model=tiny_model(**model), global_batch=32,
+                  seq_len=1024, steps=1)
+    sc = sc.replace(simulation=sc.simulation.replace(routing_draws=RoutingDraws.EXPECTED),
+                    comm=sc.comm.replace(**comm))
     est = estimate(sc, build_network(sc.cluster, sc.network))
     simulated = predict(sc).step_s
     assert est.step_s == pytest.approx(simulated, rel=0.10)
@@ -65,6 +82,19 @@ def test_pruned_candidates_keep_their_reason():
     assert reasons[(3, 8)] == "tp x cp x pp = 3 does not divide the 16 GPUs"
     assert reasons[(1, 32)] == "layout.ep: got 32; expected ep x etp (32 x 1) must divide tp x cp x dp (16)"
     assert reasons[(1, 8)] == ""
+
+
+def test_what_megatron_refuses_is_pruned_and_bad_plan_lists_are_one_line():
+    sc = scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4))
+    spec = PlanSpec(tp=(1,), pp=(2,), ep=(4,), micro_batch_size=(1,), recompute=(sc.training.recompute,),
+                    moe_a2a_overlap=(True,), uneven_stages=(False,))
+    (only,) = screen(sc, spec)
+    assert only.reason.startswith("--overlap-moe-expert-parallel-comm with pipeline parallelism without virtual "
+                                  "stages: Megatron-LM refuses it")
+    for bad, expected in (({"tp": ()}, "a non-empty list"), ({"tp": (1, 1)}, "each value once")):
+        with pytest.raises(SpecError) as err:
+            PlanSpec(**bad)
+        assert err.value.one_line().startswith("tp: got") and expected in err.value.one_line()
 
 
 def test_a_layout_that_does_not_fit_is_pruned_with_its_numbers():
@@ -97,7 +127,10 @@ def test_the_short_list_tries_eplb_with_redundant_slots_and_capacity_factors(tmp
     assert choices == {(p, r, cf) for p, r in (("static", 0), ("eplb", 0), ("eplb", 8)) for cf in (None, 1.25)}
     eplb = next(e for e in result.shortlist if e.redundant_experts == 8)
     ep = eplb.scenario.layout.ep
-    assert eplb.scenario.placement.slots_per_gpu == 8 // ep + -(-8 // ep)
+    slots = 8 // ep + -(-8 // ep)
+    assert eplb.scenario.placement.slots_per_gpu == slots
+    assert eplb.scenario.placement.params.redundant_experts == slots * ep - 8  # the spare slots are used
+    assert eplb.scenario.simulation.warmup_steps == 1  # measured after a rebalance
 
 
 def test_skew_levels_are_routing_conditions_and_skew_slows_the_short_list(tmp_path):
@@ -133,6 +166,8 @@ def test_the_cli_writes_a_plan_that_moesim_run_reproduces(tmp_path, capsys):
     assert "--expert-model-parallel-size" in (out / "megatron_args.txt").read_text(encoding="utf-8")
     assert main(["plan", str(path), "--out", str(out)]) == 2  # no overwrite without --force
     assert "--force" in capsys.readouterr().err
+    assert main(["plan", str(path), "--out", str(out / "plan.yaml")]) == 2  # a file is no output directory
+    assert "not a file" in capsys.readouterr().err
     plan_doc = yaml.safe_load((out / "plan.yaml").read_text(encoding="utf-8"))
     assert "plan" not in plan_doc
     rerun = predict(load_scenario(out / "plan.yaml"))
