@@ -1,0 +1,1 @@
+"""Execution of MoE layers on torch.distributed (expert parallelism); import the submodules directly."""
