@@ -33,7 +33,7 @@ from moesim.cost import compute as cc
 from moesim.spec.dtype import Dtype, Fp8Recipe
 from moesim.spec.model import MoeModelSpec
 from moesim.spec.scenario import Scenario
-from moesim.spec.training import Recompute, TrainingSpec
+from moesim.spec.training import TrainingSpec
 
 BACKWARD_BYTES_FACTOR = 2.0
 _FP32 = Dtype.FP32.bytes
@@ -300,8 +300,3 @@ def kernel_counts(sc: Scenario, fp8_gemms: bool | None = None) -> KernelCounts:
     extra = dict(attention=q * n_attention, dense_mlp=2 * q, moe=q * n_moe, lm_head=0)
     bwd = {f"{k}_bwd": 2 * (v - extra[k]) + extra[k] for k, v in fwd.items()}
     return KernelCounts(**fwd, **bwd, amax_update=1 if fp8 and tr.fp8_recipe is Fp8Recipe.DELAYED else 0)
-
-
-def memory_bound_backward_factor(recompute: Recompute) -> float:
-    """Backward bytes of a memory-bound op relative to its forward's; full recompute reruns the forward too."""
-    return BACKWARD_BYTES_FACTOR + (1.0 if recompute is Recompute.FULL else 0.0)

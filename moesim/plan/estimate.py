@@ -21,8 +21,8 @@ from moesim.cost import compute as cc
 from moesim.cost import ops
 from moesim.cost.memory import peak_memory_per_rank, stage_params
 from moesim.network.model import CollectiveModel
-from moesim.sim.workload import (LayerCosts, _dp_overlap, _ring_attention_exposed, _weight_casts_s, _wire_rows,
-                                 layer_costs)
+from moesim.sim.workload import (LayerCosts, dp_overlap, ring_attention_exposed, tp_collectives_s,
+                                 weight_casts_s, wire_rows, layer_costs)
 from moesim.spec.scenario import Scenario
 
 BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "tensor_parallel", "context_parallel",
@@ -51,7 +51,7 @@ def _all_to_all_s(sc: Scenario, net: CollectiveModel) -> tuple[float, float]:
     group = lay.ep_groups()[0].reshape(-1, lay.ep)[0]
     per_pair = sc.tokens_routed_per_rank * m.top_k / lay.ep
     rows = np.full((1, 1, lay.ep, lay.ep), per_pair)
-    wire = _wire_rows(sc, rows, group) * (1.0 - np.eye(lay.ep))
+    wire = wire_rows(sc, rows, group) * (1.0 - np.eye(lay.ep))
     dispatch = wire * ops.dispatch_row_bytes(m, sc.training)
     combine = wire.swapaxes(-1, -2) * ops.combine_row_bytes(m, sc.training)
     return (float(net.all_to_all_s(dispatch, group[None])[0, 0]), float(net.all_to_all_s(combine, group[None])[0, 0]))
@@ -77,17 +77,6 @@ def _ring_all_reduce_s(sc: Scenario, nbytes: float, group: np.ndarray) -> float:
     return 2.0 * (n - 1) * step
 
 
-def _tp_s(sc: Scenario, net: CollectiveModel) -> tuple[float, float]:
-    """(dense layer, MoE layer) seconds of one layer's sequence-parallel collectives in one pass."""
-    lay, m = sc.layout, sc.model
-    if lay.tp == 1:
-        return 0.0, 0.0
-    gathered = sc.tokens_per_micro_batch * m.hidden_size * sc.training.dtype.activation_bytes
-    one = float(net.all_gather_s(gathered, lay.tp_groups()[0, :1])[0])
-    shared = 2 if m.num_shared_experts else 0
-    return 4 * one, (2 + shared) * one
-
-
 def estimate(sc: Scenario, net: CollectiveModel) -> Estimate:
     """One step of `sc` under balanced routing, in closed form."""
     lay, m, tr, comm = sc.layout, sc.model, sc.training, sc.comm
@@ -100,8 +89,8 @@ def estimate(sc: Scenario, net: CollectiveModel) -> Estimate:
     expert_fwd = float(expert[0])
     expert_bwd = float(expert[1]) + expert_fwd * lc.expert_rerun_fwd
     dispatch, combine = _all_to_all_s(sc, net)
-    tp = _tp_s(sc, net)
-    cp_comm, _ = _ring_attention_exposed(sc, net, lc)
+    tp = tuple(float(x) for x in tp_collectives_s(sc, net, lay.tp_groups()[0, :1])[0])
+    cp_comm, _ = ring_attention_exposed(sc, net, lc)
     cp = (float(cp_comm[0, 0, 0]), float(cp_comm[0, 0, 1]))
 
     def layer(moe: bool) -> dict[str, float]:
@@ -171,7 +160,7 @@ def estimate(sc: Scenario, net: CollectiveModel) -> Estimate:
     for s in range(lay.pp):
         sync[0, s] = _ring_all_reduce_s(sc, float(grad_bytes[s, 0]), lay.dp_groups()[s, 0])
         sync[1, s] = _ring_all_reduce_s(sc, float(grad_bytes[s, 1]), lay.edp_groups()[s, 0, 0])
-    exposed, hidden_sync = _dp_overlap(sc, lc, sync)
+    exposed, hidden_sync = dp_overlap(sc, lc, sync)
     breakdown["dp_sync"] = float(exposed[:, slowest, 0].sum())
     hidden["dp_sync"] = float(hidden_sync[:, slowest, 0].sum())
     breakdown["compute"] += slowdown * hidden["dp_sync"]
@@ -180,7 +169,7 @@ def estimate(sc: Scenario, net: CollectiveModel) -> Estimate:
     shard = np.array([lay.dp_cp, lay.edp]) if opt.distributed else np.ones(2)
     breakdown["optimizer"] = float((params[slowest] / shard).sum() * touched
                                    / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s)
-    casts = _weight_casts_s(sc)[slowest]
+    casts = weight_casts_s(sc)[slowest]
     breakdown["memory_bound"] += float(casts[0])
     breakdown["kernel_launch"] += float(casts[1])
     peak, stage = peak_memory(sc)

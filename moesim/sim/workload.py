@@ -202,7 +202,7 @@ def _all_to_all(net: CollectiveModel, links: FlowNetwork, groups: np.ndarray,
     return net.all_to_all_s(groups, ranks), links.link_bytes(groups, ranks)
 
 
-def _wire_rows(sc: Scenario, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
+def wire_rows(sc: Scenario, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
     """[..., src, dst] rows the scenario's token dispatcher sends inside each EP group, from the rows plain
     all-to-all would send; `group` holds the global ranks of one EP group (all groups share its node pattern)."""
     dispatcher = sc.comm.dispatcher
@@ -256,8 +256,8 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     # the forward's dispatch (and the combine's backward) may carry fp8 rows; the combine stays bf16
     scale = ops.combine_row_bytes(m, sc.training) / ops.dispatch_row_bytes(m, sc.training)
     ranks = lay.ep_groups()[stage].reshape(-1, lay.ep)  # [edp * etp, ep]: the stage's EP groups run together
-    wire_rows = _wire_rows(sc, to_rank.transpose(0, 1, 3, 2, 4), ranks[0])  # [M, edp, etp, src, dst]
-    matrix = wire_rows * ops.dispatch_row_bytes(m, sc.training)
+    wired = wire_rows(sc, to_rank.transpose(0, 1, 3, 2, 4), ranks[0])  # [M, edp, etp, src, dst]
+    matrix = wired * ops.dispatch_row_bytes(m, sc.training)
     groups = matrix.reshape(M, -1, lay.ep, lay.ep)
     back = groups.swapaxes(-1, -2) if scale == 1.0 else groups.swapaxes(-1, -2) * scale
     dispatch, dispatch_links = _all_to_all(net, links, groups, ranks)  # [M, edp * etp], [M, links]
@@ -322,18 +322,26 @@ class StaticWork:
     grad_bytes: np.ndarray  # [pp, 2] dense, expert gradient bytes per rank
 
 
+def tp_collectives_s(sc: Scenario, net: CollectiveModel, groups: np.ndarray) -> np.ndarray:
+    """[..., 2] seconds of one layer's sequence-parallel collectives in one pass for each TP group of `groups`
+    [..., tp] (GPU ids): [..., 0] a dense layer, [..., 1] an MoE layer. Attention does an all-gather and a
+    reduce-scatter; a dense FFN or the shared experts add another pair."""
+    lay, m = sc.layout, sc.model
+    if lay.tp == 1:
+        return np.zeros(groups.shape[:-1] + (2,))
+    gathered = sc.tokens_per_micro_batch * m.hidden_size * sc.training.dtype.activation_bytes
+    one = np.asarray(net.all_gather_s(gathered, groups))
+    shared = 2 if m.num_shared_experts else 0
+    return np.stack([(2 + 2) * one, (2 + shared) * one], axis=-1)
+
+
 def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
     lay, m, tr = sc.layout, sc.model, sc.training
     q = lay.ranks_per_stage
-    gathered = sc.tokens_per_micro_batch * m.hidden_size * tr.dtype.activation_bytes  # sequence-parallel gather
-    tp_group_s = net.all_gather_s(gathered, lay.tp_groups())  # [pp, dp]
-    per_q = np.repeat(tp_group_s, lay.tp, axis=1)  # [pp, q]
-    shared = 2 if m.num_shared_experts else 0
-    # attention: all-gather + reduce-scatter; a dense FFN or the shared experts add another pair
-    tp_comm = np.stack([(2 + 2) * per_q, (2 + shared) * per_q], axis=-1) if lay.tp > 1 else np.zeros((lay.pp, q, 2))
+    tp_comm = np.repeat(tp_collectives_s(sc, net, lay.tp_groups()), lay.tp, axis=1)  # [pp, q, 2]
 
     layers = layer_costs(sc)
-    cp_comm, cp_bytes = _ring_attention_exposed(sc, net, layers)
+    cp_comm, cp_bytes = ring_attention_exposed(sc, net, layers)
 
     p2p_bytes = sc.tokens_routed_per_rank * m.hidden_size * tr.dtype.activation_bytes
     p2p = np.zeros((lay.pp, q))
@@ -352,16 +360,16 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
 
     opt = tr.optimizer
     # read + write per param: state, gradient, the weights (the fp8 recipe's fp8 copy is written by its weight
-    # casts on the next step's first micro-batch: _weight_casts_s)
+    # casts on the next step's first micro-batch: weight_casts_s)
     touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_bytes
     shard = np.array([lay.dp_cp, lay.edp]) if opt.distributed else np.ones(2)
     optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
-    exposed, hidden = _dp_overlap(sc, layers, np.stack([dp_dense, dp_expert]))
+    exposed, hidden = dp_overlap(sc, layers, np.stack([dp_dense, dp_expert]))
     return StaticWork(layers, tp_comm, cp_comm, cp_bytes, p2p, float(p2p_bytes), exposed[0], exposed[1], hidden,
-                      optimizer_s, _weight_casts_s(sc), grad_bytes)
+                      optimizer_s, weight_casts_s(sc), grad_bytes)
 
 
-def _dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(exposed, hidden) seconds of the gradient syncs sync_s [2, pp, q] under the overlap options. With the
     distributed optimizer the all-reduce is a reduce-scatter and an all-gather of half its time each (without,
     the whole all-reduce is the reduction). overlap_grad_reduce runs the reduction bucket by bucket during the
@@ -392,7 +400,7 @@ def _dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[n
     return exposed, sync_s - exposed
 
 
-def _weight_casts_s(sc: Scenario) -> np.ndarray:
+def weight_casts_s(sc: Scenario) -> np.ndarray:
     """[pp, 2] (memory-bound, launch) seconds of one step's fp8 weight casts on a rank of each stage: every linear
     weight cast once, on the step's first micro-batch (moesim.cost.ops.fp8_weight_casts; zero without fp8)."""
     out = np.zeros((sc.layout.pp, 2))
@@ -406,7 +414,7 @@ def _weight_casts_s(sc: Scenario) -> np.ndarray:
     return out
 
 
-def _ring_attention_exposed(sc: Scenario, net: CollectiveModel,
+def ring_attention_exposed(sc: Scenario, net: CollectiveModel,
                             layers: LayerCosts) -> tuple[np.ndarray, tuple[float, float]]:
     """([pp, q, 2] exposed seconds per layer, (forward, backward) bytes per rank) of context parallelism's ring
     attention (Megatron's: cp - 1 steps, each sending this rank's key/value chunk to the next rank of the ring while

@@ -35,7 +35,7 @@ def zipf_level(name: str) -> float | None:
 
 class RankBy(SpecEnum):
     MEAN = "mean"  # mean step time over the routing conditions
-    P95 = "p95"  # the p95 of every simulated step under every condition
+    P95 = "p95"  # the largest p95 step time over the conditions
     WORST = "worst"  # the slowest condition's mean
 
 

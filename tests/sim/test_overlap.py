@@ -10,7 +10,7 @@ from moesim.metrics.summary import summarize
 from moesim.network import build_network
 from moesim.sim.engine import one_f_one_b
 from moesim.sim.simulate import simulate
-from moesim.sim.workload import _dp_overlap, layer_costs, static_work
+from moesim.sim.workload import dp_overlap, layer_costs, static_work
 from moesim.spec import ParallelLayout
 from moesim.spec.comm import CommSpec
 from moesim.spec.errors import SpecError
@@ -97,14 +97,14 @@ def test_dp_overlap_closed_form():
     base = _with(scenario(layout=ParallelLayout(tp=1, pp=2, dp=4, ep=4)), overlap_grad_reduce=True)
     lc = layer_costs(base)
     sync = np.full((2, 2, 4), 1.0)  # 1 s of all-reduce, far more than a micro-batch's backward
-    exposed, hidden = _dp_overlap(base, lc, sync)
+    exposed, hidden = dp_overlap(base, lc, sync)
     bwd_stage0 = sum(lc.attention_bwd_s + (lc.router_bwd_s if base.model.is_moe_layer(i) else lc.dense_ffn_bwd_s)
                      + lc.memory_bound_bwd_s[int(base.model.is_moe_layer(i))] for i in range(2))
     # no distributed optimizer: the whole all-reduce is the reduction, hidden up to one backward of the stage
     assert hidden[0, 0, 0] == pytest.approx(bwd_stage0)
     assert exposed[0, 0, 0] + hidden[0, 0, 0] == pytest.approx(1.0)
     small = np.full((2, 2, 4), 1e-6)
-    exposed, _ = _dp_overlap(base, lc, small)
+    exposed, _ = dp_overlap(base, lc, small)
     assert exposed[0, 0, 0] == pytest.approx(1e-6 / 2)  # the last layer's bucket (2 layers per stage) stays
 
 
@@ -118,9 +118,9 @@ def test_param_gather_overlap_hides_the_all_gather_half_behind_one_forward():
     bwd = sum(lc.attention_bwd_s + (lc.router_bwd_s if m else lc.dense_ffn_bwd_s) + lc.memory_bound_bwd_s[int(m)]
               for m in moe)
     sync = np.full((2, 2, 4), 1.0)
-    exposed, hidden = _dp_overlap(_with(base, overlap_param_gather=True), lc, sync)
+    exposed, hidden = dp_overlap(_with(base, overlap_param_gather=True), lc, sync)
     assert hidden[0, 0, 0] == pytest.approx(fwd)  # the all-gather: half of the all-reduce, under one forward
-    exposed, hidden = _dp_overlap(_with(base, overlap_param_gather=True, overlap_grad_reduce=True), lc, sync)
+    exposed, hidden = dp_overlap(_with(base, overlap_param_gather=True, overlap_grad_reduce=True), lc, sync)
     assert hidden[0, 0, 0] == pytest.approx(fwd + bwd)  # and the reduce-scatter half under one backward
     assert exposed[0, 0, 0] == pytest.approx(1.0 - fwd - bwd)
 
