@@ -339,41 +339,10 @@ def _as_sweep_args(run_args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def _available_memory_bytes() -> float:
-    """MemAvailable from /proc/meminfo; where that cannot be read, no memory limit."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return math.inf
-
-
 def _check_cost(scenarios: list, args, write_files: bool, jobs: int = 1) -> None:
-    """Refuse, before any work, what would take more than --max-wall-s or more memory than --max-memory-GiB
-    (a sweep runs `jobs` points at a time: memory is the largest point's times that, time the sum over it)."""
-    from moesim.sim.estimate import estimate_cost  # noqa: PLC0415
+    from moesim.sim.estimate import check_cost  # noqa: PLC0415
 
-    for flag, value in (("--max-wall-s", args.max_wall_s), ("--max-memory-GiB", args.max_memory_GiB)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise SpecError(flag, value, "a finite number > 0")
-    estimates = [estimate_cost(sc, write_files=write_files) for sc in scenarios]
-    wall_s = sum(e.wall_s for e in estimates) / jobs
-    memory_bytes = max(e.peak_memory_bytes for e in estimates) * jobs
-    limit_bytes = args.max_memory_GiB * 2**30 if args.max_memory_GiB is not None else _available_memory_bytes()
-    what = estimates[0].describe() if len(estimates) == 1 else f"{len(estimates)} points"
-    if wall_s > args.max_wall_s:
-        raise SpecError("--max-wall-s", args.max_wall_s,
-                        f"a run estimated to fit: this one needs about {wall_s:,.0f} s ({what}); pass "
-                        f"--max-wall-s {math.ceil(wall_s * 1.5)} to run it anyway, or simulate fewer steps")
-    if memory_bytes > limit_bytes:
-        given = args.max_memory_GiB if args.max_memory_GiB is not None else \
-            f"no value: the memory available here, {limit_bytes / 2**30:.1f} GiB"
-        raise SpecError("--max-memory-GiB", given,
-                        f"a run estimated to fit: this one needs about {memory_bytes / 2**30:.1f} GiB ({what}); "
-                        f"pass --max-memory-GiB {math.ceil(memory_bytes * 1.25 / 2**30)} to run it anyway")
+    check_cost(scenarios, args.max_wall_s, args.max_memory_GiB, write_files, jobs)
 
 
 def _simulate(scenario, label: str):

@@ -13,9 +13,11 @@ when the engine, the record log or metrics.summarize change (bench_memory.py pri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moesim.sim.records import BUFFER_BYTES_PER_RECORD, RECORD_BYTES
+from moesim.spec.errors import SpecError
 from moesim.spec.placement import PlacementPolicyKind
 from moesim.spec.scenario import Scenario
 from moesim.spec.simulation import RecordDetail, RoutingDraws
@@ -137,6 +139,43 @@ def estimate_cost(sc: Scenario, write_files: bool = False) -> CostEstimate:
     return CostEstimate(steps, events_per_step * steps, rows, measured, elements, record_bytes, sim_peak,
                         summarize_peak, baseline, peak + write_bytes, simulate_s, summarize_s, write_bytes,
                         write_s, simulate_s + summarize_s + write_s)
+
+
+def available_memory_bytes() -> float:
+    """MemAvailable from /proc/meminfo; where that cannot be read, no memory limit."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.inf
+
+
+def check_cost(scenarios: list[Scenario], max_wall_s: float, max_memory_GiB: float | None, write_files: bool,
+               jobs: int = 1) -> None:
+    """The cost guard of `moesim run` (and of the dashboard): refuse, before any work, what would take more than
+    `max_wall_s` or more than `max_memory_GiB` (None: the memory available here). A sweep runs `jobs` points at
+    a time: memory is the largest point's times that, time the sum over it. Raises SpecError naming the CLI flag."""
+    for flag, value in (("--max-wall-s", max_wall_s), ("--max-memory-GiB", max_memory_GiB)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SpecError(flag, value, "a finite number > 0")
+    estimates = [estimate_cost(sc, write_files=write_files) for sc in scenarios]
+    wall_s = sum(e.wall_s for e in estimates) / jobs
+    memory_bytes = max(e.peak_memory_bytes for e in estimates) * jobs
+    limit_bytes = max_memory_GiB * 2**30 if max_memory_GiB is not None else available_memory_bytes()
+    what = estimates[0].describe() if len(estimates) == 1 else f"{len(estimates)} points"
+    if wall_s > max_wall_s:
+        raise SpecError("--max-wall-s", max_wall_s,
+                        f"a run estimated to fit: this one needs about {wall_s:,.0f} s ({what}); pass "
+                        f"--max-wall-s {math.ceil(wall_s * 1.5)} to run it anyway, or simulate fewer steps")
+    if memory_bytes > limit_bytes:
+        given = max_memory_GiB if max_memory_GiB is not None else \
+            f"no value: the memory available here, {limit_bytes / 2**30:.1f} GiB"
+        raise SpecError("--max-memory-GiB", given,
+                        f"a run estimated to fit: this one needs about {memory_bytes / 2**30:.1f} GiB ({what}); "
+                        f"pass --max-memory-GiB {math.ceil(memory_bytes * 1.25 / 2**30)} to run it anyway")
 
 
 def _write_cost(sc: Scenario, rows_per_step: int, rows: int) -> tuple[int, float]:
