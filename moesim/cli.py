@@ -65,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("scenario", type=Path, help="scenario YAML file (its plan: section; defaults without one)")
     pln.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-plan)")
     pln.add_argument("--force", action="store_true", help="replace the files of an earlier plan in --out")
+    exe = sub.add_parser("execute", help="run a plan (a scenario, e.g. a plan.yaml of `moesim plan`) for real on this "
+                                         "machine's ranks, scaled to fit, timed in the simulator's records")
+    exe.add_argument("plan_file", type=Path, metavar="PLAN.yaml", help="scenario YAML file to execute")
+    exe.add_argument("--steps", type=yaml_int, default=3, help="measured steps after one untimed warm-up (default 3)")
+    exe.add_argument("--backend", default="gloo", help="gloo (CPU ranks, default) or nccl (one GPU per rank)")
+    exe.add_argument("--nproc", type=yaml_int, help="ranks on this machine (default: 2 with gloo, the GPUs with "
+                                                     "nccl; under torchrun its world size)")
+    exe.add_argument("--threads", type=yaml_int, default=1, help="CPU threads per gloo rank (default 1, as "
+                                                                  "`moesim calibrate` measures them)")
+    exe.add_argument("--compare", metavar="PROFILE", help="simulate the same scaled plan on this hardware profile "
+                                                          "(name or path) and print predicted vs measured per phase")
+    exe.add_argument("--out", type=Path, help="output directory (default: runs/<scenario name>-execute)")
+    exe.add_argument("--force", action="store_true", help="replace an earlier run's directory")
+    exe.add_argument("--timeout", type=float, default=600.0, help="seconds before the ranks count as hung")
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
@@ -268,7 +282,8 @@ def _main(argv: list[str]) -> int:
             warnings.simplefilter("ignore")
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
                     "calibrate": _calibrate, "schema": _schema, "sweep": _sweep,
-                    "report": _report, "accuracy": _accuracy, "import": _import, "plan": _plan}[args.command](args)
+                    "report": _report, "accuracy": _accuracy, "import": _import, "plan": _plan,
+                    "execute": _execute}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -471,6 +486,23 @@ def _plan(args) -> int:
     paths = write_plan(out, result, dict(doc), title)
     print(f"wrote {len(paths)} files to {out}/: {', '.join(p.name for p in paths)}")
     return 0 if result.winner is not None else EXIT_FAILED
+
+
+def _execute(args) -> int:
+    from moesim.execute.command import execute_plan  # noqa: PLC0415 - torch only for this command
+    from moesim.execute.records import ExecuteError  # noqa: PLC0415
+    from moesim.report.progress import Progress  # noqa: PLC0415
+
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise SpecError("--timeout", args.timeout, "a finite number of seconds > 0")
+    try:
+        return execute_plan(args.plan_file, steps=args.steps, backend=args.backend, nproc=args.nproc,
+                            threads=args.threads, compare_profile=args.compare, out=args.out, force=args.force,
+                            timeout_s=args.timeout, progress=Progress("execute", "steps"),
+                            command=" ".join(["moesim execute", *sys.argv[2:]]))
+    except ExecuteError as err:
+        print(f"moesim: execute failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _accuracy(args) -> int:

@@ -21,11 +21,16 @@ _BUCKET_OF_OP = {op.value: bucket for op, bucket in BREAKDOWN_OF.items()}
 
 def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
     """[rank x bucket] seconds per measured step, averaged over measured steps. Rows add up to each rank's
-    mean step time. The waiting part of collectives is its own bucket, `straggler_wait`.
+    mean step time. The waiting part of collectives is its own bucket, `straggler_wait`."""
+    return records_breakdown(result.records, result.measured_steps, result.scenario.layout.world_size)
+
+
+def records_breakdown(records: pd.DataFrame, measured_steps, world_size: int) -> pd.DataFrame:
+    """per_rank_breakdown of any records (simulated, or measured by `moesim execute`).
     Groups integer codes under a mask of the records (no string column, no filtered copy of the frame); each
     (rank, bucket) sums the same values in the same order as the former pivot table: identical numbers."""
-    rec = result.records
-    measured = rec["step"].isin(result.measured_steps).to_numpy()
+    rec = records
+    measured = rec["step"].isin(measured_steps).to_numpy()
     op = rec["op"].array  # Categorical
     bucket_of_code = np.array([BREAKDOWN_BUCKETS.index(_BUCKET_OF_OP[o]) for o in op.categories], dtype=np.int8)
     rank = rec["rank"].to_numpy()[measured]
@@ -36,10 +41,9 @@ def per_rank_breakdown(result: SimResult) -> pd.DataFrame:
     by_wait = pd.Series(wait).groupby([rank, straggler]).sum()
     table = pd.concat([by_op, by_wait]).unstack(fill_value=0.0)
     table.columns = [BREAKDOWN_BUCKETS[c] for c in table.columns]
-    table = table.reindex(index=range(result.scenario.layout.world_size), columns=list(BREAKDOWN_BUCKETS),
-                          fill_value=0.0)
+    table = table.reindex(index=range(world_size), columns=list(BREAKDOWN_BUCKETS), fill_value=0.0)
     table.index.name, table.columns.name = "rank", "bucket"
-    return table / len(result.measured_steps)
+    return table / len(measured_steps)
 
 
 def hidden_breakdown(result: SimResult) -> dict[str, float]:

@@ -85,12 +85,26 @@ class _Loads:
 Progress = Callable[[int, int], None]  # (steps done, steps total), called after each simulated step
 
 
+@dataclass(frozen=True)
+class LayerRouting:
+    """One MoE layer of one step as the simulator routed it: what `moesim execute` replays with real tokens."""
+
+    step: int
+    layer: int
+    loads: np.ndarray  # [M, q, E] assignments each local rank's router asked for (after the placement driver)
+    sent: np.ndarray  # [M, q, E] rows each local rank sends each expert (MoeLayerWork.sent_per_expert)
+    computed: np.ndarray  # [M, edp * etp, E] rows each expert computes per EP group
+    placement: object  # moesim.placement.base.Placement of the layer this step (None: contiguous)
+
+
 def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start_order: bool = False,
-             progress: Progress | None = None, records: RecordDetail | None = None) -> SimResult:
+             progress: Progress | None = None, records: RecordDetail | None = None,
+             routing_log: list[LayerRouting] | None = None) -> SimResult:
     """`network` overrides the model the scenario's `network:` section asks for (tests pass their own);
     `records` what is kept of every op, instead of simulation.records (sweeps keep the per-rank sums only).
     `progress(steps_done, steps_total)` is called after each step, warm-up included (the CLI shows a rate and
-    an ETA from it); moesim.sim.estimate.estimate_cost says what the run will cost before it starts."""
+    an ETA from it); moesim.sim.estimate.estimate_cost says what the run will cost before it starts.
+    `routing_log`, when given, receives every (step, MoE layer)'s routing (LayerRouting), in order."""
     net = network or build_network(sc.cluster, sc.network)
     links = net if isinstance(net, FlowNetwork) else FlowNetwork(sc.cluster, sc.network)
     lay, m = sc.layout, sc.model
@@ -113,6 +127,9 @@ def simulate(sc: Scenario, network: CollectiveModel | None = None, shuffle_start
         for i, layer in enumerate(moe_layers):
             stage = sc.stage_of_layer(layer)
             w = work[layer] = moe_layer_work(sc, net, links, loads[:, i], stage, gate_rng, placements[layer])
+            if routing_log is not None:
+                routing_log.append(LayerRouting(step, layer, loads[:, i], w.sent_per_expert, w.computed_per_expert,
+                                                placements[layer]))
             ranks = lay.stage_ranks(stage)
             worst_rows[step, ranks] += w.expert_rows.max(axis=0)
             link_bytes[step] += 2.0 * w.link_bytes  # the backward pass moves the same bytes again

@@ -77,6 +77,9 @@ class MoeLayerWork:
     a2a_tier_bytes: np.ndarray  # [M, 3] dispatch bytes that crossed NVLink, a NIC, the spine (PXN hops included)
     link_bytes: np.ndarray  # [links] bytes per link of one forward pass (dispatch + combine, all micro-batches)
     a2a_matrix: np.ndarray  # [ep, ep] dispatch bytes of the stage's first EP group, mean over micro-batches
+    sent_per_expert: np.ndarray  # [M, q, E] rows rank q sends to each logical expert: kept assignments (+ padding
+    # when padded per source); `moesim execute` routes its real tokens by these
+    computed_per_expert: np.ndarray  # [M, edp * etp, E] rows each expert computes in each EP group (kept + padding)
 
 
 def layer_costs(sc: Scenario) -> LayerCosts:
@@ -300,6 +303,8 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         a2a_tier_bytes=tier_bytes,
         link_bytes=dispatch_links.sum(0) + combine_links.sum(0),
         a2a_matrix=groups[:, 0].mean(0),
+        sent_per_expert=sent.reshape(M, -1, E),
+        computed_per_expert=gate.computed.reshape(M, -1, E),
     )
 
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from execute.gloo_ranks import run_ranks
 
 torch = pytest.importorskip("torch")
 
 WORKER = Path(__file__).with_name("moe_gloo_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 30
 
 
@@ -25,33 +22,8 @@ def _worker_module():
     return mod
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ranks(world: int, out_dir: Path) -> list[dict]:
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), port, str(out_dir)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)  # one deadline per rank; a hung group fails the first
-            logs.append(out)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"gloo ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{log}"
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
+    return run_ranks(WORKER, world, [], out_dir, TIMEOUT_S)
 
 
 def _reference(mod, name: str, world: int) -> dict:

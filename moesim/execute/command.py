@@ -1,0 +1,94 @@
+"""`moesim execute PLAN.yaml`: scale the plan to this machine, simulate it (routing + prediction), run it for
+real, write the measured records, and with a profile to compare against print predicted vs measured per phase."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from moesim.execute.compare import Comparison, compare, format_comparison
+from moesim.execute.run import BACKENDS, ExecutedRun, execute
+from moesim.execute.scale import ScaledPlan, scale_plan
+from moesim.io.profile import load_profile, resolve_profile
+from moesim.io.staged_dir import check_out_dir, default_run_dir
+from moesim.loader import load_scenario
+from moesim.sim.simulate import LayerRouting, SimResult, simulate
+from moesim.spec.dtype import Dtype
+from moesim.spec.errors import SpecError
+from moesim.spec.scenario import Scenario
+
+CPU_PROFILE = "cpu-gloo-2c"  # the committed profile calibrated on this project's CI machine class
+
+
+def default_nproc(backend: str) -> int:
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if backend == "nccl":
+        import torch  # noqa: PLC0415 - torch only for this command
+
+        return torch.cuda.device_count()
+    return 2
+
+
+def prepare(sc: Scenario, nproc: int, backend: str, profile_ref: str | None, steps: int
+            ) -> tuple[ScaledPlan, SimResult, list[LayerRouting]]:
+    """The scaled plan, its simulation on `profile_ref` (default: cpu-gloo-2c for gloo, the plan's own profile for
+    nccl) and the routing the ranks will replay."""
+    if profile_ref is not None:
+        profile = load_profile(resolve_profile(profile_ref))
+    elif backend == "gloo":
+        profile = load_profile(resolve_profile(CPU_PROFILE))
+    else:
+        profile = sc.cluster.profile
+    dtype = Dtype.FP32 if backend == "gloo" else Dtype.BF16
+    scaled = scale_plan(sc, nproc, profile, dtype=dtype, steps=steps)
+    routing: list[LayerRouting] = []
+    predicted = simulate(scaled.scenario, routing_log=routing)
+    return scaled, predicted, routing
+
+
+def comparison_of(run: ExecutedRun, predicted: SimResult) -> Comparison:
+    return compare(predicted.records, predicted.step_times_s, run.records, run.step_times_s, run.measured_steps,
+                   run.scenario.layout.world_size)
+
+
+def execute_plan(plan_file: Path, steps: int, backend: str, nproc: int | None, threads: int,
+                 compare_profile: str | None, out: Path | None, force: bool, timeout_s: float,
+                 progress: Callable[[int, int], None] | None = None, command: str = "moesim execute") -> int:
+    from moesim.execute.output import summary_dict, write_execution  # noqa: PLC0415 - pandas/parquet writers
+
+    if backend not in BACKENDS:
+        raise SpecError("--backend", backend, "gloo (CPU ranks) or nccl (one GPU per rank)")
+    if steps < 1:
+        raise SpecError("--steps", steps, "an integer >= 1")
+    if threads < 1:
+        raise SpecError("--threads", threads, "an integer >= 1")
+    sc = load_scenario(plan_file)
+    nproc = nproc if nproc is not None else default_nproc(backend)
+    if nproc < 1:
+        raise SpecError("--nproc", nproc, "an integer >= 1" + (" (no GPU found for nccl)" if backend == "nccl"
+                                                               else ""))
+    out = out if out is not None else default_run_dir(f"{sc.name}-execute")
+    check_out_dir(out, force)  # refuse before the run, not after
+    scaled, predicted, routing = prepare(sc, nproc, backend, compare_profile, steps)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        print(f"executing {plan_file} on {nproc} {backend} ranks, scaled:")
+        print("\n".join(f"  {line}" for line in scaled.changes))
+        sys.stdout.flush()
+    run = execute(scaled.scenario, routing, backend, threads, timeout_s, progress)
+    if run is None:  # another torchrun rank: rank 0 reports
+        return 0
+    comparison = comparison_of(run, predicted) if compare_profile is not None else None
+    measured = run.step_times_s[run.measured_steps]
+    print(f"measured on {run.device}: step time median {float(sorted(measured)[len(measured) // 2]) * 1e3:.1f} ms "
+          f"over {len(measured)} steps ({', '.join(f'{x * 1e3:.1f}' for x in measured)} ms)")
+    if comparison is not None:
+        print(f"predicted by {compare_profile} vs measured, per rank and step:")
+        print(format_comparison(comparison))
+    summary = summary_dict(run, predicted, scaled.changes, comparison, command)
+    paths = write_execution(out, run, predicted, summary, comparison, force)
+    print(f"wrote {len(paths)} files to {out}/: {', '.join(p.name for p in paths)}")
+    return 0

@@ -1,0 +1,67 @@
+"""The executed model on one process: every rank's tokens, every expert, no communication; the test oracle of
+moesim.execute.train.
+
+Each (token, choice) the gate kept adds ``gate * expert(rms_norm(a)[token])``, computed token by token with the
+expert's own weights; a dropped choice adds nothing; capacity padding computes zeros and is not looked at. The
+step's loss is the ranks' mean losses summed over micro-batches, so the gradients the ranks hold after their
+all-reduces are: dense weights d(loss)/world (dp all-reduce of means), experts d(loss)/edp (an expert's replicas
+average over the edp group the gradients of the EP groups' tokens).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moesim.execute.routing_plan import expert_holders, rank_routing
+from moesim.execute.train import attention, dense_ffn, ffn, init_params, lm_head, rms_norm, tokens_of
+from moesim.sim.simulate import LayerRouting
+from moesim.spec.scenario import Scenario
+
+
+def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tuple[dict, torch.Tensor]:
+    """(params with their .grad scaled as the ranks' are after the all-reduces, total loss) of `step`."""
+    m, lay = sc.model, sc.layout
+    moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
+    by_key = {(r.step, r.layer): r for r in routing}
+    holders = {layer: expert_holders(by_key[(step, layer)].placement, m.num_experts, lay.ep) for layer in moe_layers}
+    params, dense, experts = init_params(sc, {layer: list(range(m.num_experts)) for layer in moe_layers},
+                                         torch.device("cpu"), torch.float32)
+    seq = sc.training.seq_len * sc.training.micro_batch_size
+    groups = lay.ep_groups().reshape(-1, lay.ep)  # etp = 1, pp = 1: [edp, ep] global ranks
+    total = torch.zeros(())
+    for rank in range(lay.world_size):
+        edp_index = (rank % lay.ranks_per_stage) // lay.ep
+        sources = groups[edp_index] % lay.ranks_per_stage
+        me = int(np.flatnonzero(groups[edp_index] == rank)[0])
+        for mb in range(sc.num_micro_batches):
+            tokens = tokens_of(sc, step, mb, rank, seq)
+            x = params["embed"][tokens[:-1]]
+            for layer in range(m.num_layers):
+                a = attention(x, params, layer, m, seq)
+                if not m.is_moe_layer(layer):
+                    x = dense_ffn(a, params, layer)
+                    continue
+                r = by_key[(step, layer)]
+                rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, edp_index], sources, me, m.top_k,
+                                  *holders[layer])
+                n = rms_norm(a, params[f"{layer}.ln2"])
+                ids = torch.as_tensor(rr.expert_ids)
+                gate = torch.softmax(n @ params[f"{layer}.router"], dim=-1).gather(1, ids)
+                kept = rr.send_slots[rr.send_slots >= 0]
+                y = a
+                for slot in kept.tolist():
+                    t, j = divmod(slot, m.top_k)
+                    out = ffn(n[t:t + 1], params, f"{layer}.expert{int(ids[t, j])}")
+                    y = y.index_add(0, torch.tensor([t]), out * gate[t, j])
+                if m.num_shared_experts:
+                    y = y + ffn(n, params, f"{layer}.shared")
+                x = y
+            total = total + lm_head(x, tokens[1:], params, m, 1.0 / sc.num_micro_batches)
+    total.backward()
+    for t in dense:
+        t.grad /= lay.world_size
+    for t in experts:
+        if t.grad is not None:
+            t.grad /= lay.edp
+    return params, total

@@ -1,0 +1,163 @@
+"""`moesim execute`: run a scaled plan on this machine's ranks and return its measured records.
+
+On one machine the ranks are processes started here (torch.multiprocessing, spawn); under torchrun (RANK and
+WORLD_SIZE set) this process is one rank and rank 0 returns the records. gloo on CPUs, NCCL on GPUs (one GPU per
+rank, LOCAL_RANK's). The routing the ranks replay comes from simulating the same scenario (one simulation serves
+as the prediction too: moesim.execute.compare).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moesim.execute.records import ExecuteError, assemble
+from moesim.execute.routing_plan import expert_holders
+from moesim.sim.simulate import LayerRouting
+from moesim.spec.errors import SpecError
+from moesim.spec.scenario import Scenario
+
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class ExecutedRun:
+    scenario: Scenario
+    records: pd.DataFrame  # moesim.sim.records columns, measured
+    step_times_s: np.ndarray  # [warmup + steps]
+    backend: str
+    device: str  # what ran a rank, e.g. "CPU, 1 thread" or the GPU's name
+
+    @property
+    def measured_steps(self) -> np.ndarray:
+        return np.arange(self.scenario.simulation.warmup_steps, len(self.step_times_s))
+
+
+def check_executable(sc: Scenario, routing: list[LayerRouting]) -> None:
+    """What the trainer cannot run, refused with one line before any process starts."""
+    if sc.gate.kind.value != "token_choice":
+        raise SpecError("gate.kind", sc.gate.kind.value, "token_choice: moesim execute runs token-choice routers")
+    first: dict[int, tuple] = {}
+    for r in routing:
+        holders = expert_holders(r.placement, sc.model.num_experts, sc.layout.ep)
+        seen = first.setdefault(r.layer, holders)
+        if any(not np.array_equal(a, b) for a, b in zip(holders, seen)):
+            raise SpecError("placement.policy", sc.placement.policy.value, "a placement that keeps each expert "
+                            "where it starts: moesim execute does not migrate experts between steps yet")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str, threads: int, results,
+               progress_q) -> None:
+    """One rank: train, then send its timeline to rank 0, which puts everything on `results`."""
+    import torch  # noqa: PLC0415 - torch only where ranks run
+    import torch.distributed as dist  # noqa: PLC0415
+
+    from moesim.execute.train import Trainer  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        if backend == "nccl":
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            torch.cuda.set_device(local)
+            device, dtype = torch.device("cuda", local), torch.bfloat16
+            what = torch.cuda.get_device_name(local)
+        else:
+            device, dtype, what = torch.device("cpu"), torch.float32, f"CPU, {threads} thread(s) per rank"
+        trainer = Trainer(sc, routing, rank, device, dtype)
+        total = sc.simulation.warmup_steps + sc.simulation.steps
+        for step in range(total):
+            trainer.step(step)
+            if rank == 0 and progress_q is not None:
+                progress_q.put(step + 1)
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object((trainer.timeline.rows, trainer.step_starts), gathered, dst=0)
+        if rank == 0:
+            results.put((gathered, what))
+    finally:
+        dist.destroy_process_group()
+
+
+def execute(sc: Scenario, routing: list[LayerRouting], backend: str = "gloo", threads: int = 1,
+            timeout_s: float = 600.0, progress: Callable[[int, int], None] | None = None) -> ExecutedRun | None:
+    """Run `sc` (already scaled: moesim.execute.scale) for warm-up + measured steps on layout.world_size ranks.
+    Under torchrun returns the run on rank 0 and None on the others. Raises ExecuteError when a rank fails or
+    the run exceeds `timeout_s`."""
+    if backend not in BACKENDS:
+        raise SpecError("--backend", backend, "gloo (CPU ranks) or nccl (one GPU per rank)")
+    check_executable(sc, routing)
+    world = sc.layout.world_size
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun: this process is one of the ranks
+        if int(os.environ["WORLD_SIZE"]) != world:
+            raise SpecError("--nproc", world, f"the torchrun world size ({os.environ['WORLD_SIZE']})")
+        box: list = []
+        _rank_main(int(os.environ["RANK"]), world, sc, routing, backend, threads, _ListQueue(box), None)
+        return _finish(sc, backend, box[0]) if box else None
+    import torch.multiprocessing as mp  # noqa: PLC0415 - torch only where ranks run
+
+    ctx = mp.get_context("spawn")
+    results, progress_q = ctx.SimpleQueue(), ctx.Queue()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs = mp.start_processes(_rank_main, args=(world, sc, routing, backend, threads, results, progress_q),
+                               nprocs=world, join=False, start_method="spawn")
+    deadline, total = time.monotonic() + timeout_s, sc.simulation.warmup_steps + sc.simulation.steps
+    try:
+        while True:
+            try:
+                if procs.join(timeout=0.2):
+                    break
+            except mp.ProcessRaisedException as exc:  # a rank's exception: its last line, not the traceback
+                last = str(exc).strip().splitlines()[-1]
+                raise ExecuteError(f"a rank failed: {last}") from None
+            except mp.ProcessExitedException as exc:
+                raise ExecuteError(f"a rank died: {exc}") from None
+            _drain(progress_q, progress, total)
+            if time.monotonic() > deadline:
+                raise ExecuteError(f"the ranks did not finish within {timeout_s:.0f} s (a hung collective?); "
+                                   "pass a larger --timeout if the run is just slow")
+        _drain(progress_q, progress, total)
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.kill()
+    if results.empty():
+        raise ExecuteError("the ranks ended without sending their timings")
+    return _finish(sc, backend, results.get())
+
+
+class _ListQueue:
+    def __init__(self, box: list):
+        self.box = box
+
+    def put(self, item) -> None:
+        self.box.append(item)
+
+
+def _drain(progress_q, progress, total: int) -> None:
+    while True:
+        try:
+            done = progress_q.get_nowait()
+        except queue.Empty:
+            return
+        if progress is not None:
+            progress(done, total)
+
+
+def _finish(sc: Scenario, backend: str, result) -> ExecutedRun:
+    gathered, what = result
+    records, step_times = assemble(sc.layout, [g[0] for g in gathered], [g[1] for g in gathered])
+    return ExecutedRun(sc, records, step_times, backend, what)

@@ -1,0 +1,164 @@
+"""A plan -> the scenario `moesim execute` can run on the machine at hand, and every change said in words.
+
+What is executed: data parallelism and expert parallelism (all-to-all with uneven splits), the plan's routing
+(the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement when each expert has
+one copy, attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp,
+and Adam. What is not executed yet is scaled to 1 and said: tensor, context and pipeline parallelism, expert
+tensor parallelism. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
+experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
+
+Pure: no torch. The scaled scenario is checked by the same validators as a scenario file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.spec.comm import CommSpec
+from moesim.spec.dtype import Dtype
+from moesim.spec.errors import SpecError
+from moesim.spec.hardware import ClusterProfile, ClusterSpec
+from moesim.spec.layout import ParallelLayout
+from moesim.spec.model import Activation
+from moesim.spec.scenario import Scenario
+from moesim.spec.simulation import RecordDetail
+from moesim.spec.training import Fp8Recipe, Recompute, RecomputeModule
+
+
+@dataclass(frozen=True)
+class ScaleLimits:
+    """The largest model `moesim execute` runs per rank (defaults: a few seconds a step on one CPU core)."""
+
+    hidden_size: int = 256
+    head_dim: int = 64
+    num_layers: int = 2
+    num_experts: int = 8
+    ffn_size: int = 512
+    vocab_size: int = 2048
+    seq_len: int = 256
+    num_micro_batches: int = 2
+
+
+@dataclass(frozen=True)
+class ScaledPlan:
+    scenario: Scenario  # what runs: world = nproc ranks on one node of `profile`
+    changes: tuple[str, ...]  # every change from the plan, "key: old -> new (why)"
+
+
+def _largest_divisor(n: int, at_most: int, also_divides: int | None = None) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1)
+               if n % d == 0 and (also_divides is None or also_divides % d == 0))
+
+
+def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype = Dtype.FP32,
+               steps: int | None = None, limits: ScaleLimits = ScaleLimits()) -> ScaledPlan:
+    """The plan `sc` shrunk to `nproc` ranks on one node of `profile` (its gpus_per_node set to nproc).
+    Raises SpecError for what cannot be executed at all (expert-choice gates, placements with replicas are checked
+    at run time by moesim.execute.run)."""
+    if nproc < 1:
+        raise SpecError("--nproc", nproc, "an integer >= 1")
+    changes: list[str] = []
+
+    def note(key: str, old, new, why: str) -> None:
+        if old != new:
+            changes.append(f"{key}: {old} -> {new} ({why})")
+
+    lay, m, tr = sc.layout, sc.model, sc.training
+    if sc.routing.trace is not None:
+        experts = m.num_experts  # a replayed trace routes over its own experts
+        layers = min(m.num_layers, limits.num_layers, sc.routing.trace.num_layers)
+    else:
+        experts = min(m.num_experts, limits.num_experts)
+        layers = min(m.num_layers, limits.num_layers)
+    ep = _largest_divisor(nproc, lay.ep, also_divides=experts)
+    if experts % ep:
+        experts = ep * max(1, experts // ep)
+    for key in ("tp", "cp", "pp", "etp", "vpp"):
+        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data and expert "
+             "parallelism")
+    note("layout.ep", lay.ep, ep, f"the largest divisor of {nproc} ranks and {experts} experts up to the plan's")
+    note("layout.dp", lay.dp, nproc, f"{nproc} ranks")
+    layout = ParallelLayout(tp=1, cp=1, pp=1, dp=nproc, ep=ep, etp=1)
+
+    first_dense = min(m.first_k_dense, 1) if layers > 1 else 0
+    hidden = min(m.hidden_size, limits.hidden_size)
+    head_dim = min(limits.head_dim, hidden)
+    heads = max(1, hidden // head_dim)
+    kv_heads = _largest_divisor(heads, m.num_kv_heads if not m.is_mla else heads)
+    ratio = hidden / m.hidden_size
+
+    def ffn(size: int) -> int:  # widths shrink with the hidden size, in multiples of 16, within the limit
+        return max(16, min(limits.ffn_size, round(size * ratio / 16) * 16)) if size else 0
+
+    changes.append(f"model: {m.name} -> a scaled copy ({layers} layers, hidden {hidden}, {heads} heads of "
+                   f"{head_dim}, {experts} experts): one rank of this machine runs a step in seconds")
+    note("model.num_layers", m.num_layers, layers, f"{first_dense} dense + {layers - first_dense} MoE")
+    note("model.first_k_dense", m.first_k_dense, first_dense, "at most one dense layer")
+    note("model.moe_every", m.moe_every, 1, "every other layer MoE")
+    note("model.hidden_size", m.hidden_size, hidden, "width limit")
+    note("model.num_attention_heads", m.num_attention_heads, heads, f"head_dim {head_dim}")
+    note("model.num_kv_heads", m.num_kv_heads, kv_heads, "a divisor of the heads")
+    if m.is_mla:
+        changes.append("model.kv_lora_rank: multi-head latent attention -> grouped-query attention (MLA is not "
+                       "executed)")
+    if m.sliding_window is not None:
+        changes.append(f"model.sliding_window: {m.sliding_window} -> full attention (not executed)")
+    note("model.attention_sinks", m.attention_sinks, False, "not executed")
+    note("model.num_experts", m.num_experts, experts, "expert limit")
+    top_k = min(m.top_k, max(1, experts // 2))
+    note("model.top_k", m.top_k, top_k, "at most half the experts")
+    note("model.expert_ffn_size", m.expert_ffn_size, ffn(m.expert_ffn_size), "scaled with the hidden size")
+    dense_ffn = ffn(m.dense_ffn_size) if first_dense else m.dense_ffn_size and ffn(m.dense_ffn_size)
+    note("model.dense_ffn_size", m.dense_ffn_size, dense_ffn, "scaled with the hidden size")
+    shared = min(m.num_shared_experts, 1)
+    note("model.num_shared_experts", m.num_shared_experts, shared, "at most one")
+    vocab = min(m.vocab_size, limits.vocab_size)
+    note("model.vocab_size", m.vocab_size, vocab, "vocabulary limit")
+    note("model.num_mtp_layers", m.num_mtp_layers, 0, "not executed")
+    note("model.activation", m.activation.value, Activation.SWIGLU.value, "the executed experts are SwiGLU")
+    model = m.replace(preset="", name=f"{m.name} (scaled)", num_layers=layers, first_k_dense=first_dense,
+                      moe_every=1, hidden_size=hidden, num_attention_heads=heads, num_kv_heads=kv_heads,
+                      head_dim=head_dim, q_lora_rank=None, kv_lora_rank=None, qk_nope_head_dim=None,
+                      qk_rope_head_dim=None, v_head_dim=None, sliding_window=None, full_attention_every=None,
+                      attention_sinks=False, num_experts=experts, top_k=top_k,
+                      expert_ffn_size=ffn(m.expert_ffn_size), dense_ffn_size=dense_ffn, num_shared_experts=shared,
+                      vocab_size=vocab, num_mtp_layers=0, activation=Activation.SWIGLU)
+
+    seq = min(tr.seq_len, limits.seq_len)
+    micro_batches = min(sc.num_micro_batches, limits.num_micro_batches)
+    note("training.seq_len", tr.seq_len, seq, "sequence limit")
+    note("training.micro_batch_size", tr.micro_batch_size, 1, "one sequence per micro-batch")
+    gbs = nproc * micro_batches
+    note("training.global_batch_size", tr.global_batch_size, gbs, f"{micro_batches} micro-batches x dp {nproc}")
+    note("training.dtype", tr.dtype.value, dtype.value, "CPU ranks compute in fp32" if dtype is Dtype.FP32
+         else "fp8 is not executed")
+    note("training.recompute", tr.recompute.value, Recompute.NONE.value, "not executed")
+    note("training.optimizer.distributed", tr.optimizer.distributed, False, "gloo has no reduce-scatter: the "
+         "gradients are all-reduced")
+    training = tr.replace(seq_len=seq, micro_batch_size=1, global_batch_size=gbs, dtype=dtype, grad_dtype=Dtype.FP32,
+                          recompute=Recompute.NONE,
+                          recompute_modules=(RecomputeModule.CORE_ATTN,), fp8_recipe=Fp8Recipe.DELAYED,
+                          fp8_dispatch=False,
+                          optimizer=tr.optimizer.replace(distributed=False))
+    comm = CommSpec()
+    for key in type(comm).model_fields:
+        note(f"comm.{key}", _plain(getattr(sc.comm, key)), _plain(getattr(comm, key)), "not executed yet")
+
+    node = profile.node.replace(gpus_per_node=nproc)
+    note("cluster", f"{sc.cluster.nodes} x {sc.cluster.profile.node.gpus_per_node} GPUs of "
+         f"{sc.cluster.profile.name}", f"1 x {nproc} ranks of {profile.name}", "the machine at hand")
+    cluster = ClusterSpec(profile=profile.replace(node=node), nodes=1)
+    sim = sc.simulation.replace(steps=steps if steps is not None else sc.simulation.steps,
+                                warmup_steps=max(1, sc.simulation.warmup_steps), records=RecordDetail.FULL)
+    note("simulation.warmup_steps", sc.simulation.warmup_steps, sim.warmup_steps, "the first step runs untimed "
+         "(allocations, gloo's first connections)")
+    try:
+        scaled = sc.replace(name=f"{sc.name}-executed", cluster=cluster, model=model, training=training,
+                            layout=layout, comm=comm, simulation=sim, plan=None)
+    except SpecError as err:
+        raise SpecError(f"scaled plan: {err.key}", err.value, err.expected) from None
+    return ScaledPlan(scaled, tuple(changes))
+
+
+def _plain(value):
+    return getattr(value, "value", value)

@@ -1,0 +1,341 @@
+"""One rank of an executed plan: a small MoE transformer trained for real on torch.distributed, every op timed.
+
+The model (one stage: data + expert parallelism): embedding -> layers (attention; then a dense SwiGLU FFN or
+an MoE block: router (+ shared expert) -> dispatch -> experts -> combine -> un-permute) -> LM head and loss.
+Each op is a *segment*: its inputs are detached leaves, so the backward runs segment by segment in reverse and
+every op is timed in both directions, as the simulator's records are: the same op kinds (moesim.sim.records),
+the same micro-batch order (moesim.sim.engine.pipeline_schedule), then the gradient all-reduces over dp and
+edp and the optimizer step. Timing is wall clock (perf_counter; on GPUs after a device synchronise); the clock is
+shared by the processes of one host, so a collective's wait for the group's last member comes out exactly
+(moesim.execute.records).
+
+The router's choices and the gate's drops follow the simulator's routing of the same scenario and seed
+(moesim.execute.routing_plan), so the measured run moves the rows the simulated one does.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from moesim.execute.moe_layer import all_to_all, swiglu
+from moesim.execute.routing_plan import RankRouting, expert_holders, rank_routing
+from moesim.sim.engine import pipeline_schedule
+from moesim.sim.records import OpKind, Phase
+from moesim.spec.scenario import Scenario
+
+COLLECTIVES = {OpKind.DISPATCH: "ep", OpKind.COMBINE: "ep", OpKind.DP_SYNC_DENSE: "dp",
+               OpKind.DP_SYNC_EXPERT: "edp"}  # op -> the group whose last arrival it waits for
+
+
+@dataclass
+class Groups:
+    """This rank's process groups (handles) and their members (global ranks)."""
+
+    handles: dict[str, object]
+    members: dict[str, list[int]]
+
+
+def make_groups(sc: Scenario, rank: int) -> Groups:
+    """Every group of the layout, created on every rank in the same order (torch.distributed requires it)."""
+    lay = sc.layout
+    grids = {"ep": lay.ep_groups(), "edp": lay.edp_groups(), "dp": lay.dp_groups()}
+    handles, members = {}, {}
+    for name, grid in grids.items():
+        for group in grid.reshape(-1, grid.shape[-1]).tolist():
+            handle = dist.new_group(group)
+            if rank in group:
+                handles[name], members[name] = handle, group
+    return Groups(handles, members)
+
+
+@dataclass
+class Segment:
+    op: OpKind
+    layer: int
+    outputs: tuple[torch.Tensor, ...]
+    leaves: tuple[torch.Tensor, ...]
+    nbytes: float = 0.0
+    rows: int = 0
+    collective: bool = False
+
+
+@dataclass
+class Timeline:
+    """This rank's records as flat lists, in program order (identical on every rank)."""
+
+    rows: list[tuple] = field(default_factory=list)  # (step, mb, layer, phase, op, start, end, bytes, rows)
+
+    def add(self, step: int, mb: int, layer: int, phase: Phase, op: OpKind, start: float, end: float,
+            nbytes: float = 0.0, rows: int = 0) -> None:
+        self.rows.append((step, mb, layer, phase.value, op.value, start, end, nbytes, rows))
+
+
+def stable_seed(*key) -> int:
+    """A seed from a key, the same in every process (Python's hash() of a str differs between processes)."""
+    return zlib.crc32(repr(key).encode())
+
+
+def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype
+                ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+    """(params by name, dense tensors, expert tensors). Each weight is drawn from a generator seeded by (seed,
+    layer, name, expert), so every rank's copy of a weight is the same, and a single process holding every expert
+    (moesim.execute.reference) draws the same experts as the ranks. params[f"{layer}.local"]: the layer's experts
+    held here, in slot order."""
+    m = sc.model
+    h, hd = m.hidden_size, m.head_dim
+    seed = sc.simulation.seed
+
+    def weight(shape, key: tuple, scale: float | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(stable_seed(seed, *key))
+        w = torch.randn(shape, generator=g) * (scale if scale is not None else shape[0] ** -0.5)
+        return w.to(device, dtype).requires_grad_(True)
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, device=device, dtype=dtype, requires_grad=True)
+
+    def ffn(prefix: str, f: int, key: tuple) -> list[str]:
+        for name, shape in (("w_gate", (h, f)), ("w_up", (h, f)), ("w_down", (f, h))):
+            p[f"{prefix}.{name}"] = weight(shape, key + (name,))
+        return [f"{prefix}.{name}" for name in ("w_gate", "w_up", "w_down")]
+
+    p: dict = {"embed": weight((m.vocab_size, h), ("embed",), 1.0), "ln_f": ones(h)}
+    p["head"] = p["embed"] if m.tie_word_embeddings else weight((h, m.vocab_size), ("head",))
+    expert_names = []
+    for layer in range(m.num_layers):
+        p[f"{layer}.ln1"], p[f"{layer}.ln2"] = ones(h), ones(h)
+        p[f"{layer}.wqkv"] = weight((h, (m.num_attention_heads + 2 * m.num_kv_heads) * hd), (layer, "wqkv"))
+        p[f"{layer}.wo"] = weight((m.num_attention_heads * hd, h), (layer, "wo"))
+        if m.is_moe_layer(layer):
+            p[f"{layer}.router"] = weight((h, m.num_experts), (layer, "router"))
+            if m.num_shared_experts:
+                ffn(f"{layer}.shared", m.expert_ffn_size * m.num_shared_experts, (layer, "shared"))
+            for e in local_experts[layer]:
+                expert_names += ffn(f"{layer}.expert{e}", m.expert_ffn_size, (layer, "expert", int(e)))
+            p[f"{layer}.local"] = list(local_experts[layer])
+        else:
+            ffn(f"{layer}.dense", m.dense_ffn_size, (layer, "dense"))
+    tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
+    unique = list({id(v): v for v in tensors.values()}.values())  # a tied head is the embedding
+    experts = {id(tensors[k]) for k in expert_names}
+    return p, [v for v in unique if id(v) not in experts], [tensors[k] for k in expert_names]
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def ffn(x: torch.Tensor, p: dict, prefix: str) -> torch.Tensor:
+    """The SwiGLU FFN whose weights are p[prefix + ".w_gate" / ".w_up" / ".w_down"]."""
+    return swiglu(x, p[f"{prefix}.w_gate"], p[f"{prefix}.w_up"], p[f"{prefix}.w_down"])
+
+
+def attention(x: torch.Tensor, p: dict, layer: int, m, seq: int) -> torch.Tensor:
+    """x + causal grouped-query self-attention of rms_norm(x); x [B * seq, h]."""
+    H, KV, hd = m.num_attention_heads, m.num_kv_heads, m.head_dim
+    qkv = rms_norm(x, p[f"{layer}.ln1"]) @ p[f"{layer}.wqkv"]
+    q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
+    B = x.shape[0] // seq
+
+    def heads(t: torch.Tensor, n: int) -> torch.Tensor:
+        return t.view(B, seq, n, hd).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q, H), heads(k, KV), heads(v, KV), is_causal=True, enable_gqa=KV != H)
+    return x + out.transpose(1, 2).reshape(x.shape[0], H * hd) @ p[f"{layer}.wo"]
+
+
+def dense_ffn(a: torch.Tensor, p: dict, layer: int) -> torch.Tensor:
+    return a + ffn(rms_norm(a, p[f"{layer}.ln2"]), p, f"{layer}.dense")
+
+
+def lm_head(x: torch.Tensor, targets: torch.Tensor, p: dict, m, scale: float) -> torch.Tensor:
+    """Cross-entropy of the next tokens, times `scale` (1 / micro-batches: the step's mean loss)."""
+    head = p["head"].t() if m.tie_word_embeddings else p["head"]
+    return F.cross_entropy((rms_norm(x, p["ln_f"]) @ head).float(), targets) * scale
+
+
+def tokens_of(sc: Scenario, step: int, mb: int, rank: int, seq: int) -> torch.Tensor:
+    """seq + 1 token ids of a rank's micro-batch (inputs and next-token targets), the same in every process."""
+    g = torch.Generator().manual_seed(stable_seed(sc.simulation.seed, "tokens", step, mb, rank))
+    return torch.randint(0, sc.model.vocab_size, (seq + 1,), generator=g)
+
+
+class Trainer:
+    def __init__(self, sc: Scenario, routing: list, rank: int, device: torch.device, dtype: torch.dtype):
+        self.sc, self.rank, self.device, self.dtype = sc, rank, device, dtype
+        m, lay = sc.model, sc.layout
+        self.groups = make_groups(sc, rank)
+        self.ep_index = self.groups.members["ep"].index(rank)
+        self.sources = np.asarray(self.groups.members["ep"]) % lay.ranks_per_stage  # local ranks, EP order
+        self.moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
+        self.routing = {(r.step, r.layer): r for r in routing}
+        self.edp_index = (rank % lay.ranks_per_stage) // lay.ep  # etp = 1: the EP group's index in the stage
+        self.holders = {}
+        for r in routing:  # every step must place each expert where step 0 did: no migrations are executed
+            holders = expert_holders(r.placement, m.num_experts, lay.ep)
+            self.holders.setdefault(r.layer, holders)
+            if any(not np.array_equal(a, b) for a, b in zip(holders, self.holders[r.layer])):
+                from moesim.spec.errors import SpecError  # noqa: PLC0415 - only on this refusal
+                raise SpecError("placement.policy", sc.placement.policy.value, "a placement that does not move "
+                                "experts between steps: moesim execute does not migrate experts yet")
+        self.seq = sc.training.seq_len * sc.training.micro_batch_size
+        local = {}
+        for layer in self.moe_layers:
+            holder_rank, holder_slot = self.holders[layer]
+            local[layer] = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
+        self.params, self.dense, self.expert = init_params(sc, local, device, dtype)
+        self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
+        self.timeline = Timeline()
+        self.step_starts: list[float] = []
+        self.losses: list[float] = []  # each micro-batch's loss (its share of the step's mean)
+
+    # ---- timing ----
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _segment(self, tape: list, step: int, mb: int, op: OpKind, layer: int, fn, *inputs, nbytes=0.0, rows=0,
+                 collective=False):
+        t0 = self._now()
+        outputs = fn(*inputs)
+        t1 = self._now()
+        self.timeline.add(step, mb, layer, Phase.FORWARD, op, t0, t1, nbytes, rows)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        leaves = tuple(o.detach().requires_grad_(o.requires_grad) for o in outputs)
+        tape.append(Segment(op, layer, outputs, leaves, nbytes, rows, collective))
+        return leaves if len(leaves) > 1 else leaves[0]
+
+    def _backward(self, tape: list, step: int, mb: int) -> None:
+        for seg in reversed(tape):
+            if seg.op is OpKind.LM_HEAD:  # the loss: the backward starts here
+                pairs = [(seg.outputs[0], torch.ones_like(seg.outputs[0]))]
+            else:  # a collective's backward runs on every member, with zeros where nothing flowed back
+                pairs = [(o, leaf.grad if leaf.grad is not None else torch.zeros_like(o))
+                         for o, leaf in zip(seg.outputs, seg.leaves)
+                         if o.requires_grad and (leaf.grad is not None or seg.collective)]
+            t0 = self._now()
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+            t1 = self._now()
+            self.timeline.add(step, mb, seg.layer, Phase.BACKWARD, seg.op, t0, t1, seg.nbytes, seg.rows)
+        tape.clear()
+
+    # ---- the model's ops ----
+    def _attention(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        return attention(x, self.params, layer, self.sc.model, self.seq)
+
+    def _dense_ffn(self, a: torch.Tensor, layer: int) -> torch.Tensor:
+        return dense_ffn(a, self.params, layer)
+
+    def _router(self, a: torch.Tensor, layer: int, rr: RankRouting, ids: torch.Tensor, send_tokens: torch.Tensor):
+        p, m = self.params, self.sc.model
+        n = rms_norm(a, p[f"{layer}.ln2"])
+        probs = torch.softmax(n @ p[f"{layer}.router"], dim=-1)
+        gate = probs.gather(1, ids)
+        padded = torch.cat([n, n.new_zeros(1, n.shape[1])])  # row T: a padding row
+        sent = padded[send_tokens]
+        if m.num_shared_experts:
+            return sent, gate, ffn(n, p, f"{layer}.shared")
+        return sent, gate
+
+    def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):
+        p = self.params
+        out = received.new_zeros(received.shape[0], received.shape[1])
+        for j, e in enumerate(p[f"{layer}.local"]):  # every local expert runs, rows or not: a rank without rows
+            x = received[rows[j]]  # must still reach the dispatch's backward
+            if rr.expert_padding[j]:
+                x = torch.cat([x, x.new_zeros(rr.expert_padding[j], x.shape[1])])
+            y = ffn(x, p, f"{layer}.expert{e}")
+            out = out.index_add(0, rows[j], y[:rows[j].shape[0]])
+        return out
+
+    def _unpermute(self, a: torch.Tensor, returned: torch.Tensor, gate: torch.Tensor, slots: torch.Tensor,
+                   real: torch.Tensor, *shared: torch.Tensor) -> torch.Tensor:
+        k = gate.shape[1]
+        weights = gate.reshape(-1)[slots[real]].unsqueeze(1)
+        y = a.index_add(0, slots[real] // k, returned[real] * weights)
+        return y + shared[0] if shared else y
+
+    def _lm_head(self, x: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
+        return lm_head(x, targets, self.params, self.sc.model, scale)
+
+    # ---- passes and steps ----
+    def _forward(self, tape: list, step: int, mb: int) -> None:
+        m, h = self.sc.model, self.sc.model.hidden_size
+        row_bytes = h * torch.finfo(self.dtype).bits // 8
+        tokens = tokens_of(self.sc, step, mb, self.rank, self.seq).to(self.device)
+        x = self.params["embed"][tokens[:-1]]
+        for layer in range(m.num_layers):
+            a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
+            if not m.is_moe_layer(layer):
+                x = self._segment(tape, step, mb, OpKind.DENSE_FFN, layer, self._dense_ffn, a, layer)
+                continue
+            r = self.routing[(step, layer)]
+            rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, self.ep_index,
+                              m.top_k, *self.holders[layer])
+            ids = torch.as_tensor(rr.expert_ids, device=self.device)
+            slots = torch.as_tensor(rr.send_slots, device=self.device)
+            real = (slots >= 0).nonzero(as_tuple=True)[0]
+            send_tokens = torch.where(slots >= 0, slots // m.top_k, torch.full_like(slots, self.seq))
+            rows = [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows]
+            routed = self._segment(tape, step, mb, OpKind.ROUTER, layer, self._router, a, layer, rr, ids, send_tokens)
+            sent, gate, *shared = routed
+            me = self.ep_index
+            remote = sum(n for j, n in enumerate(rr.send_splits) if j != me)
+            received = self._segment(tape, step, mb, OpKind.DISPATCH, layer, all_to_all, sent, rr.recv_splits,
+                                     rr.send_splits, self.groups.handles["ep"], nbytes=float(remote * row_bytes),
+                                     rows=int(slots.shape[0]), collective=True)
+            computed = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._experts, received, layer, rr, rows,
+                                     rows=int(received.shape[0]) + sum(rr.expert_padding))
+            back = sum(n for j, n in enumerate(rr.recv_splits) if j != me)
+            returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, all_to_all, computed, rr.send_splits,
+                                     rr.recv_splits, self.groups.handles["ep"], nbytes=float(back * row_bytes),
+                                     rows=int(received.shape[0]), collective=True)
+            x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, self._unpermute, a, returned, gate, slots,
+                              real, *shared)
+        scale = 1.0 / self.sc.num_micro_batches
+        self._segment(tape, step, mb, OpKind.LM_HEAD, -1, self._lm_head, x, tokens[1:], scale)
+
+    def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str) -> None:
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+        t0 = self._now()
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, group=self.groups.handles[group])
+            flat /= len(self.groups.members[group])
+            for t, piece in zip(tensors, flat.split([g.numel() for g in grads])):
+                t.grad = piece.view_as(t)
+        t1 = self._now()
+        self.timeline.add(step, -1, -1, Phase.STEP, op, t0, t1, float(sum(g.numel() * g.element_size() for g in grads)))
+
+    def forward_backward(self, step: int) -> None:
+        """The step's passes in Megatron's order; gradients accumulate over the micro-batches."""
+        tapes: dict[int, list] = {}
+        for phase, mb, _chunk in pipeline_schedule(0, 1, self.sc.num_micro_batches, 1):
+            if phase is Phase.FORWARD:
+                tapes[mb] = []
+                self._forward(tapes[mb], step, mb)
+                self.losses.append(float(tapes[mb][-1].outputs[0]))
+            else:
+                self._backward(tapes.pop(mb), step, mb)
+
+    def sync_gradients(self, step: int) -> None:
+        self._all_reduce(step, OpKind.DP_SYNC_DENSE, self.dense, "dp")
+        self._all_reduce(step, OpKind.DP_SYNC_EXPERT, self.expert, "edp")
+
+    def step(self, step: int) -> None:
+        dist.barrier()
+        self.step_starts.append(self._now())
+        self.forward_backward(step)
+        self.sync_gradients(step)
+        t0 = self._now()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.OPTIMIZER, t0, self._now())

@@ -1,0 +1,71 @@
+"""The executed model (moesim.execute.train) on 2 and 4 gloo ranks against its single-process reference
+(moesim.execute.reference): every gradient after the all-reduces, and the losses, on routing that drops
+(capacity factor 1.0 under skew), pads (pad_to_capacity) and leaves experts without rows."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from execute.gloo_ranks import run_ranks  # noqa: E402
+
+WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
+TIMEOUT_S = 60
+
+
+def _case(world: int, ep: int, pad: bool):
+    from moesim.execute.scale import ScaleLimits, scale_plan
+    from moesim.io.profile import load_profile, resolve_profile
+    from moesim.loader import load_scenario
+    from moesim.sim.simulate import simulate
+    from moesim.spec.routing import RoutingSpec
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "deepseek-v3-256.yaml")
+    sc = sc.replace(layout=sc.layout.replace(ep=ep * 4 if ep > 1 else 1),  # scale_plan picks ep of world
+                    routing=RoutingSpec(distribution="zipf", zipf_s=1.2),
+                    gate=sc.gate.replace(capacity_factor=1.0, pad_to_capacity=pad))
+    limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=3, num_experts=8, ffn_size=32, vocab_size=64,
+                         seq_len=16)
+    scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=1, limits=limits).scenario
+    scaled = scaled.replace(layout=scaled.layout.replace(ep=ep))
+    routing = []
+    simulate(scaled, routing_log=routing)
+    return scaled, routing
+
+
+@pytest.mark.parametrize(("world", "ep", "pad"), [(2, 2, False), (4, 2, True)])
+def test_ranks_match_single_process_reference(tmp_path, world, ep, pad):
+    if world == 4 and (os.cpu_count() or 1) < 2:
+        pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
+    from moesim.execute.reference import reference_step
+
+    sc, routing = _case(world, ep, pad)
+    assert sc.layout.ep == ep and sc.layout.edp == world // ep
+    assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
+    step0 = [r for r in routing if r.step == 0]
+    dropped = sum(float((r.loads - np.minimum(r.loads, r.sent)).sum()) for r in step0)
+    assert dropped > 0, "the case must drop assignments"
+    if pad:
+        assert any((r.sent > np.minimum(r.loads, r.sent)).any() for r in step0), "the case must pad"
+    case = tmp_path / "case.pkl"
+    case.write_bytes(pickle.dumps((sc, routing)))
+    ranks = run_ranks(WORKER, world, [str(case)], tmp_path, TIMEOUT_S)
+    params, loss = reference_step(sc, routing, 0)
+    close = {"rtol": 2e-4, "atol": 1e-6}
+    # the ranks' mean losses, summed over micro-batches and ranks, are the reference's total
+    assert sum(sum(r["losses"]) for r in ranks) == pytest.approx(float(loss.detach()), rel=1e-5)
+    checked = 0
+    for rank, r in enumerate(ranks):
+        for name, grad in r["grads"].items():
+            torch.testing.assert_close(grad, params[name].grad, **close,
+                                       msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
+            checked += 1
+    experts = sum(1 for name in ranks[0]["grads"] if ".expert" in name)
+    assert experts == 3 * (sc.model.num_experts // ep) * (sc.model.num_layers - 1)  # every local expert's grads
+    assert checked == sum(len(r["grads"]) for r in ranks)
