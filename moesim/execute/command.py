@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from moesim.execute.compare import Comparison, compare, format_comparison
 from moesim.execute.run import BACKENDS, ExecutedRun, execute
 from moesim.execute.scale import ScaledPlan, scale_plan
@@ -45,7 +47,12 @@ def prepare(sc: Scenario, nproc: int, backend: str, profile_ref: str | None, ste
     dtype = Dtype.FP32 if backend == "gloo" else Dtype.BF16
     scaled = scale_plan(sc, nproc, profile, dtype=dtype, steps=steps)
     routing: list[LayerRouting] = []
-    predicted = simulate(scaled.scenario, routing_log=routing)
+    try:
+        predicted = simulate(scaled.scenario, routing_log=routing)
+    except SpecError as err:  # valid as written, not once scaled (e.g. EPLB's spare slots on fewer ranks)
+        raise SpecError(f"scaled plan: {err.key}", err.value, f"{err.expected} (scaled to {nproc} ranks and "
+                        f"{scaled.scenario.model.num_experts} experts: pass another --nproc or change the plan)"
+                        ) from None
     return scaled, predicted, routing
 
 
@@ -83,7 +90,7 @@ def execute_plan(plan_file: Path, steps: int, backend: str, nproc: int | None, t
         return 0
     comparison = comparison_of(run, predicted) if compare_profile is not None else None
     measured = run.step_times_s[run.measured_steps]
-    print(f"measured on {run.device}: step time median {float(sorted(measured)[len(measured) // 2]) * 1e3:.1f} ms "
+    print(f"measured on {run.device}: step time median {float(np.median(measured)) * 1e3:.1f} ms "
           f"over {len(measured)} steps ({', '.join(f'{x * 1e3:.1f}' for x in measured)} ms)")
     if comparison is not None:
         print(f"predicted by {compare_profile} vs measured, per rank and step:")

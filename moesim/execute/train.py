@@ -267,24 +267,35 @@ class Trainer:
         return lm_head(x, targets, self.params, self.sc.model, scale)
 
     # ---- passes and steps ----
-    def _forward(self, tape: list, step: int, mb: int) -> None:
+    def _prepare(self, step: int) -> dict:
+        """The step's tokens and routing as tensors, built before the step's clock starts: index work that a real
+        trainer does on the GPU inside its permute kernels, and that is not one of the simulator's ops."""
+        m = self.sc.model
+        ready: dict = {}
+        for mb in range(self.sc.num_micro_batches):
+            ready[mb] = tokens_of(self.sc, step, mb, self.rank, self.seq).to(self.device)
+            for layer in self.moe_layers:
+                r = self.routing[(step, layer)]
+                rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources,
+                                  self.ep_index, m.top_k, *self.holders[layer])
+                slots = torch.as_tensor(rr.send_slots, device=self.device)
+                ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
+                                      (slots >= 0).nonzero(as_tuple=True)[0],
+                                      torch.where(slots >= 0, slots // m.top_k, torch.full_like(slots, self.seq)),
+                                      [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows])
+        return ready
+
+    def _forward(self, tape: list, step: int, mb: int, ready: dict) -> None:
         m, h = self.sc.model, self.sc.model.hidden_size
         row_bytes = h * torch.finfo(self.dtype).bits // 8
-        tokens = tokens_of(self.sc, step, mb, self.rank, self.seq).to(self.device)
+        tokens = ready[mb]
         x = self.params["embed"][tokens[:-1]]
         for layer in range(m.num_layers):
             a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
             if not m.is_moe_layer(layer):
                 x = self._segment(tape, step, mb, OpKind.DENSE_FFN, layer, self._dense_ffn, a, layer)
                 continue
-            r = self.routing[(step, layer)]
-            rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, self.ep_index,
-                              m.top_k, *self.holders[layer])
-            ids = torch.as_tensor(rr.expert_ids, device=self.device)
-            slots = torch.as_tensor(rr.send_slots, device=self.device)
-            real = (slots >= 0).nonzero(as_tuple=True)[0]
-            send_tokens = torch.where(slots >= 0, slots // m.top_k, torch.full_like(slots, self.seq))
-            rows = [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows]
+            rr, ids, slots, real, send_tokens, rows = ready[(layer, mb)]
             routed = self._segment(tape, step, mb, OpKind.ROUTER, layer, self._router, a, layer, rr, ids, send_tokens)
             sent, gate, *shared = routed
             me = self.ep_index
@@ -315,14 +326,15 @@ class Trainer:
         t1 = self._now()
         self.timeline.add(step, -1, -1, Phase.STEP, op, t0, t1, float(sum(g.numel() * g.element_size() for g in grads)))
 
-    def forward_backward(self, step: int) -> None:
+    def forward_backward(self, step: int, ready: dict | None = None) -> None:
         """The step's passes in Megatron's order; gradients accumulate over the micro-batches."""
+        ready = ready if ready is not None else self._prepare(step)
         tapes: dict[int, list] = {}
         for phase, mb, _chunk in pipeline_schedule(0, 1, self.sc.num_micro_batches, 1):
             if phase is Phase.FORWARD:
                 tapes[mb] = []
-                self._forward(tapes[mb], step, mb)
-                self.losses.append(float(tapes[mb][-1].outputs[0]))
+                self._forward(tapes[mb], step, mb, ready)
+                self.losses.append(float(tapes[mb][-1].outputs[0].detach()))
             else:
                 self._backward(tapes.pop(mb), step, mb)
 
@@ -331,9 +343,10 @@ class Trainer:
         self._all_reduce(step, OpKind.DP_SYNC_EXPERT, self.expert, "edp")
 
     def step(self, step: int) -> None:
+        ready = self._prepare(step)
         dist.barrier()
         self.step_starts.append(self._now())
-        self.forward_backward(step)
+        self.forward_backward(step, ready)
         self.sync_gradients(step)
         t0 = self._now()
         self.optimizer.step()

@@ -1,0 +1,124 @@
+"""`moesim execute` and `moesim accuracy --execute` from the command line: a real 2-rank gloo run of a plan, its
+files in the simulator's format, and the refusals (one line each, before any rank starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("torch")
+
+from moesim.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+
+
+def _moesim(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", "import sys; from moesim.cli import main; sys.exit(main())", *args],
+                          capture_output=True, text=True, timeout=timeout_s, env=env, cwd=ROOT)
+
+
+def _plan(tmp_path: Path, **changes) -> Path:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["cluster"]["profile"] = str(ROOT / "hw_profiles" / "dgx-h100.yaml")
+    doc["routing"] = {"preset": "no-aux-collapse"}
+    doc["gate"] = {"capacity_factor": 1.0}
+    doc.update(changes)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_execute_runs_a_plan_and_writes_measured_records(tmp_path):
+    from moesim.metrics.summary import records_breakdown
+    from moesim.sim.records import RECORD_COLUMNS
+
+    out = tmp_path / "run"
+    done = _moesim("execute", str(_plan(tmp_path)), "--steps", "1", "--nproc", "2", "--compare", "cpu-gloo-2c",
+                   "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
+    assert "layout.tp: 2 -> 1" in printed and "layout.ep: 8 -> 2" in printed  # what was scaled, said
+    assert "step time (median)" in printed and "forward dispatch" in printed
+    summary = json.loads((out / "execute.json").read_text())
+    assert summary["ranks"] == 2 and summary["layout"] == {"dp": 2, "ep": 2, "edp": 1}
+    assert summary["measured_steps"] == 1 and summary["step_time_s"] > 0
+    records = pd.read_parquet(out / "records.parquet")
+    assert tuple(records.columns) == RECORD_COLUMNS
+    assert set(records["rank"]) == {0, 1} and set(records["step"]) == {0, 1}  # the warm-up step, then one
+    ops = set(records["op"].astype(str))
+    assert {"attention", "router", "dispatch", "expert", "combine", "lm_head", "dp_sync_dense",
+            "optimizer"} <= ops
+    predicted = pd.read_parquet(out / "predicted_records.parquet")
+    assert tuple(predicted.columns) == RECORD_COLUMNS
+    # the same breakdown code reads both; a rank's buckets add up to about its step (the untimed gaps between
+    # ops are Python's own, well under a tenth of a step)
+    per_rank = records_breakdown(records, [1], 2)
+    assert (per_rank.sum(axis=1) <= summary["step_time_s"] * 1.001).all()
+    assert (per_rank.sum(axis=1) >= summary["step_time_s"] * 0.9).all()
+    trace = json.loads((out / "trace.json").read_text())
+    assert {e["tid"] for e in trace["traceEvents"] if e["ph"] == "X"} == {0, 1}
+    assert "step time (median)" in (out / "compare.md").read_text()
+    # the dispatch moved the rows the simulator's routing says, rank by rank
+    sent = records[(records["step"] == 1) & (records["op"] == "dispatch") & (records["phase"] == "fwd")]
+    sim_sent = predicted[(predicted["step"] == 1) & (predicted["op"] == "dispatch") & (predicted["phase"] == "fwd")]
+    assert sorted(sent["rows"]) == sorted(sim_sent["rows"])
+
+
+
+def test_execute_refuses_a_directory_with_user_files_before_running(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")  # as `moesim run`: moesim's own run directory may be replaced
+    assert main(["execute", str(_plan(tmp_path)), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--backend", "mpi"], "--backend"),
+    (["--steps", "0"], "--steps"),
+    (["--nproc", "0"], "--nproc"),
+    (["--timeout", "-1"], "--timeout"),
+])
+def test_execute_refuses_bad_flags_in_one_line(tmp_path, capsys, args, key):
+    assert main(["execute", str(_plan(tmp_path)), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_execute_refuses_replicated_experts_before_starting_ranks(tmp_path, capsys):
+    plan = _plan(tmp_path, placement={"policy": "eplb", "slots_per_gpu": 4,
+                                      "eplb": {"redundant_experts": 8}})
+    assert main(["execute", str(plan), "--nproc", "4", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "placement" in err[0] and "replicated" in err[0]
+
+
+def test_accuracy_execute_refuses_to_overwrite_before_running(tmp_path, capsys):
+    out = tmp_path / "acc.md"
+    out.write_text("mine")
+    assert main(["accuracy", "--execute", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_text() == "mine"
+
+
+def test_accuracy_execute_table_and_mape():
+    from moesim.execute.matrix import Case, as_json, mape, markdown
+
+    phases = {f"{d} {k}": (0.01, 0.02) for d in ("forward", "backward") for k in ("compute", "dispatch", "combine")}
+    cases = [Case(2, "balanced", "h128-f256-s128", 2, 0.09, 0.1, -10.0, 1.1, phases),
+             Case(1, "collapse", "h128-f256-s128", 2, 0.12, 0.1, 20.0, 3.4, phases)]
+    assert mape(cases) == pytest.approx(15.0)
+    text = markdown(cases, "header", "cpu-gloo-2c")
+    assert "15.0 %" in text and "| h128-f256-s128 | collapse | 1 | 3.40 | 120.0 | 100.0 | +20.0 % |" in text
+    assert json.loads(as_json(cases, "header", "cpu-gloo-2c"))["mape_pct"] == pytest.approx(15.0)
