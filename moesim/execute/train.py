@@ -160,6 +160,11 @@ def lm_head(x: torch.Tensor, targets: torch.Tensor, p: dict, m, scale: float) ->
     return F.cross_entropy((rms_norm(x, p["ln_f"]) @ head).float(), targets) * scale
 
 
+def _local(x: torch.Tensor, output_splits, input_splits, group) -> torch.Tensor:
+    """The exchange of an EP group of one rank: nothing leaves (a view, so the backward passes straight through)."""
+    return x.view_as(x)
+
+
 def tokens_of(sc: Scenario, step: int, mb: int, rank: int, seq: int) -> torch.Tensor:
     """seq + 1 token ids of a rank's micro-batch (inputs and next-token targets), the same in every process."""
     g = torch.Generator().manual_seed(stable_seed(sc.simulation.seed, "tokens", step, mb, rank))
@@ -300,13 +305,14 @@ class Trainer:
             sent, gate, *shared = routed
             me = self.ep_index
             remote = sum(n for j, n in enumerate(rr.send_splits) if j != me)
-            received = self._segment(tape, step, mb, OpKind.DISPATCH, layer, all_to_all, sent, rr.recv_splits,
+            exchange = all_to_all if self.sc.layout.ep > 1 else _local  # ep 1: the rows stay (a local permute)
+            received = self._segment(tape, step, mb, OpKind.DISPATCH, layer, exchange, sent, rr.recv_splits,
                                      rr.send_splits, self.groups.handles["ep"], nbytes=float(remote * row_bytes),
                                      rows=int(slots.shape[0]), collective=True)
             computed = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._experts, received, layer, rr, rows,
                                      rows=int(received.shape[0]) + sum(rr.expert_padding))
             back = sum(n for j, n in enumerate(rr.recv_splits) if j != me)
-            returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, all_to_all, computed, rr.send_splits,
+            returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, exchange, computed, rr.send_splits,
                                      rr.recv_splits, self.groups.handles["ep"], nbytes=float(back * row_bytes),
                                      rows=int(received.shape[0]), collective=True)
             x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, self._unpermute, a, returned, gate, slots,
@@ -317,7 +323,7 @@ class Trainer:
     def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str) -> None:
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
         t0 = self._now()
-        if grads:
+        if grads and len(self.groups.members[group]) > 1:  # a group of one has nothing to reduce (Megatron skips it)
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat, group=self.groups.handles[group])
             flat /= len(self.groups.members[group])

@@ -39,7 +39,7 @@ def _case(world: int, ep: int, pad: bool):
     return scaled, routing
 
 
-@pytest.mark.parametrize(("world", "ep", "pad"), [(2, 2, False), (4, 2, True)])
+@pytest.mark.parametrize(("world", "ep", "pad"), [(2, 2, False), (2, 1, False), (4, 2, True)])
 def test_ranks_match_single_process_reference(tmp_path, world, ep, pad):
     if world == 4 and (os.cpu_count() or 1) < 2:
         pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
