@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check scenario files and exit (0 = all valid)")
     val.add_argument("scenarios", type=Path, nargs="+")
     sub.add_parser("list", help="list hardware profiles and model presets")
+    dash = sub.add_parser("dashboard", help="serve the what-if dashboard (Streamlit; pip install 'moesim[app]') "
+                                            "until Ctrl+C")
+    dash.add_argument("--port", type=yaml_int, default=8501, help="TCP port (default 8501)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind to (default 127.0.0.1: this machine "
+                                                          "only; 0.0.0.0 serves every network it is on)")
+    dash.add_argument("--max-wall-s", type=float, help="refuse a simulation of one request estimated to run "
+                                                       "longer (default: 60)")
+    dash.add_argument("--max-memory-GiB", type=float, dest="max_memory_GiB",
+                      help="refuse a simulation estimated to need more memory (default: what is available)")
     sch = sub.add_parser("schema", help="print the JSON Schema of scenario or profile YAML files")
     sch.add_argument("kind", choices=("scenario", "profile"))
     sch.add_argument("--out", type=Path, help="write it to this file instead of printing it")
@@ -294,7 +303,7 @@ def _main(argv: list[str]) -> int:
             return {"run": _run, "validate": _validate, "list": _list, "trace": _trace,
                     "calibrate": _calibrate, "schema": _schema, "sweep": _sweep,
                     "report": _report, "accuracy": _accuracy, "import": _import, "plan": _plan,
-                    "execute": _execute}[args.command](args)
+                    "execute": _execute, "dashboard": _dashboard}[args.command](args)
     except SpecError as err:
         print(f"moesim: error: {err.one_line()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -631,6 +640,13 @@ def _schema(args) -> int:
     _refuse_overwrite(args.out, args.force)
     print(f"wrote {write_text_atomic(args.out, text)}")
     return 0
+
+
+def _dashboard(args) -> int:
+    from moesim.dashboard import serve  # noqa: PLC0415 - the other commands never need it
+
+    serve(args.host, args.port, args.max_wall_s, args.max_memory_GiB)  # returns only by raising
+    return EXIT_FAILED
 
 
 def _list(args) -> int:

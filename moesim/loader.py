@@ -9,6 +9,7 @@ from pathlib import Path
 
 from moesim.io import scenario as scenario_io
 from moesim.io import sweep as sweep_io
+from moesim.io.safe_paths import AllowedRoots
 from moesim.io.strict import read_yaml_mapping
 from moesim.placement.context import placement_context
 from moesim.placement.registry import make_policy
@@ -51,9 +52,12 @@ def with_simulation(scenario: Scenario, steps: int | None, seed: int | None) -> 
     return scenario.model_copy(update={"simulation": new_sim})  # no cross-field rule involves the simulation
 
 
-def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, cache: dict | None = None) -> Scenario:
-    """One scenario document (moesim.io.scenario.parse_scenario, with trace fitting and the placement check)."""
-    scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit, cache=cache)
+def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, cache: dict | None = None,
+                   allowed_roots: AllowedRoots | None = None) -> Scenario:
+    """One scenario document (moesim.io.scenario.parse_scenario, with trace fitting and the placement check).
+    `allowed_roots`: the directories its file paths may point into (moesim.io.safe_paths; None: anywhere)."""
+    scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit, cache=cache,
+                                          allowed_roots=allowed_roots)
     _check_placement(scenario)
     return scenario
 

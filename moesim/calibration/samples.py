@@ -3,6 +3,9 @@ fitting and writing code. Times are seconds over `repeats` timed runs after warm
 
 from __future__ import annotations
 
+# nccl-tests: busbw = algbw x factor(n); defined beside the network models that time the same collectives
+from moesim.network.bandwidth import BUSBW_FACTOR as BUSBW_FACTOR
+
 # Expert GEMM samples. impl: "triton" (moesim.kernels grouped GEMM), "torch_loop" (per-expert torch matmuls,
 # the reference), "torch_matmul" (one dense matmul of the same FLOP: the ceiling). distribution: "even" or
 # "skewed" token counts across experts; tokens_per_expert is the mean. flop counts the useful (unpadded) work.
@@ -17,15 +20,6 @@ KERNEL_COLUMNS = ("impl", "dtype", "hidden", "ffn", "num_experts", "distribution
 # tier: "intra_node" (all ranks on one host), "inter_node" (one rank per host, same local rank), "pair" (p2p).
 COLLECTIVE_COLUMNS = ("op", "tier", "ranks", "bytes", "time_median_s", "time_p10_s", "time_p90_s", "algbw_GBps",
                       "busbw_GBps", "repeats", "src", "dst")
-
-BUSBW_FACTOR = {  # nccl-tests: busbw = algbw x factor(n)
-    "all_reduce": lambda n: 2.0 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "all_to_all": lambda n: (n - 1) / n,
-    "all_to_all_skewed": lambda n: (n - 1) / n,
-    "p2p": lambda n: 1.0,
-}
 
 # ------------------------------------------------------------------------------------------- compute model
 # The compute model's samples (`moesim calibrate` writes them beside kernels.csv; moesim/calibration/compute.py

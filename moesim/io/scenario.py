@@ -14,6 +14,7 @@ from typing import Any
 from moesim.io.document import Reader, validate
 from moesim.io.hf_config import HfModel, read_hf_config
 from moesim.io.profile import available_profiles, load_profile, resolve_profile
+from moesim.io.safe_paths import AllowedRoots, check_allowed
 from moesim.io.strict import describe_document, is_file, path_kind
 from moesim.spec.base import SpecModel
 from moesim.spec.document import ClusterFileKeys, ModelFileKeys, PlacementFileKeys, RoutingFileKeys
@@ -32,18 +33,20 @@ TraceFitter = Callable[[RoutingTrace, "RoutingDistribution | None"], dict]
 
 
 def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, fit: TraceFitter | None = None,
-                   cache: dict | None = None) -> Scenario:
+                   cache: dict | None = None, allowed_roots: AllowedRoots | None = None) -> Scenario:
     """`doc`: the parsed YAML (a `sweep` key in it is left to moesim.io.sweep). Relative paths in it are relative
     to `base_dir`. `fit(trace, family)` turns a trace into RoutingSpec fields for `routing.fit_from` (fitting is
     above this layer: moesim.loader passes moesim.routing's). `cache`: a dict shared by the points of one sweep,
-    so that a trace is read, cut to `trace_layers` and fitted once, not once per point (traces are frozen)."""
+    so that a trace is read, cut to `trace_layers` and fitted once, not once per point (traces are frozen).
+    `allowed_roots`: the only directories a profile, config.json or trace path may point into (the dashboard's
+    uploads, moesim.io.safe_paths); None: any path (the command line reads what its user names)."""
     if not isinstance(doc, Mapping):
         raise SpecError("", describe_document(doc), "a mapping of keys at the top of the scenario")
     fields = Reader().fields(Scenario, doc, "")  # unknown keys first: a typo'd key leaves a conflicting default
     fields.setdefault("name", default_name)
-    _cluster(_section(doc, "cluster"), fields, base_dir)
-    _model(_section(doc, "model"), fields, base_dir, {} if cache is None else cache)
-    _routing(_section(doc, "routing"), fields, base_dir, fit, {} if cache is None else cache)
+    _cluster(_section(doc, "cluster"), fields, base_dir, allowed_roots)
+    _model(_section(doc, "model"), fields, base_dir, {} if cache is None else cache, allowed_roots)
+    _routing(_section(doc, "routing"), fields, base_dir, fit, {} if cache is None else cache, allowed_roots)
     _placement(_section(doc, "placement"), fields)
     return validate(Scenario, fields, doc)
 
@@ -58,11 +61,12 @@ def _file_keys(model: type[SpecModel], raw: Mapping, path: str) -> Any:
     return validate(model, {k: raw[k] for k in model.model_fields if k in raw}, raw, path)
 
 
-def _cluster(raw: Mapping, fields: dict, base_dir: Path) -> None:
+def _cluster(raw: Mapping, fields: dict, base_dir: Path, roots: AllowedRoots | None) -> None:
     if "profile" not in raw or not isinstance(fields.get("cluster"), dict):
         return  # validation reports the missing key
     ref = _file_keys(ClusterFileKeys, raw, "cluster").profile
     path = resolve_profile(ref, base_dir)
+    check_allowed("cluster.profile", ref, path, roots)
     if not is_file(path):
         kind = path_kind(path)
         raise SpecError("cluster.profile", ref if kind is None else Verbatim(f"{ref!r} ({kind})"),
@@ -76,7 +80,7 @@ def _preset(presets: Mapping, name: Any, key: str) -> Any:
     return presets[name]
 
 
-def _model(raw: Mapping, fields: dict, base_dir: Path, cache: dict) -> None:
+def _model(raw: Mapping, fields: dict, base_dir: Path, cache: dict, roots: AllowedRoots | None) -> None:
     """A preset's values, or a Hugging Face config.json's, then the file's on top: one way, nothing derived
     twice."""
     model = fields.get("model")
@@ -87,6 +91,7 @@ def _model(raw: Mapping, fields: dict, base_dir: Path, cache: dict) -> None:
         if "preset" in model:
             raise SpecError("model.hf_config", ref, "either preset or hf_config, not both")
         path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+        check_allowed("model.hf_config", ref, path, roots)
         if not is_file(path):  # read_hf_config says what is there instead
             read_hf_config(path, ref)
         hf = _cached(cache, ("hf_config", os.path.realpath(path)), lambda: read_hf_config(path, ref))
@@ -107,7 +112,8 @@ def _check_hf_model(hf: HfModel, merged: dict, overrides: dict) -> None:
             raise SpecError(hf.keys[field], err.value, err.expected, source=hf.source) from None
 
 
-def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None, cache: dict) -> None:
+def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None, cache: dict,
+             roots: AllowedRoots | None) -> None:
     """A preset, a synthetic family, a trace to replay, or a trace to fit; explicit keys override a preset."""
     routing = fields.get("routing")
     if not isinstance(routing, dict):
@@ -120,7 +126,7 @@ def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None
     if keys.trace_layers is not None and keys.trace is None:
         raise SpecError("routing.trace_layers", raw["trace_layers"], "only together with trace")
     if keys.trace is not None:
-        trace = _load_trace("routing.trace", keys.trace, base_dir, cache)
+        trace = _load_trace("routing.trace", keys.trace, base_dir, cache, roots)
         if keys.trace_layers is not None:
             whole = trace
             trace = _cached(cache, ("layers", id(whole), keys.trace_layers),
@@ -130,7 +136,7 @@ def _routing(raw: Mapping, fields: dict, base_dir: Path, fit: TraceFitter | None
         if fit is None:
             raise SpecError("routing.fit_from", keys.fit_from, "a scenario read with moesim.load_scenario (fitting "
                                                                "a trace needs moesim.routing)")
-        source = _load_trace("routing.fit_from", keys.fit_from, base_dir, cache)
+        source = _load_trace("routing.fit_from", keys.fit_from, base_dir, cache, roots)
         fitted = _cached(cache, ("fit", id(source), keys.fit_family), lambda: fit(source, keys.fit_family))
         routing.update(fitted, trace_ref=f"fit of {keys.fit_from}")
 
@@ -150,10 +156,11 @@ def _select_layers(written: Any, layers: tuple[int, ...], trace: Any) -> Any:
                                source=f"{trace.source}, layers {', '.join(map(str, layers))}")
 
 
-def _load_trace(key: str, ref: str, base_dir: Path, cache: dict) -> Any:
+def _load_trace(key: str, ref: str, base_dir: Path, cache: dict, roots: AllowedRoots | None) -> Any:
     from moesim.io.traces import load_trace  # noqa: PLC0415 - pyarrow only when a trace is used
 
     path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    check_allowed(key, ref, path, roots)
     if not is_file(path) and not path.is_dir():
         raise SpecError(key, ref, "a trace file (.parquet, .npz) or a directory of SmartMoE logs, relative to the "
                                   "scenario file")

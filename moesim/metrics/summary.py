@@ -86,10 +86,16 @@ def network_usage(result: SimResult) -> NetworkSummary:
                           a2a_link_utilisation=utilisation)
 
 
+def balance_ratio_per_step(result: SimResult) -> pd.Series:
+    """The GPU balance ratio (busiest GPU's expert rows / mean within its EP group, the worst group) of each
+    measured step, averaged over MoE layers and micro-batches; indexed by step."""
+    stats = result.layer_stats
+    return stats[stats["step"].isin(result.measured_steps)].groupby("step")["gpu_max_over_mean"].mean()
+
+
 def placement_summary(result: SimResult) -> PlacementSummary:
     sc, ev = result.scenario, result.placement_events
-    stats = result.layer_stats[result.layer_stats["step"].isin(result.measured_steps)]
-    per_step = stats.groupby("step")["gpu_max_over_mean"].mean()
+    per_step = balance_ratio_per_step(result)
     return PlacementSummary(
         policy=sc.placement.policy.value, slots_per_gpu=sc.placement.slots_per_gpu,
         migration=sc.placement.migration.value, changes=int(len(ev)), moved_slots=int(ev["moved_slots"].sum()),

@@ -18,7 +18,8 @@ from moesim.viz.pareto import pareto_figure
 FILES = ("candidates.parquet", "shortlist.md", "plan.yaml", "megatron_args.txt", "deepspeed_moe.json", "pareto.png")
 
 
-def _layout(values: dict) -> str:
+def layout_label(values: dict) -> str:
+    """A candidate's layout in one line: parallel sizes, micro-batch size, recompute, dispatcher, overlap."""
     split = f" ({values['first_stage_layers']}/../{values['last_stage_layers']})" \
         if values["first_stage_layers"] is not None else ""
     text = f"tp{values['tp']} cp{values['cp']} pp{values['pp']}{split} vpp{values['vpp']} dp{values['dp']} " \
@@ -27,7 +28,7 @@ def _layout(values: dict) -> str:
     return text + " " + " ".join(extras)
 
 
-def _choice(e) -> str:
+def choice_label(e) -> str:
     """The short list's own choices: placement (EPLB's redundant slots) and capacity."""
     placement = e.placement.value + (f" +{e.redundant_experts}" if e.redundant_experts else "")
     return f"{placement}, " + ("dropless" if e.capacity_factor is None else f"CF {e.capacity_factor:g}")
@@ -49,13 +50,13 @@ def shortlist_markdown(result: PlanResult, title: str) -> str:
               "|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for i, e in enumerate(result.shortlist, 1):
         est = e.screened.estimate
-        lines.append(f"| {i} | {_layout(e.screened.candidate.values)} | {_choice(e)} | {est.step_s:.3f} | "
+        lines.append(f"| {i} | {layout_label(e.screened.candidate.values)} | {choice_label(e)} | {est.step_s:.3f} | "
                      + " | ".join(f"{e.predictions[n].step_s:.3f}" for n in names)
                      + f" | {e.score_s:.3f} | {100 * max(p.dropped_fraction for p in e.predictions.values()):.2f} "
                      f"| {est.peak_memory_bytes / 2**30:.1f} |")
     lines += ["", "## Why", ""]
     for i, e in enumerate(result.shortlist, 1):
-        lines.append(f"{i}. {_layout(e.screened.candidate.values)}, {_choice(e)}:")
+        lines.append(f"{i}. {layout_label(e.screened.candidate.values)}, {choice_label(e)}:")
         lines += [f"   - {line}" for line in e.explanation]
         worst = max(e.predictions, key=lambda k: e.predictions[k].step_s)
         shown = {b: v for b, v in e.predictions[worst].breakdown_s.items() if v > 5e-4}
@@ -71,18 +72,31 @@ def write_plan(out_dir: Path, result: PlanResult, doc: dict, title: str) -> list
     paths = [write_parquet_atomic(out_dir / "candidates.parquet", rows),
              write_text_atomic(out_dir / "shortlist.md", shortlist_markdown(result, title))]
     if result.winner is not None:
-        paths.append(write_text_atomic(out_dir / "plan.yaml",
-                                       "# written by moesim plan: the winner of shortlist.md; moesim run plan.yaml\n"
-                                       + dump_yaml(winner_document(doc, result.winner))))
+        paths.append(write_text_atomic(out_dir / "plan.yaml", plan_yaml_text(doc, result.winner)))
         paths += write_megatron_export(out_dir, result.winner.scenario)
-    fits = rows[rows["pruned_because"] == ""].reset_index(drop=True)
-    if len(fits):
-        short_ids = {id(e.screened) for e in result.shortlist}
-        kept = [s for s in result.screened if not s.reason]
-        shortlist = np.array([i for i, s in enumerate(kept) if id(s) in short_ids], dtype=np.int64)
-        winner = next((i for i, s in enumerate(kept) if result.winner is not None
-                       and s is result.winner.screened), None)
-        fig = pareto_figure(fits["estimated_step_s"].to_numpy(), fits["memory_headroom_bytes"].to_numpy(),
-                            shortlist, winner, title)
-        paths.append(write_figure_atomic(out_dir / "pareto.png", fig))
+    pareto = pareto_arrays(result, rows)
+    if pareto is not None:
+        paths.append(write_figure_atomic(out_dir / "pareto.png", pareto_figure(*pareto, title)))
     return paths
+
+
+def plan_yaml_text(doc: dict, winner) -> str:
+    """plan.yaml: the user's scenario file with the winner's choices written in (`moesim run plan.yaml`)."""
+    return ("# written by moesim plan: the winner of shortlist.md; moesim run plan.yaml\n"
+            + dump_yaml(winner_document(doc, winner)))
+
+
+def pareto_arrays(result: PlanResult, rows: pd.DataFrame | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None] | None:
+    """pareto_figure's inputs: the estimated step time and memory headroom of every candidate that fits, the
+    short list's and the winner's indices among them; None when nothing fits. `rows`: candidate_rows as a frame,
+    when the caller has it already."""
+    rows = pd.DataFrame(candidate_rows(result)) if rows is None else rows
+    fits = rows[rows["pruned_because"] == ""].reset_index(drop=True)
+    if not len(fits):
+        return None
+    short_ids = {id(e.screened) for e in result.shortlist}
+    kept = [s for s in result.screened if not s.reason]
+    shortlist = np.array([i for i, s in enumerate(kept) if id(s) in short_ids], dtype=np.int64)
+    winner = next((i for i, s in enumerate(kept) if result.winner is not None and s is result.winner.screened), None)
+    return fits["estimated_step_s"].to_numpy(), fits["memory_headroom_bytes"].to_numpy(), shortlist, winner

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.metrics.predict import Prediction, predict
+from moesim.metrics.predict import Prediction, predict, simulated_runs
 from moesim.network import build_network
 from moesim.plan.estimate import BUCKETS, Estimate, estimate, peak_memory
 from moesim.plan.space import KEYS, Candidate, candidates, count
@@ -140,9 +140,10 @@ def explain(sc: Scenario, predictions: dict[str, Prediction]) -> tuple[str, ...]
     return tuple(lines)
 
 
-def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[str, int, int], None] | None = None
-         ) -> PlanResult:
-    """Screen, short-list, simulate under every routing condition and placement policy, rank."""
+def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[str, int, int], None] | None = None,
+         check: Callable[[list[Scenario]], None] | None = None) -> PlanResult:
+    """Screen, short-list, simulate under every routing condition and placement policy, rank. `check` is given
+    every scenario the simulation stage will simulate, before it simulates any (a cost guard raises there)."""
     plan_spec = plan_spec or sc.plan or PlanSpec()
     t0 = time.perf_counter()
     screened = screen(sc, plan_spec, (lambda i, n: progress("screen", i, n)) if progress else None)
@@ -153,15 +154,16 @@ def plan(sc: Scenario, plan_spec: PlanSpec | None = None, progress: Callable[[st
     capacities = plan_spec.capacity_factor or (sc.gate.capacity_factor,)
     jobs = [(s, p, cf, r) for s in shortlist for p in placements for cf in capacities
             for r in (plan_spec.redundant_experts if p is PlacementPolicyKind.EPLB else (0,))]
+    bases = [_variant_or_none(sc, s.candidate.scenario, policy, cf, redundant, plan_spec.steps)
+             for s, policy, cf, redundant in jobs]
+    conditions = [routing_conditions(base, plan_spec) if base is not None else {} for base in bases]
+    if check is not None:
+        check([run for variants in conditions for variant in variants.values()
+               for run in simulated_runs(variant, plan_spec.max_micro_batches)])
     evaluated = []
-    for i, (s, policy, cf, redundant) in enumerate(jobs):
-        try:
-            base = _variant(sc, s.candidate.scenario, policy, cf, redundant, plan_spec.steps)
-        except SpecError:
-            base = None  # a policy or capacity this layout cannot use
+    for i, ((s, policy, cf, redundant), base, variants) in enumerate(zip(jobs, bases, conditions)):
         if base is not None:
-            predictions = {name: predict(variant, plan_spec.max_micro_batches)
-                           for name, variant in routing_conditions(base, plan_spec).items()}
+            predictions = {name: predict(variant, plan_spec.max_micro_batches) for name, variant in variants.items()}
             evaluated.append(Evaluated(s, policy, cf, redundant, base, predictions,
                                        score(predictions, plan_spec.rank_by), explain(base, predictions)))
         if progress is not None:
@@ -195,6 +197,14 @@ def _with_recovery(evaluated: list[Evaluated]) -> list[Evaluated]:
 def _label(e: Evaluated) -> str:
     placement = e.placement.value + (f" +{e.redundant_experts} redundant" if e.redundant_experts else "")
     return placement + (", dropless" if e.capacity_factor is None else f", CF {e.capacity_factor:g}")
+
+
+def _variant_or_none(original: Scenario, sc: Scenario, policy: PlacementPolicyKind, cf: float | None,
+                     redundant: int, steps: int) -> Scenario | None:
+    try:
+        return _variant(original, sc, policy, cf, redundant, steps)
+    except SpecError:
+        return None  # a policy or capacity this layout cannot use
 
 
 def _variant(original: Scenario, sc: Scenario, policy: PlacementPolicyKind, cf: float | None, redundant: int,
