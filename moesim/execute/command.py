@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.execute.compare import Comparison, compare, format_comparison
-from moesim.execute.run import BACKENDS, ExecutedRun, execute
+from moesim.execute.run import BACKENDS, ExecutedRun, execute, torchrun_world
 from moesim.execute.scale import ScaledPlan, scale_plan
 from moesim.io.profile import load_profile, resolve_profile
 from moesim.io.staged_dir import check_out_dir, default_run_dir
@@ -25,8 +25,8 @@ CPU_PROFILE = "cpu-gloo-2c"  # the committed profile calibrated on this project'
 
 
 def default_nproc(backend: str) -> int:
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
+    if torchrun_world() is not None:
+        return torchrun_world()
     if backend == "nccl":
         import torch  # noqa: PLC0415 - torch only for this command
 

@@ -9,8 +9,10 @@ as the prediction too: moesim.execute.compare).
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +61,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str, threads: int, results,
+def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str, threads: int, results: str,
                progress_q) -> None:
-    """One rank: train, then send its timeline to rank 0, which puts everything on `results`."""
+    """One rank: train, then send its timeline to rank 0, which pickles everything to the file `results` (a
+    file, not a pipe: a pipe holds 64 KiB and would block rank 0 until the parent read it)."""
     import torch  # noqa: PLC0415 - torch only where ranks run
     import torch.distributed as dist  # noqa: PLC0415
 
@@ -87,7 +90,8 @@ def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str,
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((trainer.timeline.rows, trainer.step_starts), gathered, dst=0)
         if rank == 0:
-            results.put((gathered, what))
+            with open(results, "wb") as fh:
+                pickle.dump((gathered, what), fh)
     finally:
         dist.destroy_process_group()
 
@@ -101,19 +105,51 @@ def execute(sc: Scenario, routing: list[LayerRouting], backend: str = "gloo", th
         raise SpecError("--backend", backend, "gloo (CPU ranks) or nccl (one GPU per rank)")
     check_executable(sc, routing)
     world = sc.layout.world_size
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun: this process is one of the ranks
-        if int(os.environ["WORLD_SIZE"]) != world:
-            raise SpecError("--nproc", world, f"the torchrun world size ({os.environ['WORLD_SIZE']})")
-        box: list = []
-        _rank_main(int(os.environ["RANK"]), world, sc, routing, backend, threads, _ListQueue(box), None)
-        return _finish(sc, backend, box[0]) if box else None
+    with tempfile.TemporaryDirectory(prefix="moesim-execute-") as tmp:
+        results = os.path.join(tmp, "timings.pkl")
+        if torchrun_world() is not None:  # torchrun: this process is one of the ranks
+            if torchrun_world() != world:
+                raise SpecError("--nproc", world, f"the torchrun world size ({torchrun_world()})")
+            _rank_main(int(os.environ["RANK"]), world, sc, routing, backend, threads, results, None)
+        else:
+            _spawn(sc, routing, backend, threads, timeout_s, progress, results)
+        if not os.path.exists(results):
+            if torchrun_world() is not None:
+                return None  # another torchrun rank: rank 0 reports
+            raise ExecuteError("the ranks ended without sending their timings")
+        with open(results, "rb") as fh:
+            return _finish(sc, backend, pickle.load(fh))
+
+
+def torchrun_world() -> int | None:
+    """WORLD_SIZE when torchrun (or Slurm with its variables) started this process as one rank, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        return int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise SpecError("WORLD_SIZE", os.environ["WORLD_SIZE"], "an integer (set by torchrun)") from None
+
+
+def _spawn(sc: Scenario, routing: list, backend: str, threads: int, timeout_s: float,
+           progress: Callable[[int, int], None] | None, results: str) -> None:
     import torch.multiprocessing as mp  # noqa: PLC0415 - torch only where ranks run
 
+    world = sc.layout.world_size
     ctx = mp.get_context("spawn")
-    results, progress_q = ctx.SimpleQueue(), ctx.Queue()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    procs = mp.start_processes(_rank_main, args=(world, sc, routing, backend, threads, results, progress_q),
-                               nprocs=world, join=False, start_method="spawn")
+    progress_q = ctx.Queue()
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    saved = {k: os.environ.get(k) for k in rendezvous}
+    os.environ.update(rendezvous)  # the children inherit it at their start; this process's is put back below
+    try:
+        procs = mp.start_processes(_rank_main, args=(world, sc, routing, backend, threads, results, progress_q),
+                                   nprocs=world, join=False, start_method="spawn")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     deadline, total = time.monotonic() + timeout_s, sc.simulation.warmup_steps + sc.simulation.steps
     try:
         while True:
@@ -134,17 +170,6 @@ def execute(sc: Scenario, routing: list[LayerRouting], backend: str = "gloo", th
         for p in procs.processes:
             if p.is_alive():
                 p.kill()
-    if results.empty():
-        raise ExecuteError("the ranks ended without sending their timings")
-    return _finish(sc, backend, results.get())
-
-
-class _ListQueue:
-    def __init__(self, box: list):
-        self.box = box
-
-    def put(self, item) -> None:
-        self.box.append(item)
 
 
 def _drain(progress_q, progress, total: int) -> None:

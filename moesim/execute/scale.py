@@ -71,8 +71,6 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
         experts = min(m.num_experts, limits.num_experts)
         layers = min(m.num_layers, limits.num_layers)
     ep = _largest_divisor(nproc, lay.ep, also_divides=experts)
-    if experts % ep:
-        experts = ep * max(1, experts // ep)
     for key in ("tp", "cp", "pp", "etp", "vpp"):
         note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data and expert "
              "parallelism")
@@ -94,7 +92,7 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
                    f"{head_dim}, {experts} experts): one rank of this machine runs a step in seconds")
     note("model.num_layers", m.num_layers, layers, f"{first_dense} dense + {layers - first_dense} MoE")
     note("model.first_k_dense", m.first_k_dense, first_dense, "at most one dense layer")
-    note("model.moe_every", m.moe_every, 1, "every other layer MoE")
+    note("model.moe_every", m.moe_every, 1, "every layer after the dense one is MoE")
     note("model.hidden_size", m.hidden_size, hidden, "width limit")
     note("model.num_attention_heads", m.num_attention_heads, heads, f"head_dim {head_dim}")
     note("model.num_kv_heads", m.num_kv_heads, kv_heads, "a divisor of the heads")
@@ -108,7 +106,7 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     top_k = min(m.top_k, max(1, experts // 2))
     note("model.top_k", m.top_k, top_k, "at most half the experts")
     note("model.expert_ffn_size", m.expert_ffn_size, ffn(m.expert_ffn_size), "scaled with the hidden size")
-    dense_ffn = ffn(m.dense_ffn_size) if first_dense else m.dense_ffn_size and ffn(m.dense_ffn_size)
+    dense_ffn = ffn(m.dense_ffn_size)
     note("model.dense_ffn_size", m.dense_ffn_size, dense_ffn, "scaled with the hidden size")
     shared = min(m.num_shared_experts, 1)
     note("model.num_shared_experts", m.num_shared_experts, shared, "at most one")

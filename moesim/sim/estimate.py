@@ -161,6 +161,8 @@ def check_cost(scenarios: list[Scenario], max_wall_s: float, max_memory_GiB: flo
     for flag, value in (("--max-wall-s", max_wall_s), ("--max-memory-GiB", max_memory_GiB)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise SpecError(flag, value, "a finite number > 0")
+    if not scenarios:  # nothing to run costs nothing
+        return
     estimates = [estimate_cost(sc, write_files=write_files) for sc in scenarios]
     wall_s = sum(e.wall_s for e in estimates) / jobs
     memory_bytes = max(e.peak_memory_bytes for e in estimates) * jobs

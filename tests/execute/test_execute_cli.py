@@ -15,7 +15,7 @@ import yaml
 
 pytest.importorskip("torch")
 
-from moesim.cli import main  # noqa: E402
+from moesim.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"

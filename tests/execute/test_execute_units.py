@@ -1,0 +1,114 @@
+"""The pure parts of moesim execute: scaling a plan, one rank's view of the simulator's routing, the records
+assembled from the ranks' timelines, the comparison; and a long run whose timings exceed a pipe's buffer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moesim.execute.compare import compare, phase_seconds
+from moesim.execute.records import ExecuteError, assemble
+from moesim.execute.routing_plan import expert_holders, rank_routing
+from moesim.execute.scale import ScaleLimits, scale_plan
+from moesim.io.profile import load_profile, resolve_profile
+from moesim.loader import load_scenario
+from moesim.placement.base import Placement
+from moesim.sim.records import OpKind, Phase
+from moesim.spec.errors import SpecError
+from moesim.spec.layout import ParallelLayout
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU = load_profile(resolve_profile("cpu-gloo-2c"))
+
+
+def test_scale_plan_says_what_it_changed_and_keeps_what_runs():
+    sc = load_scenario(ROOT / "scenarios" / "deepseek-v3-256.yaml")
+    scaled = scale_plan(sc, 4, CPU, steps=2)
+    s = scaled.scenario
+    assert (s.layout.tp, s.layout.pp, s.layout.dp, s.layout.ep) == (1, 1, 4, 4)
+    assert s.cluster.num_gpus == 4 and s.cluster.profile.name == "cpu-gloo-2c"
+    assert s.model.first_k_dense == 1 and s.model.num_layers == 2 and s.model.num_shared_experts == 1
+    assert s.routing == sc.routing and s.gate == sc.gate and s.simulation.seed == sc.simulation.seed
+    assert s.simulation.steps == 2 and s.simulation.warmup_steps == 1
+    said = "\n".join(scaled.changes)
+    for key in ("layout.pp: 16 -> 1", "layout.ep: 16 -> 4", "model.num_experts: 256 -> 8", "model.kv_lora_rank",
+                "training.dtype: bf16 -> fp32", "cluster: 32 x 8 GPUs of dgx-h100 -> 1 x 4 ranks of cpu-gloo-2c"):
+        assert key in said
+    # ep is the largest divisor of the ranks and the experts up to the plan's
+    assert scale_plan(sc, 3, CPU).scenario.layout.ep == 2 or 8 % 3 != 0
+    with pytest.raises(SpecError, match="--nproc"):
+        scale_plan(sc, 0, CPU)
+
+
+def test_rank_routing_follows_the_counts_drops_and_pads():
+    loads = np.array([[3, 1, 0, 2], [0, 2, 2, 2]])  # [q, E]: 2 ranks, 4 experts, T = 3 tokens, k = 2
+    sent = np.array([[2, 1, 0, 3], [0, 2, 1, 2]])  # rank 0 drops one of expert 0, pads one row to expert 3
+    computed = np.array([2, 4, 1, 5])  # expert 1 computes one row of padding at the expert (3 arrive)
+    holder_rank, holder_slot = expert_holders(None, 4, 2)
+    r0 = rank_routing(loads, sent, computed, np.array([0, 1]), 0, 2, holder_rank, holder_slot)
+    assert np.bincount(r0.expert_ids.ravel(), minlength=4).tolist() == [3, 1, 0, 2]
+    assert r0.dropped == 1 and r0.send_splits == [3, 3] and r0.recv_splits == [3, 2]
+    assert (r0.send_slots == -1).sum() == 1  # the padding row
+    assert [len(rows) for rows in r0.expert_rows] == [2, 3] and r0.expert_padding == (0, 1)
+    r1 = rank_routing(loads, sent, computed, np.array([0, 1]), 1, 2, holder_rank, holder_slot)
+    assert r1.recv_splits == [3, 3] and r1.send_splits == [2, 3]
+    assert [len(rows) for rows in r1.expert_rows] == [1, 5] and r1.expert_padding == (0, 0)
+    with pytest.raises(SpecError, match="routing_draws"):
+        rank_routing(loads + 0.5, sent, computed, np.array([0, 1]), 0, 2, holder_rank, holder_slot)
+
+
+def test_a_placement_with_replicas_is_refused():
+    one_copy = Placement(np.array([[2, 0], [1, 3]]))
+    rank, slot = expert_holders(one_copy, 4, 2)
+    assert rank.tolist() == [0, 1, 0, 1] and slot.tolist() == [1, 0, 0, 1]
+    with pytest.raises(SpecError, match="replicated"):
+        expert_holders(Placement(np.array([[0, 1], [0, 2]])), 3, 2)
+
+
+def _timeline(starts, ends):
+    ops = [(0, 0, -1, Phase.FORWARD.value, OpKind.ATTENTION.value), (0, 0, 0, Phase.FORWARD.value,
+                                                                        OpKind.DISPATCH.value)]
+    return [(*k, s, e, 0.0, 0) for k, s, e in zip(ops, starts, ends)]
+
+
+def test_assemble_computes_waits_on_the_shared_clock_and_idles():
+    lay = ParallelLayout(dp=2, ep=2)
+    # rank 0 computes 1 s, rank 1 3 s; the dispatch ends for both at 3.5: rank 0 waited 2 s of its 2.5
+    timelines = [_timeline([10.0, 11.0], [11.0, 13.5]), _timeline([10.0, 13.0], [13.0, 13.5])]
+    records, steps = assemble(lay, timelines, [[10.0], [10.0]])
+    assert steps.tolist() == [3.5]
+    d = records[records["op"] == "dispatch"].set_index("rank")
+    assert d.loc[0, "wait_s"] == pytest.approx(2.0) and d.loc[1, "wait_s"] == 0.0
+    assert d.loc[0, "start_s"] == pytest.approx(1.0) and d.loc[0, "end_s"] == pytest.approx(3.5)
+    with pytest.raises(ExecuteError, match="diverged"):
+        assemble(lay, [timelines[0], timelines[1][:1]], [[10.0], [10.0]])
+
+
+def test_compare_reads_both_sides_alike():
+    lay = ParallelLayout(dp=2, ep=2)
+    measured, m_steps = assemble(lay, [_timeline([0.0, 1.0], [1.0, 2.0])] * 2, [[0.0], [0.0]])
+    predicted, p_steps = assemble(lay, [_timeline([0.0, 0.8], [0.8, 1.6])] * 2, [[0.0], [0.0]])
+    assert phase_seconds(measured, [0], 2)["0:forward compute"] == pytest.approx(1.0)
+    c = compare(predicted, p_steps, measured, m_steps, [0], 2)
+    assert c.step_error_pct == pytest.approx(-20.0)
+    row = c.table.set_index("phase").loc["forward dispatch"]
+    assert row.predicted_s == pytest.approx(0.8) and row.error_pct == pytest.approx(-20.0)
+
+
+def test_a_long_run_returns_every_step(tmp_path):
+    """Rank 0's timings of 40 steps (about half a megabyte) come back whole: a pipe would have blocked it."""
+    pytest.importorskip("torch")
+    from moesim.execute.run import execute
+    from moesim.sim.simulate import simulate
+
+    sc = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=2, num_experts=4, ffn_size=32, vocab_size=64,
+                         seq_len=16, num_micro_batches=2)
+    scaled = scale_plan(sc, 2, CPU, steps=40, limits=limits).scenario
+    routing = []
+    simulate(scaled, routing_log=routing)
+    run = execute(scaled, routing, timeout_s=120)
+    assert len(run.step_times_s) == 41 and set(run.records["step"]) == set(range(41))
+    assert (run.step_times_s > 0).all()
