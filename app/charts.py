@@ -1,13 +1,14 @@
 """Altair charts of the dashboard's pages (Streamlit draws them with Vega-Lite: zoom, tooltips). They lay out
-tables moesim made; the only arithmetic is display scaling (bytes -> GiB or MB, fractions -> percent)."""
+tables moesim made, with log axes where sizes span decades; the only arithmetic is display scaling (bytes -> GiB
+or MB, fractions -> percent)."""
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
 
-GIB = 2**30
-MB = 1e6
+from moesim.units import GiB, MB
+
 CHART_HEIGHT_PX = 320
 
 
@@ -70,12 +71,12 @@ def timeline_chart(ops: pd.DataFrame) -> alt.Chart:
 
 def memory_chart(peak_bytes: pd.DataFrame, hbm_bytes: float) -> alt.LayerChart:
     """peak_bytes: rank, peak_bytes (and run) -> bars per rank with the GPU's memory as a red rule."""
-    data = peak_bytes.assign(GiB=peak_bytes["peak_bytes"] / GIB)
+    data = peak_bytes.assign(GiB=peak_bytes["peak_bytes"] / GiB)
     color = {"color": alt.Color("run:N"), "xOffset": alt.XOffset("run:N")} if "run" in data else {}
     bars = alt.Chart(data).mark_bar().encode(
         x=alt.X("rank:O", title="rank"), y=alt.Y("GiB:Q", title="peak memory (GiB)"),
         tooltip=["rank", alt.Tooltip("GiB:Q", format=",.2f")] + (["run"] if "run" in data else []), **color)
-    rule = alt.Chart(pd.DataFrame({"GiB": [hbm_bytes / GIB], "what": ["GPU memory"]})).mark_rule(
+    rule = alt.Chart(pd.DataFrame({"GiB": [hbm_bytes / GiB], "what": ["GPU memory"]})).mark_rule(
         color="#e4572e", strokeDash=[6, 3], size=2).encode(y="GiB:Q", tooltip=["what", alt.Tooltip("GiB:Q",
                                                                                                    format=",.1f")])
     return alt.layer(bars, rule).properties(height=CHART_HEIGHT_PX)
@@ -88,3 +89,27 @@ def lines_over_steps(table: pd.DataFrame, y: str, y_title: str) -> alt.Chart:
         color=alt.Color("policy:N", title="policy"),
         tooltip=["policy", "step", alt.Tooltip(f"{y}:Q", format=".4f")],
     ).properties(height=CHART_HEIGHT_PX).interactive(bind_y=False)
+
+
+def curves(frame: pd.DataFrame, x: str, y: str, color: str | None, x_title: str, y_title: str,
+           log_x: bool = True, log_y: bool = False, tooltip: list[str] | None = None,
+           points: pd.DataFrame | None = None, limits: pd.DataFrame | None = None) -> alt.LayerChart:
+    """Lines of `y` over `x`, one per `color` value. `points`: measurements with the same columns, drawn as
+    points over the lines; `limits`: a frame with column `y` (and `color`) drawn as dashed horizontal rules."""
+    x_enc = alt.X(x, title=x_title, scale=alt.Scale(type="log") if log_x else alt.Undefined)
+    y_enc = alt.Y(y, title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
+    basic = [x, y] + ([color] if color else [])
+    enc = {"x": x_enc, "y": y_enc}
+    if color:
+        enc["color"] = alt.Color(color, title=color.replace("_", " "))
+    layers = [alt.Chart(frame).mark_line(point=True).encode(**enc, tooltip=tooltip or basic)]
+    if points is not None and len(points):
+        layers.append(alt.Chart(points).mark_point(shape="diamond", size=60, filled=True).encode(**enc,
+                                                                                                tooltip=basic))
+    if limits is not None and len(limits):
+        rule = {"y": alt.Y(y)}
+        if color:
+            rule["color"] = alt.Color(color)
+        layers.append(alt.Chart(limits).mark_rule(strokeDash=[4, 4]).encode(**rule))
+    # a fixed height: a chart drawn in a tab that is not shown yet would otherwise come out flat
+    return alt.layer(*layers).properties(height=360).interactive()

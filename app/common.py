@@ -11,7 +11,8 @@ PYTHONPATH; tests/app/conftest.py does the same for the tests).
 - show_error(err): the CLI's one line (SpecError.one_line(); other moesim errors their text) in st.error.
 - shipped_scenarios(), shipped_traces(), profile_names(): name -> path of the files a page may offer.
 - upload_dir(), save_upload(name, data): the upload area (a temporary directory of this server process), the
-  only place besides scenarios/, hw_profiles/ and traces/ that a scenario may name a file in (ALLOWED_ROOTS).
+  only place besides scenarios/, hw_profiles/ and traces/ that a scenario may name a file in (allowed_roots());
+  named_as_uploaded(err, path, name): an error about a saved upload, naming the upload as the user did.
 - scenario_from_text(text, name): YAML text -> Scenario, size-limited, paths confined to the allowed roots,
   relative paths resolved as for a file in scenarios/; raises SpecError. Cached by the text's hash.
 - scenario_document(text, name) / document_text(doc): YAML text <-> the document (dict) pages edit;
@@ -24,7 +25,8 @@ PYTHONPATH; tests/app/conftest.py does the same for the tests).
   steps, seed, name) for every session (the last CACHED_RUNS runs, CACHED_RUN_BYTES at most).
   `progress(done, total)` is called after each simulated step on a cache miss only; a Streamlit call inside
   it is where a rerun (a click on Cancel, any new input) stops the simulation, and then nothing is cached.
-- checked_scenario(text, steps, seed, name): the Scenario that simulate_run would run (SpecError otherwise).
+- checked_scenario(text, steps, seed, name): the Scenario that simulate_run would run (SpecError otherwise);
+  check_total_cost(texts, name): the same guard over several runs of one request, their times summed.
 Results are shared between sessions and reruns: treat them as read-only.
 """
 
@@ -47,6 +49,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from moesim.dashboard import DEFAULT_MAX_WALL_S, MAX_MEMORY_ENV, MAX_WALL_ENV  # the launcher's, one definition
 from moesim.io.results import WriteError
 from moesim.io.safe_yaml import dump_yaml, load_yaml
 from moesim.loader import parse_scenario, with_simulation
@@ -74,11 +77,6 @@ MAX_SCENARIO_BYTES = 1 * 2**20
 MAX_TRACE_BYTES = 64 * 2**20
 TRACE_SUFFIXES = (".parquet", ".npz")
 
-# The cost guard's limits for one request: a web request should not run for long (`moesim dashboard
-# --max-wall-s` / --max-memory-GiB change them; the launcher passes them in these variables).
-DEFAULT_MAX_WALL_S = 60.0
-MAX_WALL_ENV = "MOESIM_DASHBOARD_MAX_WALL_S"
-MAX_MEMORY_ENV = "MOESIM_DASHBOARD_MAX_MEMORY_GIB"
 CACHED_RUNS = 16  # simulations kept (quickstart: ~20 MB each with its records) ...
 CACHED_RUN_BYTES = 2 * 2**30  # ... and at most this much of their records and tables, whichever comes first
 
@@ -142,6 +140,15 @@ def save_upload(name: str, data: bytes, max_bytes: int = MAX_TRACE_BYTES) -> Pat
         tmp.write_bytes(data)
         tmp.replace(path)  # a reader never sees half a file
     return path
+
+
+def named_as_uploaded(err: BaseException, path: Path, name: str) -> BaseException:
+    """`err` (about the server's copy `path` of an upload) naming the upload by its own `name` instead: the user
+    never sees where the server keeps it."""
+    if not isinstance(err, SpecError):
+        return err
+    value = name if str(err.value) == str(path) else err.value
+    return SpecError(err.key, value, err.expected, source=name if err.source == str(path) else err.source)
 
 
 def scenario_document(text: str, name: str | None = None) -> dict:
@@ -245,7 +252,7 @@ def simulate_run(text: str, steps: int | None = None, seed: int | None = None,
     """Simulate the scenario of `text` (cached by text, steps and seed: the same inputs give the same run).
     Not an st.cache_* function on purpose: Streamlit replays the elements a cached function drew, and the
     progress bar must not come back on every cache hit."""
-    key = (hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest(), steps, seed, name)
+    key = _run_key(text, steps, seed, name)
     runs = _run_cache()
     run = runs.get(key)
     if run is None:
@@ -256,6 +263,29 @@ def simulate_run(text: str, steps: int | None = None, seed: int | None = None,
         summary = summarize(result)
         run = runs.put(key, SimRun(result, summary, loads.table(), time.perf_counter() - t0))
     return run
+
+
+def _run_key(text: str, steps: int | None, seed: int | None, name: str) -> tuple:
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest(), steps, seed, name
+
+
+def check_total_cost(texts: list[str], name: str = "uploaded") -> None:
+    """The cost guard over the simulations one request runs one after another (the Placement page's policies):
+    the estimated times of those not cached yet are summed, as `moesim sweep` sums its points, so that a request
+    of several runs stays within the limits one run has. A text that cannot be simulated is left to
+    simulate_run, which refuses it on its own. Raises SpecError naming the limit."""
+    runs = _run_cache()
+    todo = []
+    for text in texts:
+        if runs.get(_run_key(text, None, None, name)) is not None:
+            continue
+        try:
+            todo.append(scenario_from_text(text, name))
+        except SpecError:
+            continue
+    if len(todo) > 1:
+        max_wall_s, max_memory_GiB = cost_limits()
+        check_cost(todo, max_wall_s, max_memory_GiB, write_files=False)
 
 
 def simulate_cached(text: str, steps: int | None = None, seed: int | None = None,

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts
+from moesim.units import GB, GiB
 from moesim.metrics.views import a2a_pairs, gpu_expert_rows, step_timeline
 from moesim.report.text import format_capacity_factor
 from moesim.spec.simulation import RecordDetail
@@ -35,10 +36,10 @@ def headline(run, base) -> None:
                    delta(100 * s.dropped_fraction, b and 100 * b.dropped_fraction, "{:+.2f} pt"),
                    delta_color="inverse", help=f"padding {s.padding_fraction:.2%} of computed rows; capacity "
                                                f"factor {format_capacity_factor(s.capacity_factor)}")
-    cols[5].metric("Peak memory / GPU", f"{s.peak_memory_bytes_max / charts.GIB:.1f} GiB",
-                   delta(s.peak_memory_bytes_max / charts.GIB, b and b.peak_memory_bytes_max / charts.GIB,
+    cols[5].metric("Peak memory / GPU", f"{s.peak_memory_bytes_max / GiB:.1f} GiB",
+                   delta(s.peak_memory_bytes_max / GiB, b and b.peak_memory_bytes_max / GiB,
                          "{:+.1f} GiB"), delta_color="inverse",
-                   help=f"of {s.hbm_bytes / charts.GIB:.1f} GiB: " + ("fits" if s.fits_in_memory else "does NOT fit"))
+                   help=f"of {s.hbm_bytes / GiB:.1f} GiB: " + ("fits" if s.fits_in_memory else "does NOT fit"))
 
 
 def comparison_table(run, base) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def a2a_section(run) -> None:
     with right:
         net = run.summary.network
         tiers = pd.DataFrame({"tier": list(net.a2a_bytes_per_step),
-                              "GB per step": [v / 1e9 for v in net.a2a_bytes_per_step.values()],
+                              "GB per step": [v / GB for v in net.a2a_bytes_per_step.values()],
                               "mean link use": [net.a2a_link_utilisation[t].mean for t in net.a2a_bytes_per_step],
                               "busiest link use": [net.a2a_link_utilisation[t].max for t in net.a2a_bytes_per_step]})
         st.markdown("**All-to-all traffic by tier** (all layers)")
@@ -125,9 +126,9 @@ def memory_section(run, base) -> None:
                        for label, r in runs])
     st.altair_chart(charts.memory_chart(table if base is not None else table.drop(columns="run"),
                                         run.summary.hbm_bytes), width="stretch")
-    parts = {k.removesuffix("_bytes"): v / charts.GIB for k, v in run.summary.peak_memory_breakdown_bytes.items()}
+    parts = {k.removesuffix("_bytes"): v / GiB for k, v in run.summary.peak_memory_breakdown_bytes.items()}
     st.caption("Busiest rank, GiB: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
-               + f"; the dashed line is the GPU's {run.summary.hbm_bytes / charts.GIB:.1f} GiB.")
+               + f"; the dashed line is the GPU's {run.summary.hbm_bytes / GiB:.1f} GiB.")
 
 
 def results(run, base) -> None:

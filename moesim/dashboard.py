@@ -20,8 +20,11 @@ APP_MAIN = ROOT / "app" / "main.py"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
 MAX_UPLOAD_MB = 64  # Streamlit's own limit on one upload; app.common checks each kind of file tighter
-MAX_WALL_ENV = "MOESIM_DASHBOARD_MAX_WALL_S"  # read by app.common.cost_limits
+# The cost guard's limits of one request (app.common.cost_limits reads them): --max-wall-s / --max-memory-GiB pass
+# them in these variables; a web request should not run for long
+MAX_WALL_ENV = "MOESIM_DASHBOARD_MAX_WALL_S"
 MAX_MEMORY_ENV = "MOESIM_DASHBOARD_MAX_MEMORY_GIB"
+DEFAULT_MAX_WALL_S = 60.0  # without --max-wall-s
 
 
 def streamlit_command(host: str, port: int, app_main: Path = APP_MAIN) -> list[str]:

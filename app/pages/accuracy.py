@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.common import MOESIM_ERRORS, ROOT, save_upload, show_error
+from app.common import MOESIM_ERRORS, ROOT, named_as_uploaded, save_upload, show_error
 from moesim.io.accuracy_record import MAX_ACCURACY_BYTES, read_accuracy_record
 from moesim.metrics.error_summary import error_summary
 
@@ -53,12 +53,13 @@ def page() -> None:
                "predicted / published step time - 1: negative means moesim is too fast (optimistic).")
     upload = st.file_uploader("Another record: an accuracy .json written by `moesim accuracy`", type=["json"],
                               help="e.g. your own validation set's; the page shows docs/accuracy.json otherwise")
+    path = None
     try:
         path = ACCURACY_JSON if upload is None else save_upload(upload.name, upload.getvalue(), MAX_ACCURACY_BYTES)
         frame = _record(str(path), path.stat().st_mtime_ns if path.exists() else 0)
         stats = error_summary(dict(zip(frame["run"], frame["error"])))
-    except MOESIM_ERRORS as err:
-        show_error(err)
+    except MOESIM_ERRORS as err:  # an upload is named as the user named it, not where the server keeps it
+        show_error(named_as_uploaded(err, path, upload.name) if upload is not None and path is not None else err)
         return
     st.caption(f"Showing {'docs/accuracy.json' if upload is None else upload.name}.")
     cols = st.columns(4)

@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from app import charts
-from app.common import (MOESIM_ERRORS, SCENARIOS_DIR, SKEW_PARAM, current_scenario_text, document_text,
-                        scenario_document, scenario_from_text, show_error, simulate_run, with_values)
+from app.common import (MOESIM_ERRORS, SCENARIOS_DIR, SKEW_PARAM, check_total_cost, current_scenario_text,
+                        document_text, scenario_document, scenario_from_text, show_error, simulate_run, with_values)
+from moesim import units
 from moesim.metrics.summary import balance_ratio_per_step
 from moesim.spec.placement import PlacementPolicyKind
 from moesim.spec.scenario import Scenario
@@ -62,16 +63,24 @@ def knobs(doc: dict, sc: Scenario) -> tuple[dict, list[str]]:
     return values, chosen
 
 
-def run_policies(doc: dict, name: str, values: dict, policies: list[str]) -> dict:
+def policy_texts(doc: dict, values: dict, policies: list[str]) -> dict[str, str]:
+    """policy -> the scenario text of its run."""
+    texts = {}
+    for policy in policies:
+        # EPLB's own knob only in EPLB's run: the others' documents (and cached runs) stay as they were
+        mine = {k: v for k, v in values.items() if k != EPLB_REDUNDANT or policy == PlacementPolicyKind.EPLB.value}
+        texts[policy] = document_text(with_values(doc, {**mine, ("placement", "policy"): policy}))
+    return texts
+
+
+def run_policies(texts: dict[str, str], name: str) -> dict:
     """policy -> its run (or the error that refused it), with one progress bar over all of them."""
     slot = st.empty()
     t0 = time.perf_counter()
     bar: list = []
     runs: dict = {}
-    for i, policy in enumerate(policies):
-        # EPLB's own knob only in EPLB's run: the others' documents (and cached runs) stay as they were
-        mine = {k: v for k, v in values.items() if k != EPLB_REDUNDANT or policy == PlacementPolicyKind.EPLB.value}
-        text = document_text(with_values(doc, {**mine, ("placement", "policy"): policy}))
+    policies = list(texts)
+    for i, (policy, text) in enumerate(texts.items()):
 
         def progress(done: int, total: int, i: int = i, policy: str = policy) -> None:
             if not bar and time.perf_counter() - t0 > 0.3:  # cached or quick: nothing drawn, no flicker
@@ -101,8 +110,8 @@ def summary_table(runs: dict) -> pd.DataFrame:
         rows.append({"policy": policy, "step time p50 (s)": s.step_time_s, "step time p95 (s)": s.step_time_p95_s,
                      "balance ratio mean": p.balance_ratio_mean, "balance ratio p95": p.balance_ratio_p95,
                      "placement changes": p.changes, "moved slots": p.moved_slots,
-                     "migration GB": p.migration_bytes / 1e9, "migration s (total)": p.migration_s,
-                     "peak memory GiB": s.peak_memory_bytes_max / charts.GIB})
+                     "migration GB": p.migration_bytes / units.GB, "migration s (total)": p.migration_s,
+                     "peak memory GiB": s.peak_memory_bytes_max / units.GiB})
     return pd.DataFrame(rows)
 
 
@@ -137,7 +146,13 @@ def page() -> None:
     if not policies:
         st.info("Choose at least one policy in the sidebar.")
         return
-    outcome = run_policies(doc, name, values, policies)
+    texts = policy_texts(doc, values, policies)
+    try:
+        check_total_cost(list(texts.values()), name)  # the policies run one after another in this request
+    except MOESIM_ERRORS as err:
+        show_error(err)
+        return
+    outcome = run_policies(texts, name)
     for policy, run in outcome.items():
         if isinstance(run, BaseException):
             st.markdown(f"**{policy}** was not simulated:")
@@ -145,8 +160,9 @@ def page() -> None:
     runs = {p: r for p, r in outcome.items() if not isinstance(r, BaseException)}
     if not runs:
         return
-    st.dataframe(summary_table(runs), hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%.4g") for c in summary_table(runs).columns if c != "policy"})
+    table = summary_table(runs)
+    st.dataframe(table, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.4g") for c in table.columns if c != "policy"})
     steps = per_step(runs)
     left, right = st.columns(2)
     with left:

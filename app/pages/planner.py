@@ -89,6 +89,8 @@ def _guarded_plan(sc: Scenario, spec: PlanSpec, bar) -> PlanResult:
                             f"{total:,} candidates took {elapsed_s:.1f} s (narrow the plan: lists)")
 
     def guard(runs: list[Scenario]) -> None:
+        if not runs:  # every candidate pruned: nothing to simulate, nothing to refuse (check_cost needs one)
+            return
         bar.progress(0.0, text=f"checking the cost of {len(runs)} simulations")
         check_cost(runs, max_wall_s, max_memory_GiB, write_files=False)
 

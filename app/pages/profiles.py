@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import MOESIM_ERRORS, PROFILES_DIR, profile_names, show_error
-from app.views import curves
+from app.charts import curves
 from moesim import units
 from moesim.cost.profile_rates import (attention_flop_per_s, elementwise_bytes_per_s, elementwise_bytes_per_s_limit,
                                        gemm_flop_per_s, gemm_flop_per_s_limit)

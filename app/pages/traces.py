@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.common import (MAX_TRACE_BYTES, MOESIM_ERRORS, ROOT, TRACE_SUFFIXES, save_upload, show_error,
-                        shipped_traces)
+from app.common import (MAX_TRACE_BYTES, MOESIM_ERRORS, ROOT, TRACE_SUFFIXES, named_as_uploaded, save_upload,
+                        show_error, shipped_traces)
 from moesim.io.traces import load_trace
 from moesim.routing.fit import FAMILIES, PARAM_NAME, FitReport, fit_trace
 from moesim.routing.trace_stats import fitted_curves, skew_frame
-from moesim.spec.errors import SpecError
 from moesim.spec.trace import RoutingTrace
 
 # the SmartMoE artifact's trace (GPL-3.0): read where the shared reference material keeps it, never copied here
@@ -60,14 +59,6 @@ def _chosen() -> tuple[Path | None, str]:
     if upload is not None:
         return save_upload(upload.name, upload.getvalue(), MAX_TRACE_BYTES), upload.name
     return (sources[name], name) if name is not None else (None, "")
-
-
-def _named(err: Exception, path: Path, name: str) -> Exception:
-    """`err` with the server's copy of an upload called by the upload's name."""
-    if not isinstance(err, SpecError):
-        return err
-    value = name if str(err.value) == str(path) else err.value
-    return SpecError(err.key, value, err.expected, source=name if err.source == str(path) else err.source)
 
 
 def _heatmap(skew: pd.DataFrame) -> alt.Chart:
@@ -129,7 +120,7 @@ def page() -> None:
         mtime_ns = path.stat().st_mtime_ns
         trace = _trace(str(path), mtime_ns)
     except MOESIM_ERRORS as err:
-        show_error(_named(err, path, name) if path is not None else err)
+        show_error(named_as_uploaded(err, path, name) if path is not None else err)
         return
     _summary(trace)
     skew = _skew(str(path), mtime_ns)
@@ -167,7 +158,7 @@ def _fitted(path: Path, name: str, mtime_ns: int, trace: RoutingTrace) -> tuple[
     try:
         return _fit(str(path), mtime_ns, top_k)
     except MOESIM_ERRORS as err:
-        show_error(_named(err, path, name))
+        show_error(named_as_uploaded(err, path, name))
         return None
 
 page()

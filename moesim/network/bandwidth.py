@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.network import build_network
+from moesim.network import AlphaBetaNetwork, build_network
 from moesim.spec.bounds import MAX_NODES
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import ClusterProfile, ClusterSpec
@@ -93,10 +93,9 @@ def collective_curve(profile: ClusterProfile, op: str, tier: str, size_bytes: An
 
 def tier_limit_bytes_per_s(profile: ClusterProfile, tier: str) -> float:
     """The busbw a large message approaches on a tier before any measured table: NVLink per GPU x its efficiency,
-    or a GPU's share of its node's NICs x their efficiency over the spine oversubscription."""
-    if tier == "intra_node":
-        return profile.node.nvlink_bandwidth_bytes_per_s * profile.node.nvlink_efficiency
-    if tier == "inter_node":
-        return (profile.nic_bandwidth_per_gpu_bytes_per_s * profile.fabric.nic_efficiency
-                / profile.fabric.oversubscription)
-    raise SpecError("tier", tier, f"one of {', '.join(TIERS)}")
+    or a GPU's share of its node's NICs x their efficiency over the spine oversubscription (the per-tier
+    bandwidths of the alpha-beta model, read from it: one definition)."""
+    if tier not in TIERS:
+        raise SpecError("tier", tier, f"one of {', '.join(TIERS)}")
+    net = AlphaBetaNetwork(ClusterSpec(profile=profile, nodes=1))
+    return net.nvlink_bytes_per_s if tier == "intra_node" else net.nic_bytes_per_s

@@ -8,6 +8,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from moesim.spec.placement import PlacementPolicyKind
+
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "placement.py")
 STEPS = 20  # two EPLB / SmartMoE periods of placement-compare.yaml: enough to rebalance, quick to simulate
 
@@ -71,3 +73,30 @@ def test_what_if_scenario_with_an_impossible_layout_is_one_line():
     assert not at.exception
     [shown] = [e.value for e in at.error]
     assert shown.startswith("what-if.yaml: layout") and "\n" not in shown
+
+
+def test_the_cost_guard_sums_the_policies_one_request_runs(monkeypatch):
+    """Every policy's run fits the wall-time limit on its own, all six together do not: refused in one line before
+    any is simulated (the runs of one request add up, as a sweep's points do); one policy alone runs."""
+    from app.common import document_text, scenario_document, scenario_from_text, with_values
+    from moesim.sim.estimate import estimate_cost
+
+    steps = 7  # no other test runs this many: nothing of it is cached
+    doc = {k: v for k, v in scenario_document((Path(PAGE).parents[2] / "scenarios" / "placement-compare.yaml")
+                                              .read_text()).items() if k != "sweep"}
+    walls = [estimate_cost(scenario_from_text(document_text(with_values(
+        doc, {("simulation", "steps"): steps, ("placement", "policy"): p.value})), "estimate")).wall_s
+        for p in PlacementPolicyKind]
+    limit = sum(walls) / 2
+    assert max(walls) < 0.8 * limit  # each alone fits with room to spare
+    monkeypatch.setenv("MOESIM_DASHBOARD_MAX_WALL_S", repr(limit))
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.slider(key="placement_steps").set_value(steps).run()
+    assert not at.exception
+    [shown] = [e.value for e in at.error]
+    assert shown.startswith("--max-wall-s: got ") and "expected a run estimated to fit" in shown
+    assert "\n" not in shown
+    assert not at.dataframe
+    at.multiselect(key="placement_policies").set_value(["static"]).run()
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["policy"]) == ["static"]

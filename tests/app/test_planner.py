@@ -75,3 +75,18 @@ def test_a_plan_interrupted_by_a_rerun_is_reported_stopped():
     assert [w.value for w in at.warning] == ["Plan stopped while simulating the short list (2 of 4)."]
     at.run()
     assert not at.warning  # said once
+
+
+def test_a_plan_where_every_candidate_is_pruned_says_so_without_a_traceback():
+    """Nothing fits (DeepSeek-V3 on 16 GPUs): the short list is empty, the cost guard has nothing to estimate, and
+    the page shows why every candidate was pruned."""
+    text = (ROOT / "scenarios" / "quickstart.yaml").read_text().replace("preset: mixtral-8x7b", "preset: deepseek-v3")
+    text = text.replace("layout: {tp: 2, pp: 2, dp: 4,", "layout: {tp: 2, pp: 1, dp: 8,")  # 61 layers: pp 1
+    text += "plan: {tp: [1, 2], pp: [1], ep: [8], micro_batch_size: [1], recompute: [full]}\n"
+    at = _page(scenario_yaml=text)
+    at.radio(key="plan_source").set_value("current").run()
+    at.button(key="plan_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error
+    assert [w.value for w in at.warning] == ["No candidate fits: every one was pruned (see the reasons below)."]
+    assert any("pruned because" in d.value.columns for d in at.dataframe)

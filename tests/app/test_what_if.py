@@ -1,6 +1,7 @@
 """The What-if page (AppTest, no browser): the widgets move the numbers the way the physics says, and bad input
 shows the CLI's one-line error, never an exception."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,42 @@ def test_choices_survive_a_visit_to_another_page():
     assert not at.exception
     assert at.slider(key="whatif_skew_zipf_s").value == 1.0
     assert at.session_state["scenario_yaml"] == edited
+
+
+def test_an_uploaded_scenario_is_simulated_and_a_bad_one_is_one_line(page):
+    page.radio(key="whatif_source").set_value("uploaded YAML").run()
+    assert not page.exception and not page.metric  # nothing uploaded yet
+    skewed = QUICKSTART.replace("zipf_s: 0.5", "zipf_s: 1.0")
+    page.file_uploader(key="whatif_upload").set_value(("mine.yaml", skewed.encode(), "application/x-yaml")).run()
+    assert not page.exception and not page.error
+    assert page.session_state["scenario_yaml"] == skewed and seconds(page) > 0
+    outside = QUICKSTART.replace("routing: {distribution: zipf, zipf_s: 0.5}", "routing: {trace: /etc/passwd}")
+    for name, data, start in [
+        ("evil.yaml", outside.encode(), "evil.yaml: routing.trace: got '/etc/passwd'; expected a path inside "),
+        ("latin1.yaml", "name: caf\xe9\n".encode("latin-1"), "latin1.yaml: <top level>: got 'UnicodeDecodeError"),
+    ]:
+        page.file_uploader(key="whatif_upload").set_value((name, data, "application/x-yaml")).run()
+        assert not page.exception
+        [shown] = [e.value for e in page.error]
+        assert shown.startswith(start) and "\n" not in shown
+        assert not page.metric  # nothing stale on screen
+
+
+def test_a_hugging_face_config_of_the_same_model_predicts_the_same_step(page):
+    """Mixtral-8x7B's config.json (the keys moesim reads, as the file spells them) is the quickstart's preset: the
+    same model, the same step time; the scenario on screen names the uploaded file."""
+    before = seconds(page)
+    config = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None,
+              "vocab_size": 32000, "hidden_act": "silu", "tie_word_embeddings": False}
+    page.file_uploader(key="whatif_hf_config").set_value(("config.json", json.dumps(config).encode(),
+                                                          "application/json")).run()
+    assert not page.exception and not page.error
+    assert "hf_config:" in page.session_state["scenario_yaml"] and "preset" not in page.session_state["scenario_yaml"]
+    assert seconds(page) == before
+    config["num_local_experts"] = 16  # twice the experts, the same top-2: each expert's GEMMs get half the rows
+    page.file_uploader(key="whatif_hf_config").set_value(("config.json", json.dumps(config).encode(),
+                                                          "application/json")).run()
+    assert not page.exception and not page.error
+    assert seconds(page) != before

@@ -6,10 +6,11 @@ import pytest
 
 from moesim.calibration.samples import BUSBW_FACTOR as CALIBRATION_FACTOR
 from moesim.io.profile import PROFILE_DIR, load_profile
-from moesim.network import build_network
+from moesim.network import AlphaBetaNetwork, build_network
 from moesim.network.bandwidth import (BUSBW_FACTOR, CURVE_OPS, TIERS, collective_curve, tier_group,
                                       tier_limit_bytes_per_s)
 from moesim.spec.errors import SpecError
+from moesim.spec.hardware import ClusterSpec
 from moesim.spec.network import NetworkModelKind, NetworkSpec
 
 H100 = load_profile(PROFILE_DIR / "dgx-h100.yaml")
@@ -61,3 +62,16 @@ def test_bad_requests_are_one_line(args, key):
     with pytest.raises(SpecError) as err:
         collective_curve(H100, *args)
     assert err.value.key == key and "\n" not in err.value.one_line()
+
+
+def test_tier_limits_are_the_links_the_alpha_beta_model_charges():
+    """One definition: the dashed line of the Profiles page is the alpha-beta model's per-tier bandwidth, which is
+    the datasheet link x its efficiency (H100: NVLink 450 GB/s; 400 Gb/s NIC per GPU; no oversubscription)."""
+    net = AlphaBetaNetwork(ClusterSpec(profile=H100, nodes=2))
+    intra, inter = tier_limit_bytes_per_s(H100, "intra_node"), tier_limit_bytes_per_s(H100, "inter_node")
+    assert (intra, inter) == (net.nvlink_bytes_per_s, net.nic_bytes_per_s)
+    assert intra == pytest.approx(450e9 * H100.node.nvlink_efficiency)
+    assert inter == pytest.approx(400e9 / 8 * H100.fabric.nic_efficiency / H100.fabric.oversubscription)
+    with pytest.raises(SpecError) as err:
+        tier_limit_bytes_per_s(H100, "rack")
+    assert err.value.key == "tier"
