@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="instead of the validation set: execute a matrix of small plans on this machine (expert-"
                           "parallel degree x routing imbalance x two shapes) and compare with their simulation on "
                           "--profile (writes docs/accuracy-executed.md)")
-    acc.add_argument("--profile", default="cpu-gloo-2c", help="with --execute: the profile calibrated on this "
-                                                              "machine (default cpu-gloo-2c)")
+    acc.add_argument("--profile", help="with --execute: the profile calibrated on this machine (default: "
+                                       "cpu-gloo-2c-2r for 2 ranks, cpu-gloo-2c for 4)")
     acc.add_argument("--nproc", type=yaml_int, help="with --execute: gloo ranks (default: the cores, at most 4)")
     acc.add_argument("--steps", type=yaml_int, default=3, help="with --execute: measured steps per case (default 3)")
     acc.add_argument("--base", type=Path, default=Path("scenarios") / "quickstart.yaml",
@@ -571,6 +571,7 @@ def _accuracy_execute(args) -> int:
 
     from moesim import __version__  # noqa: PLC0415
     from moesim.execute import matrix  # noqa: PLC0415 - torch only for this command
+    from moesim.execute.command import default_cpu_profile  # noqa: PLC0415
     from moesim.execute.records import ExecuteError  # noqa: PLC0415
     from moesim.io.profile import load_profile, resolve_profile  # noqa: PLC0415
     from moesim.io.results import write_text_atomic  # noqa: PLC0415
@@ -586,7 +587,8 @@ def _accuracy_execute(args) -> int:
     nproc = args.nproc if args.nproc is not None else matrix.default_nproc()
     if nproc < 1:
         raise SpecError("--nproc", nproc, "an integer >= 1")
-    profile = load_profile(resolve_profile(args.profile))
+    profile = load_profile(resolve_profile(args.profile if args.profile is not None
+                                           else default_cpu_profile(nproc)))
     base = load_scenario(args.base)
     t0 = time.perf_counter()
     try:

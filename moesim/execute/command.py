@@ -21,7 +21,14 @@ from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
 
-CPU_PROFILE = "cpu-gloo-2c"  # the committed profile calibrated on this project's CI machine class
+# The committed profiles calibrated on this project's CI machine class (2 cores, gloo, one thread per rank), by
+# the ranks their collectives were measured with: 4 ranks on 2 cores share the cores, which 2 ranks do not.
+CPU_PROFILES = {2: "cpu-gloo-2c-2r", 4: "cpu-gloo-2c"}
+
+
+def default_cpu_profile(nproc: int) -> str:
+    """The committed CPU profile measured with `nproc` ranks (or the nearest above it)."""
+    return CPU_PROFILES[min((n for n in CPU_PROFILES if n >= nproc), default=max(CPU_PROFILES))]
 
 
 def default_nproc(backend: str) -> int:
@@ -36,12 +43,12 @@ def default_nproc(backend: str) -> int:
 
 def prepare(sc: Scenario, nproc: int, backend: str, profile_ref: str | None, steps: int
             ) -> tuple[ScaledPlan, SimResult, list[LayerRouting]]:
-    """The scaled plan, its simulation on `profile_ref` (default: cpu-gloo-2c for gloo, the plan's own profile for
-    nccl) and the routing the ranks will replay."""
+    """The scaled plan, its simulation on `profile_ref` (default: the committed CPU profile measured with as many
+    ranks for gloo, the plan's own profile for nccl) and the routing the ranks will replay."""
     if profile_ref is not None:
         profile = load_profile(resolve_profile(profile_ref))
     elif backend == "gloo":
-        profile = load_profile(resolve_profile(CPU_PROFILE))
+        profile = load_profile(resolve_profile(default_cpu_profile(nproc)))
     else:
         profile = sc.cluster.profile
     dtype = Dtype.FP32 if backend == "gloo" else Dtype.BF16
