@@ -27,6 +27,7 @@ PHASES: tuple[tuple[str, tuple[Phase, ...], tuple[OpKind, ...]], ...] = (
     ("  of which experts", (Phase.BACKWARD,), (OpKind.EXPERT,)),
     ("backward dispatch", (Phase.BACKWARD,), (OpKind.DISPATCH,)),
     ("backward combine", (Phase.BACKWARD,), (OpKind.COMBINE,)),
+    ("pipeline wait", (Phase.FORWARD, Phase.BACKWARD), (OpKind.PP_WAIT,)),
     ("gradient all-reduce", (Phase.STEP,), (OpKind.DP_SYNC_DENSE, OpKind.DP_SYNC_EXPERT)),
     ("optimizer", (Phase.STEP,), (OpKind.OPTIMIZER,)),
 )

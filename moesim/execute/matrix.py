@@ -1,7 +1,8 @@
 """`moesim accuracy --execute`: executed vs simulated step time over a small matrix, on the machine at hand.
 
 Expert-parallel degree x routing imbalance (balanced, aux-loss, collapse) x two shapes of a base plan (the
-quickstart's Mixtral-like model by default), each scaled to this machine, executed for real and simulated on a
+quickstart's Mixtral-like model by default), each scaled to this machine as one pipeline stage of data and expert
+parallelism, executed for real and simulated on a
 profile calibrated on the same machine (cpu-gloo-2c on this project's CI machine class). Every case runs the
 routing the simulator drew for it (same seed), so the two sides differ only by the cost model and the profile.
 """
@@ -21,6 +22,7 @@ from moesim.execute.scale import ScaleLimits, scale_plan
 from moesim.sim.simulate import simulate
 from moesim.spec.dtype import Dtype
 from moesim.spec.hardware import ClusterProfile
+from moesim.spec.layout import ParallelLayout
 from moesim.spec.routing import RoutingSpec
 from moesim.spec.routing_presets import ROUTING_PRESETS
 from moesim.spec.scenario import Scenario
@@ -60,7 +62,9 @@ def run_matrix(base: Scenario, nproc: int, profile: ClusterProfile, steps: int, 
         preset = ROUTINGS[routing]
         sc = base.replace(routing=RoutingSpec(**ROUTING_PRESETS[preset], preset=preset))
         scaled = scale_plan(sc, nproc, profile, Dtype.FP32, steps, SHAPES[shape]).scenario
-        scaled = scaled.replace(layout=scaled.layout.replace(ep=ep))
+        # one stage: the matrix varies the expert-parallel degree over all the ranks
+        scaled = scaled.replace(layout=ParallelLayout(dp=nproc, ep=ep), training=scaled.training.replace(
+            global_batch_size=nproc * SHAPES[shape].num_micro_batches))
         log: list = []
         predicted = simulate(scaled, routing_log=log)
         run = execute(scaled, log, "gloo", threads, timeout_s)

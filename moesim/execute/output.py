@@ -32,7 +32,7 @@ def summary_dict(run: ExecutedRun, predicted: SimResult, changes: tuple[str, ...
         "device": run.device,
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
         "ranks": sc.layout.world_size,
-        "layout": {"dp": sc.layout.dp, "ep": sc.layout.ep, "edp": sc.layout.edp},
+        "layout": {"pp": sc.layout.pp, "dp": sc.layout.dp, "ep": sc.layout.ep, "edp": sc.layout.edp},
         "profile": sc.cluster.profile.name,
         "scaled": list(changes),
         "measured_steps": int(len(measured)),

@@ -40,35 +40,46 @@ def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: lis
     """timelines[rank]: (step, mb, layer, phase, op, start, end, bytes, rows) in program order; step_starts[rank]:
     the clock when the rank left each step's barrier. Returns (records, step_times_s [steps])."""
     world = len(timelines)
-    n = len(timelines[0])
-    keys = [tuple(r[:5]) for r in timelines[0]]
-    for rank, rows in enumerate(timelines):
-        if len(rows) != n or any(tuple(r[:5]) != k for r, k in zip(rows, keys)):
-            raise ExecuteError(f"rank {rank} ran other ops than rank 0: the executed program diverged")
-    start = np.array([[r[5] for r in rows] for rows in timelines])  # [world, n]
-    end = np.array([[r[6] for r in rows] for rows in timelines])
-    step_of = np.array([k[0] for k in keys])
-    steps = int(step_of.max()) + 1
-    origin = np.asarray(step_starts, dtype=np.float64).min(axis=0)  # [steps]
-    start_rel, end_rel = start - origin[step_of], end - origin[step_of]
-    wait = np.zeros_like(start)
+    stage_of = [lay.stage_of(r) for r in range(world)]
+    firsts = {}  # stage -> its first rank: every rank of a stage runs the same ops in the same order
+    for rank in range(world):
+        first = firsts.setdefault(stage_of[rank], rank)
+        rows, ref = timelines[rank], timelines[first]
+        if len(rows) != len(ref) or any(tuple(r[:5]) != tuple(k[:5]) for r, k in zip(rows, ref)):
+            raise ExecuteError(f"rank {rank} ran other ops than rank {first} of its stage: the executed program "
+                               "diverged")
     members = _members(lay)
-    for j, key in enumerate(keys):
-        group = _GROUP_OF.get(key[4])
-        if group is not None:
-            last = start[members[group], j].max(axis=1)  # [world]
-            wait[:, j] = np.clip(last - start[:, j], 0.0, end[:, j] - start[:, j])
-    step_end = np.array([end_rel[:, step_of == s].max() for s in range(steps)])
+    steps = 1 + max(int(r[0]) for rows in timelines for r in rows)
+    origin = np.asarray(step_starts, dtype=np.float64).min(axis=0)  # [steps]: the first rank out of the barrier
+    start, end, wait = [], [], []
+    for rank, rows in enumerate(timelines):
+        t0 = np.array([r[5] for r in rows])
+        t1 = np.array([r[6] for r in rows])
+        w = np.zeros(len(rows))
+        for j, row in enumerate(rows):
+            group = _GROUP_OF.get(row[4])
+            if group is not None:  # the group's members are on this rank's stage: record j is the same op there
+                last = max(timelines[g][j][5] for g in members[group][rank])
+                w[j] = min(max(0.0, last - t0[j]), t1[j] - t0[j])
+        steps_of = np.array([r[0] for r in rows], dtype=np.int64)
+        start.append(t0 - origin[steps_of])
+        end.append(t1 - origin[steps_of])
+        wait.append(w)
+    step_end = np.zeros(steps)
+    for rank, rows in enumerate(timelines):
+        steps_of = np.array([r[0] for r in rows], dtype=np.int64)
+        np.maximum.at(step_end, steps_of, end[rank])
     log = RecordLog(RecordDetail.FULL)
     phases, ops = {p.value: p for p in Phase}, {o.value: o for o in OpKind}
     for s in range(steps):
-        cols = np.flatnonzero(step_of == s)
-        for rank in range(world):
-            for j in cols:
-                _, mb, layer, phase, op, _, _, nbytes, rows = timelines[rank][j]
-                log.add(s, rank, mb, layer, phases[phase], ops[op], float(start_rel[rank, j]), float(end_rel[rank, j]),
-                        float(nbytes), int(rows), float(wait[rank, j]))
-            finish = float(end_rel[rank, cols].max())
+        for rank, rows in enumerate(timelines):
+            finish = 0.0
+            for j, (step, mb, layer, phase, op, _, _, nbytes, n_rows) in enumerate(rows):
+                if step != s:
+                    continue
+                log.add(s, rank, mb, layer, phases[phase], ops[op], float(start[rank][j]), float(end[rank][j]),
+                        float(nbytes), int(n_rows), float(wait[rank][j]))
+                finish = max(finish, float(end[rank][j]))
             if finish < step_end[s]:
                 log.add(s, rank, -1, -1, Phase.STEP, OpKind.IDLE, finish, float(step_end[s]))
     return log.to_frame(), step_end

@@ -3,9 +3,10 @@ moesim.execute.train.
 
 Each (token, choice) the gate kept adds ``gate * expert(rms_norm(a)[token])``, computed token by token with the
 expert's own weights; a dropped choice adds nothing; capacity padding computes zeros and is not looked at. The
-step's loss is the ranks' mean losses summed over micro-batches, so the gradients the ranks hold after their
-all-reduces are: dense weights d(loss)/world (dp all-reduce of means), experts d(loss)/edp (an expert's replicas
-average over the edp group the gradients of the EP groups' tokens).
+step's loss is the pipelines' mean losses summed over micro-batches, so the gradients the ranks hold after their
+all-reduces are: dense weights d(loss)/dp (dp all-reduce of means), experts d(loss)/edp (an expert's replicas
+average over the edp group the gradients of the EP groups' tokens). A pipeline's stages hold its layers; the
+reference holds them all.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
     params, dense, experts = init_params(sc, {layer: list(range(m.num_experts)) for layer in moe_layers},
                                          torch.device("cpu"), torch.float32)
     seq = sc.training.seq_len * sc.training.micro_batch_size
-    groups = lay.ep_groups().reshape(-1, lay.ep)  # etp = 1, pp = 1: [edp, ep] global ranks
+    groups = lay.ep_groups()[0].reshape(-1, lay.ep)  # etp = 1: [edp, ep] ranks of stage 0 (every stage alike)
     total = torch.zeros(())
-    for rank in range(lay.world_size):
-        edp_index = (rank % lay.ranks_per_stage) // lay.ep
+    for q in range(lay.ranks_per_stage):  # each data-parallel replica's pipeline, all its stages at once
+        edp_index = q // lay.ep
         sources = groups[edp_index] % lay.ranks_per_stage
-        me = int(np.flatnonzero(groups[edp_index] == rank)[0])
+        me = int(np.flatnonzero(sources == q)[0])
         for mb in range(sc.num_micro_batches):
-            tokens = tokens_of(sc, step, mb, rank, seq)
+            tokens = tokens_of(sc, step, mb, q, seq)
             x = params["embed"][tokens[:-1]]
             for layer in range(m.num_layers):
                 a = attention(x, params, layer, m, seq)
@@ -60,7 +61,7 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
             total = total + lm_head(x, tokens[1:], params, m, 1.0 / sc.num_micro_batches)
     total.backward()
     for t in dense:
-        t.grad /= lay.world_size
+        t.grad /= lay.dp_cp
     for t in experts:
         if t.grad is not None:
             t.grad /= lay.edp

@@ -1,10 +1,10 @@
 """A plan -> the scenario `moesim execute` can run on the machine at hand, and every change said in words.
 
-What is executed: data parallelism and expert parallelism (all-to-all with uneven splits), the plan's routing
+What is executed: data, expert (all-to-all with uneven splits) and pipeline parallelism (1F1B), the plan's routing
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement when each expert has
 one copy, attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp,
-and Adam. What is not executed yet is scaled to 1 and said: tensor, context and pipeline parallelism, expert
-tensor parallelism. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
+and Adam. What is not executed yet is scaled to 1 and said: tensor, context and expert tensor parallelism,
+virtual pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
 experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
 Pure: no torch. The scaled scenario is checked by the same validators as a scenario file.
@@ -70,13 +70,21 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     else:
         experts = min(m.num_experts, limits.num_experts)
         layers = min(m.num_layers, limits.num_layers)
-    ep = _largest_divisor(nproc, lay.ep, also_divides=experts)
-    for key in ("tp", "cp", "pp", "etp", "vpp"):
-        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data and expert "
-             "parallelism")
-    note("layout.ep", lay.ep, ep, f"the largest divisor of {nproc} ranks and {experts} experts up to the plan's")
-    note("layout.dp", lay.dp, nproc, f"{nproc} ranks")
-    layout = ParallelLayout(tp=1, cp=1, pp=1, dp=nproc, ep=ep, etp=1)
+    pp = _largest_divisor(nproc, min(lay.pp, layers), also_divides=layers)  # blocks of ranks, equal layers each
+    dp = nproc // pp
+    ep = _largest_divisor(dp, lay.ep, also_divides=experts)
+    for key in ("tp", "cp", "etp", "vpp"):
+        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, expert and "
+             "pipeline parallelism")
+    note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
+         f"({layers})")
+    note("layout.ep", lay.ep, ep, f"the largest divisor of the {dp} ranks of a stage and {experts} experts up to "
+         "the plan's")
+    note("layout.dp", lay.dp, dp, f"{nproc} ranks over {pp} stage(s)")
+    for key in ("first_stage_layers", "last_stage_layers"):
+        note(f"layout.{key}", getattr(lay, key), None, "the scaled layers split evenly over the stages")
+    note("layout.order", lay.order.value, "tp-cp-ep-dp-pp", "stages are blocks of consecutive ranks")
+    layout = ParallelLayout(tp=1, cp=1, pp=pp, dp=dp, ep=ep, etp=1)
 
     first_dense = min(m.first_k_dense, 1) if layers > 1 else 0
     hidden = min(m.hidden_size, limits.hidden_size)
@@ -113,6 +121,9 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     vocab = min(m.vocab_size, limits.vocab_size)
     note("model.vocab_size", m.vocab_size, vocab, "vocabulary limit")
     note("model.num_mtp_layers", m.num_mtp_layers, 0, "not executed")
+    tied = m.tie_word_embeddings and pp == 1
+    note("model.tie_word_embeddings", m.tie_word_embeddings, tied, "the embedding and the LM head are on different "
+         "stages: the all-reduce of tied copies is not executed")
     note("model.activation", m.activation.value, Activation.SWIGLU.value, "the executed experts are SwiGLU")
     model = m.replace(preset="", name=f"{m.name} (scaled)", num_layers=layers, first_k_dense=first_dense,
                       moe_every=1, hidden_size=hidden, num_attention_heads=heads, num_kv_heads=kv_heads,
@@ -120,14 +131,15 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
                       qk_rope_head_dim=None, v_head_dim=None, sliding_window=None, full_attention_every=None,
                       attention_sinks=False, num_experts=experts, top_k=top_k,
                       expert_ffn_size=ffn(m.expert_ffn_size), dense_ffn_size=dense_ffn, num_shared_experts=shared,
-                      vocab_size=vocab, num_mtp_layers=0, activation=Activation.SWIGLU)
+                      vocab_size=vocab, num_mtp_layers=0, activation=Activation.SWIGLU,
+                      tie_word_embeddings=tied)
 
     seq = min(tr.seq_len, limits.seq_len)
     micro_batches = min(sc.num_micro_batches, limits.num_micro_batches)
     note("training.seq_len", tr.seq_len, seq, "sequence limit")
     note("training.micro_batch_size", tr.micro_batch_size, 1, "one sequence per micro-batch")
-    gbs = nproc * micro_batches
-    note("training.global_batch_size", tr.global_batch_size, gbs, f"{micro_batches} micro-batches x dp {nproc}")
+    gbs = dp * micro_batches
+    note("training.global_batch_size", tr.global_batch_size, gbs, f"{micro_batches} micro-batches x dp {dp}")
     note("training.dtype", tr.dtype.value, dtype.value, "CPU ranks compute in fp32" if dtype is Dtype.FP32
          else "fp8 is not executed")
     note("training.recompute", tr.recompute.value, Recompute.NONE.value, "not executed")

@@ -82,12 +82,14 @@ def stable_seed(*key) -> int:
     return zlib.crc32(repr(key).encode())
 
 
-def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype
+def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype,
+                layers: tuple[int, ...] | None = None, first: bool = True, last: bool = True
                 ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """(params by name, dense tensors, expert tensors). Each weight is drawn from a generator seeded by (seed,
-    layer, name, expert), so every rank's copy of a weight is the same, and a single process holding every expert
-    (moesim.execute.reference) draws the same experts as the ranks. params[f"{layer}.local"]: the layer's experts
-    held here, in slot order."""
+    layer, name, expert), so every rank's copy of a weight is the same, and a single process holding every layer and
+    expert (moesim.execute.reference) draws the same weights as the ranks. `layers`: this pipeline stage's (default
+    all); the embedding lives on the first stage, the final norm and LM head on the last. params[f"{layer}.local"]:
+    the layer's experts held here, in slot order."""
     m = sc.model
     h, hd = m.hidden_size, m.head_dim
     seed = sc.simulation.seed
@@ -105,10 +107,14 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
             p[f"{prefix}.{name}"] = weight(shape, key + (name,))
         return [f"{prefix}.{name}" for name in ("w_gate", "w_up", "w_down")]
 
-    p: dict = {"embed": weight((m.vocab_size, h), ("embed",), 1.0), "ln_f": ones(h)}
-    p["head"] = p["embed"] if m.tie_word_embeddings else weight((h, m.vocab_size), ("head",))
+    p: dict = {}
+    if first:
+        p["embed"] = weight((m.vocab_size, h), ("embed",), 1.0)
+    if last:  # a tied head is the embedding: scale_plan unties them when the two are on different stages
+        p["ln_f"] = ones(h)
+        p["head"] = p["embed"] if m.tie_word_embeddings else weight((h, m.vocab_size), ("head",))
     expert_names = []
-    for layer in range(m.num_layers):
+    for layer in (range(m.num_layers) if layers is None else layers):
         p[f"{layer}.ln1"], p[f"{layer}.ln2"] = ones(h), ones(h)
         p[f"{layer}.wqkv"] = weight((h, (m.num_attention_heads + 2 * m.num_kv_heads) * hd), (layer, "wqkv"))
         p[f"{layer}.wo"] = weight((m.num_attention_heads * hd, h), (layer, "wo"))
@@ -178,7 +184,11 @@ class Trainer:
         self.groups = make_groups(sc, rank)
         self.ep_index = self.groups.members["ep"].index(rank)
         self.sources = np.asarray(self.groups.members["ep"]) % lay.ranks_per_stage  # local ranks, EP order
-        self.moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
+        self.stage = lay.stage_of(rank)  # scale_plan keeps Megatron's default order: stages are rank blocks
+        self.first, self.last = self.stage == 0, self.stage == lay.pp - 1
+        self.layers = sc.stage_layers(self.stage)
+        self.moe_layers = [i for i in self.layers if m.is_moe_layer(i)]
+        self.data_rank = rank % lay.ranks_per_stage  # the data-parallel replica: its pipeline's stages share it
         self.routing = {(r.step, r.layer): r for r in routing}
         self.edp_index = (rank % lay.ranks_per_stage) // lay.ep  # etp = 1: the EP group's index in the stage
         # where each expert lives; moesim.execute.run.check_executable refused placements that move them
@@ -189,7 +199,11 @@ class Trainer:
         for layer in self.moe_layers:
             holder_rank, holder_slot = self.holders[layer]
             local[layer] = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
-        self.params, self.dense, self.expert = init_params(sc, local, device, dtype)
+        self.params, self.dense, self.expert = init_params(sc, local, device, dtype, self.layers, self.first,
+                                                           self.last)
+        self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
+        self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
+        self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
         self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
         self.timeline = Timeline()
         self.step_starts: list[float] = []
@@ -273,7 +287,7 @@ class Trainer:
         m = self.sc.model
         ready: dict = {}
         for mb in range(self.sc.num_micro_batches):
-            ready[mb] = tokens_of(self.sc, step, mb, self.rank, self.seq).to(self.device)
+            ready[mb] = tokens_of(self.sc, step, mb, self.data_rank, self.seq).to(self.device)
             for layer in self.moe_layers:
                 r = self.routing[(step, layer)]
                 rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources,
@@ -289,8 +303,12 @@ class Trainer:
         m, h = self.sc.model, self.sc.model.hidden_size
         row_bytes = h * torch.finfo(self.dtype).bits // 8
         tokens = ready[mb]
-        x = self.params["embed"][tokens[:-1]]
-        for layer in range(m.num_layers):
+        if self.first:
+            x = self.params["embed"][tokens[:-1]]
+        else:  # the previous stage's output, as the leaf this stage's backward ends at
+            x = self._receive(step, mb, Phase.FORWARD, self.rank - self.sc.layout.ranks_per_stage)
+            self.stage_inputs[mb] = x
+        for layer in self.layers:
             a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
             if not m.is_moe_layer(layer):
                 x = self._segment(tape, step, mb, OpKind.DENSE_FFN, layer, self._dense_ffn, a, layer)
@@ -312,8 +330,26 @@ class Trainer:
                                      rows=int(received.shape[0]), collective=True)
             x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, self._unpermute, a, returned, gate, slots,
                               real, *shared)
+        if not self.last:
+            self.stage_outputs[mb] = x
+            self._send(x.detach(), self.rank + self.sc.layout.ranks_per_stage)
+            return
         scale = 1.0 / self.sc.num_micro_batches
         self._segment(tape, step, mb, OpKind.LM_HEAD, -1, self._lm_head, x, tokens[1:], scale)
+
+    def _receive(self, step: int, mb: int, phase: Phase, src: int) -> torch.Tensor:
+        """A pipeline message: blocks until the peer stage's tensor is here, recorded as pp_wait (the simulator's
+        op for a stage waiting on its neighbour: the wait and the transfer)."""
+        buf = torch.empty(self.seq, self.sc.model.hidden_size, device=self.device, dtype=self.dtype)
+        t0 = self._now()
+        dist.recv(buf, src)
+        self.timeline.add(step, mb, -1, phase, OpKind.PP_WAIT, t0, self._now())
+        return buf.requires_grad_(phase is Phase.FORWARD)
+
+    def _send(self, t: torch.Tensor, dst: int) -> None:
+        """Sends do not block (the simulator's too): the work is waited for at the end of the step."""
+        t = t.contiguous()
+        self.sends.append((t, dist.isend(t, dst)))
 
     def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str) -> None:
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
@@ -331,15 +367,27 @@ class Trainer:
         """The step's passes in Megatron's order; gradients accumulate over the micro-batches."""
         ready = ready if ready is not None else self._prepare(step)
         tapes: dict[int, list] = {}
-        for phase, mb, _chunk in pipeline_schedule(0, 1, self.sc.num_micro_batches, 1):
+        schedule = pipeline_schedule(self.stage, self.sc.layout.pp, self.sc.num_micro_batches, 1)
+        for phase, mb, _chunk in schedule:
             if phase is Phase.FORWARD:
                 tapes[mb] = []
                 self._forward(tapes[mb], step, mb, ready)
-                self.losses.append(float(tapes[mb][-1].outputs[0].detach()))
+                if self.last:
+                    self.losses.append(float(tapes[mb][-1].outputs[0].detach()))
             else:
+                if not self.last:  # the next stage's gradient of this stage's output starts the backward
+                    grad = self._receive(step, mb, Phase.BACKWARD, self.rank + self.sc.layout.ranks_per_stage)
+                    self.stage_outputs.pop(mb).grad = grad
                 self._backward(tapes.pop(mb), step, mb)
+                if not self.first:
+                    x = self.stage_inputs.pop(mb)
+                    self._send(x.grad if x.grad is not None else torch.zeros_like(x),
+                               self.rank - self.sc.layout.ranks_per_stage)
 
     def sync_gradients(self, step: int) -> None:
+        for _, work in self.sends:  # every pipeline send has been received before the step ends
+            work.wait()
+        self.sends.clear()
         self._all_reduce(step, OpKind.DP_SYNC_DENSE, self.dense, "dp")
         self._all_reduce(step, OpKind.DP_SYNC_EXPERT, self.expert, "edp")
 

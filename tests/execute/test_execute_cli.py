@@ -47,17 +47,19 @@ def test_execute_runs_a_plan_and_writes_measured_records(tmp_path):
                    "--out", str(out))
     assert done.returncode == 0, done.stderr
     printed = done.stdout
-    assert "layout.tp: 2 -> 1" in printed and "layout.ep: 8 -> 2" in printed  # what was scaled, said
-    assert "step time (median)" in printed and "forward dispatch" in printed
+    # the plan's two pipeline stages run; tensor parallelism is not executed: said
+    assert "layout.tp: 2 -> 1" in printed and "layout.pp" not in printed and "layout.ep: 8 -> 1" in printed
+    assert "step time (median)" in printed and "pipeline wait" in printed
     summary = json.loads((out / "execute.json").read_text())
-    assert summary["ranks"] == 2 and summary["layout"] == {"dp": 2, "ep": 2, "edp": 1}
+    assert summary["ranks"] == 2 and summary["layout"] == {"pp": 2, "dp": 1, "ep": 1, "edp": 1}
     assert summary["measured_steps"] == 1 and summary["step_time_s"] > 0
     records = pd.read_parquet(out / "records.parquet")
     assert tuple(records.columns) == RECORD_COLUMNS
     assert set(records["rank"]) == {0, 1} and set(records["step"]) == {0, 1}  # the warm-up step, then one
     ops = set(records["op"].astype(str))
-    assert {"attention", "router", "dispatch", "expert", "combine", "lm_head", "dp_sync_dense",
-            "optimizer"} <= ops
+    assert {"attention", "router", "dispatch", "expert", "combine", "lm_head", "pp_wait", "optimizer"} <= ops
+    stage_ops = records[records["step"] == 1].groupby("rank")["op"].agg(lambda o: set(o.astype(str)))
+    assert "lm_head" not in stage_ops[0] and "lm_head" in stage_ops[1]  # the head is on the last stage
     predicted = pd.read_parquet(out / "predicted_records.parquet")
     assert tuple(predicted.columns) == RECORD_COLUMNS
     # the same breakdown code reads both; a rank's buckets add up to about its step (the untimed gaps between
@@ -97,8 +99,8 @@ def test_execute_refuses_bad_flags_in_one_line(tmp_path, capsys, args, key):
 
 
 def test_execute_refuses_replicated_experts_before_starting_ranks(tmp_path, capsys):
-    plan = _plan(tmp_path, placement={"policy": "eplb", "slots_per_gpu": 4,
-                                      "eplb": {"redundant_experts": 8}})
+    plan = _plan(tmp_path, layout={"tp": 2, "pp": 1, "dp": 8, "ep": 8},
+                 placement={"policy": "eplb", "slots_per_gpu": 4, "eplb": {"redundant_experts": 8}})
     assert main(["execute", str(plan), "--nproc", "4", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "placement" in err[0] and "replicated" in err[0]

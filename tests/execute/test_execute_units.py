@@ -27,13 +27,13 @@ def test_scale_plan_says_what_it_changed_and_keeps_what_runs():
     sc = load_scenario(ROOT / "scenarios" / "deepseek-v3-256.yaml")
     scaled = scale_plan(sc, 4, CPU, steps=2)
     s = scaled.scenario
-    assert (s.layout.tp, s.layout.pp, s.layout.dp, s.layout.ep) == (1, 1, 4, 4)
+    assert (s.layout.tp, s.layout.pp, s.layout.dp, s.layout.ep) == (1, 2, 2, 2)  # 2 layers: 2 stages of 2
     assert s.cluster.num_gpus == 4 and s.cluster.profile.name == "cpu-gloo-2c"
     assert s.model.first_k_dense == 1 and s.model.num_layers == 2 and s.model.num_shared_experts == 1
     assert s.routing == sc.routing and s.gate == sc.gate and s.simulation.seed == sc.simulation.seed
     assert s.simulation.steps == 2 and s.simulation.warmup_steps == 1
     said = "\n".join(scaled.changes)
-    for key in ("layout.pp: 16 -> 1", "layout.ep: 16 -> 4", "model.num_experts: 256 -> 8", "model.kv_lora_rank",
+    for key in ("layout.pp: 16 -> 2", "layout.ep: 16 -> 2", "model.num_experts: 256 -> 8", "model.kv_lora_rank",
                 "training.dtype: bf16 -> fp32", "cluster: 32 x 8 GPUs of dgx-h100 -> 1 x 4 ranks of cpu-gloo-2c"):
         assert key in said
     # ep is the largest divisor of the ranks and the experts up to the plan's

@@ -19,34 +19,37 @@ WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
 TIMEOUT_S = 60
 
 
-def _case(world: int, ep: int, pad: bool):
+def _case(world: int, ep: int, pad: bool, pp: int = 1):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
     from moesim.sim.simulate import simulate
+    from moesim.spec.layout import ParallelLayout
     from moesim.spec.routing import RoutingSpec
 
     sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "deepseek-v3-256.yaml")
-    sc = sc.replace(layout=sc.layout.replace(ep=ep * 4 if ep > 1 else 1),  # scale_plan picks ep of world
-                    routing=RoutingSpec(distribution="zipf", zipf_s=1.2),
+    sc = sc.replace(routing=RoutingSpec(distribution="zipf", zipf_s=1.2),
                     gate=sc.gate.replace(capacity_factor=1.0, pad_to_capacity=pad))
-    limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=3, num_experts=8, ffn_size=32, vocab_size=64,
-                         seq_len=16)
+    limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=4 if pp > 1 else 3, num_experts=8, ffn_size=32,
+                         vocab_size=64, seq_len=16)
     scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=1, limits=limits).scenario
-    scaled = scaled.replace(layout=scaled.layout.replace(ep=ep))
+    dp = world // pp  # the layout under test, whatever scale_plan would pick
+    scaled = scaled.replace(layout=ParallelLayout(pp=pp, dp=dp, ep=ep),
+                            training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
     routing = []
     simulate(scaled, routing_log=routing)
     return scaled, routing
 
 
-@pytest.mark.parametrize(("world", "ep", "pad"), [(2, 2, False), (2, 1, False), (4, 2, True)])
-def test_ranks_match_single_process_reference(tmp_path, world, ep, pad):
+@pytest.mark.parametrize(("world", "ep", "pad", "pp"), [(2, 2, False, 1), (2, 1, False, 1), (4, 2, True, 1),
+                                                       (2, 1, False, 2), (4, 2, False, 2)])
+def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp):
     if world == 4 and (os.cpu_count() or 1) < 2:
         pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
     from moesim.execute.reference import reference_step
 
-    sc, routing = _case(world, ep, pad)
-    assert sc.layout.ep == ep and sc.layout.edp == world // ep
+    sc, routing = _case(world, ep, pad, pp)
+    assert sc.layout.ep == ep and sc.layout.pp == pp and sc.layout.edp == world // pp // ep
     assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
     step0 = [r for r in routing if r.step == 0]
     dropped = sum(float((r.loads - np.minimum(r.loads, r.sent)).sum()) for r in step0)
@@ -66,6 +69,11 @@ def test_ranks_match_single_process_reference(tmp_path, world, ep, pad):
             torch.testing.assert_close(grad, params[name].grad, **close,
                                        msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
             checked += 1
-    experts = sum(1 for name in ranks[0]["grads"] if ".expert" in name)
-    assert experts == 3 * (sc.model.num_experts // ep) * (sc.model.num_layers - 1)  # every local expert's grads
+    for stage in range(pp):  # every local expert's gradients, on the stage holding its layer
+        rank = stage * (world // pp)
+        moe = sum(1 for layer in sc.stage_layers(stage) if sc.model.is_moe_layer(layer))
+        assert sum(1 for name in ranks[rank]["grads"] if ".expert" in name) == 3 * (sc.model.num_experts // ep) * moe
+    names = {name for r in ranks for name in r["grads"]}
+    assert names == {name for name, t in params.items() if isinstance(t, torch.Tensor) and t.grad is not None
+                     and (".expert" not in name or any(name in r["grads"] for r in ranks))}
     assert checked == sum(len(r["grads"]) for r in ranks)
