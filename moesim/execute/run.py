@@ -24,6 +24,7 @@ from moesim.execute.records import ExecuteError, assemble
 from moesim.execute.routing_plan import expert_holders
 from moesim.sim.simulate import LayerRouting
 from moesim.spec.errors import SpecError
+from moesim.spec.routing import GateKind
 from moesim.spec.scenario import Scenario
 
 BACKENDS = ("gloo", "nccl")
@@ -44,7 +45,7 @@ class ExecutedRun:
 
 def check_executable(sc: Scenario, routing: list[LayerRouting]) -> None:
     """What the trainer cannot run, refused with one line before any process starts."""
-    if sc.gate.kind.value != "token_choice":
+    if sc.gate.kind is not GateKind.TOKEN_CHOICE:
         raise SpecError("gate.kind", sc.gate.kind.value, "token_choice: moesim execute runs token-choice routers")
     first: dict[int, tuple] = {}
     for r in routing:
@@ -71,12 +72,13 @@ def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str,
     from moesim.execute.train import Trainer  # noqa: PLC0415
 
     torch.set_num_threads(threads)
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if backend == "nccl":  # the rank's GPU first: NCCL's communicators bind to the current device
+        torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         if backend == "nccl":
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            torch.cuda.set_device(local)
             device, dtype = torch.device("cuda", local), torch.bfloat16
             what = torch.cuda.get_device_name(local)
         else:

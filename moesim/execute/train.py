@@ -30,9 +30,6 @@ from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
 from moesim.spec.scenario import Scenario
 
-COLLECTIVES = {OpKind.DISPATCH: "ep", OpKind.COMBINE: "ep", OpKind.DP_SYNC_DENSE: "dp",
-               OpKind.DP_SYNC_EXPERT: "edp"}  # op -> the group whose last arrival it waits for
-
 
 @dataclass
 class Groups:

@@ -124,3 +124,18 @@ def test_accuracy_execute_table_and_mape():
     text = markdown(cases, "header", "cpu-gloo-2c")
     assert "15.0 %" in text and "| h128-f256-s128 | collapse | 1 | 3.40 | 120.0 | 100.0 | +20.0 % |" in text
     assert json.loads(as_json(cases, "header", "cpu-gloo-2c"))["mape_pct"] == pytest.approx(15.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_execute_on_gpus_with_nccl(tmp_path):
+    import torch
+
+    gpus = torch.cuda.device_count()
+    out = tmp_path / "gpu"
+    done = _moesim("execute", str(QUICKSTART), "--backend", "nccl", "--nproc", str(gpus), "--steps", "2",
+                   "--compare", "dgx-h100", "--out", str(out), timeout_s=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "execute.json").read_text())
+    assert summary["backend"] == "nccl" and summary["ranks"] == gpus and summary["step_time_s"] > 0
+    assert "step time (median)" in (out / "compare.md").read_text()
