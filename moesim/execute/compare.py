@@ -27,8 +27,9 @@ PHASES: tuple[tuple[str, tuple[Phase, ...], tuple[OpKind, ...]], ...] = (
     ("  of which experts", (Phase.BACKWARD,), (OpKind.EXPERT,)),
     ("backward dispatch", (Phase.BACKWARD,), (OpKind.DISPATCH,)),
     ("backward combine", (Phase.BACKWARD,), (OpKind.COMBINE,)),
+    ("tensor-parallel comm", (Phase.FORWARD, Phase.BACKWARD), (OpKind.TP_COMM,)),
     ("pipeline wait", (Phase.FORWARD, Phase.BACKWARD), (OpKind.PP_WAIT,)),
-    ("gradient all-reduce", (Phase.STEP,), (OpKind.DP_SYNC_DENSE, OpKind.DP_SYNC_EXPERT)),
+    ("gradient all-reduce", (Phase.STEP,), (OpKind.DP_SYNC_DENSE, OpKind.DP_SYNC_EXPERT, OpKind.TP_COMM)),
     ("optimizer", (Phase.STEP,), (OpKind.OPTIMIZER,)),
 )
 

@@ -3,6 +3,7 @@ trace and plots read both), the prediction beside them, and what was scaled."""
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def summary_dict(run: ExecutedRun, predicted: SimResult, changes: tuple[str, ...
         "breakdown_s": {k: float(v) for k, v in breakdown.items()},
     }
     if comparison is not None:
-        out["comparison"] = comparison.table.to_dict(orient="records")
+        # a phase that took no time on either side has no relative error: null, not NaN (not JSON)
+        out["comparison"] = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+                             for row in comparison.table.to_dict(orient="records")]
     return out
 
 

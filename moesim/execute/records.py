@@ -16,7 +16,7 @@ from moesim.spec.layout import ParallelLayout
 from moesim.spec.simulation import RecordDetail
 
 _GROUP_OF = {OpKind.DISPATCH.value: "ep", OpKind.COMBINE.value: "ep", OpKind.DP_SYNC_DENSE.value: "dp",
-             OpKind.DP_SYNC_EXPERT.value: "edp"}
+             OpKind.DP_SYNC_EXPERT.value: "edp", OpKind.TP_COMM.value: "tp"}
 
 
 class ExecuteError(Exception):
@@ -26,7 +26,8 @@ class ExecuteError(Exception):
 def _members(lay: ParallelLayout) -> dict[str, np.ndarray]:
     """group name -> [world, group size]: the members of each rank's group."""
     out = {}
-    for name, grid in (("ep", lay.ep_groups()), ("edp", lay.edp_groups()), ("dp", lay.dp_groups())):
+    for name, grid in (("ep", lay.ep_groups()), ("edp", lay.edp_groups()), ("dp", lay.dp_groups()),
+                       ("tp", lay.tp_groups())):
         groups = grid.reshape(-1, grid.shape[-1])
         table = np.empty((lay.world_size, groups.shape[1]), np.int64)
         for g in groups:

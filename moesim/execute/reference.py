@@ -30,37 +30,40 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
                                          torch.device("cpu"), torch.float32)
     seq = sc.training.seq_len * sc.training.micro_batch_size
     groups = lay.ep_groups()[0].reshape(-1, lay.ep)  # etp = 1: [edp, ep] ranks of stage 0 (every stage alike)
+    shard = seq // lay.tp  # sequence parallel: TP rank t routes tokens [t * shard, (t + 1) * shard)
     total = torch.zeros(())
-    for q in range(lay.ranks_per_stage):  # each data-parallel replica's pipeline, all its stages at once
-        edp_index = q // lay.ep
-        sources = groups[edp_index] % lay.ranks_per_stage
-        me = int(np.flatnonzero(sources == q)[0])
+    for d in range(lay.dp):  # each data-parallel replica's pipeline: all its stages and TP ranks at once
         for mb in range(sc.num_micro_batches):
-            tokens = tokens_of(sc, step, mb, q, seq)
+            tokens = tokens_of(sc, step, mb, d, seq)
             x = params["embed"][tokens[:-1]]
             for layer in range(m.num_layers):
                 a = attention(x, params, layer, m, seq)
                 if not m.is_moe_layer(layer):
                     x = dense_ffn(a, params, layer)
                     continue
-                r = by_key[(step, layer)]
-                rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, edp_index], sources, me, m.top_k,
-                                  *holders[layer])
                 n = rms_norm(a, params[f"{layer}.ln2"])
-                ids = torch.as_tensor(rr.expert_ids)
-                gate = torch.softmax(n @ params[f"{layer}.router"], dim=-1).gather(1, ids)
-                kept = rr.send_slots[rr.send_slots >= 0]
+                probs = torch.softmax(n @ params[f"{layer}.router"], dim=-1)
                 y = a
-                for slot in kept.tolist():
-                    t, j = divmod(slot, m.top_k)
-                    out = ffn(n[t:t + 1], params, f"{layer}.expert{int(ids[t, j])}")
-                    y = y.index_add(0, torch.tensor([t]), out * gate[t, j])
+                for t in range(lay.tp):
+                    q = d * lay.tp + t  # the stage's local rank routing these tokens
+                    edp_index = q // lay.ep
+                    sources = groups[edp_index] % lay.ranks_per_stage
+                    me = int(np.flatnonzero(sources == q)[0])
+                    r = by_key[(step, layer)]
+                    rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, edp_index], sources, me, m.top_k,
+                                      *holders[layer])
+                    ids = torch.as_tensor(rr.expert_ids)
+                    gate = probs[t * shard:(t + 1) * shard].gather(1, ids)
+                    for slot in rr.send_slots[rr.send_slots >= 0].tolist():  # the kept choices
+                        i, j = divmod(slot, m.top_k)
+                        out = ffn(n[t * shard + i:t * shard + i + 1], params, f"{layer}.expert{int(ids[i, j])}")
+                        y = y.index_add(0, torch.tensor([t * shard + i]), out * gate[i, j])
                 if m.num_shared_experts:
                     y = y + ffn(n, params, f"{layer}.shared")
                 x = y
             total = total + lm_head(x, tokens[1:], params, m, 1.0 / sc.num_micro_batches)
     total.backward()
-    for t in dense:
+    for t in dense:  # the ranks hold slices of TP-split weights: moesim.execute.train.tp_slices
         t.grad /= lay.dp_cp
     for t in experts:
         if t.grad is not None:

@@ -14,6 +14,7 @@ import queue
 import socket
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ def _rank_main(rank: int, world: int, sc: Scenario, routing: list, backend: str,
 
     from moesim.execute.train import Trainer  # noqa: PLC0415
 
+    warnings.simplefilter("ignore")  # as the CLI: libraries' warnings (deprecations) are not the user's business
     torch.set_num_threads(threads)
     local = int(os.environ.get("LOCAL_RANK", rank))
     if backend == "nccl":  # the rank's GPU first: NCCL's communicators bind to the current device

@@ -1,10 +1,11 @@
 """A plan -> the scenario `moesim execute` can run on the machine at hand, and every change said in words.
 
-What is executed: data, expert (all-to-all with uneven splits) and pipeline parallelism (1F1B), the plan's routing
+What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits) and pipeline
+parallelism (1F1B), the plan's routing
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement when each expert has
 one copy, attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp,
-and Adam. What is not executed yet is scaled to 1 and said: tensor, context and expert tensor parallelism,
-virtual pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
+and Adam. What is not executed yet is scaled to 1 and said: context and expert tensor parallelism, virtual
+pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
 experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
 Pure: no torch. The scaled scenario is checked by the same validators as a scenario file.
@@ -12,6 +13,7 @@ Pure: no torch. The scaled scenario is checked by the same validators as a scena
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moesim.spec.comm import CommSpec
@@ -70,28 +72,31 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     else:
         experts = min(m.num_experts, limits.num_experts)
         layers = min(m.num_layers, limits.num_layers)
-    pp = _largest_divisor(nproc, min(lay.pp, layers), also_divides=layers)  # blocks of ranks, equal layers each
-    dp = nproc // pp
-    ep = _largest_divisor(dp, lay.ep, also_divides=experts)
-    for key in ("tp", "cp", "etp", "vpp"):
-        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, expert and "
-             "pipeline parallelism")
-    note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
-         f"({layers})")
-    note("layout.ep", lay.ep, ep, f"the largest divisor of the {dp} ranks of a stage and {experts} experts up to "
-         "the plan's")
-    note("layout.dp", lay.dp, dp, f"{nproc} ranks over {pp} stage(s)")
-    for key in ("first_stage_layers", "last_stage_layers"):
-        note(f"layout.{key}", getattr(lay, key), None, "the scaled layers split evenly over the stages")
-    note("layout.order", lay.order.value, "tp-cp-ep-dp-pp", "stages are blocks of consecutive ranks")
-    layout = ParallelLayout(tp=1, cp=1, pp=pp, dp=dp, ep=ep, etp=1)
-
     first_dense = min(m.first_k_dense, 1) if layers > 1 else 0
     hidden = min(m.hidden_size, limits.hidden_size)
     head_dim = min(limits.head_dim, hidden)
     heads = max(1, hidden // head_dim)
     kv_heads = _largest_divisor(heads, m.num_kv_heads if not m.is_mla else heads)
     ratio = hidden / m.hidden_size
+    pp = _largest_divisor(nproc, min(lay.pp, layers), also_divides=layers)  # blocks of ranks, equal layers each
+    # tensor parallel splits the heads, the key/value groups and the sequence: tp must divide all three
+    tp = _largest_divisor(nproc // pp, lay.tp, also_divides=math.gcd(heads, kv_heads))
+    dp = nproc // (pp * tp)
+    ep = _largest_divisor(tp * dp, lay.ep, also_divides=experts)
+    for key in ("cp", "etp", "vpp"):
+        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, tensor, expert "
+             "and pipeline parallelism")
+    note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
+         f"({layers})")
+    note("layout.tp", lay.tp, tp, f"the largest divisor of a stage's {nproc // pp} ranks and of the {heads} heads "
+         f"and {kv_heads} key/value groups up to the plan's")
+    note("layout.ep", lay.ep, ep, f"the largest divisor of the {tp * dp} ranks of a stage and {experts} experts up "
+         "to the plan's")
+    note("layout.dp", lay.dp, dp, f"{nproc} ranks over {pp} stage(s) of tp {tp}")
+    for key in ("first_stage_layers", "last_stage_layers"):
+        note(f"layout.{key}", getattr(lay, key), None, "the scaled layers split evenly over the stages")
+    note("layout.order", lay.order.value, "tp-cp-ep-dp-pp", "stages are blocks of consecutive ranks")
+    layout = ParallelLayout(tp=tp, cp=1, pp=pp, dp=dp, ep=ep, etp=1)
 
     def ffn(size: int) -> int:  # widths shrink with the hidden size, in multiples of 16, within the limit
         return max(16, min(limits.ffn_size, round(size * ratio / 16) * 16)) if size else 0
@@ -118,6 +123,9 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     note("model.dense_ffn_size", m.dense_ffn_size, dense_ffn, "scaled with the hidden size")
     shared = min(m.num_shared_experts, 1)
     note("model.num_shared_experts", m.num_shared_experts, shared, "at most one")
+    if shared and tp > 1:
+        changes.append("model.num_shared_experts: the shared expert runs whole on each TP rank's tokens (not split "
+                       "by tensor parallelism)")
     vocab = min(m.vocab_size, limits.vocab_size)
     note("model.vocab_size", m.vocab_size, vocab, "vocabulary limit")
     note("model.num_mtp_layers", m.num_mtp_layers, 0, "not executed")

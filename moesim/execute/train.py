@@ -42,7 +42,7 @@ class Groups:
 def make_groups(sc: Scenario, rank: int) -> Groups:
     """Every group of the layout, created on every rank in the same order (torch.distributed requires it)."""
     lay = sc.layout
-    grids = {"ep": lay.ep_groups(), "edp": lay.edp_groups(), "dp": lay.dp_groups()}
+    grids = {"ep": lay.ep_groups(), "edp": lay.edp_groups(), "dp": lay.dp_groups(), "tp": lay.tp_groups()}
     handles, members = {}, {}
     for name, grid in grids.items():
         for group in grid.reshape(-1, grid.shape[-1]).tolist():
@@ -79,32 +79,59 @@ def stable_seed(*key) -> int:
     return zlib.crc32(repr(key).encode())
 
 
+def tp_slices(m, tp: int, t: int) -> dict[str, tuple[int, torch.Tensor]]:
+    """Megatron's tensor-parallel split of one layer's dense weights for TP rank t of tp: suffix -> (dim, indices).
+    QKV and the FFN's gate/up are split by columns (each rank its heads: its query heads and key/value groups), the
+    attention output and the FFN's down projection by rows."""
+    hd, H, KV = m.head_dim, m.num_attention_heads, m.num_kv_heads
+    hq, hkv = H // tp * hd, KV // tp * hd
+
+    def block(offset: int, width: int) -> torch.Tensor:
+        return torch.arange(offset + t * width, offset + (t + 1) * width)
+
+    qkv = torch.cat([block(0, hq), block(H * hd, hkv), block((H + KV) * hd, hkv)])
+    out = {"wqkv": (1, qkv), "wo": (0, block(0, hq))}
+    for ffn_kind, size in (("dense", m.dense_ffn_size),):
+        width = size // tp
+        out.update({f"{ffn_kind}.w_gate": (1, block(0, width)), f"{ffn_kind}.w_up": (1, block(0, width)),
+                    f"{ffn_kind}.w_down": (0, block(0, width))})
+    return out
+
+
 def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype,
-                layers: tuple[int, ...] | None = None, first: bool = True, last: bool = True
-                ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+                layers: tuple[int, ...] | None = None, first: bool = True, last: bool = True,
+                tp: tuple[int, int] = (0, 1)) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """(params by name, dense tensors, expert tensors). Each weight is drawn from a generator seeded by (seed,
     layer, name, expert), so every rank's copy of a weight is the same, and a single process holding every layer and
     expert (moesim.execute.reference) draws the same weights as the ranks. `layers`: this pipeline stage's (default
-    all); the embedding lives on the first stage, the final norm and LM head on the last. params[f"{layer}.local"]:
-    the layer's experts held here, in slot order."""
+    all); the embedding lives on the first stage, the final norm and LM head on the last. `tp` = (TP rank, TP
+    size): the attention's and dense FFN's weights are this rank's slices of the full ones (tp_slices), every other
+    weight is whole. params[f"{layer}.local"]: the layer's experts held here, in slot order; params["shards"]: name
+    -> (dim, indices) of each sliced weight in the full one."""
     m = sc.model
     h, hd = m.hidden_size, m.head_dim
     seed = sc.simulation.seed
 
-    def weight(shape, key: tuple, scale: float | None = None) -> torch.Tensor:
+    slices = tp_slices(m, tp[1], tp[0]) if tp[1] > 1 else {}
+
+    def weight(shape, key: tuple, scale: float | None = None, name: str = "") -> torch.Tensor:
         g = torch.Generator().manual_seed(stable_seed(seed, *key))
         w = torch.randn(shape, generator=g) * (scale if scale is not None else shape[0] ** -0.5)
-        return w.to(device, dtype).requires_grad_(True)
+        cut = slices.get(name.split(".", 1)[-1]) if name else None
+        if cut is not None:  # drawn whole, so that every TP size slices the same weights
+            p["shards"][name] = cut
+            w = w.index_select(*cut)
+        return w.contiguous().to(device, dtype).requires_grad_(True)
 
     def ones(n: int) -> torch.Tensor:
         return torch.ones(n, device=device, dtype=dtype, requires_grad=True)
 
     def ffn(prefix: str, f: int, key: tuple) -> list[str]:
         for name, shape in (("w_gate", (h, f)), ("w_up", (h, f)), ("w_down", (f, h))):
-            p[f"{prefix}.{name}"] = weight(shape, key + (name,))
+            p[f"{prefix}.{name}"] = weight(shape, key + (name,), name=f"{prefix}.{name}")
         return [f"{prefix}.{name}" for name in ("w_gate", "w_up", "w_down")]
 
-    p: dict = {}
+    p: dict = {"shards": {}}
     if first:
         p["embed"] = weight((m.vocab_size, h), ("embed",), 1.0)
     if last:  # a tied head is the embedding: scale_plan unties them when the two are on different stages
@@ -113,8 +140,9 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
     expert_names = []
     for layer in (range(m.num_layers) if layers is None else layers):
         p[f"{layer}.ln1"], p[f"{layer}.ln2"] = ones(h), ones(h)
-        p[f"{layer}.wqkv"] = weight((h, (m.num_attention_heads + 2 * m.num_kv_heads) * hd), (layer, "wqkv"))
-        p[f"{layer}.wo"] = weight((m.num_attention_heads * hd, h), (layer, "wo"))
+        p[f"{layer}.wqkv"] = weight((h, (m.num_attention_heads + 2 * m.num_kv_heads) * hd), (layer, "wqkv"),
+                                    name=f"{layer}.wqkv")
+        p[f"{layer}.wo"] = weight((m.num_attention_heads * hd, h), (layer, "wo"), name=f"{layer}.wo")
         if m.is_moe_layer(layer):
             p[f"{layer}.router"] = weight((h, m.num_experts), (layer, "router"))
             if m.num_shared_experts:
@@ -139,18 +167,23 @@ def ffn(x: torch.Tensor, p: dict, prefix: str) -> torch.Tensor:
     return swiglu(x, p[f"{prefix}.w_gate"], p[f"{prefix}.w_up"], p[f"{prefix}.w_down"])
 
 
-def attention(x: torch.Tensor, p: dict, layer: int, m, seq: int) -> torch.Tensor:
-    """x + causal grouped-query self-attention of rms_norm(x); x [B * seq, h]."""
-    H, KV, hd = m.num_attention_heads, m.num_kv_heads, m.head_dim
-    qkv = rms_norm(x, p[f"{layer}.ln1"]) @ p[f"{layer}.wqkv"]
-    q, k, v = qkv.split([H * hd, KV * hd, KV * hd], dim=-1)
-    B = x.shape[0] // seq
+def attention_core(n: torch.Tensor, p: dict, layer: int, m, seq: int, tp: int = 1) -> torch.Tensor:
+    """Causal grouped-query self-attention of the normed input n [B * seq, h] through this TP rank's heads (1/tp of
+    the query heads and key/value groups): the output projection's partial sum, [B * seq, h]."""
+    H, KV, hd = m.num_attention_heads // tp, m.num_kv_heads // tp, m.head_dim
+    q, k, v = (n @ p[f"{layer}.wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
+    B = n.shape[0] // seq
 
-    def heads(t: torch.Tensor, n: int) -> torch.Tensor:
-        return t.view(B, seq, n, hd).transpose(1, 2)
+    def heads(t: torch.Tensor, count: int) -> torch.Tensor:
+        return t.view(B, seq, count, hd).transpose(1, 2)
 
     out = F.scaled_dot_product_attention(heads(q, H), heads(k, KV), heads(v, KV), is_causal=True, enable_gqa=KV != H)
-    return x + out.transpose(1, 2).reshape(x.shape[0], H * hd) @ p[f"{layer}.wo"]
+    return out.transpose(1, 2).reshape(n.shape[0], H * hd) @ p[f"{layer}.wo"]
+
+
+def attention(x: torch.Tensor, p: dict, layer: int, m, seq: int) -> torch.Tensor:
+    """x + causal grouped-query self-attention of rms_norm(x); x [B * seq, h]."""
+    return x + attention_core(rms_norm(x, p[f"{layer}.ln1"]), p, layer, m, seq)
 
 
 def dense_ffn(a: torch.Tensor, p: dict, layer: int) -> torch.Tensor:
@@ -161,6 +194,47 @@ def lm_head(x: torch.Tensor, targets: torch.Tensor, p: dict, m, scale: float) ->
     """Cross-entropy of the next tokens, times `scale` (1 / micro-batches: the step's mean loss)."""
     head = p["head"].t() if m.tie_word_embeddings else p["head"]
     return F.cross_entropy((rms_norm(x, p["ln_f"]) @ head).float(), targets) * scale
+
+
+# torch's current names (the older ones warn that they are deprecated), falling back to the older ones
+_ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+
+
+class _SequenceGather(torch.autograd.Function):
+    """Megatron's sequence-parallel all-gather along dim 0; its backward reduce-scatters the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group, size: int):
+        ctx.group, ctx.size = group, size
+        out = x.new_empty((x.shape[0] * size, *x.shape[1:]))
+        _ALL_GATHER(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _reduce_scatter(grad, ctx.group, ctx.size), None, None
+
+
+class _SequenceScatter(torch.autograd.Function):
+    """Megatron's sequence-parallel reduce-scatter along dim 0; its backward all-gathers the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group, size: int):
+        ctx.group, ctx.size = group, size
+        return _reduce_scatter(x, group, size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_empty((grad.shape[0] * ctx.size, *grad.shape[1:]))
+        _ALL_GATHER(out, grad.contiguous(), group=ctx.group)
+        return out, None, None
+
+
+def _reduce_scatter(x: torch.Tensor, group, size: int) -> torch.Tensor:
+    out = x.new_empty((x.shape[0] // size, *x.shape[1:]))
+    _REDUCE_SCATTER(out, x.contiguous(), group=group)
+    return out
 
 
 def _local(x: torch.Tensor, output_splits, input_splits, group) -> torch.Tensor:
@@ -185,19 +259,27 @@ class Trainer:
         self.first, self.last = self.stage == 0, self.stage == lay.pp - 1
         self.layers = sc.stage_layers(self.stage)
         self.moe_layers = [i for i in self.layers if m.is_moe_layer(i)]
-        self.data_rank = rank % lay.ranks_per_stage  # the data-parallel replica: its pipeline's stages share it
+        self.tp_rank = rank % lay.tp  # tp is the innermost dimension of Megatron's default order
+        self.data_rank = rank % lay.ranks_per_stage // lay.tp  # the data-parallel replica: its stages share it
         self.routing = {(r.step, r.layer): r for r in routing}
         self.edp_index = (rank % lay.ranks_per_stage) // lay.ep  # etp = 1: the EP group's index in the stage
         # where each expert lives; moesim.execute.run.check_executable refused placements that move them
         self.holders = {layer: expert_holders(self.routing[(0, layer)].placement, m.num_experts, lay.ep)
                         for layer in self.moe_layers}
         self.seq = sc.training.seq_len * sc.training.micro_batch_size
+        self.shard = slice(self.tp_rank * self.seq // lay.tp, (self.tp_rank + 1) * self.seq // lay.tp)  # my tokens
         local = {}
         for layer in self.moe_layers:
             holder_rank, holder_slot = self.holders[layer]
             local[layer] = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
         self.params, self.dense, self.expert = init_params(sc, local, device, dtype, self.layers, self.first,
-                                                           self.last)
+                                                           self.last, (self.tp_rank, lay.tp))
+        shards = self.params["shards"]
+        expert_ids = {id(t) for t in self.expert}
+        # whole on every TP rank, each fed its own tokens: their gradients are summed over the TP group
+        self.tp_replicated = [t for name, t in self.params.items() if isinstance(t, torch.Tensor)
+                              and name not in shards and id(t) not in expert_ids] if lay.tp > 1 else []
+        self.tp_replicated = list({id(t): t for t in self.tp_replicated}.values())
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
         self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
         self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
@@ -292,7 +374,8 @@ class Trainer:
                 slots = torch.as_tensor(rr.send_slots, device=self.device)
                 ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
                                       (slots >= 0).nonzero(as_tuple=True)[0],
-                                      torch.where(slots >= 0, slots // m.top_k, torch.full_like(slots, self.seq)),
+                                      torch.where(slots >= 0, slots // m.top_k,
+                                                  torch.full_like(slots, self.seq // self.sc.layout.tp)),
                                       [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows])
         return ready
 
@@ -300,15 +383,24 @@ class Trainer:
         m, h = self.sc.model, self.sc.model.hidden_size
         row_bytes = h * torch.finfo(self.dtype).bits // 8
         tokens = ready[mb]
-        if self.first:
-            x = self.params["embed"][tokens[:-1]]
+        inputs, targets = tokens[:-1][self.shard], tokens[1:][self.shard]  # sequence parallel: my 1/tp of them
+        if self.first:  # its own segment: the layer's ops below may read x twice (sequence parallel residual)
+            x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, -1, torch.index_select, self.params["embed"], 0,
+                              inputs)
         else:  # the previous stage's output, as the leaf this stage's backward ends at
             x = self._receive(step, mb, Phase.FORWARD, self.rank - self.sc.layout.ranks_per_stage)
             self.stage_inputs[mb] = x
         for layer in self.layers:
-            a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
+            if self.sc.layout.tp == 1:
+                a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
+            else:
+                a = self._tp_block(tape, step, mb, layer, OpKind.ATTENTION, x, f"{layer}.ln1", self._attention_core)
             if not m.is_moe_layer(layer):
-                x = self._segment(tape, step, mb, OpKind.DENSE_FFN, layer, self._dense_ffn, a, layer)
+                if self.sc.layout.tp == 1:
+                    x = self._segment(tape, step, mb, OpKind.DENSE_FFN, layer, self._dense_ffn, a, layer)
+                else:
+                    x = self._tp_block(tape, step, mb, layer, OpKind.DENSE_FFN, a, f"{layer}.ln2",
+                                       lambda n, layer: ffn(n, self.params, f"{layer}.dense"))
                 continue
             rr, ids, slots, real, send_tokens, rows = ready[(layer, mb)]
             routed = self._segment(tape, step, mb, OpKind.ROUTER, layer, self._router, a, layer, rr, ids, send_tokens)
@@ -331,13 +423,30 @@ class Trainer:
             self.stage_outputs[mb] = x
             self._send(x.detach(), self.rank + self.sc.layout.ranks_per_stage)
             return
-        scale = 1.0 / self.sc.num_micro_batches
-        self._segment(tape, step, mb, OpKind.LM_HEAD, -1, self._lm_head, x, tokens[1:], scale)
+        scale = 1.0 / (self.sc.num_micro_batches * self.sc.layout.tp)  # the TP ranks' shards: a mean of means
+        self._segment(tape, step, mb, OpKind.LM_HEAD, -1, self._lm_head, x, targets, scale)
+
+    def _tp_block(self, tape: list, step: int, mb: int, layer: int, op: OpKind, x: torch.Tensor, norm: str, core):
+        """x + core(norm(x)) with sequence parallelism: norm on my tokens, all-gather, this rank's slice of the
+        weights, reduce-scatter (each collective timed as tp_comm), then the residual on my tokens."""
+        tp, group = self.sc.layout.tp, self.groups.handles["tp"]
+        row_bytes = self.sc.model.hidden_size * torch.finfo(self.dtype).bits // 8
+        n = self._segment(tape, step, mb, op, layer, rms_norm, x, self.params[norm])
+        full = self._segment(tape, step, mb, OpKind.TP_COMM, layer, _SequenceGather.apply, n, group, tp,
+                             nbytes=float(n.shape[0] * (tp - 1) * row_bytes), collective=True)
+        partial = self._segment(tape, step, mb, op, layer, core, full, layer)
+        mine = self._segment(tape, step, mb, OpKind.TP_COMM, layer, _SequenceScatter.apply, partial, group, tp,
+                             nbytes=float(n.shape[0] * (tp - 1) * row_bytes), collective=True)
+        return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, torch.add, x, mine)
+
+    def _attention_core(self, n: torch.Tensor, layer: int) -> torch.Tensor:
+        return attention_core(n, self.params, layer, self.sc.model, self.seq, self.sc.layout.tp)
 
     def _receive(self, step: int, mb: int, phase: Phase, src: int) -> torch.Tensor:
         """A pipeline message: blocks until the peer stage's tensor is here, recorded as pp_wait (the simulator's
         op for a stage waiting on its neighbour: the wait and the transfer)."""
-        buf = torch.empty(self.seq, self.sc.model.hidden_size, device=self.device, dtype=self.dtype)
+        rows = self.seq // self.sc.layout.tp  # a TP rank sends its sequence shard
+        buf = torch.empty(rows, self.sc.model.hidden_size, device=self.device, dtype=self.dtype)
         t0 = self._now()
         dist.recv(buf, src)
         self.timeline.add(step, mb, -1, phase, OpKind.PP_WAIT, t0, self._now())
@@ -348,13 +457,15 @@ class Trainer:
         t = t.contiguous()
         self.sends.append((t, dist.isend(t, dst)))
 
-    def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str) -> None:
+    def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str, average: bool = True
+                    ) -> None:
         grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
         t0 = self._now()
         if grads and len(self.groups.members[group]) > 1:  # a group of one has nothing to reduce (Megatron skips it)
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat, group=self.groups.handles[group])
-            flat /= len(self.groups.members[group])
+            if average:
+                flat /= len(self.groups.members[group])
             for t, piece in zip(tensors, flat.split([g.numel() for g in grads])):
                 t.grad = piece.view_as(t)
         t1 = self._now()
@@ -385,6 +496,8 @@ class Trainer:
         for _, work in self.sends:  # every pipeline send has been received before the step ends
             work.wait()
         self.sends.clear()
+        if self.tp_replicated:  # Megatron's all-reduce of sequence-parallel (replicated) weights' gradients
+            self._all_reduce(step, OpKind.TP_COMM, self.tp_replicated, "tp", average=False)
         self._all_reduce(step, OpKind.DP_SYNC_DENSE, self.dense, "dp")
         self._all_reduce(step, OpKind.DP_SYNC_EXPERT, self.expert, "edp")
 

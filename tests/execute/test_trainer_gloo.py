@@ -19,7 +19,7 @@ WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
 TIMEOUT_S = 60
 
 
-def _case(world: int, ep: int, pad: bool, pp: int = 1):
+def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -33,23 +33,26 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1):
     limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=4 if pp > 1 else 3, num_experts=8, ffn_size=32,
                          vocab_size=64, seq_len=16)
     scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=1, limits=limits).scenario
-    dp = world // pp  # the layout under test, whatever scale_plan would pick
-    scaled = scaled.replace(layout=ParallelLayout(pp=pp, dp=dp, ep=ep),
+    dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
+    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep),
                             training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
     routing = []
     simulate(scaled, routing_log=routing)
     return scaled, routing
 
 
-@pytest.mark.parametrize(("world", "ep", "pad", "pp"), [(2, 2, False, 1), (2, 1, False, 1), (4, 2, True, 1),
-                                                       (2, 1, False, 2), (4, 2, False, 2)])
-def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp):
+@pytest.mark.parametrize(("world", "ep", "pad", "pp", "tp"), [
+    (2, 2, False, 1, 1), (2, 1, False, 1, 1), (4, 2, True, 1, 1),  # data and expert parallel
+    (2, 1, False, 2, 1), (4, 2, False, 2, 1),  # pipeline stages
+    (2, 2, False, 1, 2), (4, 2, True, 2, 2),  # tensor (sequence) parallel; with stages
+])
+def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp):
     if world == 4 and (os.cpu_count() or 1) < 2:
         pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
     from moesim.execute.reference import reference_step
 
-    sc, routing = _case(world, ep, pad, pp)
-    assert sc.layout.ep == ep and sc.layout.pp == pp and sc.layout.edp == world // pp // ep
+    sc, routing = _case(world, ep, pad, pp, tp)
+    assert (sc.layout.ep, sc.layout.pp, sc.layout.tp) == (ep, pp, tp) and sc.layout.edp == world // pp // ep
     assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
     step0 = [r for r in routing if r.step == 0]
     dropped = sum(float((r.loads - np.minimum(r.loads, r.sent)).sum()) for r in step0)
@@ -66,11 +69,17 @@ def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp):
     checked = 0
     for rank, r in enumerate(ranks):
         for name, grad in r["grads"].items():
-            torch.testing.assert_close(grad, params[name].grad, **close,
+            want = params[name].grad
+            if name in r["shards"]:  # this TP rank's slice of the weight
+                want = want.index_select(*r["shards"][name])
+            torch.testing.assert_close(grad, want, **close,
                                        msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
             checked += 1
     for stage in range(pp):  # every local expert's gradients, on the stage holding its layer
         rank = stage * (world // pp)
+        dense = sum(not sc.model.is_moe_layer(layer) for layer in sc.stage_layers(stage))
+        # TP slices: QKV and the output projection of every layer, the three FFN weights of a dense one
+        assert len(ranks[rank]["shards"]) == (2 * len(sc.stage_layers(stage)) + 3 * dense if tp > 1 else 0)
         moe = sum(1 for layer in sc.stage_layers(stage) if sc.model.is_moe_layer(layer))
         assert sum(1 for name in ranks[rank]["grads"] if ".expert" in name) == 3 * (sc.model.num_experts // ep) * moe
     names = {name for r in ranks for name in r["grads"]}

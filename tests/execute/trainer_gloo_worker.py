@@ -34,7 +34,8 @@ def main() -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    torch.save({"grads": grads, "losses": trainer.losses}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"grads": grads, "losses": trainer.losses, "shards": trainer.params["shards"]},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":
