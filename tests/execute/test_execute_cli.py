@@ -139,3 +139,21 @@ def test_execute_on_gpus_with_nccl(tmp_path):
     summary = json.loads((out / "execute.json").read_text())
     assert summary["backend"] == "nccl" and summary["ranks"] == gpus and summary["step_time_s"] > 0
     assert "step time (median)" in (out / "compare.md").read_text()
+
+
+def test_execute_under_torchrun_writes_from_rank_0(tmp_path):
+    """Each rank is a torchrun process running the command; rank 0 gathers and writes."""
+    torchrun, moesim = Path(sys.executable).with_name("torchrun"), Path(sys.executable).with_name("moesim")
+    if not (torchrun.exists() and moesim.exists()):
+        pytest.skip("torchrun and the moesim script are not installed beside this Python")
+    out = tmp_path / "trun"
+    from execute.gloo_ranks import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()),
+                           str(moesim), "execute", str(_plan(tmp_path)), "--steps",
+                           "1", "--out", str(out)], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("measured on CPU") == 1  # rank 0 reports, once
+    summary = json.loads((out / "execute.json").read_text())
+    assert summary["ranks"] == 2 and summary["layout"]["pp"] == 2
