@@ -20,6 +20,7 @@ from pathlib import Path
 from moesim.io.results import write_json_atomic, write_text_atomic
 from moesim.io.strict import finite_float, read_yaml_mapping
 from moesim.loader import load_scenario
+from moesim.metrics.error_summary import error_summary
 from moesim.metrics.predict import DEFAULT_MAX_MICRO_BATCHES, Prediction, predict
 from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
@@ -125,8 +126,7 @@ class AccuracyStats:
 
 
 def accuracy_stats(rows: list[AccuracyRow]) -> AccuracyStats:
-    errors = [r.error for r in rows]
-    worst = max(rows, key=lambda r: abs(r.error))
+    summary = error_summary({r.run.run_id: r.error for r in rows})
     orders = {}
     for group in sorted({r.run.compare_group for r in rows}):
         members = [r for r in rows if r.run.compare_group == group]
@@ -140,8 +140,8 @@ def accuracy_stats(rows: list[AccuracyRow]) -> AccuracyStats:
         measured = sorted(members, key=lambda r: -tokens_per_gpu_s(r, r.run.published_step_s))
         predicted = sorted(members, key=lambda r: -tokens_per_gpu_s(r, r.prediction.step_s))
         orders[group] = ([r.run.run_id for r in measured], [r.run.run_id for r in predicted])
-    return AccuracyStats(statistics.median(abs(e) for e in errors), abs(worst.error), worst.run.run_id,
-                         statistics.fmean(errors), orders)
+    return AccuracyStats(summary.median_abs_error, summary.max_abs_error, summary.max_abs_error_run,
+                         summary.signed_mean_error, orders)
 
 
 _SHOWN_BUCKETS = ("compute", "memory_bound", "kernel_launch", "all_to_all", "straggler_wait", "tensor_parallel",
