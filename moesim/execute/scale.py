@@ -1,7 +1,7 @@
 """A plan -> the scenario `moesim execute` can run on the machine at hand, and every change said in words.
 
 What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits) and pipeline
-parallelism (1F1B), the plan's routing
+parallelism (1F1B), the alltoall and allgather dispatchers, the plan's routing
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement when each expert has
 one copy, attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp,
 and Adam. What is not executed yet is scaled to 1 and said: context and expert tensor parallelism, virtual
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moesim.spec.comm import CommSpec
+from moesim.spec.comm import CommSpec, TokenDispatcher
 from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import ClusterProfile, ClusterSpec
@@ -158,7 +158,9 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
                           recompute_modules=(RecomputeModule.CORE_ATTN,), fp8_recipe=Fp8Recipe.DELAYED,
                           fp8_dispatch=False,
                           optimizer=tr.optimizer.replace(distributed=False))
-    comm = CommSpec()
+    # the alltoall and allgather dispatchers run; flex (DeepEP) and the overlaps are not executed yet
+    dispatcher = sc.comm.dispatcher if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else TokenDispatcher.ALLTOALL
+    comm = CommSpec(dispatcher=dispatcher)
     for key in type(comm).model_fields:
         note(f"comm.{key}", _plain(getattr(sc.comm, key)), _plain(getattr(comm, key)), "not executed yet")
 

@@ -28,6 +28,7 @@ from moesim.execute.moe_layer import all_to_all, swiglu
 from moesim.execute.routing_plan import RankRouting, expert_holders, rank_routing
 from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
+from moesim.spec.comm import TokenDispatcher
 from moesim.spec.scenario import Scenario
 
 
@@ -280,6 +281,7 @@ class Trainer:
         self.tp_replicated = [t for name, t in self.params.items() if isinstance(t, torch.Tensor)
                               and name not in shards and id(t) not in expert_ids] if lay.tp > 1 else []
         self.tp_replicated = list({id(t): t for t in self.tp_replicated}.values())
+        self.allgather = sc.comm.dispatcher is TokenDispatcher.ALLGATHER
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
         self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
         self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
@@ -372,12 +374,86 @@ class Trainer:
                 rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources,
                                   self.ep_index, m.top_k, *self.holders[layer])
                 slots = torch.as_tensor(rr.send_slots, device=self.device)
+                if self.allgather:
+                    ready[("allgather", layer, mb)] = self._gathered_rows(r, mb, layer)
                 ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
                                       (slots >= 0).nonzero(as_tuple=True)[0],
                                       torch.where(slots >= 0, slots // m.top_k,
                                                   torch.full_like(slots, self.seq // self.sc.layout.tp)),
                                       [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows])
         return ready
+
+    def _gathered_rows(self, r, mb: int, layer: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The allgather dispatcher: per local expert (slot order), the rows of the EP group's gathered tokens it
+        computes (source j's token t is row j * T + t), the index of each row's gate in the gathered gates
+        ([ep * T, k] flattened) and the padding rows it computes at the expert."""
+        m = self.sc.model
+        tokens = self.seq // self.sc.layout.tp
+        holder_rank, holder_slot = self.holders[layer]
+        mine = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
+        rows: dict[int, list] = {e: [] for e in mine}
+        gates: dict[int, list] = {e: [] for e in mine}
+        for j in range(len(self.sources)):  # every source's choices, as it routes them itself
+            rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, j, m.top_k,
+                              holder_rank, holder_slot)
+            kept = rr.send_slots[rr.send_slots >= 0]
+            experts = rr.expert_ids.reshape(-1)[kept]
+            for e in mine:
+                slots = kept[experts == e]
+                rows[e].append(j * tokens + slots // m.top_k)
+                gates[e].append(j * tokens * m.top_k + slots)
+        out = []
+        for e in mine:
+            idx = np.concatenate(rows[e]).astype(np.int64)
+            pad = max(0, int(round(float(r.computed[mb, self.edp_index][e]))) - len(idx))
+            out.append((torch.as_tensor(idx, device=self.device),
+                        torch.as_tensor(np.concatenate(gates[e]).astype(np.int64), device=self.device), pad))
+        return out
+
+    def _allgather_block(self, tape: list, step: int, mb: int, layer: int, a: torch.Tensor, ready: dict):
+        """Megatron's allgather dispatcher: the EP group's tokens (normed) and gates gathered on every member, each
+        computing its experts' rows of them, the outputs reduce-scattered back to their ranks."""
+        p, m = self.params, self.sc.model
+        ep, group = self.sc.layout.ep, self.groups.handles["ep"]
+        row_bytes = m.hidden_size * torch.finfo(self.dtype).bits // 8
+        _, ids, *_ = ready[(layer, mb)]
+        per_expert = ready[("allgather", layer, mb)]
+
+        def route(a: torch.Tensor):
+            n = rms_norm(a, p[f"{layer}.ln2"])
+            gate = torch.softmax(n @ p[f"{layer}.router"], dim=-1).gather(1, ids)
+            return (n, gate, ffn(n, p, f"{layer}.shared")) if m.num_shared_experts else (n, gate)
+
+        def gather(n: torch.Tensor, gate: torch.Tensor):
+            if ep == 1:
+                return n.view_as(n), gate.view_as(gate)
+            return _SequenceGather.apply(n, group, ep), _SequenceGather.apply(gate, group, ep)
+
+        def experts(n_all: torch.Tensor, gate_all: torch.Tensor):
+            out = n_all.new_zeros(n_all.shape)
+            flat = gate_all.reshape(-1)
+            for (idx, gidx, pad), e in zip(per_expert, p[f"{layer}.local"]):  # every local expert runs
+                x = n_all[idx]
+                if pad:
+                    x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+                y = ffn(x, p, f"{layer}.expert{e}")[:idx.shape[0]]
+                out = out.index_add(0, idx, y * flat[gidx].unsqueeze(1))
+            return out
+
+        def scatter(out: torch.Tensor):
+            return _SequenceScatter.apply(out, group, ep) if ep > 1 else out.view_as(out)
+
+        n, gate, *shared = self._segment(tape, step, mb, OpKind.ROUTER, layer, route, a)
+        tokens = n.shape[0]
+        n_all, gate_all = self._segment(tape, step, mb, OpKind.DISPATCH, layer, gather, n, gate,
+                                        nbytes=float(tokens * (ep - 1) * row_bytes), rows=tokens * ep,
+                                        collective=True)
+        computed = sum(idx.shape[0] + pad for idx, _, pad in per_expert)
+        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, n_all, gate_all, rows=computed)
+        mine = self._segment(tape, step, mb, OpKind.COMBINE, layer, scatter, out,
+                             nbytes=float(tokens * (ep - 1) * row_bytes), rows=tokens * ep, collective=True)
+        return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer,
+                             lambda a, mine, *shared: a + mine + shared[0] if shared else a + mine, a, mine, *shared)
 
     def _forward(self, tape: list, step: int, mb: int, ready: dict) -> None:
         m, h = self.sc.model, self.sc.model.hidden_size
@@ -401,6 +477,9 @@ class Trainer:
                 else:
                     x = self._tp_block(tape, step, mb, layer, OpKind.DENSE_FFN, a, f"{layer}.ln2",
                                        lambda n, layer: ffn(n, self.params, f"{layer}.dense"))
+                continue
+            if self.allgather:
+                x = self._allgather_block(tape, step, mb, layer, a, ready)
                 continue
             rr, ids, slots, real, send_tokens, rows = ready[(layer, mb)]
             routed = self._segment(tape, step, mb, OpKind.ROUTER, layer, self._router, a, layer, rr, ids, send_tokens)

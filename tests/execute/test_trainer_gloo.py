@@ -19,7 +19,7 @@ WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
 TIMEOUT_S = 60
 
 
-def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1):
+def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall"):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -34,24 +34,28 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1):
                          vocab_size=64, seq_len=16)
     scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=1, limits=limits).scenario
     dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
-    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep),
+    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep), comm=scaled.comm.replace(
+                                dispatcher=dispatcher),
                             training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
     routing = []
     simulate(scaled, routing_log=routing)
     return scaled, routing
 
 
-@pytest.mark.parametrize(("world", "ep", "pad", "pp", "tp"), [
-    (2, 2, False, 1, 1), (2, 1, False, 1, 1), (4, 2, True, 1, 1),  # data and expert parallel
-    (2, 1, False, 2, 1), (4, 2, False, 2, 1),  # pipeline stages
-    (2, 2, False, 1, 2), (4, 2, True, 2, 2),  # tensor (sequence) parallel; with stages
+@pytest.mark.parametrize(("world", "ep", "pad", "pp", "tp", "dispatcher"), [
+    (2, 2, False, 1, 1, "alltoall"), (2, 1, False, 1, 1, "alltoall"),  # data and expert parallel
+    (4, 2, True, 1, 1, "alltoall"),
+    (2, 1, False, 2, 1, "alltoall"), (4, 2, False, 2, 1, "alltoall"),  # pipeline stages
+    (2, 2, False, 1, 2, "alltoall"), (4, 2, True, 2, 2, "alltoall"),  # tensor (sequence) parallel; with stages
+    (2, 2, False, 1, 1, "allgather"), (4, 2, True, 1, 1, "allgather"),  # Megatron's allgather dispatcher
+    (4, 2, True, 2, 2, "allgather"),
 ])
-def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp):
+def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp, dispatcher):
     if world == 4 and (os.cpu_count() or 1) < 2:
         pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
     from moesim.execute.reference import reference_step
 
-    sc, routing = _case(world, ep, pad, pp, tp)
+    sc, routing = _case(world, ep, pad, pp, tp, dispatcher)
     assert (sc.layout.ep, sc.layout.pp, sc.layout.tp) == (ep, pp, tp) and sc.layout.edp == world // pp // ep
     assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
     step0 = [r for r in routing if r.step == 0]
