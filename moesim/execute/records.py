@@ -52,7 +52,8 @@ def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: lis
     members = _members(lay)
     steps = 1 + max(int(r[0]) for rows in timelines for r in rows)
     origin = np.asarray(step_starts, dtype=np.float64).min(axis=0)  # [steps]: the first rank out of the barrier
-    start, end, wait = [], [], []
+    start, end, wait, bounds = [], [], [], []
+    step_end = np.zeros(steps)
     for rank, rows in enumerate(timelines):
         t0 = np.array([r[5] for r in rows])
         t1 = np.array([r[6] for r in rows])
@@ -62,25 +63,22 @@ def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: lis
             if group is not None:  # the group's members are on this rank's stage: record j is the same op there
                 last = max(timelines[g][j][5] for g in members[group][rank])
                 w[j] = min(max(0.0, last - t0[j]), t1[j] - t0[j])
-        steps_of = np.array([r[0] for r in rows], dtype=np.int64)
+        steps_of = np.array([r[0] for r in rows], dtype=np.int64)  # non-decreasing: rows are in program order
         start.append(t0 - origin[steps_of])
         end.append(t1 - origin[steps_of])
         wait.append(w)
-    step_end = np.zeros(steps)
-    for rank, rows in enumerate(timelines):
-        steps_of = np.array([r[0] for r in rows], dtype=np.int64)
+        bounds.append(np.searchsorted(steps_of, np.arange(steps + 1)))  # step s is rows bounds[s]:bounds[s + 1]
         np.maximum.at(step_end, steps_of, end[rank])
     log = RecordLog(RecordDetail.FULL)
     phases, ops = {p.value: p for p in Phase}, {o.value: o for o in OpKind}
-    for s in range(steps):
+    for s in range(steps):  # the log takes steps in order, each step's ranks in order
         for rank, rows in enumerate(timelines):
-            finish = 0.0
-            for j, (step, mb, layer, phase, op, _, _, nbytes, n_rows) in enumerate(rows):
-                if step != s:
-                    continue
+            first, stop = bounds[rank][s], bounds[rank][s + 1]
+            for j in range(first, stop):
+                _, mb, layer, phase, op, _, _, nbytes, n_rows = rows[j]
                 log.add(s, rank, mb, layer, phases[phase], ops[op], float(start[rank][j]), float(end[rank][j]),
                         float(nbytes), int(n_rows), float(wait[rank][j]))
-                finish = max(finish, float(end[rank][j]))
+            finish = float(end[rank][first:stop].max()) if stop > first else 0.0
             if finish < step_end[s]:
                 log.add(s, rank, -1, -1, Phase.STEP, OpKind.IDLE, finish, float(step_end[s]))
     return log.to_frame(), step_end

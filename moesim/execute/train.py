@@ -91,12 +91,9 @@ def tp_slices(m, tp: int, t: int) -> dict[str, tuple[int, torch.Tensor]]:
         return torch.arange(offset + t * width, offset + (t + 1) * width)
 
     qkv = torch.cat([block(0, hq), block(H * hd, hkv), block((H + KV) * hd, hkv)])
-    out = {"wqkv": (1, qkv), "wo": (0, block(0, hq))}
-    for ffn_kind, size in (("dense", m.dense_ffn_size),):
-        width = size // tp
-        out.update({f"{ffn_kind}.w_gate": (1, block(0, width)), f"{ffn_kind}.w_up": (1, block(0, width)),
-                    f"{ffn_kind}.w_down": (0, block(0, width))})
-    return out
+    ffn = block(0, m.dense_ffn_size // tp)
+    return {"wqkv": (1, qkv), "wo": (0, block(0, hq)), "dense.w_gate": (1, ffn), "dense.w_up": (1, ffn),
+            "dense.w_down": (0, ffn)}
 
 
 def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype,
@@ -282,6 +279,7 @@ class Trainer:
                               and name not in shards and id(t) not in expert_ids] if lay.tp > 1 else []
         self.tp_replicated = list({id(t): t for t in self.tp_replicated}.values())
         self.allgather = sc.comm.dispatcher is TokenDispatcher.ALLGATHER
+        self.row_bytes = m.hidden_size * torch.finfo(dtype).bits // 8  # one token's activations
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
         self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
         self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
@@ -415,7 +413,6 @@ class Trainer:
         computing its experts' rows of them, the outputs reduce-scattered back to their ranks."""
         p, m = self.params, self.sc.model
         ep, group = self.sc.layout.ep, self.groups.handles["ep"]
-        row_bytes = m.hidden_size * torch.finfo(self.dtype).bits // 8
         _, ids, *_ = ready[(layer, mb)]
         per_expert = ready[("allgather", layer, mb)]
 
@@ -446,18 +443,17 @@ class Trainer:
         n, gate, *shared = self._segment(tape, step, mb, OpKind.ROUTER, layer, route, a)
         tokens = n.shape[0]
         n_all, gate_all = self._segment(tape, step, mb, OpKind.DISPATCH, layer, gather, n, gate,
-                                        nbytes=float(tokens * (ep - 1) * row_bytes), rows=tokens * ep,
+                                        nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep,
                                         collective=True)
         computed = sum(idx.shape[0] + pad for idx, _, pad in per_expert)
         out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, n_all, gate_all, rows=computed)
         mine = self._segment(tape, step, mb, OpKind.COMBINE, layer, scatter, out,
-                             nbytes=float(tokens * (ep - 1) * row_bytes), rows=tokens * ep, collective=True)
+                             nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep, collective=True)
         return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer,
                              lambda a, mine, *shared: a + mine + shared[0] if shared else a + mine, a, mine, *shared)
 
     def _forward(self, tape: list, step: int, mb: int, ready: dict) -> None:
-        m, h = self.sc.model, self.sc.model.hidden_size
-        row_bytes = h * torch.finfo(self.dtype).bits // 8
+        m, row_bytes = self.sc.model, self.row_bytes
         tokens = ready[mb]
         inputs, targets = tokens[:-1][self.shard], tokens[1:][self.shard]  # sequence parallel: my 1/tp of them
         if self.first:  # its own segment: the layer's ops below may read x twice (sequence parallel residual)
@@ -509,13 +505,12 @@ class Trainer:
         """x + core(norm(x)) with sequence parallelism: norm on my tokens, all-gather, this rank's slice of the
         weights, reduce-scatter (each collective timed as tp_comm), then the residual on my tokens."""
         tp, group = self.sc.layout.tp, self.groups.handles["tp"]
-        row_bytes = self.sc.model.hidden_size * torch.finfo(self.dtype).bits // 8
         n = self._segment(tape, step, mb, op, layer, rms_norm, x, self.params[norm])
         full = self._segment(tape, step, mb, OpKind.TP_COMM, layer, _SequenceGather.apply, n, group, tp,
-                             nbytes=float(n.shape[0] * (tp - 1) * row_bytes), collective=True)
+                             nbytes=float(n.shape[0] * (tp - 1) * self.row_bytes), collective=True)
         partial = self._segment(tape, step, mb, op, layer, core, full, layer)
         mine = self._segment(tape, step, mb, OpKind.TP_COMM, layer, _SequenceScatter.apply, partial, group, tp,
-                             nbytes=float(n.shape[0] * (tp - 1) * row_bytes), collective=True)
+                             nbytes=float(n.shape[0] * (tp - 1) * self.row_bytes), collective=True)
         return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, torch.add, x, mine)
 
     def _attention_core(self, n: torch.Tensor, layer: int) -> torch.Tensor:
