@@ -58,7 +58,7 @@ def parse_scenario(doc: Mapping, default_name: str, base_dir: Path, cache: dict 
     `allowed_roots`: the directories its file paths may point into (moesim.io.safe_paths; None: anywhere)."""
     scenario = scenario_io.parse_scenario(doc, default_name, base_dir, fit=_fit, cache=cache,
                                           allowed_roots=allowed_roots)
-    _check_placement(scenario)
+    check_placement(scenario)
     return scenario
 
 
@@ -67,7 +67,8 @@ def _fit(trace: RoutingTrace, family: RoutingDistribution | None) -> dict:
     return {"distribution": spec.distribution, "per_layer": spec.per_layer}
 
 
-def _check_placement(sc: Scenario) -> None:
+def check_placement(sc: Scenario) -> None:
+    """The placement policy builds its first placement on this scenario, or one SpecError naming its key."""
     try:
         make_policy(sc.placement, placement_context(sc, 0)).initial()
     except SpecError as err:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moesim.execute.routing_plan import expert_holders, rank_routing
+from moesim.execute.routing_plan import group_slots, rank_routing
 from moesim.execute.train import attention, dense_ffn, ffn, init_params, lm_head, rms_norm, tokens_of
 from moesim.sim.simulate import LayerRouting
 from moesim.spec.scenario import Scenario
@@ -25,7 +25,7 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
     m, lay = sc.model, sc.layout
     moe_layers = [i for i in range(m.num_layers) if m.is_moe_layer(i)]
     by_key = {(r.step, r.layer): r for r in routing}
-    holders = {layer: expert_holders(by_key[(step, layer)].placement, m.num_experts, lay.ep) for layer in moe_layers}
+    slots = {layer: group_slots(by_key[(step, layer)].placement, m.num_experts, lay.ep) for layer in moe_layers}
     params, dense, experts = init_params(sc, {layer: list(range(m.num_experts)) for layer in moe_layers},
                                          torch.device("cpu"), torch.float32)
     seq = sc.training.seq_len * sc.training.micro_batch_size
@@ -51,7 +51,7 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
                     me = int(np.flatnonzero(sources == q)[0])
                     r = by_key[(step, layer)]
                     rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, edp_index], sources, me, m.top_k,
-                                      *holders[layer])
+                                      slots[layer])
                     ids = torch.as_tensor(rr.expert_ids)
                     gate = probs[t * shard:(t + 1) * shard].gather(1, ids)
                     for slot in rr.send_slots[rr.send_slots >= 0].tolist():  # the kept choices

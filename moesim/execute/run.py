@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from moesim.execute.records import ExecuteError, assemble
-from moesim.execute.routing_plan import expert_holders
 from moesim.sim.simulate import LayerRouting
 from moesim.spec.errors import SpecError
 from moesim.spec.routing import GateKind
@@ -44,17 +43,10 @@ class ExecutedRun:
         return np.arange(self.scenario.simulation.warmup_steps, len(self.step_times_s))
 
 
-def check_executable(sc: Scenario, routing: list[LayerRouting]) -> None:
+def check_executable(sc: Scenario) -> None:
     """What the trainer cannot run, refused with one line before any process starts."""
     if sc.gate.kind is not GateKind.TOKEN_CHOICE:
         raise SpecError("gate.kind", sc.gate.kind.value, "token_choice: moesim execute runs token-choice routers")
-    first: dict[int, tuple] = {}
-    for r in routing:
-        holders = expert_holders(r.placement, sc.model.num_experts, sc.layout.ep)
-        seen = first.setdefault(r.layer, holders)
-        if any(not np.array_equal(a, b) for a, b in zip(holders, seen)):
-            raise SpecError("placement.policy", sc.placement.policy.value, "a placement that keeps each expert "
-                            "where it starts: moesim execute does not migrate experts between steps yet")
 
 
 def _free_port() -> int:
@@ -107,7 +99,7 @@ def execute(sc: Scenario, routing: list[LayerRouting], backend: str = "gloo", th
     the run exceeds `timeout_s`."""
     if backend not in BACKENDS:
         raise SpecError("--backend", backend, "gloo (CPU ranks) or nccl (one GPU per rank)")
-    check_executable(sc, routing)
+    check_executable(sc)
     world = sc.layout.world_size
     with tempfile.TemporaryDirectory(prefix="moesim-execute-") as tmp:
         results = os.path.join(tmp, "timings.pkl")

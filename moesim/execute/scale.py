@@ -2,9 +2,10 @@
 
 What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits) and pipeline
 parallelism (1F1B), the alltoall and allgather dispatchers, the plan's routing
-(the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement when each expert has
-one copy, attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp,
-and Adam. What is not executed yet is scaled to 1 and said: context and expert tensor parallelism, virtual
+(the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement policy (replicas
+with token splitting, per-step shadows, migrations of weights and Adam state; its slots and redundant experts
+scaled with the experts), attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over
+dp and edp, and Adam. What is not executed yet is scaled to 1 and said: context and expert tensor parallelism, virtual
 pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
 experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
@@ -16,11 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from moesim.loader import check_placement
 from moesim.spec.comm import CommSpec, TokenDispatcher
 from moesim.spec.dtype import Dtype
 from moesim.spec.errors import SpecError
 from moesim.spec.hardware import ClusterProfile, ClusterSpec
 from moesim.spec.layout import ParallelLayout
+from moesim.spec.placement import MigrationMode, PlacementSpec
+from moesim.spec.placement_params import EplbParams, FasterMoeParams
 from moesim.spec.model import Activation
 from moesim.spec.scenario import Scenario
 from moesim.spec.simulation import RecordDetail
@@ -55,8 +59,8 @@ def _largest_divisor(n: int, at_most: int, also_divides: int | None = None) -> i
 def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype = Dtype.FP32,
                steps: int | None = None, limits: ScaleLimits = ScaleLimits()) -> ScaledPlan:
     """The plan `sc` shrunk to `nproc` ranks on one node of `profile` (its gpus_per_node set to nproc).
-    Raises SpecError for what cannot be executed at all (expert-choice gates, placements with replicas are checked
-    at run time by moesim.execute.run)."""
+    Raises SpecError for what cannot be executed at all (expert-choice gates are checked at run time by
+    moesim.execute.run)."""
     if nproc < 1:
         raise SpecError("--nproc", nproc, "an integer >= 1")
     changes: list[str] = []
@@ -170,14 +174,44 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     cluster = ClusterSpec(profile=profile.replace(node=node), nodes=1)
     sim = sc.simulation.replace(steps=steps if steps is not None else sc.simulation.steps,
                                 warmup_steps=max(1, sc.simulation.warmup_steps), records=RecordDetail.FULL)
+    placement = _scale_placement(sc.placement, m.num_experts // lay.ep, experts, ep, note)
     note("simulation.warmup_steps", sc.simulation.warmup_steps, sim.warmup_steps, "the first step runs untimed "
          "(allocations, gloo's first connections)")
     try:
         scaled = sc.replace(name=f"{sc.name}-executed", cluster=cluster, model=model, training=training,
-                            layout=layout, comm=comm, simulation=sim, plan=None)
+                            layout=layout, comm=comm, simulation=sim, placement=placement, plan=None)
+        check_placement(scaled)
     except SpecError as err:
         raise SpecError(f"scaled plan: {err.key}", err.value, err.expected) from None
     return ScaledPlan(scaled, tuple(changes))
+
+
+def _scale_placement(pl: PlacementSpec, per_rank: int, experts: int, ep: int, note) -> PlacementSpec:
+    """The plan's placement for `experts` over `ep` ranks: spare slots per rank in the plan's proportion to the
+    experts a rank holds, EPLB's redundant experts in the plan's proportion to the experts (a multiple of ep that
+    fits the slots), FasterMoE's shadow limit within the experts."""
+    scaled_per_rank = experts // ep
+    slots = pl.slots_per_gpu
+    if slots is not None:
+        spare = math.ceil((slots - per_rank) * scaled_per_rank / per_rank)
+        slots = min(experts, scaled_per_rank + spare)
+        note("placement.slots_per_gpu", pl.slots_per_gpu, slots, f"{scaled_per_rank} experts per rank and the "
+             "plan's proportion of spare slots")
+    params = pl.params
+    if isinstance(params, EplbParams):
+        room = ep * (slots if slots is not None else scaled_per_rank) - experts
+        wanted = params.redundant_experts * experts / (per_rank * ep)
+        redundant = min(room, ep * round(wanted / ep))
+        note("placement.eplb.redundant_experts", params.redundant_experts, redundant, "the plan's proportion of the "
+             f"experts, a multiple of the {ep} EP ranks within the slots")
+        params = params.replace(redundant_experts=redundant)
+    if isinstance(params, FasterMoeParams) and params.max_shadows is not None:
+        note("placement.fastermoe.max_shadows", params.max_shadows, min(params.max_shadows, experts),
+             "at most the experts")
+        params = params.replace(max_shadows=min(params.max_shadows, experts))
+    note("placement.migration", pl.migration.value, MigrationMode.BLOCKING.value, "moved experts are transferred "
+         "before the step's passes (overlapping them with compute is not executed)")
+    return pl.replace(slots_per_gpu=slots, params=params, migration=MigrationMode.BLOCKING)
 
 
 def _plain(value):

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from moesim.execute.moe_layer import all_to_all, swiglu
-from moesim.execute.routing_plan import RankRouting, expert_holders, rank_routing
+from moesim.execute.routing_plan import GroupSlots, RankRouting, group_slots, rank_routing
 from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
 from moesim.spec.comm import TokenDispatcher
@@ -51,6 +51,36 @@ def make_groups(sc: Scenario, rank: int) -> Groups:
             if rank in group:
                 handles[name], members[name] = handle, group
     return Groups(handles, members)
+
+
+def copy_sets(sc: Scenario, routing: list) -> list[tuple[int, ...]]:
+    """Every set of global ranks that exchanges an expert's copies in some step, sorted: the owners of a
+    replicated expert (their gradients all-reduced) and an owner with its shadows (weights broadcast, gradients
+    reduced). Each EP group of a stage holds the stage's placement."""
+    lay, E = sc.layout, sc.model.num_experts
+    sets: set[tuple[int, ...]] = set()
+    seen: set[int] = set()
+    for r in routing:
+        if id(r.placement) in seen:
+            continue
+        seen.add(id(r.placement))
+        slots = group_slots(r.placement, E, lay.ep)
+        for members in lay.ep_groups()[sc.stage_of_layer(r.layer)].reshape(-1, lay.ep):
+            for e in range(E):
+                owners, shadows = slots.owners(e), slots.shadows(e)
+                for ep_ranks in ([owners] if len(owners) > 1 else []) + ([owners[:1] + shadows] if shadows else []):
+                    sets.add(tuple(sorted(int(members[g]) for g in ep_ranks)))
+    return sorted(sets)
+
+
+def make_copy_groups(sc: Scenario, routing: list, rank: int) -> dict[tuple[int, ...], object]:
+    """A process group for each of copy_sets, created on every rank in the same order; this rank's handles."""
+    handles = {}
+    for members in copy_sets(sc, routing):
+        handle = dist.new_group(list(members))
+        if rank in members:
+            handles[members] = handle
+    return handles
 
 
 @dataclass
@@ -104,8 +134,7 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
     expert (moesim.execute.reference) draws the same weights as the ranks. `layers`: this pipeline stage's (default
     all); the embedding lives on the first stage, the final norm and LM head on the last. `tp` = (TP rank, TP
     size): the attention's and dense FFN's weights are this rank's slices of the full ones (tp_slices), every other
-    weight is whole. params[f"{layer}.local"]: the layer's experts held here, in slot order; params["shards"]: name
-    -> (dim, indices) of each sliced weight in the full one."""
+    weight is whole. params["shards"]: name -> (dim, indices) of each sliced weight in the full one."""
     m = sc.model
     h, hd = m.hidden_size, m.head_dim
     seed = sc.simulation.seed
@@ -146,14 +175,30 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
             if m.num_shared_experts:
                 ffn(f"{layer}.shared", m.expert_ffn_size * m.num_shared_experts, (layer, "shared"))
             for e in local_experts[layer]:
-                expert_names += ffn(f"{layer}.expert{e}", m.expert_ffn_size, (layer, "expert", int(e)))
-            p[f"{layer}.local"] = list(local_experts[layer])
+                expert_names += expert_weights(sc, layer, e, p, device, dtype)
         else:
             ffn(f"{layer}.dense", m.dense_ffn_size, (layer, "dense"))
     tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
     unique = list({id(v): v for v in tensors.values()}.values())  # a tied head is the embedding
     experts = {id(tensors[k]) for k in expert_names}
     return p, [v for v in unique if id(v) not in experts], [tensors[k] for k in expert_names]
+
+
+EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down")
+
+
+def expert_weights(sc: Scenario, layer: int, expert: int, p: dict, device: torch.device, dtype: torch.dtype
+                   ) -> list[str]:
+    """Draw expert `expert`'s SwiGLU weights of `layer` into p (the same on every rank: seeded by the expert);
+    their names."""
+    h, f = sc.model.hidden_size, sc.model.expert_ffn_size
+    names = []
+    for name, shape in zip(EXPERT_WEIGHTS, ((h, f), (h, f), (f, h))):
+        g = torch.Generator().manual_seed(stable_seed(sc.simulation.seed, layer, "expert", int(expert), name))
+        w = torch.randn(shape, generator=g) * shape[0] ** -0.5
+        p[f"{layer}.expert{expert}.{name}"] = w.to(device, dtype).requires_grad_(True)
+        names.append(f"{layer}.expert{expert}.{name}")
+    return names
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -261,17 +306,19 @@ class Trainer:
         self.data_rank = rank % lay.ranks_per_stage // lay.tp  # the data-parallel replica: its stages share it
         self.routing = {(r.step, r.layer): r for r in routing}
         self.edp_index = (rank % lay.ranks_per_stage) // lay.ep  # etp = 1: the EP group's index in the stage
-        # where each expert lives; moesim.execute.run.check_executable refused placements that move them
-        self.holders = {layer: expert_holders(self.routing[(0, layer)].placement, m.num_experts, lay.ep)
-                        for layer in self.moe_layers}
+        # where each expert lives, step by step (one GroupSlots per distinct placement)
+        by_placement: dict[int, GroupSlots] = {}
+        self.slots = {key: by_placement.setdefault(id(r.placement), group_slots(r.placement, m.num_experts, lay.ep))
+                      for key, r in self.routing.items()}
+        self.copy_groups = make_copy_groups(sc, routing, rank)
         self.seq = sc.training.seq_len * sc.training.micro_batch_size
         self.shard = slice(self.tp_rank * self.seq // lay.tp, (self.tp_rank + 1) * self.seq // lay.tp)  # my tokens
-        local = {}
-        for layer in self.moe_layers:
-            holder_rank, holder_slot = self.holders[layer]
-            local[layer] = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
-        self.params, self.dense, self.expert = init_params(sc, local, device, dtype, self.layers, self.first,
+        # the experts whose weights, gradients and optimizer state live here (shadows come and go each step)
+        self.held = {layer: self._owned(0, layer) for layer in self.moe_layers}
+        self.params, self.dense, self.expert = init_params(sc, self.held, device, dtype, self.layers, self.first,
                                                            self.last, (self.tp_rank, lay.tp))
+        self.shadowed: dict[tuple[int, int], int] = {}  # (layer, expert) -> its owner's global rank, this step
+        self.placed_step = -1  # the step whose placement the held experts follow
         shards = self.params["shards"]
         expert_ids = {id(t) for t in self.expert}
         # whole on every TP rank, each fed its own tokens: their gradients are summed over the TP group
@@ -279,11 +326,13 @@ class Trainer:
                               and name not in shards and id(t) not in expert_ids] if lay.tp > 1 else []
         self.tp_replicated = list({id(t): t for t in self.tp_replicated}.values())
         self.allgather = sc.comm.dispatcher is TokenDispatcher.ALLGATHER
-        self.row_bytes = m.hidden_size * torch.finfo(dtype).bits // 8  # one token's activations
+        self.elem_bytes = torch.finfo(dtype).bits // 8
+        self.row_bytes = m.hidden_size * self.elem_bytes  # one token's activations
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
         self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
         self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
         self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
+        self.optimizer_steps = 0
         self.timeline = Timeline()
         self.step_starts: list[float] = []
         self.losses: list[float] = []  # each micro-batch's loss (its share of the step's mean)
@@ -341,7 +390,7 @@ class Trainer:
     def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):
         p = self.params
         out = received.new_zeros(received.shape[0], received.shape[1])
-        for j, e in enumerate(p[f"{layer}.local"]):  # every local expert runs, rows or not: a rank without rows
+        for j, e in enumerate(rr.local_experts):  # every local expert runs, rows or not: a rank without rows
             x = received[rows[j]]  # must still reach the dispatch's backward
             if rr.expert_padding[j]:
                 x = torch.cat([x, x.new_zeros(rr.expert_padding[j], x.shape[1])])
@@ -370,10 +419,10 @@ class Trainer:
             for layer in self.moe_layers:
                 r = self.routing[(step, layer)]
                 rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources,
-                                  self.ep_index, m.top_k, *self.holders[layer])
+                                  self.ep_index, m.top_k, self.slots[(step, layer)])
                 slots = torch.as_tensor(rr.send_slots, device=self.device)
                 if self.allgather:
-                    ready[("allgather", layer, mb)] = self._gathered_rows(r, mb, layer)
+                    ready[("allgather", layer, mb)] = self._gathered_rows(r, mb, self.slots[(step, layer)], rr)
                 ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
                                       (slots >= 0).nonzero(as_tuple=True)[0],
                                       torch.where(slots >= 0, slots // m.top_k,
@@ -381,31 +430,30 @@ class Trainer:
                                       [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows])
         return ready
 
-    def _gathered_rows(self, r, mb: int, layer: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """The allgather dispatcher: per local expert (slot order), the rows of the EP group's gathered tokens it
-        computes (source j's token t is row j * T + t), the index of each row's gate in the gathered gates
-        ([ep * T, k] flattened) and the padding rows it computes at the expert."""
+    def _gathered_rows(self, r, mb: int, slots: GroupSlots, own: RankRouting
+                       ) -> list[tuple[int, torch.Tensor, torch.Tensor, int]]:
+        """The allgather dispatcher: per local expert (slot order), the expert, the rows of the EP group's gathered
+        tokens this copy computes (source j's token t is row j * T + t), the index of each row's gate in the
+        gathered gates ([ep * T, k] flattened) and the padding rows it computes at the expert."""
         m = self.sc.model
         tokens = self.seq // self.sc.layout.tp
-        holder_rank, holder_slot = self.holders[layer]
-        mine = [int(e) for e in np.argsort(holder_slot, kind="stable") if holder_rank[e] == self.ep_index]
+        mine = own.local_experts
         rows: dict[int, list] = {e: [] for e in mine}
         gates: dict[int, list] = {e: [] for e in mine}
         for j in range(len(self.sources)):  # every source's choices, as it routes them itself
-            rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, j, m.top_k,
-                              holder_rank, holder_slot)
-            kept = rr.send_slots[rr.send_slots >= 0]
-            experts = rr.expert_ids.reshape(-1)[kept]
+            rr = own if j == self.ep_index else rank_routing(
+                r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, j, m.top_k, slots)
+            to_me = (rr.send_dest == self.ep_index) & (rr.send_slots >= 0)  # the kept rows this copy computes
             for e in mine:
-                slots = kept[experts == e]
-                rows[e].append(j * tokens + slots // m.top_k)
-                gates[e].append(j * tokens * m.top_k + slots)
+                kept = rr.send_slots[to_me & (rr.send_expert == e)]
+                rows[e].append(j * tokens + kept // m.top_k)
+                gates[e].append(j * tokens * m.top_k + kept)
         out = []
-        for e in mine:
+        for e, computed in zip(mine, own.expert_computed):
             idx = np.concatenate(rows[e]).astype(np.int64)
-            pad = max(0, int(round(float(r.computed[mb, self.edp_index][e]))) - len(idx))
-            out.append((torch.as_tensor(idx, device=self.device),
-                        torch.as_tensor(np.concatenate(gates[e]).astype(np.int64), device=self.device), pad))
+            out.append((e, torch.as_tensor(idx, device=self.device),
+                        torch.as_tensor(np.concatenate(gates[e]).astype(np.int64), device=self.device),
+                        max(0, computed - len(idx))))
         return out
 
     def _allgather_block(self, tape: list, step: int, mb: int, layer: int, a: torch.Tensor, ready: dict):
@@ -429,7 +477,7 @@ class Trainer:
         def experts(n_all: torch.Tensor, gate_all: torch.Tensor):
             out = n_all.new_zeros(n_all.shape)
             flat = gate_all.reshape(-1)
-            for (idx, gidx, pad), e in zip(per_expert, p[f"{layer}.local"]):  # every local expert runs
+            for e, idx, gidx, pad in per_expert:  # every local expert runs
                 x = n_all[idx]
                 if pad:
                     x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
@@ -445,7 +493,7 @@ class Trainer:
         n_all, gate_all = self._segment(tape, step, mb, OpKind.DISPATCH, layer, gather, n, gate,
                                         nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep,
                                         collective=True)
-        computed = sum(idx.shape[0] + pad for idx, _, pad in per_expert)
+        computed = sum(idx.shape[0] + pad for _, idx, _, pad in per_expert)
         out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, n_all, gate_all, rows=computed)
         mine = self._segment(tape, step, mb, OpKind.COMBINE, layer, scatter, out,
                              nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep, collective=True)
@@ -566,10 +614,182 @@ class Trainer:
                     self._send(x.grad if x.grad is not None else torch.zeros_like(x),
                                self.rank - self.sc.layout.ranks_per_stage)
 
+    # ---- placement: migrations, shadows, replicas (moesim.placement; the simulator's placement ops) ----
+    def _owned(self, step: int, layer: int, ep_rank: int | None = None) -> list[int]:
+        """The experts an EP rank (default: this one) holds persistently in `step`, in slot order."""
+        slots, g = self.slots[(step, layer)], self.ep_index if ep_rank is None else ep_rank
+        return [e for e, shadow in zip(slots.experts[g], slots.shadow[g]) if not shadow]
+
+    def _global(self, ep_ranks: list[int]) -> tuple[int, ...]:
+        members = self.groups.members["ep"]
+        return tuple(sorted(members[g] for g in ep_ranks))
+
+    def _expert_tensors(self, layer: int, expert: int) -> list[torch.Tensor]:
+        return [self.params[f"{layer}.expert{expert}.{name}"] for name in EXPERT_WEIGHTS]
+
+    def _flat_grads(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([(t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1) for t in tensors])
+
+    def _set_grads(self, tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
+        for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.grad = piece.view_as(t)
+
+    def place(self, step: int) -> None:
+        """Bring this rank's experts to the step's placement before its passes: move the experts that changed
+        rank since the last step (weights and Adam state, from their first old owner; op migration), then
+        broadcast each shadowed expert's weights from its first owner to its shadows (op shadow)."""
+        if 0 <= self.placed_step != step:
+            self._migrate(step)
+        self.placed_step = step
+        self.shadowed.clear()
+        stage_has_shadows = False
+        t0 = self._now()
+        for layer in self.moe_layers:
+            slots = self.slots[(step, layer)]
+            for e in range(self.sc.model.num_experts):  # the same order on every rank: a total order of broadcasts
+                shadows = slots.shadows(e)
+                stage_has_shadows |= bool(shadows)
+                members = self._global(slots.owners(e)[:1] + shadows)
+                if not shadows or self.rank not in members:
+                    continue
+                owner = self.groups.members["ep"][slots.owners(e)[0]]
+                if self.rank == owner:
+                    flat = torch.cat([t.detach().reshape(-1) for t in self._expert_tensors(layer, e)])
+                else:
+                    flat = torch.empty(self._expert_numel(), device=self.device, dtype=self.dtype)
+                dist.broadcast(flat, owner, group=self.copy_groups[members])
+                if self.rank != owner:
+                    self._unflatten_expert(layer, e, flat)
+                self.shadowed[(layer, e)] = owner
+        if stage_has_shadows:  # every rank of the stage records it (the records' ops are the same on each)
+            self.timeline.add(step, -1, -1, Phase.STEP, OpKind.SHADOW, t0, self._now(),
+                              float(len(self.shadowed) * self._expert_numel() * self.elem_bytes))
+
+    def _expert_numel(self) -> int:
+        return 3 * self.sc.model.hidden_size * self.sc.model.expert_ffn_size
+
+    def _unflatten_expert(self, layer: int, expert: int, flat: torch.Tensor) -> list[torch.Tensor]:
+        h, f = self.sc.model.hidden_size, self.sc.model.expert_ffn_size
+        tensors = []
+        for name, piece in zip(EXPERT_WEIGHTS, flat.split(h * f)):
+            t = piece.view((f, h) if name == "w_down" else (h, f)).clone().requires_grad_(True)
+            self.params[f"{layer}.expert{expert}.{name}"] = t
+            tensors.append(t)
+        return tensors
+
+    def _migrate(self, step: int) -> None:
+        """Persistent experts that changed rank between the last step's placement and this one's: each new owner
+        receives the weights and Adam state from the expert's first old owner (point to point); experts a rank
+        no longer owns are dropped; the optimizer then holds this rank's owned experts."""
+        moves, changed = [], False
+        members = self.groups.members["ep"]
+        for layer in self.moe_layers:
+            old, new = self.slots[(self.placed_step, layer)], self.slots[(step, layer)]
+            if old is new:
+                continue
+            for g in range(self.sc.layout.ep):
+                before, after = self._owned(self.placed_step, layer, g), self._owned(step, layer, g)
+                changed |= before != after
+                moves += [(layer, e, members[old.owners(e)[0]], members[g]) for e in after if e not in before]
+        if not changed:  # the same on every rank of the stage: the placements are the stage's
+            return
+        t0 = self._now()
+        stateful = self.optimizer_steps > 0  # Adam's state exists (for every parameter: sync fills the grads)
+        works, received = [], []
+        for tag, (layer, e, src, dst) in enumerate(moves):
+            if self.rank == src:
+                tensors = self._expert_tensors(layer, e)
+                parts = [t.detach().reshape(-1) for t in tensors]
+                if stateful:
+                    parts += [self.optimizer.state[t][key].reshape(-1) for key in ("exp_avg", "exp_avg_sq")
+                              for t in tensors]
+                flat = torch.cat(parts)
+                works.append((flat, dist.isend(flat, dst, tag=tag)))
+            elif self.rank == dst:
+                flat = torch.empty(self._expert_numel() * (3 if stateful else 1), device=self.device,
+                                   dtype=self.dtype)
+                works.append((flat, dist.irecv(flat, src, tag=tag)))
+                received.append((layer, e, flat))
+        for _, work in works:
+            work.wait()
+        step_count = next((s["step"] for s in self.optimizer.state.values() if "step" in s), None)
+        new_state: dict[int, dict] = {}
+        for layer, e, flat in received:
+            n = self._expert_numel()
+            tensors = self._unflatten_expert(layer, e, flat[:n])
+            if stateful:
+                avg, avg_sq = flat[n:2 * n].split([t.numel() for t in tensors]), flat[2 * n:].split(
+                    [t.numel() for t in tensors])
+                for t, a, a2 in zip(tensors, avg, avg_sq):
+                    new_state[id(t)] = {"step": step_count.clone(), "exp_avg": a.view_as(t).clone(),
+                                        "exp_avg_sq": a2.view_as(t).clone()}
+        for layer in self.moe_layers:
+            gone = set(self.held[layer]) - set(self._owned(step, layer))
+            for e in gone:
+                for name in EXPERT_WEIGHTS:
+                    del self.params[f"{layer}.expert{e}.{name}"]
+            self.held[layer] = self._owned(step, layer)
+        self.expert = [t for layer in self.moe_layers for e in self.held[layer]
+                       for t in self._expert_tensors(layer, e)]
+        old = self.optimizer
+        self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
+        for t in self.dense + self.expert:
+            state = old.state[t] if t in old.state else new_state.get(id(t))
+            if state:
+                self.optimizer.state[t] = state
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.MIGRATION, t0, self._now(),
+                          float(sum(flat.numel() * flat.element_size() for flat, _ in works)))
+
+    def _reduce_shadows(self, step: int) -> None:
+        """The shadows' gradients summed into their owner's (op shadow); the shadow copies are dropped."""
+        if not any(self.slots[(step, layer)].shadow_any for layer in self.moe_layers):
+            return
+        t0 = self._now()
+        for (layer, e), owner in sorted(self.shadowed.items()):  # the broadcasts' order
+            tensors = self._expert_tensors(layer, e)
+            flat = self._flat_grads(tensors)
+            slots = self.slots[(step, layer)]
+            dist.reduce(flat, owner, group=self.copy_groups[self._global(slots.owners(e)[:1] + slots.shadows(e))])
+            if self.rank == owner:
+                self._set_grads(tensors, flat)
+            else:
+                for name in EXPERT_WEIGHTS:
+                    del self.params[f"{layer}.expert{e}.{name}"]
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.SHADOW, t0, self._now(),
+                          float(len(self.shadowed) * self._expert_numel() * self.elem_bytes))
+        self.shadowed.clear()
+
+    def _sync_replicas(self, step: int) -> None:
+        """Each replicated expert's gradients summed over its owners (op replica_sync), per layer and owner set."""
+        sets: dict[tuple, list[int]] = {}
+        stage_has_replicas = False
+        for layer in self.moe_layers:
+            slots = self.slots[(step, layer)]
+            for e in range(self.sc.model.num_experts):
+                owners = slots.owners(e)
+                stage_has_replicas |= len(owners) > 1
+                if len(owners) > 1 and self.ep_index in owners:
+                    sets.setdefault((layer, self._global(owners)), []).append(e)
+        if not stage_has_replicas:
+            return
+        t0, nbytes = self._now(), 0.0
+        for (layer, members), experts in sorted(sets.items()):  # one total order on every rank
+            tensors = [t for e in experts for t in self._expert_tensors(layer, e)]
+            flat = self._flat_grads(tensors)
+            dist.all_reduce(flat, group=self.copy_groups[members])
+            self._set_grads(tensors, flat)
+            nbytes += flat.numel() * flat.element_size()
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.REPLICA_SYNC, t0, self._now(), nbytes)
+
     def sync_gradients(self, step: int) -> None:
         for _, work in self.sends:  # every pipeline send has been received before the step ends
             work.wait()
         self.sends.clear()
+        self._reduce_shadows(step)
+        self._sync_replicas(step)
+        for t in self.dense + self.expert:  # as Megatron's gradient buffers: every parameter has one (zeros)
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
         if self.tp_replicated:  # Megatron's all-reduce of sequence-parallel (replicated) weights' gradients
             self._all_reduce(step, OpKind.TP_COMM, self.tp_replicated, "tp", average=False)
         self._all_reduce(step, OpKind.DP_SYNC_DENSE, self.dense, "dp")
@@ -579,9 +799,11 @@ class Trainer:
         ready = self._prepare(step)
         dist.barrier()
         self.step_starts.append(self._now())
+        self.place(step)
         self.forward_backward(step, ready)
         self.sync_gradients(step)
         t0 = self._now()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
         self.timeline.add(step, -1, -1, Phase.STEP, OpKind.OPTIMIZER, t0, self._now())

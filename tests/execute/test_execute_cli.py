@@ -98,12 +98,16 @@ def test_execute_refuses_bad_flags_in_one_line(tmp_path, capsys, args, key):
     assert not (tmp_path / "o").exists()
 
 
-def test_execute_refuses_replicated_experts_before_starting_ranks(tmp_path, capsys):
-    plan = _plan(tmp_path, layout={"tp": 2, "pp": 1, "dp": 8, "ep": 8},
-                 placement={"policy": "eplb", "slots_per_gpu": 4, "eplb": {"redundant_experts": 8}})
-    assert main(["execute", str(plan), "--nproc", "4", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "placement" in err[0] and "replicated" in err[0]
+def test_execute_runs_a_placement_with_replicas_and_says_how_it_scaled_it(tmp_path, capsys):
+    plan = _plan(tmp_path, layout={"tp": 1, "pp": 1, "dp": 16, "ep": 8},
+                 placement={"policy": "eplb", "slots_per_gpu": 4, "eplb": {"redundant_experts": 16,
+                                                                          "period_steps": 1, "history_steps": 1}})
+    assert main(["execute", str(plan), "--nproc", "2", "--steps", "2", "--out", str(tmp_path / "o")]) == 0
+    said = capsys.readouterr().out
+    # 8 experts over 8 ranks with 4 slots (3 spare) -> 4 per rank with 12 spare, at most the 8 experts
+    assert "placement.slots_per_gpu: 4 -> 8" in said and "placement.eplb.redundant_experts: 16 -> 8" in said
+    ops = set(pd.read_parquet(tmp_path / "o" / "records.parquet").op)
+    assert {"replica_sync", "migration"} <= ops
 
 
 def test_accuracy_execute_refuses_to_overwrite_before_running(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 
 from moesim.execute.compare import compare, phase_seconds
 from moesim.execute.records import ExecuteError, assemble
-from moesim.execute.routing_plan import expert_holders, rank_routing
+from moesim.execute.routing_plan import group_slots, rank_routing
 from moesim.execute.scale import ScaleLimits, scale_plan
 from moesim.io.profile import load_profile, resolve_profile
 from moesim.loader import load_scenario
@@ -46,25 +46,39 @@ def test_rank_routing_follows_the_counts_drops_and_pads():
     loads = np.array([[3, 1, 0, 2], [0, 2, 2, 2]])  # [q, E]: 2 ranks, 4 experts, T = 3 tokens, k = 2
     sent = np.array([[2, 1, 0, 3], [0, 2, 1, 2]])  # rank 0 drops one of expert 0, pads one row to expert 3
     computed = np.array([2, 4, 1, 5])  # expert 1 computes one row of padding at the expert (3 arrive)
-    holder_rank, holder_slot = expert_holders(None, 4, 2)
-    r0 = rank_routing(loads, sent, computed, np.array([0, 1]), 0, 2, holder_rank, holder_slot)
+    slots = group_slots(None, 4, 2)
+    r0 = rank_routing(loads, sent, computed, np.array([0, 1]), 0, 2, slots)
     assert np.bincount(r0.expert_ids.ravel(), minlength=4).tolist() == [3, 1, 0, 2]
     assert r0.dropped == 1 and r0.send_splits == [3, 3] and r0.recv_splits == [3, 2]
     assert (r0.send_slots == -1).sum() == 1  # the padding row
-    assert [len(rows) for rows in r0.expert_rows] == [2, 3] and r0.expert_padding == (0, 1)
-    r1 = rank_routing(loads, sent, computed, np.array([0, 1]), 1, 2, holder_rank, holder_slot)
+    assert r0.send_dest.tolist() == [0, 0, 0, 1, 1, 1] and r0.send_expert.tolist() == [0, 0, 1, 3, 3, 3]
+    assert r0.local_experts == (0, 1) and [len(rows) for rows in r0.expert_rows] == [2, 3]
+    assert r0.expert_padding == (0, 1) and r0.expert_computed == (2, 4)
+    r1 = rank_routing(loads, sent, computed, np.array([0, 1]), 1, 2, slots)
     assert r1.recv_splits == [3, 3] and r1.send_splits == [2, 3]
     assert [len(rows) for rows in r1.expert_rows] == [1, 5] and r1.expert_padding == (0, 0)
     with pytest.raises(SpecError, match="routing_draws"):
-        rank_routing(loads + 0.5, sent, computed, np.array([0, 1]), 0, 2, holder_rank, holder_slot)
+        rank_routing(loads + 0.5, sent, computed, np.array([0, 1]), 0, 2, slots)
 
 
-def test_a_placement_with_replicas_is_refused():
-    one_copy = Placement(np.array([[2, 0], [1, 3]]))
-    rank, slot = expert_holders(one_copy, 4, 2)
-    assert rank.tolist() == [0, 1, 0, 1] and slot.tolist() == [1, 0, 0, 1]
-    with pytest.raises(SpecError, match="replicated"):
-        expert_holders(Placement(np.array([[0, 1], [0, 2]])), 3, 2)
+def test_a_replicated_expert_splits_each_source_in_whole_rows():
+    # expert 0 on both ranks (rank 0's slot 1, rank 1's slot 0), experts 1 and 2 once each
+    slots = group_slots(Placement(np.array([[1, 0], [0, 2]])), 3, 2)
+    assert slots.experts == ((1, 0), (0, 2)) and slots.owners(0) == [0, 1] and slots.shadows(0) == []
+    loads = np.array([[5, 1, 0], [2, 2, 2]])  # T = 3, k = 2
+    sent = np.array([[5, 1, 0], [2, 2, 2]])  # dropless
+    computed = np.array([7, 4, 2])  # expert 1 pads one row at the expert (3 arrive)
+    r0 = rank_routing(loads, sent, computed, np.array([0, 1]), 0, 2, slots)
+    # rank 0's 5 rows of expert 0: 3 to its first copy (largest remainder, ties to the lower rank), 2 to the other
+    assert r0.send_splits == [1 + 3, 2] and r0.send_expert.tolist() == [1, 0, 0, 0, 0, 0]
+    assert sorted(r0.send_slots.tolist()) == sorted(np.flatnonzero(r0.expert_ids.ravel() != 2).tolist())
+    r1 = rank_routing(loads, sent, computed, np.array([0, 1]), 1, 2, slots)
+    assert r1.send_splits == [2 + 1, 1 + 2] and r1.local_experts == (0, 2)
+    # expert 0 computes 7 rows, 3.5 per copy: 4 arrive at rank 0 (3 + 1), 3 at rank 1 (2 + 1)
+    assert r0.expert_computed == (3 + 1, 4) and r0.expert_padding == (1, 0) and r1.expert_computed == (3, 2)
+    shadowed = group_slots(Placement(np.array([[0, 1], [2, 0]]), transient=np.array([[False, False],
+                                                                                    [False, True]])), 3, 2)
+    assert shadowed.owners(0) == [0] and shadowed.shadows(0) == [1] and shadowed.shadow_any
 
 
 def _timeline(starts, ends):

@@ -1,6 +1,7 @@
 """The executed model (moesim.execute.train) on 2 and 4 gloo ranks against its single-process reference
 (moesim.execute.reference): every gradient after the all-reduces, and the losses, on routing that drops
-(capacity factor 1.0 under skew), pads (pad_to_capacity) and leaves experts without rows."""
+(capacity factor 1.0 under skew), pads (pad_to_capacity) and leaves experts without rows; with placements that
+replicate (EPLB), shadow (FasterMoE) and migrate experts (SmartMoE, FlexMoE, EPLB) over several steps."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ torch = pytest.importorskip("torch")
 from execute.gloo_ranks import run_ranks  # noqa: E402
 
 WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
+STEPS_WORKER = Path(__file__).with_name("trainer_steps_worker.py")
 TIMEOUT_S = 60
 
 
-def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall"):
+def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall",
+          placement=None, steps: int = 1, capacity_factor: float | None = 1.0):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -29,14 +32,16 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
 
     sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "deepseek-v3-256.yaml")
     sc = sc.replace(routing=RoutingSpec(distribution="zipf", zipf_s=1.2),
-                    gate=sc.gate.replace(capacity_factor=1.0, pad_to_capacity=pad))
+                    gate=sc.gate.replace(capacity_factor=capacity_factor, pad_to_capacity=pad))
     limits = ScaleLimits(hidden_size=32, head_dim=16, num_layers=4 if pp > 1 else 3, num_experts=8, ffn_size=32,
                          vocab_size=64, seq_len=16)
-    scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=1, limits=limits).scenario
+    scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=steps, limits=limits).scenario
     dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
     scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep), comm=scaled.comm.replace(
                                 dispatcher=dispatcher),
                             training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
+    if placement is not None:
+        scaled = scaled.replace(placement=placement)
     routing = []
     simulate(scaled, routing_log=routing)
     return scaled, routing
@@ -51,12 +56,70 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
     (4, 2, True, 2, 2, "allgather"),
 ])
 def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp, dispatcher):
+    sc, routing = _case(world, ep, pad, pp, tp, dispatcher)
+    assert (sc.layout.ep, sc.layout.pp, sc.layout.tp) == (ep, pp, tp)
+    ranks = _check_against_reference(tmp_path, sc, routing)
+    for stage in range(pp):  # every local expert's gradients, on the stage holding its layer
+        rank = stage * (world // pp)
+        dense = sum(not sc.model.is_moe_layer(layer) for layer in sc.stage_layers(stage))
+        # TP slices: QKV and the output projection of every layer, the three FFN weights of a dense one
+        assert len(ranks[rank]["shards"]) == (2 * len(sc.stage_layers(stage)) + 3 * dense if tp > 1 else 0)
+        moe = sum(1 for layer in sc.stage_layers(stage) if sc.model.is_moe_layer(layer))
+        assert sum(1 for name in ranks[rank]["grads"] if ".expert" in name) == 3 * (sc.model.num_experts // ep) * moe
+
+
+def _eplb(redundant: int = 4, period: int = 1):
+    from moesim.spec.placement import PlacementSpec
+    from moesim.spec.placement_params import EplbParams
+
+    return PlacementSpec(policy="eplb", slots_per_gpu=6,
+                         params=EplbParams(redundant_experts=redundant, period_steps=period, history_steps=1))
+
+
+def _fastermoe():
+    from moesim.spec.placement import PlacementSpec
+    from moesim.spec.placement_params import FasterMoeParams
+
+    return PlacementSpec(policy="fastermoe", params=FasterMoeParams(shadowing=True))
+
+
+@pytest.mark.parametrize(("world", "ep", "placement", "dispatcher"), [
+    (2, 2, "eplb", "alltoall"), (4, 2, "eplb", "alltoall"), (2, 2, "eplb", "allgather"),
+    (2, 2, "fastermoe", "alltoall"), (4, 2, "fastermoe", "allgather"),
+])
+def test_replicas_and_shadows_match_the_reference(tmp_path, world, ep, placement, dispatcher):
+    """Replicated experts split a source's rows over their copies and sum their gradients over the copies;
+    shadows get the owner's weights and give their gradients back: each owner's gradients equal the reference's."""
+    import dataclasses
+
+    sc, routing = _case(world, ep, True, dispatcher=dispatcher, steps=2,
+                        placement=_eplb() if placement == "eplb" else _fastermoe())
+    # EPLB's first placement has no statistics (each rank doubles its own experts): step 1's is the test, run
+    # as the step the ranks start at
+    routing = [dataclasses.replace(r, step=0) for r in routing if r.step == 1]
+    E = sc.model.num_experts
+    if placement == "eplb":
+        assert all((r.placement.holders(E).sum(1) > 1).any() for r in routing), "the case must replicate across ranks"
+    else:
+        assert any(r.placement.transient.any() for r in routing), "the case must shadow"
+    ranks = _check_against_reference(tmp_path, sc, routing)
+    held = sum(sum(1 for name in r["grads"] if ".expert" in name) for r in ranks)
+    if placement == "eplb":  # every persistent copy has its gradients
+        assert held == 3 * sum(int(r.placement.holders(E).sum()) for r in routing) * (world // ep)
+    else:  # the shadows are gone after the step: each rank reports what it owns
+        assert held == 3 * E * (world // ep) * len(routing)
+
+
+def _check_against_reference(tmp_path, sc, routing) -> list:
+    """Run step 0 on the ranks (tests/execute/trainer_gloo_worker.py); every gradient and the losses equal the
+    single-process reference's. Returns what the ranks saved."""
+    world = sc.layout.world_size
     if world == 4 and (os.cpu_count() or 1) < 2:
         pytest.skip("4 gloo ranks need at least 2 cores to finish quickly")
     from moesim.execute.reference import reference_step
 
-    sc, routing = _case(world, ep, pad, pp, tp, dispatcher)
-    assert (sc.layout.ep, sc.layout.pp, sc.layout.tp) == (ep, pp, tp) and sc.layout.edp == world // pp // ep
+    lay, pad = sc.layout, sc.gate.pad_to_capacity
+    assert lay.edp == world // lay.pp // lay.ep
     assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
     step0 = [r for r in routing if r.step == 0]
     dropped = sum(float((r.loads - np.minimum(r.loads, r.sent)).sum()) for r in step0)
@@ -79,14 +142,52 @@ def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp, 
             torch.testing.assert_close(grad, want, **close,
                                        msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
             checked += 1
-    for stage in range(pp):  # every local expert's gradients, on the stage holding its layer
-        rank = stage * (world // pp)
-        dense = sum(not sc.model.is_moe_layer(layer) for layer in sc.stage_layers(stage))
-        # TP slices: QKV and the output projection of every layer, the three FFN weights of a dense one
-        assert len(ranks[rank]["shards"]) == (2 * len(sc.stage_layers(stage)) + 3 * dense if tp > 1 else 0)
-        moe = sum(1 for layer in sc.stage_layers(stage) if sc.model.is_moe_layer(layer))
-        assert sum(1 for name in ranks[rank]["grads"] if ".expert" in name) == 3 * (sc.model.num_experts // ep) * moe
     names = {name for r in ranks for name in r["grads"]}
     assert names == {name for name, t in params.items() if isinstance(t, torch.Tensor) and t.grad is not None
                      and (".expert" not in name or any(name in r["grads"] for r in ranks))}
     assert checked == sum(len(r["grads"]) for r in ranks)
+    return ranks
+
+
+def _moving(policy: str):
+    from moesim.spec.placement import PlacementSpec
+    from moesim.spec.placement_params import FlexMoeParams, SmartMoeParams
+
+    if policy == "eplb":
+        return _eplb(period=1)
+    if policy == "smartmoe":
+        return PlacementSpec(policy="smartmoe", params=SmartMoeParams(freq=1, history_steps=1))
+    return PlacementSpec(policy="flexmoe", slots_per_gpu=6,
+                         params=FlexMoeParams(threshold=1.0, horizon_steps=1000, history_steps=1))
+
+
+def _train(tmp_path: Path, sc, routing) -> list:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    case = tmp_path / "case.pkl"
+    case.write_bytes(pickle.dumps((sc, routing)))
+    return run_ranks(STEPS_WORKER, sc.layout.world_size, [str(case)], tmp_path, TIMEOUT_S)
+
+
+@pytest.mark.parametrize("policy", ["smartmoe", "flexmoe", "eplb"])
+def test_migrating_experts_train_as_the_static_placement(tmp_path, policy):
+    """Dropless routing keeps every assignment whatever the placement, so training with experts that move between
+    steps (weights and Adam state sent to their new owners, replicas kept equal) gives the static placement's losses
+    and weights; a lost Adam state or a stale replica would not."""
+    static, static_routing = _case(2, 2, False, steps=3, capacity_factor=None)
+    sc, routing = _case(2, 2, False, steps=3, capacity_factor=None, placement=_moving(policy))
+    assert all(np.array_equal(a.loads, b.loads) for a, b in zip(routing, static_routing))
+    E = sc.model.num_experts
+    by_layer: dict[int, list] = {}
+    for r in routing:
+        by_layer.setdefault(r.layer, []).append(r.placement.holders(E))
+    assert any(not np.array_equal(a, b) for h in by_layer.values() for a, b in zip(h, h[1:])), "experts must move"
+    want = _train(tmp_path / "static", static, static_routing)
+    got = _train(tmp_path / policy, sc, routing)
+    assert "migration" in got[0]["ops"]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g["losses"], w["losses"], rtol=1e-5)
+    static_params = {name: t for r in want for name, t in r["params"].items()}
+    for rank, r in enumerate(got):
+        for name, t in r["params"].items():  # every copy of an expert, on every rank holding it
+            torch.testing.assert_close(t, static_params[name], rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")

@@ -1,8 +1,9 @@
 """One gloo rank of the executed-model test: ``python trainer_gloo_worker.py RANK WORLD PORT CASE_FILE OUT_DIR``.
 
-CASE_FILE holds (scenario, routing) pickled by the test. The rank runs step 0's passes and the gradient
-all-reduces (no optimizer step) and saves its parameters' gradients by name and its losses to OUT_DIR/rankR.pt.
-A plain subprocess (no pickling of the rank function), so a hung rank can be killed.
+CASE_FILE holds (scenario, routing) pickled by the test. The rank takes step 0's placement (shadows
+broadcast), runs step 0's passes and the gradient reductions (no optimizer step) and saves its parameters'
+gradients by name and its losses to OUT_DIR/rankR.pt. A plain subprocess (no pickling of the rank function), so a
+hung rank can be killed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         trainer = Trainer(sc, routing, rank, torch.device("cpu"), torch.float32)
+        trainer.place(0)
         trainer.forward_backward(0)
         trainer.sync_gradients(0)
         grads = {name: t.grad.clone() for name, t in trainer.params.items()
