@@ -100,9 +100,19 @@ class Timeline:
 
     rows: list[tuple] = field(default_factory=list)  # (step, mb, layer, phase, op, start, end, bytes, rows)
 
-    def add(self, step: int, mb: int, layer: int, phase: Phase, op: OpKind, start: float, end: float,
+    def add(self, step: int, mb: int, layer: int, phase: Phase, op: OpKind, start, end,
             nbytes: float = 0.0, rows: int = 0) -> None:
+        """start, end: seconds on the host's clock, or GPU events (marks) that resolve() turns into seconds."""
         self.rows.append((step, mb, layer, phase.value, op.value, start, end, nbytes, rows))
+
+    def resolve(self, first: int, anchor, anchor_s: float) -> None:
+        """Rows from index `first` on: each event mark -> anchor_s + its time after the `anchor` event (CUDA
+        events' elapsed_time, in ms), so that the GPU's own timings land on the host clock the ranks share.
+        The events must have completed (synchronise first)."""
+        def seconds(mark) -> float:
+            return mark if isinstance(mark, float) else anchor_s + anchor.elapsed_time(mark) / 1e3
+
+        self.rows[first:] = [(*row[:5], seconds(row[5]), seconds(row[6]), *row[7:]) for row in self.rows[first:]]
 
 
 def stable_seed(*key) -> int:
@@ -292,8 +302,12 @@ def tokens_of(sc: Scenario, step: int, mb: int, rank: int, seq: int) -> torch.Te
 
 
 class Trainer:
-    def __init__(self, sc: Scenario, routing: list, rank: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, sc: Scenario, routing: list, rank: int, device: torch.device, dtype: torch.dtype,
+                 triton_experts: bool | None = None):
+        """`triton_experts`: run the routed experts with moesim's Triton kernels (moesim.kernels.expert_ffn);
+        default on GPUs, torch matmuls on CPUs (the kernels run there only under TRITON_INTERPRET=1)."""
         self.sc, self.rank, self.device, self.dtype = sc, rank, device, dtype
+        self.triton_experts = device.type == "cuda" if triton_experts is None else triton_experts
         m, lay = sc.model, sc.layout
         self.groups = make_groups(sc, rank)
         self.ep_index = self.groups.members["ep"].index(rank)
@@ -338,10 +352,29 @@ class Trainer:
         self.losses: list[float] = []  # each micro-batch's loss (its share of the step's mean)
 
     # ---- timing ----
-    def _now(self) -> float:
+    def _now(self):
+        """A time mark: on GPUs a CUDA event recorded on the current stream (the op's own GPU time, without a
+        synchronise per op; Timeline.resolve converts it at the step's end), on CPUs the host's clock."""
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _start_clock(self) -> None:
+        """The step's start on the host clock (after the barrier); on GPUs also the event the step's marks are
+        measured from, recorded on an idle device so that it marks the same instant."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+            self.anchor = torch.cuda.Event(enable_timing=True)
+            self.anchor.record()
+        self.step_starts.append(time.perf_counter())
+        self.step_first_row = len(self.timeline.rows)
+
+    def _stop_clock(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.timeline.resolve(self.step_first_row, self.anchor, self.step_starts[-1])
 
     def _segment(self, tape: list, step: int, mb: int, op: OpKind, layer: int, fn, *inputs, nbytes=0.0, rows=0,
                  collective=False):
@@ -387,15 +420,31 @@ class Trainer:
             return sent, gate, ffn(n, p, f"{layer}.shared")
         return sent, gate
 
+    def _run_experts(self, layer: int, inputs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        """Each (expert, its rows) through the expert's SwiGLU: one grouped Triton call for all of them, or a
+        torch FFN per expert."""
+        if not self.triton_experts:
+            return [ffn(x, self.params, f"{layer}.expert{e}") for e, x in inputs]
+        from moesim.kernels.expert_ffn import expert_ffn  # noqa: PLC0415 - triton only where it runs
+
+        x = torch.cat([x for _, x in inputs])
+        ids = torch.cat([torch.full((x.shape[0],), j, dtype=torch.int64, device=x.device)
+                         for j, (_, x) in enumerate(inputs)])
+        weights = [[self.params[f"{layer}.expert{e}.{name}"] for e, _ in inputs] for name in EXPERT_WEIGHTS]
+        y = expert_ffn(x, ids, *weights, block_m=16 if self.device.type == "cpu" else 64,
+                       input_precision="ieee" if self.dtype == torch.float32 else "tf32")
+        return list(y.split([x.shape[0] for _, x in inputs]))
+
     def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):
-        p = self.params
-        out = received.new_zeros(received.shape[0], received.shape[1])
+        inputs = []
         for j, e in enumerate(rr.local_experts):  # every local expert runs, rows or not: a rank without rows
             x = received[rows[j]]  # must still reach the dispatch's backward
             if rr.expert_padding[j]:
                 x = torch.cat([x, x.new_zeros(rr.expert_padding[j], x.shape[1])])
-            y = ffn(x, p, f"{layer}.expert{e}")
-            out = out.index_add(0, rows[j], y[:rows[j].shape[0]])
+            inputs.append((e, x))
+        out = received.new_zeros(received.shape[0], received.shape[1])
+        for idx, y in zip(rows, self._run_experts(layer, inputs)):
+            out = out.index_add(0, idx, y[:idx.shape[0]])
         return out
 
     def _unpermute(self, a: torch.Tensor, returned: torch.Tensor, gate: torch.Tensor, slots: torch.Tensor,
@@ -477,12 +526,12 @@ class Trainer:
         def experts(n_all: torch.Tensor, gate_all: torch.Tensor):
             out = n_all.new_zeros(n_all.shape)
             flat = gate_all.reshape(-1)
-            for e, idx, gidx, pad in per_expert:  # every local expert runs
+            inputs = []
+            for e, idx, _, pad in per_expert:  # every local expert runs
                 x = n_all[idx]
-                if pad:
-                    x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
-                y = ffn(x, p, f"{layer}.expert{e}")[:idx.shape[0]]
-                out = out.index_add(0, idx, y * flat[gidx].unsqueeze(1))
+                inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
+            for (_, idx, gidx, _), y in zip(per_expert, self._run_experts(layer, inputs)):
+                out = out.index_add(0, idx, y[:idx.shape[0]] * flat[gidx].unsqueeze(1))
             return out
 
         def scatter(out: torch.Tensor):
@@ -798,7 +847,7 @@ class Trainer:
     def step(self, step: int) -> None:
         ready = self._prepare(step)
         dist.barrier()
-        self.step_starts.append(self._now())
+        self._start_clock()
         self.place(step)
         self.forward_backward(step, ready)
         self.sync_gradients(step)
@@ -807,3 +856,4 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         self.timeline.add(step, -1, -1, Phase.STEP, OpKind.OPTIMIZER, t0, self._now())
+        self._stop_clock()

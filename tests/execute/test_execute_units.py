@@ -126,3 +126,23 @@ def test_a_long_run_returns_every_step(tmp_path):
     run = execute(scaled, routing, timeout_s=120)
     assert len(run.step_times_s) == 41 and set(run.records["step"]) == set(range(41))
     assert (run.step_times_s > 0).all()
+
+
+def test_gpu_event_marks_resolve_onto_the_host_clock():
+    from moesim.execute.train import Timeline
+
+    class Mark:  # a CUDA event's interface: elapsed_time(other) in ms, from self to other
+        def __init__(self, ms: float):
+            self.ms = ms
+
+        def elapsed_time(self, other: Mark) -> float:
+            return other.ms - self.ms
+
+    timeline = Timeline()
+    timeline.add(0, 0, 0, Phase.FORWARD, OpKind.ATTENTION, 1.0, 2.0)  # an earlier step's seconds stay
+    timeline.add(1, 0, 0, Phase.FORWARD, OpKind.EXPERT, Mark(105.0), Mark(112.5), 8.0, 3)
+    timeline.add(1, -1, -1, Phase.STEP, OpKind.OPTIMIZER, 20.25, Mark(120.0))  # a host time beside a mark
+    timeline.resolve(1, Mark(100.0), 50.0)
+    assert timeline.rows[0][5:7] == (1.0, 2.0)
+    assert timeline.rows[1] == (1, 0, 0, Phase.FORWARD.value, "expert", 50.005, 50.0125, 8.0, 3)
+    assert timeline.rows[2][5:7] == (20.25, 50.02)

@@ -110,7 +110,17 @@ def test_replicas_and_shadows_match_the_reference(tmp_path, world, ep, placement
         assert held == 3 * E * (world // ep) * len(routing)
 
 
-def _check_against_reference(tmp_path, sc, routing) -> list:
+def test_triton_experts_match_the_reference(tmp_path):
+    """The experts on moesim's Triton kernels (forward and backward; the interpreter here), with EPLB's replicas
+    and capacity padding: the same gradients."""
+    import dataclasses
+
+    sc, routing = _case(2, 2, True, steps=2, placement=_eplb())
+    _check_against_reference(tmp_path, sc, [dataclasses.replace(r, step=0) for r in routing if r.step == 1],
+                             triton=True)
+
+
+def _check_against_reference(tmp_path, sc, routing, triton: bool = False) -> list:
     """Run step 0 on the ranks (tests/execute/trainer_gloo_worker.py); every gradient and the losses equal the
     single-process reference's. Returns what the ranks saved."""
     world = sc.layout.world_size
@@ -128,7 +138,7 @@ def _check_against_reference(tmp_path, sc, routing) -> list:
         assert any((r.sent > np.minimum(r.loads, r.sent)).any() for r in step0), "the case must pad"
     case = tmp_path / "case.pkl"
     case.write_bytes(pickle.dumps((sc, routing)))
-    ranks = run_ranks(WORKER, world, [str(case)], tmp_path, TIMEOUT_S)
+    ranks = run_ranks(WORKER, world, [str(case)] + (["triton"] if triton else []), tmp_path, TIMEOUT_S)
     params, loss = reference_step(sc, routing, 0)
     close = {"rtol": 2e-4, "atol": 1e-6}
     # the ranks' mean losses, summed over micro-batches and ranks, are the reference's total

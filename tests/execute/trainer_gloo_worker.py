@@ -1,9 +1,9 @@
-"""One gloo rank of the executed-model test: ``python trainer_gloo_worker.py RANK WORLD PORT CASE_FILE OUT_DIR``.
+"""One gloo rank of the executed-model test: ``python trainer_gloo_worker.py RANK WORLD PORT CASE_FILE [triton] OUT_DIR``.
 
 CASE_FILE holds (scenario, routing) pickled by the test. The rank takes step 0's placement (shadows
 broadcast), runs step 0's passes and the gradient reductions (no optimizer step) and saves its parameters'
 gradients by name and its losses to OUT_DIR/rankR.pt. A plain subprocess (no pickling of the rank function), so a
-hung rank can be killed.
+hung rank can be killed. With `triton`, the experts run on moesim's Triton kernels in the interpreter.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import torch
 
 
 def main() -> None:
-    rank, world, port, case_file, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    rank, world, port, case_file, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[-1]
+    triton = sys.argv[5:-1] == ["triton"]
+    if triton:
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)
     import torch.distributed as dist
@@ -27,7 +30,7 @@ def main() -> None:
         sc, routing = pickle.load(fh)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        trainer = Trainer(sc, routing, rank, torch.device("cpu"), torch.float32)
+        trainer = Trainer(sc, routing, rank, torch.device("cpu"), torch.float32, triton_experts=triton)
         trainer.place(0)
         trainer.forward_backward(0)
         trainer.sync_gradients(0)
