@@ -15,6 +15,7 @@ from moesim.sim.records import OpKind, Phase, RecordLog
 from moesim.spec.layout import ParallelLayout
 from moesim.spec.simulation import RecordDetail
 
+# the group a collective op waits on, unless its row names another (expert tensor parallelism's "etp")
 _GROUP_OF = {OpKind.DISPATCH.value: "ep", OpKind.COMBINE.value: "ep", OpKind.DP_SYNC_DENSE.value: "dp",
              OpKind.DP_SYNC_EXPERT.value: "edp", OpKind.TP_COMM.value: "tp"}
 
@@ -27,7 +28,7 @@ def _members(lay: ParallelLayout) -> dict[str, np.ndarray]:
     """group name -> [world, group size]: the members of each rank's group."""
     out = {}
     for name, grid in (("ep", lay.ep_groups()), ("edp", lay.edp_groups()), ("dp", lay.dp_groups()),
-                       ("tp", lay.tp_groups())):
+                       ("tp", lay.tp_groups()), ("etp", lay.etp_groups())):
         groups = grid.reshape(-1, grid.shape[-1])
         table = np.empty((lay.world_size, groups.shape[1]), np.int64)
         for g in groups:
@@ -38,7 +39,8 @@ def _members(lay: ParallelLayout) -> dict[str, np.ndarray]:
 
 def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: list[list[float]]
              ) -> tuple[pd.DataFrame, np.ndarray]:
-    """timelines[rank]: (step, mb, layer, phase, op, start, end, bytes, rows) in program order; step_starts[rank]:
+    """timelines[rank]: (step, mb, layer, phase, op, start, end, bytes, rows[, group]) in program order (group:
+    the collective's process group when not its op's usual one, moesim.execute.train.Timeline); step_starts[rank]:
     the clock when the rank left each step's barrier. Returns (records, step_times_s [steps])."""
     world = len(timelines)
     stage_of = [lay.stage_of(r) for r in range(world)]
@@ -59,7 +61,7 @@ def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: lis
         t1 = np.array([r[6] for r in rows])
         w = np.zeros(len(rows))
         for j, row in enumerate(rows):
-            group = _GROUP_OF.get(row[4])
+            group = (row[9] if len(row) > 9 else "") or _GROUP_OF.get(row[4])
             if group is not None:  # the group's members are on this rank's stage: record j is the same op there
                 last = max(timelines[g][j][5] for g in members[group][rank])
                 w[j] = min(max(0.0, last - t0[j]), t1[j] - t0[j])
@@ -75,7 +77,7 @@ def assemble(lay: ParallelLayout, timelines: list[list[tuple]], step_starts: lis
         for rank, rows in enumerate(timelines):
             first, stop = bounds[rank][s], bounds[rank][s + 1]
             for j in range(first, stop):
-                _, mb, layer, phase, op, _, _, nbytes, n_rows = rows[j]
+                _, mb, layer, phase, op, _, _, nbytes, n_rows = rows[j][:9]
                 log.add(s, rank, mb, layer, phases[phase], ops[op], float(start[rank][j]), float(end[rank][j]),
                         float(nbytes), int(n_rows), float(wait[rank][j]))
             finish = float(end[rank][first:stop].max()) if stop > first else 0.0

@@ -29,7 +29,7 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
     params, dense, experts = init_params(sc, {layer: list(range(m.num_experts)) for layer in moe_layers},
                                          torch.device("cpu"), torch.float32)
     seq = sc.training.seq_len * sc.training.micro_batch_size
-    groups = lay.ep_groups()[0].reshape(-1, lay.ep)  # etp = 1: [edp, ep] ranks of stage 0 (every stage alike)
+    groups = lay.ep_groups()[0].reshape(-1, lay.ep)  # [edp * etp, ep] ranks of stage 0 (every stage alike)
     shard = seq // lay.tp  # sequence parallel: TP rank t routes tokens [t * shard, (t + 1) * shard)
     total = torch.zeros(())
     for d in range(lay.dp):  # each data-parallel replica's pipeline: all its stages and TP ranks at once
@@ -46,11 +46,11 @@ def reference_step(sc: Scenario, routing: list[LayerRouting], step: int) -> tupl
                 y = a
                 for t in range(lay.tp):
                     q = d * lay.tp + t  # the stage's local rank routing these tokens
-                    edp_index = q // lay.ep
-                    sources = groups[edp_index] % lay.ranks_per_stage
+                    index = int(np.flatnonzero((groups == q).any(1))[0])  # q's EP group
+                    sources = groups[index] % lay.ranks_per_stage
                     me = int(np.flatnonzero(sources == q)[0])
                     r = by_key[(step, layer)]
-                    rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, edp_index], sources, me, m.top_k,
+                    rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, index], sources, me, m.top_k,
                                       slots[layer])
                     ids = torch.as_tensor(rr.expert_ids)
                     gate = probs[t * shard:(t + 1) * shard].gather(1, ids)

@@ -1,11 +1,12 @@
 """A plan -> the scenario `moesim execute` can run on the machine at hand, and every change said in words.
 
-What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits) and pipeline
+What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits),
+expert-tensor (the alltoall dispatcher's all-gather and reduce-scatter in the ETP group) and pipeline
 parallelism (1F1B), the alltoall and allgather dispatchers, the plan's routing
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement policy (replicas
 with token splitting, per-step shadows, migrations of weights and Adam state; its slots and redundant experts
 scaled with the experts), attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over
-dp and edp, and Adam. What is not executed yet is scaled to 1 and said: context and expert tensor parallelism, virtual
+dp and edp, and Adam. What is not executed yet is scaled to 1 and said: context parallelism, virtual
 pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
 experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
@@ -86,24 +87,33 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     # tensor parallel splits the heads, the key/value groups and the sequence: tp must divide all three
     tp = _largest_divisor(nproc // pp, lay.tp, also_divides=math.gcd(heads, kv_heads))
     dp = nproc // (pp * tp)
-    ep = _largest_divisor(tp * dp, lay.ep, also_divides=experts)
-    for key in ("cp", "etp", "vpp"):
-        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, tensor, expert "
-             "and pipeline parallelism")
+
+    def ffn(size: int) -> int:  # widths shrink with the hidden size, in multiples of 16, within the limit
+        return max(16, min(limits.ffn_size, round(size * ratio / 16) * 16)) if size else 0
+
+    # expert tensor parallel first, in shards of whole 16-column blocks, leaving at least 2 ranks to expert
+    # parallelism when the plan has both; the allgather dispatcher runs without it
+    stage = tp * dp
+    etp_cap = 1 if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else min(lay.etp, stage // min(lay.ep, 2))
+    etp = _largest_divisor(stage, max(1, etp_cap), also_divides=ffn(m.expert_ffn_size) // 16)
+    ep = _largest_divisor(stage // etp, lay.ep, also_divides=experts)
+    note("layout.etp", lay.etp, etp, "expert tensor parallelism runs with the alltoall dispatcher only"
+         if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else f"the largest divisor of a stage's {stage} ranks "
+         "up to the plan's, leaving expert parallelism 2 of them")
+    for key in ("cp", "vpp"):
+        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, tensor, expert, "
+             "expert-tensor and pipeline parallelism")
     note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
          f"({layers})")
     note("layout.tp", lay.tp, tp, f"the largest divisor of a stage's {nproc // pp} ranks and of the {heads} heads "
          f"and {kv_heads} key/value groups up to the plan's")
-    note("layout.ep", lay.ep, ep, f"the largest divisor of the {tp * dp} ranks of a stage and {experts} experts up "
-         "to the plan's")
+    note("layout.ep", lay.ep, ep, f"the largest divisor of the {stage // etp} ranks per ETP shard of a stage and "
+         f"{experts} experts up to the plan's")
     note("layout.dp", lay.dp, dp, f"{nproc} ranks over {pp} stage(s) of tp {tp}")
     for key in ("first_stage_layers", "last_stage_layers"):
         note(f"layout.{key}", getattr(lay, key), None, "the scaled layers split evenly over the stages")
     note("layout.order", lay.order.value, "tp-cp-ep-dp-pp", "stages are blocks of consecutive ranks")
-    layout = ParallelLayout(tp=tp, cp=1, pp=pp, dp=dp, ep=ep, etp=1)
-
-    def ffn(size: int) -> int:  # widths shrink with the hidden size, in multiples of 16, within the limit
-        return max(16, min(limits.ffn_size, round(size * ratio / 16) * 16)) if size else 0
+    layout = ParallelLayout(tp=tp, cp=1, pp=pp, dp=dp, ep=ep, etp=etp)
 
     changes.append(f"model: {m.name} -> a scaled copy ({layers} layers, hidden {hidden}, {heads} heads of "
                    f"{head_dim}, {experts} experts): one rank of this machine runs a step in seconds")

@@ -43,7 +43,8 @@ class Groups:
 def make_groups(sc: Scenario, rank: int) -> Groups:
     """Every group of the layout, created on every rank in the same order (torch.distributed requires it)."""
     lay = sc.layout
-    grids = {"ep": lay.ep_groups(), "edp": lay.edp_groups(), "dp": lay.dp_groups(), "tp": lay.tp_groups()}
+    grids = {"ep": lay.ep_groups(), "edp": lay.edp_groups(), "dp": lay.dp_groups(), "tp": lay.tp_groups(),
+             "etp": lay.etp_groups()}
     handles, members = {}, {}
     for name, grid in grids.items():
         for group in grid.reshape(-1, grid.shape[-1]).tolist():
@@ -92,18 +93,20 @@ class Segment:
     nbytes: float = 0.0
     rows: int = 0
     collective: bool = False
+    group: str = ""  # the process group of a collective when it is not its op's usual one (records.GROUP_OF)
 
 
 @dataclass
 class Timeline:
     """This rank's records as flat lists, in program order (identical on every rank)."""
 
-    rows: list[tuple] = field(default_factory=list)  # (step, mb, layer, phase, op, start, end, bytes, rows)
+    # (step, mb, layer, phase, op, start, end, bytes, rows, group): group "" = the op's usual one
+    rows: list[tuple] = field(default_factory=list)
 
     def add(self, step: int, mb: int, layer: int, phase: Phase, op: OpKind, start, end,
-            nbytes: float = 0.0, rows: int = 0) -> None:
+            nbytes: float = 0.0, rows: int = 0, group: str = "") -> None:
         """start, end: seconds on the host's clock, or GPU events (marks) that resolve() turns into seconds."""
-        self.rows.append((step, mb, layer, phase.value, op.value, start, end, nbytes, rows))
+        self.rows.append((step, mb, layer, phase.value, op.value, start, end, nbytes, rows, group))
 
     def resolve(self, first: int, anchor, anchor_s: float) -> None:
         """Rows from index `first` on: each event mark -> anchor_s + its time after the `anchor` event (CUDA
@@ -138,13 +141,15 @@ def tp_slices(m, tp: int, t: int) -> dict[str, tuple[int, torch.Tensor]]:
 
 def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch.device, dtype: torch.dtype,
                 layers: tuple[int, ...] | None = None, first: bool = True, last: bool = True,
-                tp: tuple[int, int] = (0, 1)) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+                tp: tuple[int, int] = (0, 1), etp: tuple[int, int] = (0, 1)
+                ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """(params by name, dense tensors, expert tensors). Each weight is drawn from a generator seeded by (seed,
     layer, name, expert), so every rank's copy of a weight is the same, and a single process holding every layer and
     expert (moesim.execute.reference) draws the same weights as the ranks. `layers`: this pipeline stage's (default
     all); the embedding lives on the first stage, the final norm and LM head on the last. `tp` = (TP rank, TP
     size): the attention's and dense FFN's weights are this rank's slices of the full ones (tp_slices), every other
-    weight is whole. params["shards"]: name -> (dim, indices) of each sliced weight in the full one."""
+    weight is whole; `etp` alike for the experts (expert_shards). params["shards"]: name -> (dim, indices) of each
+    sliced weight in the full one."""
     m = sc.model
     h, hd = m.hidden_size, m.head_dim
     seed = sc.simulation.seed
@@ -185,7 +190,7 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
             if m.num_shared_experts:
                 ffn(f"{layer}.shared", m.expert_ffn_size * m.num_shared_experts, (layer, "shared"))
             for e in local_experts[layer]:
-                expert_names += expert_weights(sc, layer, e, p, device, dtype)
+                expert_names += expert_weights(sc, layer, e, p, device, dtype, etp)
         else:
             ffn(f"{layer}.dense", m.dense_ffn_size, (layer, "dense"))
     tensors = {k: v for k, v in p.items() if isinstance(v, torch.Tensor)}
@@ -197,17 +202,30 @@ def init_params(sc: Scenario, local_experts: dict[int, list[int]], device: torch
 EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down")
 
 
-def expert_weights(sc: Scenario, layer: int, expert: int, p: dict, device: torch.device, dtype: torch.dtype
-                   ) -> list[str]:
-    """Draw expert `expert`'s SwiGLU weights of `layer` into p (the same on every rank: seeded by the expert);
-    their names."""
+def expert_shards(f: int, etp: tuple[int, int]) -> dict[str, tuple[int, torch.Tensor]]:
+    """Expert tensor parallelism: ETP rank t of size holds 1/size of an expert's FFN columns (gate and up by
+    columns, down by rows; Megatron's --expert-tensor-parallel-size). Name -> (dim, indices) in the full weight."""
+    t, size = etp
+    cols = torch.arange(t * f // size, (t + 1) * f // size)
+    return {"w_gate": (1, cols), "w_up": (1, cols), "w_down": (0, cols)}
+
+
+def expert_weights(sc: Scenario, layer: int, expert: int, p: dict, device: torch.device, dtype: torch.dtype,
+                   etp: tuple[int, int] = (0, 1)) -> list[str]:
+    """Draw expert `expert`'s SwiGLU weights of `layer` into p (the same on every rank: seeded by the expert;
+    drawn whole, then this ETP rank's shard); their names."""
     h, f = sc.model.hidden_size, sc.model.expert_ffn_size
+    cuts = expert_shards(f, etp) if etp[1] > 1 else {}
     names = []
     for name, shape in zip(EXPERT_WEIGHTS, ((h, f), (h, f), (f, h))):
         g = torch.Generator().manual_seed(stable_seed(sc.simulation.seed, layer, "expert", int(expert), name))
         w = torch.randn(shape, generator=g) * shape[0] ** -0.5
-        p[f"{layer}.expert{expert}.{name}"] = w.to(device, dtype).requires_grad_(True)
-        names.append(f"{layer}.expert{expert}.{name}")
+        key = f"{layer}.expert{expert}.{name}"
+        if name in cuts:
+            p["shards"][key] = cuts[name]
+            w = w.index_select(*cuts[name]).contiguous()
+        p[key] = w.to(device, dtype).requires_grad_(True)
+        names.append(key)
     return names
 
 
@@ -319,7 +337,14 @@ class Trainer:
         self.tp_rank = rank % lay.tp  # tp is the innermost dimension of Megatron's default order
         self.data_rank = rank % lay.ranks_per_stage // lay.tp  # the data-parallel replica: its stages share it
         self.routing = {(r.step, r.layer): r for r in routing}
-        self.edp_index = (rank % lay.ranks_per_stage) // lay.ep  # etp = 1: the EP group's index in the stage
+        # the stage's EP groups are rows [edp * etp] of ep_groups(); the simulator's computed rows are per row
+        ep_rows = lay.ep_groups()[self.stage].reshape(-1, lay.ep)
+        self.group_index = int(np.flatnonzero((ep_rows == rank).any(1))[0])
+        self.etp_rank = self.group_index % lay.etp
+        # the EP groups of my ETP group's members (same EP rank, each ETP index): (group index, local ranks)
+        first = self.group_index - self.etp_rank
+        self.etp_peers = [(first + t, ep_rows[first + t] % lay.ranks_per_stage) for t in range(lay.etp)]
+        self.expert_f = m.expert_ffn_size // lay.etp  # an expert's FFN columns held here (its ETP shard)
         # where each expert lives, step by step (one GroupSlots per distinct placement)
         by_placement: dict[int, GroupSlots] = {}
         self.slots = {key: by_placement.setdefault(id(r.placement), group_slots(r.placement, m.num_experts, lay.ep))
@@ -330,7 +355,8 @@ class Trainer:
         # the experts whose weights, gradients and optimizer state live here (shadows come and go each step)
         self.held = {layer: self._owned(0, layer) for layer in self.moe_layers}
         self.params, self.dense, self.expert = init_params(sc, self.held, device, dtype, self.layers, self.first,
-                                                           self.last, (self.tp_rank, lay.tp))
+                                                           self.last, (self.tp_rank, lay.tp),
+                                                           (self.etp_rank, lay.etp))
         self.shadowed: dict[tuple[int, int], int] = {}  # (layer, expert) -> its owner's global rank, this step
         self.placed_step = -1  # the step whose placement the held experts follow
         shards = self.params["shards"]
@@ -377,14 +403,14 @@ class Trainer:
             self.timeline.resolve(self.step_first_row, self.anchor, self.step_starts[-1])
 
     def _segment(self, tape: list, step: int, mb: int, op: OpKind, layer: int, fn, *inputs, nbytes=0.0, rows=0,
-                 collective=False):
+                 collective=False, group=""):
         t0 = self._now()
         outputs = fn(*inputs)
         t1 = self._now()
-        self.timeline.add(step, mb, layer, Phase.FORWARD, op, t0, t1, nbytes, rows)
+        self.timeline.add(step, mb, layer, Phase.FORWARD, op, t0, t1, nbytes, rows, group)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         leaves = tuple(o.detach().requires_grad_(o.requires_grad) for o in outputs)
-        tape.append(Segment(op, layer, outputs, leaves, nbytes, rows, collective))
+        tape.append(Segment(op, layer, outputs, leaves, nbytes, rows, collective, group))
         return leaves if len(leaves) > 1 else leaves[0]
 
     def _backward(self, tape: list, step: int, mb: int) -> None:
@@ -399,7 +425,7 @@ class Trainer:
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
             t1 = self._now()
-            self.timeline.add(step, mb, seg.layer, Phase.BACKWARD, seg.op, t0, t1, seg.nbytes, seg.rows)
+            self.timeline.add(step, mb, seg.layer, Phase.BACKWARD, seg.op, t0, t1, seg.nbytes, seg.rows, seg.group)
         tape.clear()
 
     # ---- the model's ops ----
@@ -467,17 +493,55 @@ class Trainer:
             ready[mb] = tokens_of(self.sc, step, mb, self.data_rank, self.seq).to(self.device)
             for layer in self.moe_layers:
                 r = self.routing[(step, layer)]
-                rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources,
+                rr = rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.group_index], self.sources,
                                   self.ep_index, m.top_k, self.slots[(step, layer)])
                 slots = torch.as_tensor(rr.send_slots, device=self.device)
                 if self.allgather:
                     ready[("allgather", layer, mb)] = self._gathered_rows(r, mb, self.slots[(step, layer)], rr)
+                if self.sc.layout.etp > 1:
+                    ready[("etp", layer, mb)] = self._etp_rows(r, mb, self.slots[(step, layer)], rr)
                 ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
                                       (slots >= 0).nonzero(as_tuple=True)[0],
                                       torch.where(slots >= 0, slots // m.top_k,
                                                   torch.full_like(slots, self.seq // self.sc.layout.tp)),
                                       [torch.as_tensor(idx, device=self.device) for idx in rr.expert_rows])
         return ready
+
+    def _etp_rows(self, r, mb: int, slots: GroupSlots, own: RankRouting) -> tuple[int, list]:
+        """Expert tensor parallelism: my ETP group's members (same EP rank, one per EP group of the ETP group)
+        gather what their dispatches received, padded to the longest (rmax rows each). Per member, in ETP order:
+        per local slot, the member's received rows it computes (offset to the gathered buffer) and the padding
+        rows its EP group computes at the expert."""
+        m = self.sc.model
+        peers = []
+        for t, (index, sources) in enumerate(self.etp_peers):
+            rr = own if t == self.etp_rank else rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, index], sources,
+                                                             self.ep_index, m.top_k, slots)
+            peers.append(rr)
+        rmax = max(sum(rr.recv_splits) for rr in peers)
+        out = []
+        for j in range(len(own.local_experts)):
+            idx = np.concatenate([t * rmax + rr.expert_rows[j] for t, rr in enumerate(peers)])
+            out.append((torch.as_tensor(idx, device=self.device), sum(rr.expert_padding[j] for rr in peers)))
+        return rmax, out
+
+    def _etp_gather(self, received: torch.Tensor, rmax: int) -> torch.Tensor:
+        x = torch.cat([received, received.new_zeros(rmax - received.shape[0], received.shape[1])])
+        return _SequenceGather.apply(x, self.groups.handles["etp"], self.sc.layout.etp)
+
+    def _etp_scatter(self, partial: torch.Tensor, rows: int) -> torch.Tensor:
+        return _SequenceScatter.apply(partial, self.groups.handles["etp"], self.sc.layout.etp)[:rows]
+
+    def _etp_experts(self, gathered: torch.Tensor, layer: int, rr: RankRouting, per_slot: list) -> torch.Tensor:
+        """Each local expert's shard on the ETP group's rows: partial outputs, summed by the reduce-scatter."""
+        inputs = []
+        for e, (idx, pad) in zip(rr.local_experts, per_slot):
+            x = gathered[idx]
+            inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
+        out = gathered.new_zeros(gathered.shape)
+        for (idx, _), y in zip(per_slot, self._run_experts(layer, inputs)):
+            out = out.index_add(0, idx, y[:idx.shape[0]])
+        return out
 
     def _gathered_rows(self, r, mb: int, slots: GroupSlots, own: RankRouting
                        ) -> list[tuple[int, torch.Tensor, torch.Tensor, int]]:
@@ -491,7 +555,7 @@ class Trainer:
         gates: dict[int, list] = {e: [] for e in mine}
         for j in range(len(self.sources)):  # every source's choices, as it routes them itself
             rr = own if j == self.ep_index else rank_routing(
-                r.loads[mb], r.sent[mb], r.computed[mb, self.edp_index], self.sources, j, m.top_k, slots)
+                r.loads[mb], r.sent[mb], r.computed[mb, self.group_index], self.sources, j, m.top_k, slots)
             to_me = (rr.send_dest == self.ep_index) & (rr.send_slots >= 0)  # the kept rows this copy computes
             for e in mine:
                 kept = rr.send_slots[to_me & (rr.send_expert == e)]
@@ -583,8 +647,19 @@ class Trainer:
             received = self._segment(tape, step, mb, OpKind.DISPATCH, layer, exchange, sent, rr.recv_splits,
                                      rr.send_splits, self.groups.handles["ep"], nbytes=float(remote * row_bytes),
                                      rows=int(slots.shape[0]), collective=True)
-            computed = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._experts, received, layer, rr, rows,
-                                     rows=int(received.shape[0]) + sum(rr.expert_padding))
+            if self.sc.layout.etp == 1:
+                computed = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._experts, received, layer, rr,
+                                         rows, rows=int(received.shape[0]) + sum(rr.expert_padding))
+            else:  # Megatron's alltoall dispatcher with ETP: all-gather in the ETP group, shards, reduce-scatter
+                rmax, per_slot = ready[("etp", layer, mb)]
+                etp, etp_bytes = self.sc.layout.etp, float((self.sc.layout.etp - 1) * rmax * row_bytes)
+                gathered = self._segment(tape, step, mb, OpKind.DISPATCH, layer, self._etp_gather, received, rmax,
+                                         nbytes=etp_bytes, rows=etp * rmax, collective=True, group="etp")
+                partial = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._etp_experts, gathered, layer, rr,
+                                        per_slot, rows=sum(int(idx.shape[0]) + pad for idx, pad in per_slot))
+                computed = self._segment(tape, step, mb, OpKind.COMBINE, layer, self._etp_scatter, partial,
+                                         int(received.shape[0]), nbytes=etp_bytes, rows=etp * rmax, collective=True,
+                                         group="etp")
             back = sum(n for j, n in enumerate(rr.recv_splits) if j != me)
             returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, exchange, computed, rr.send_splits,
                                      rr.recv_splits, self.groups.handles["ep"], nbytes=float(back * row_bytes),
@@ -715,14 +790,17 @@ class Trainer:
                               float(len(self.shadowed) * self._expert_numel() * self.elem_bytes))
 
     def _expert_numel(self) -> int:
-        return 3 * self.sc.model.hidden_size * self.sc.model.expert_ffn_size
+        return 3 * self.sc.model.hidden_size * self.expert_f
 
     def _unflatten_expert(self, layer: int, expert: int, flat: torch.Tensor) -> list[torch.Tensor]:
-        h, f = self.sc.model.hidden_size, self.sc.model.expert_ffn_size
+        h, f = self.sc.model.hidden_size, self.expert_f
+        cuts = expert_shards(self.sc.model.expert_ffn_size, (self.etp_rank, self.sc.layout.etp))
         tensors = []
         for name, piece in zip(EXPERT_WEIGHTS, flat.split(h * f)):
             t = piece.view((f, h) if name == "w_down" else (h, f)).clone().requires_grad_(True)
             self.params[f"{layer}.expert{expert}.{name}"] = t
+            if self.sc.layout.etp > 1:
+                self.params["shards"][f"{layer}.expert{expert}.{name}"] = cuts[name]
             tensors.append(t)
         return tensors
 

@@ -144,5 +144,18 @@ def test_gpu_event_marks_resolve_onto_the_host_clock():
     timeline.add(1, -1, -1, Phase.STEP, OpKind.OPTIMIZER, 20.25, Mark(120.0))  # a host time beside a mark
     timeline.resolve(1, Mark(100.0), 50.0)
     assert timeline.rows[0][5:7] == (1.0, 2.0)
-    assert timeline.rows[1] == (1, 0, 0, Phase.FORWARD.value, "expert", 50.005, 50.0125, 8.0, 3)
+    assert timeline.rows[1] == (1, 0, 0, Phase.FORWARD.value, "expert", 50.005, 50.0125, 8.0, 3, "")
     assert timeline.rows[2][5:7] == (20.25, 50.02)
+
+
+def test_scale_plan_keeps_expert_tensor_parallelism_beside_expert_parallelism():
+    sc = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    plan = sc.replace(layout=ParallelLayout(tp=2, pp=1, dp=8, ep=4, etp=2))
+    lay = scale_plan(plan, 4, CPU).scenario.layout
+    assert (lay.tp, lay.dp, lay.ep, lay.etp) == (2, 2, 2, 2)
+    wide = scale_plan(plan.replace(layout=ParallelLayout(tp=1, pp=1, dp=16, ep=2, etp=8)), 4, CPU)
+    assert (wide.scenario.layout.ep, wide.scenario.layout.etp) == (2, 2)  # etp yields 2 ranks to ep
+    gathered = scale_plan(plan.replace(comm=plan.comm.replace(dispatcher="allgather")), 4, CPU)
+    assert gathered.scenario.layout.etp == 1
+    said = "layout.etp: 2 -> 1 (expert tensor parallelism runs with the alltoall"
+    assert any(c.startswith(said) for c in gathered.changes)

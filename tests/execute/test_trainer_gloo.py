@@ -22,7 +22,7 @@ TIMEOUT_S = 60
 
 
 def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall",
-          placement=None, steps: int = 1, capacity_factor: float | None = 1.0):
+          placement=None, steps: int = 1, capacity_factor: float | None = 1.0, etp: int = 1):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -37,7 +37,7 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
                          vocab_size=64, seq_len=16)
     scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=steps, limits=limits).scenario
     dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
-    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep), comm=scaled.comm.replace(
+    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp), comm=scaled.comm.replace(
                                 dispatcher=dispatcher),
                             training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
     if placement is not None:
@@ -110,6 +110,22 @@ def test_replicas_and_shadows_match_the_reference(tmp_path, world, ep, placement
         assert held == 3 * E * (world // ep) * len(routing)
 
 
+@pytest.mark.parametrize(("world", "ep", "etp", "tp", "placement"), [
+    (2, 1, 2, 1, None), (4, 2, 2, 1, None), (4, 2, 2, 2, None), (4, 2, 2, 1, "eplb"),
+])
+def test_expert_tensor_parallel_shards_match_the_reference(tmp_path, world, ep, etp, tp, placement):
+    """Expert tensor parallelism (Megatron's alltoall dispatcher): the ETP group all-gathers what its dispatches
+    received, each member computes its shard of the experts' columns, the partial outputs are reduce-scattered;
+    each shard's gradients are its slice of the reference's (with replicas too)."""
+    import dataclasses
+
+    sc, routing = _case(world, ep, True, tp=tp, etp=etp, steps=2, placement=_eplb() if placement else None)
+    assert (sc.layout.ep, sc.layout.etp, sc.layout.tp) == (ep, etp, tp)
+    routing = [dataclasses.replace(r, step=0) for r in routing if r.step == 1]
+    ranks = _check_against_reference(tmp_path, sc, routing)
+    assert all(any(".expert" in name for name in r["shards"]) for r in ranks)  # every rank holds shards
+
+
 def test_triton_experts_match_the_reference(tmp_path):
     """The experts on moesim's Triton kernels (forward and backward; the interpreter here), with EPLB's replicas
     and capacity padding: the same gradients."""
@@ -129,7 +145,7 @@ def _check_against_reference(tmp_path, sc, routing, triton: bool = False) -> lis
     from moesim.execute.reference import reference_step
 
     lay, pad = sc.layout, sc.gate.pad_to_capacity
-    assert lay.edp == world // lay.pp // lay.ep
+    assert lay.edp == world // lay.pp // lay.ep // lay.etp
     assert sc.model.num_shared_experts == 1 and sc.model.first_k_dense == 1  # a dense layer and a shared expert
     step0 = [r for r in routing if r.step == 0]
     dropped = sum(float((r.loads - np.minimum(r.loads, r.sent)).sum()) for r in step0)

@@ -1,4 +1,5 @@
-"""One gloo rank of the executed-model test: ``python trainer_gloo_worker.py RANK WORLD PORT CASE_FILE [triton] OUT_DIR``.
+"""One gloo rank of the executed-model test:
+``python trainer_gloo_worker.py RANK WORLD PORT CASE_FILE [triton] OUT_DIR``.
 
 CASE_FILE holds (scenario, routing) pickled by the test. The rank takes step 0's placement (shadows
 broadcast), runs step 0's passes and the gradient reductions (no optimizer step) and saves its parameters'
