@@ -14,7 +14,10 @@ exchanged at run time and measured and simulated runs move the same rows:
   FlexMoE's replicas, FasterMoE's per-step shadows). A source splits its rows of an expert over the copies as the
   placement's split matrix says, in whole rows (the simulator splits fractions: largest remainders, so a copy's
   rows differ from the simulated share by less than one row per source); its kept rows go to the holders in EP
-  order, each a consecutive run of them in token order, then the padding rows.
+  order, each a consecutive run of them in token order, then the padding rows;
+- the flex dispatcher (DeepEP inside a node; flex_routing): one row per (token, destination rank) that keeps a
+  choice there, with the token's gates of those choices; no padding rows travel, each copy computes its
+  padding at the expert.
 """
 
 from __future__ import annotations
@@ -160,3 +163,55 @@ def _whole(counts: np.ndarray, what: str) -> np.ndarray:
         raise SpecError("simulation.routing_draws", "expected", f"exact or normal draws: moesim execute needs whole "
                         f"{what}, not expected values")
     return rounded.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FlexRouting:
+    """One rank's rows of one (step, layer, micro-batch) under the flex dispatcher (DeepEP's intra-node
+    dispatch): a source sends one row per (token, destination EP rank) holding at least one kept choice of the
+    token, and the token's k gates beside it (zeros for the choices that go elsewhere or were dropped); the
+    destination expands each row into one row per local expert the token chose; capacity padding is not sent but
+    computed at the expert (zero rows)."""
+
+    send_tokens: np.ndarray  # [rows sent] the token of each row, by destination rank, then token order
+    send_choices: np.ndarray  # [rows sent, k] bool: the row carries the token's choice j (kept, to that rank)
+    send_splits: list[int]  # [ep] rows to each EP rank
+    recv_splits: list[int]  # [ep] rows from each EP rank
+    expert_rows: tuple[np.ndarray, ...]  # per local slot: indices into the received rows it computes
+    expert_gates: tuple[np.ndarray, ...]  # per local slot: each row's gate in the received gates [rows, k] flat
+    expert_padding: tuple[int, ...]  # per local slot: zero rows computed beside its real rows
+
+
+def _kept_to(rr: RankRouting, dest: int) -> np.ndarray:
+    """Slot ids of a source's kept choices that go to EP rank `dest`, in the order it sends them."""
+    return rr.send_slots[(rr.send_dest == dest) & (rr.send_slots >= 0)]
+
+
+def flex_routing(sources: list[RankRouting], me: int, top_k: int) -> FlexRouting:
+    """sources[j]: EP rank j's RankRouting of the same micro-batch and EP group (rank_routing with me = j);
+    me: this rank's EP index. A choice goes to the copy its RankRouting sends it to (replicas, shadows)."""
+    own, ep = sources[me], len(sources)
+    tokens = [np.unique(_kept_to(own, g) // top_k) for g in range(ep)]  # sorted: token order
+    send_tokens = np.concatenate(tokens).astype(np.int64)
+    choices = np.zeros((len(send_tokens), top_k), dtype=bool)
+    start = 0
+    for g, tok in enumerate(tokens):
+        kept = _kept_to(own, g)
+        choices[start + np.searchsorted(tok, kept // top_k), kept % top_k] = True
+        start += len(tok)
+    arriving = [np.unique(_kept_to(rr, me) // top_k) for rr in sources]  # each source's tokens to me
+    recv_splits = [len(tok) for tok in arriving]
+    offsets = np.concatenate([[0], np.cumsum(recv_splits)]).astype(np.int64)
+    rows, gates, padding = [], [], []
+    for j, e in enumerate(own.local_experts):
+        idx, gidx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for s, rr in enumerate(sources):
+            kept = rr.send_slots[(rr.send_dest == me) & (rr.send_expert == e) & (rr.send_slots >= 0)]
+            row = offsets[s] + np.searchsorted(arriving[s], kept // top_k)
+            idx.append(row)
+            gidx.append(row * top_k + kept % top_k)
+        rows.append(np.concatenate(idx).astype(np.int64))
+        gates.append(np.concatenate(gidx).astype(np.int64))
+        padding.append(own.expert_computed[j] - len(rows[-1]))  # the padding sent and at the expert, both here
+    return FlexRouting(send_tokens, choices, [len(tok) for tok in tokens], recv_splits, tuple(rows), tuple(gates),
+                       tuple(padding))

@@ -2,7 +2,8 @@
 
 What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits),
 expert-tensor (the alltoall dispatcher's all-gather and reduce-scatter in the ETP group) and pipeline
-parallelism (1F1B), the alltoall and allgather dispatchers, the plan's routing
+parallelism (1F1B), the alltoall, allgather and flex dispatchers (flex as DeepEP inside one node: one row per
+(token, destination rank), the gates beside it, padding computed at the expert), the plan's routing
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement policy (replicas
 with token splitting, per-step shadows, migrations of weights and Adam state; its slots and redundant experts
 scaled with the experts), attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over
@@ -92,14 +93,15 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
         return max(16, min(limits.ffn_size, round(size * ratio / 16) * 16)) if size else 0
 
     # expert tensor parallel first, in shards of whole 16-column blocks, leaving at least 2 ranks to expert
-    # parallelism when the plan has both; the allgather dispatcher runs without it
+    # parallelism when the plan has both; the allgather and flex dispatchers run without it
     stage = tp * dp
-    etp_cap = 1 if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else min(lay.etp, stage // min(lay.ep, 2))
+    alltoall = sc.comm.dispatcher is TokenDispatcher.ALLTOALL
+    etp_cap = min(lay.etp, stage // min(lay.ep, 2)) if alltoall else 1
     etp = _largest_divisor(stage, max(1, etp_cap), also_divides=ffn(m.expert_ffn_size) // 16)
     ep = _largest_divisor(stage // etp, lay.ep, also_divides=experts)
-    note("layout.etp", lay.etp, etp, "expert tensor parallelism runs with the alltoall dispatcher only"
-         if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else f"the largest divisor of a stage's {stage} ranks "
-         "up to the plan's, leaving expert parallelism 2 of them")
+    note("layout.etp", lay.etp, etp, f"the largest divisor of a stage's {stage} ranks up to the plan's, leaving "
+         "expert parallelism 2 of them" if alltoall else "expert tensor parallelism runs with the alltoall "
+         "dispatcher only")
     for key in ("cp", "vpp"):
         note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, tensor, expert, "
              "expert-tensor and pipeline parallelism")
@@ -172,9 +174,8 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
                           recompute_modules=(RecomputeModule.CORE_ATTN,), fp8_recipe=Fp8Recipe.DELAYED,
                           fp8_dispatch=False,
                           optimizer=tr.optimizer.replace(distributed=False))
-    # the alltoall and allgather dispatchers run; flex (DeepEP) and the overlaps are not executed yet
-    dispatcher = sc.comm.dispatcher if sc.comm.dispatcher is TokenDispatcher.ALLGATHER else TokenDispatcher.ALLTOALL
-    comm = CommSpec(dispatcher=dispatcher)
+    # every dispatcher runs (flex inside the one node: its intra-node half); the overlaps are not executed yet
+    comm = CommSpec(dispatcher=sc.comm.dispatcher)
     for key in type(comm).model_fields:
         note(f"comm.{key}", _plain(getattr(sc.comm, key)), _plain(getattr(comm, key)), "not executed yet")
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from moesim.execute.moe_layer import all_to_all, swiglu
-from moesim.execute.routing_plan import GroupSlots, RankRouting, group_slots, rank_routing
+from moesim.execute.routing_plan import GroupSlots, RankRouting, flex_routing, group_slots, rank_routing
 from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
 from moesim.spec.comm import TokenDispatcher
@@ -366,6 +366,10 @@ class Trainer:
                               and name not in shards and id(t) not in expert_ids] if lay.tp > 1 else []
         self.tp_replicated = list({id(t): t for t in self.tp_replicated}.values())
         self.allgather = sc.comm.dispatcher is TokenDispatcher.ALLGATHER
+        self.flex = sc.comm.dispatcher is TokenDispatcher.FLEX
+        if lay.etp > 1 and sc.comm.dispatcher is not TokenDispatcher.ALLTOALL:  # scale_plan sets etp 1 for them
+            raise ValueError(f"expert tensor parallelism (etp {lay.etp}) runs with the alltoall dispatcher only, "
+                             f"not {sc.comm.dispatcher.value}")
         self.elem_bytes = torch.finfo(dtype).bits // 8
         self.row_bytes = m.hidden_size * self.elem_bytes  # one token's activations
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
@@ -498,6 +502,8 @@ class Trainer:
                 slots = torch.as_tensor(rr.send_slots, device=self.device)
                 if self.allgather:
                     ready[("allgather", layer, mb)] = self._gathered_rows(r, mb, self.slots[(step, layer)], rr)
+                if self.flex:
+                    ready[("flex", layer, mb)] = self._flex_rows(r, mb, self.slots[(step, layer)], rr)
                 if self.sc.layout.etp > 1:
                     ready[("etp", layer, mb)] = self._etp_rows(r, mb, self.slots[(step, layer)], rr)
                 ready[(layer, mb)] = (rr, torch.as_tensor(rr.expert_ids, device=self.device), slots,
@@ -569,6 +575,74 @@ class Trainer:
                         max(0, computed - len(idx))))
         return out
 
+    def _flex_rows(self, r, mb: int, slots: GroupSlots, own: RankRouting) -> tuple:
+        """The flex dispatcher's routing as tensors: (FlexRouting, the token of each row sent, its gates' mask
+        [rows sent, k] in the model's dtype, per local slot (expert, received rows, their gates' indices, padding
+        rows))."""
+        m = self.sc.model
+        sources = [own if j == self.ep_index else rank_routing(
+            r.loads[mb], r.sent[mb], r.computed[mb, self.group_index], self.sources, j, m.top_k, slots)
+            for j in range(len(self.sources))]
+        fr = flex_routing(sources, self.ep_index, m.top_k)
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, device=self.device)
+
+        per_slot = [(e, tensor(idx), tensor(gidx), pad) for e, idx, gidx, pad in
+                    zip(own.local_experts, fr.expert_rows, fr.expert_gates, fr.expert_padding)]
+        return fr, tensor(fr.send_tokens), tensor(fr.send_choices).to(self.dtype), per_slot
+
+    def _flex_block(self, tape: list, step: int, mb: int, layer: int, a: torch.Tensor, ready: dict):
+        """Megatron's flex dispatcher (DeepEP) inside one node: each token goes once to each EP rank holding one of
+        its kept choices, with its gates; that rank expands it into one row per local expert it chose, computes
+        them (with the padding rows at the expert) and sums their outputs weighted by the gates; the sums come back
+        one row per (token, rank) and are added into the tokens."""
+        p, m, ep = self.params, self.sc.model, self.sc.layout.ep
+        _, ids, *_ = ready[(layer, mb)]
+        fr, send_tokens, mask, per_slot = ready[("flex", layer, mb)]
+        group = self.groups.handles["ep"]
+        exchange = all_to_all if ep > 1 else _local
+
+        def route(a: torch.Tensor):
+            n = rms_norm(a, p[f"{layer}.ln2"])
+            gate = torch.softmax(n @ p[f"{layer}.router"], dim=-1).gather(1, ids)
+            sent = (n[send_tokens], gate[send_tokens] * mask)  # a dropped or elsewhere-bound choice's gate is 0
+            return (*sent, ffn(n, p, f"{layer}.shared")) if m.num_shared_experts else sent
+
+        def dispatch(sent: torch.Tensor, gates: torch.Tensor):  # DeepEP sends the gates with the tokens
+            return (exchange(sent, fr.recv_splits, fr.send_splits, group),
+                    exchange(gates, fr.recv_splits, fr.send_splits, group))
+
+        def experts(received: torch.Tensor, gates: torch.Tensor):
+            inputs = []
+            for e, idx, _, pad in per_slot:  # every local expert runs, rows or not (the dispatch's backward)
+                x = received[idx]
+                inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
+            out, flat = received.new_zeros(received.shape), gates.reshape(-1)
+            for (_, idx, gidx, _), y in zip(per_slot, self._run_experts(layer, inputs)):
+                out = out.index_add(0, idx, y[:idx.shape[0]] * flat[gidx].unsqueeze(1))
+            return out
+
+        def unpermute(a: torch.Tensor, returned: torch.Tensor, *shared: torch.Tensor):
+            y = a.index_add(0, send_tokens, returned)
+            return y + shared[0] if shared else y
+
+        me = self.ep_index
+        sent_remote = sum(n for j, n in enumerate(fr.send_splits) if j != me)
+        recv_remote = sum(n for j, n in enumerate(fr.recv_splits) if j != me)
+        gate_bytes = m.top_k * self.elem_bytes  # a row's k gates travel beside it
+        sent, gates, *shared = self._segment(tape, step, mb, OpKind.ROUTER, layer, route, a)
+        received, received_gates = self._segment(
+            tape, step, mb, OpKind.DISPATCH, layer, dispatch, sent, gates,
+            nbytes=float(sent_remote * (self.row_bytes + gate_bytes)), rows=int(send_tokens.shape[0]),
+            collective=True)
+        computed = sum(int(idx.shape[0]) + pad for _, idx, _, pad in per_slot)
+        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, received, received_gates, rows=computed)
+        returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, exchange, out, fr.send_splits,
+                                 fr.recv_splits, group, nbytes=float(recv_remote * self.row_bytes),
+                                 rows=int(received.shape[0]), collective=True)
+        return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, unpermute, a, returned, *shared)
+
     def _allgather_block(self, tape: list, step: int, mb: int, layer: int, a: torch.Tensor, ready: dict):
         """Megatron's allgather dispatcher: the EP group's tokens (normed) and gates gathered on every member, each
         computing its experts' rows of them, the outputs reduce-scattered back to their ranks."""
@@ -637,6 +711,9 @@ class Trainer:
                 continue
             if self.allgather:
                 x = self._allgather_block(tape, step, mb, layer, a, ready)
+                continue
+            if self.flex:
+                x = self._flex_block(tape, step, mb, layer, a, ready)
                 continue
             rr, ids, slots, real, send_tokens, rows = ready[(layer, mb)]
             routed = self._segment(tape, step, mb, OpKind.ROUTER, layer, self._router, a, layer, rr, ids, send_tokens)

@@ -10,7 +10,7 @@ import pytest
 
 from moesim.execute.compare import compare, phase_seconds
 from moesim.execute.records import ExecuteError, assemble
-from moesim.execute.routing_plan import group_slots, rank_routing
+from moesim.execute.routing_plan import flex_routing, group_slots, rank_routing
 from moesim.execute.scale import ScaleLimits, scale_plan
 from moesim.io.profile import load_profile, resolve_profile
 from moesim.loader import load_scenario
@@ -79,6 +79,36 @@ def test_a_replicated_expert_splits_each_source_in_whole_rows():
     shadowed = group_slots(Placement(np.array([[0, 1], [2, 0]]), transient=np.array([[False, False],
                                                                                     [False, True]])), 3, 2)
     assert shadowed.owners(0) == [0] and shadowed.shadows(0) == [1] and shadowed.shadow_any
+
+
+def test_flex_sends_a_token_once_per_destination_rank_with_its_gates():
+    """DeepEP inside a node: a token whose two choices are on the same rank sends one row there, whose gate mask
+    holds both choices; a dropped choice has no gate; capacity padding does not travel but is computed at the
+    expert."""
+    loads = np.array([[2, 2, 1, 1], [1, 1, 2, 2]])  # [q, E]: 2 ranks, 4 experts, T = 3 tokens, k = 2
+    sent = np.array([[3, 1, 1, 1], [1, 1, 2, 2]])  # rank 0 pads one row to expert 0, drops one of expert 1
+    computed = sent.sum(0)
+    slots = group_slots(None, 4, 2)
+    r0, r1 = (rank_routing(loads, sent, computed, np.array([0, 1]), q, 2, slots) for q in (0, 1))
+    # rank 0's tokens: 0 -> experts (0, 1), 1 -> (0, 2), 2 -> (1, 3); token 2's choice of expert 1 is dropped
+    assert r0.expert_ids.tolist() == [[0, 1], [0, 2], [1, 3]]
+    assert r0.send_splits == [4, 2]  # alltoall: expert 0's two rows and its padding row, expert 1's kept row
+    f0 = flex_routing([r0, r1], 0, 2)
+    assert f0.send_splits == [2, 2]  # tokens 0 (once, for two experts) and 1 to rank 0; tokens 1 and 2 to rank 1
+    assert f0.send_tokens.tolist() == [0, 1, 1, 2]
+    assert f0.send_choices.tolist() == [[True, True], [True, False], [False, True], [False, True]]
+    r1_tokens = r1.expert_ids.tolist()  # rank 1's tokens: 0 -> (0, 2), 1 -> (1, 3), 2 -> (2, 3)
+    assert r1_tokens == [[0, 2], [1, 3], [2, 3]]
+    assert f0.recv_splits == [2, 2]  # from rank 0 its tokens 0 and 1; from rank 1 its tokens 0 and 1
+    # expert 0: rank 0's tokens 0 and 1 (rows 0, 1; choice 0) and rank 1's token 0 (row 2), plus the padding row
+    assert f0.expert_rows[0].tolist() == [0, 1, 2] and f0.expert_gates[0].tolist() == [0, 2, 4]
+    assert f0.expert_padding == (1, 0)
+    # expert 1: rank 0's token 0 (choice 1) and rank 1's token 1 (row 3, choice 0)
+    assert f0.expert_rows[1].tolist() == [0, 3] and f0.expert_gates[1].tolist() == [1, 6]
+    f1 = flex_routing([r0, r1], 1, 2)
+    assert f1.recv_splits == f0.send_splits[1:] + f1.send_splits[1:]  # rank 0's 2 tokens, then rank 1's own
+    # rank 1's token 2 has both choices (experts 2, 3) on itself: one row where alltoall sends two
+    assert r1.send_splits == [2, 4] and f1.send_splits == [2, 3] and f1.expert_padding == (0, 0)
 
 
 def _timeline(starts, ends):
@@ -159,3 +189,6 @@ def test_scale_plan_keeps_expert_tensor_parallelism_beside_expert_parallelism():
     assert gathered.scenario.layout.etp == 1
     said = "layout.etp: 2 -> 1 (expert tensor parallelism runs with the alltoall"
     assert any(c.startswith(said) for c in gathered.changes)
+    flex = scale_plan(plan.replace(comm=plan.comm.replace(dispatcher="flex")), 4, CPU)  # flex runs, without etp
+    assert flex.scenario.comm.dispatcher.value == "flex" and flex.scenario.layout.etp == 1
+    assert any(c.startswith(said) for c in flex.changes) and not any("comm.dispatcher" in c for c in flex.changes)

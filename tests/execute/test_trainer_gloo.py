@@ -54,10 +54,13 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
     (2, 2, False, 1, 2, "alltoall"), (4, 2, True, 2, 2, "alltoall"),  # tensor (sequence) parallel; with stages
     (2, 2, False, 1, 1, "allgather"), (4, 2, True, 1, 1, "allgather"),  # Megatron's allgather dispatcher
     (4, 2, True, 2, 2, "allgather"),
+    (2, 2, False, 1, 1, "flex"), (4, 2, True, 1, 1, "flex"),  # DeepEP inside a node: a row per (token, rank)
+    (2, 2, False, 1, 2, "flex"),
 ])
 def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp, dispatcher):
     sc, routing = _case(world, ep, pad, pp, tp, dispatcher)
     assert (sc.layout.ep, sc.layout.pp, sc.layout.tp) == (ep, pp, tp)
+    assert dispatcher != "flex" or _flex_merges_choices(sc, routing), "the case must send a token once for two choices"
     ranks = _check_against_reference(tmp_path, sc, routing)
     for stage in range(pp):  # every local expert's gradients, on the stage holding its layer
         rank = stage * (world // pp)
@@ -66,6 +69,25 @@ def test_ranks_match_single_process_reference(tmp_path, world, ep, pad, pp, tp, 
         assert len(ranks[rank]["shards"]) == (2 * len(sc.stage_layers(stage)) + 3 * dense if tp > 1 else 0)
         moe = sum(1 for layer in sc.stage_layers(stage) if sc.model.is_moe_layer(layer))
         assert sum(1 for name in ranks[rank]["grads"] if ".expert" in name) == 3 * (sc.model.num_experts // ep) * moe
+
+
+def _flex_merges_choices(sc, routing) -> bool:
+    """Whether in step 0 some source's token keeps two choices on one EP rank, which the flex dispatcher sends
+    there as one row (the alltoall dispatcher as two)."""
+    from moesim.execute.routing_plan import flex_routing, group_slots, rank_routing
+
+    lay, k = sc.layout, sc.model.top_k
+    for r in (r for r in routing if r.step == 0):
+        slots = group_slots(r.placement, sc.model.num_experts, lay.ep)
+        for index, members in enumerate(lay.ep_groups()[sc.stage_of_layer(r.layer)].reshape(-1, lay.ep)):
+            sources = members % lay.ranks_per_stage
+            for mb in range(sc.num_micro_batches):
+                rrs = [rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, index], sources, j, k, slots)
+                       for j in range(lay.ep)]
+                if any(sum(flex_routing(rrs, j, k).send_splits) < int((rr.send_slots >= 0).sum())
+                       for j, rr in enumerate(rrs)):
+                    return True
+    return False
 
 
 def _eplb(redundant: int = 4, period: int = 1):
@@ -85,7 +107,7 @@ def _fastermoe():
 
 @pytest.mark.parametrize(("world", "ep", "placement", "dispatcher"), [
     (2, 2, "eplb", "alltoall"), (4, 2, "eplb", "alltoall"), (2, 2, "eplb", "allgather"),
-    (2, 2, "fastermoe", "alltoall"), (4, 2, "fastermoe", "allgather"),
+    (2, 2, "fastermoe", "alltoall"), (4, 2, "fastermoe", "allgather"), (2, 2, "eplb", "flex"),
 ])
 def test_replicas_and_shadows_match_the_reference(tmp_path, world, ep, placement, dispatcher):
     """Replicated experts split a source's rows over their copies and sum their gradients over the copies;
@@ -102,6 +124,7 @@ def test_replicas_and_shadows_match_the_reference(tmp_path, world, ep, placement
         assert all((r.placement.holders(E).sum(1) > 1).any() for r in routing), "the case must replicate across ranks"
     else:
         assert any(r.placement.transient.any() for r in routing), "the case must shadow"
+    assert dispatcher != "flex" or _flex_merges_choices(sc, routing), "the case must send a token once for two choices"
     ranks = _check_against_reference(tmp_path, sc, routing)
     held = sum(sum(1 for name in r["grads"] if ".expert" in name) for r in ranks)
     if placement == "eplb":  # every persistent copy has its gradients
