@@ -167,13 +167,14 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     note("training.dtype", tr.dtype.value, dtype.value, "CPU ranks compute in fp32" if dtype is Dtype.FP32
          else "fp8 is not executed")
     note("training.recompute", tr.recompute.value, Recompute.NONE.value, "not executed")
-    note("training.optimizer.distributed", tr.optimizer.distributed, False, "gloo has no reduce-scatter: the "
-         "gradients are all-reduced")
+    state_bytes = 2 * (4 if dtype is Dtype.FP32 else 2)  # torch's Adam: two moments in the parameters' dtype
+    note("training.optimizer.state_bytes_per_param", tr.optimizer.state_bytes_per_param, state_bytes,
+         f"the executed Adam keeps two moments in {dtype.value}, no master copy")
     training = tr.replace(seq_len=seq, micro_batch_size=1, global_batch_size=gbs, dtype=dtype, grad_dtype=Dtype.FP32,
                           recompute=Recompute.NONE,
                           recompute_modules=(RecomputeModule.CORE_ATTN,), fp8_recipe=Fp8Recipe.DELAYED,
                           fp8_dispatch=False,
-                          optimizer=tr.optimizer.replace(distributed=False))
+                          optimizer=tr.optimizer.replace(state_bytes_per_param=state_bytes))
     # every dispatcher runs (flex inside the one node: its intra-node half); the overlaps are not executed yet
     comm = CommSpec(dispatcher=sc.comm.dispatcher)
     for key in type(comm).model_fields:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from moesim.execute.grad_buffer import GradBuffer
 from moesim.execute.moe_layer import all_to_all, swiglu
 from moesim.execute.routing_plan import GroupSlots, RankRouting, flex_routing, group_slots, rank_routing
 from moesim.sim.engine import pipeline_schedule
@@ -375,7 +376,14 @@ class Trainer:
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
         self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
         self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
-        self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
+        # Megatron's gradient buffers (and distributed optimizer): experts stay unsharded when they migrate,
+        # since their optimizer state then moves with them
+        self.distributed = sc.training.optimizer.distributed
+        moving = any(not np.array_equal(self._owned_all(key[0], key[1]), self._owned_all(0, key[1]))
+                     for key in self.slots if key[1] in self.moe_layers)
+        self.dense_buffer = self._buffer(self.dense, "dp", self.distributed)
+        self.expert_buffer = self._buffer(self.expert, "edp", self.distributed and not moving)
+        self.optimizer = self._make_optimizer()
         self.optimizer_steps = 0
         self.timeline = Timeline()
         self.step_starts: list[float] = []
@@ -780,19 +788,19 @@ class Trainer:
         t = t.contiguous()
         self.sends.append((t, dist.isend(t, dst)))
 
-    def _all_reduce(self, step: int, op: OpKind, tensors: list[torch.Tensor], group: str, average: bool = True
-                    ) -> None:
-        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+    def _tp_all_reduce(self, step: int) -> None:
+        """Megatron's all-reduce over tp of the gradients of the weights every TP rank holds whole (summed)."""
         t0 = self._now()
-        if grads and len(self.groups.members[group]) > 1:  # a group of one has nothing to reduce (Megatron skips it)
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat, group=self.groups.handles[group])
-            if average:
-                flat /= len(self.groups.members[group])
-            for t, piece in zip(tensors, flat.split([g.numel() for g in grads])):
-                t.grad = piece.view_as(t)
-        t1 = self._now()
-        self.timeline.add(step, -1, -1, Phase.STEP, op, t0, t1, float(sum(g.numel() * g.element_size() for g in grads)))
+        flat = self._flat_grads(self.tp_replicated)
+        dist.all_reduce(flat, group=self.groups.handles["tp"])
+        self._set_grads(self.tp_replicated, flat)
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.TP_COMM, t0, self._now(),
+                          float(flat.numel() * flat.element_size()))
+
+    def _timed(self, step: int, op: OpKind, fn, nbytes: float) -> None:
+        t0 = self._now()
+        fn()
+        self.timeline.add(step, -1, -1, Phase.STEP, op, t0, self._now(), nbytes)
 
     def forward_backward(self, step: int, ready: dict | None = None) -> None:
         """The step's passes in Megatron's order; gradients accumulate over the micro-batches."""
@@ -815,6 +823,25 @@ class Trainer:
                     self._send(x.grad if x.grad is not None else torch.zeros_like(x),
                                self.rank - self.sc.layout.ranks_per_stage)
 
+    # ---- gradient buffers and the optimizer ----
+    def _buffer(self, params: list[torch.Tensor], group: str, sharded: bool) -> GradBuffer:
+        members = self.groups.members[group]
+        return GradBuffer(params, self.groups.handles[group], len(members), members.index(self.rank), sharded,
+                          self.device, self.dtype)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over what this rank updates (foreach: one multi-tensor pass, as Megatron's fused Adam)."""
+        return torch.optim.Adam(self.dense_buffer.optimizer_params() + self.expert_buffer.optimizer_params(),
+                                lr=1e-4, foreach=True)
+
+    def _owned_all(self, step: int, layer: int) -> np.ndarray:
+        """[ep, E] which EP rank owns which expert (persistently) in `step`."""
+        slots, E = self.slots[(step, layer)], self.sc.model.num_experts
+        out = np.zeros((self.sc.layout.ep, E), bool)
+        for e in range(E):
+            out[slots.owners(e), e] = True
+        return out
+
     # ---- placement: migrations, shadows, replicas (moesim.placement; the simulator's placement ops) ----
     def _owned(self, step: int, layer: int, ep_rank: int | None = None) -> list[int]:
         """The experts an EP rank (default: this one) holds persistently in `step`, in slot order."""
@@ -832,8 +859,12 @@ class Trainer:
         return torch.cat([(t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1) for t in tensors])
 
     def _set_grads(self, tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
+        """In place where a gradient exists: a parameter's gradient is a view of its gradient buffer."""
         for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
-            t.grad = piece.view_as(t)
+            if t.grad is None:
+                t.grad = piece.view_as(t).clone()
+            else:
+                t.grad.copy_(piece.view_as(t))
 
     def place(self, step: int) -> None:
         """Bring this rank's experts to the step's placement before its passes: move the experts that changed
@@ -935,9 +966,10 @@ class Trainer:
             self.held[layer] = self._owned(step, layer)
         self.expert = [t for layer in self.moe_layers for e in self.held[layer]
                        for t in self._expert_tensors(layer, e)]
+        self.expert_buffer = self._buffer(self.expert, "edp", False)  # migrating experts are not sharded
         old = self.optimizer
-        self.optimizer = torch.optim.Adam(self.dense + self.expert, lr=1e-4)
-        for t in self.dense + self.expert:
+        self.optimizer = self._make_optimizer()
+        for t in self.dense_buffer.optimizer_params() + self.expert:
             state = old.state[t] if t in old.state else new_state.get(id(t))
             if state:
                 self.optimizer.state[t] = state
@@ -991,13 +1023,11 @@ class Trainer:
         self.sends.clear()
         self._reduce_shadows(step)
         self._sync_replicas(step)
-        for t in self.dense + self.expert:  # as Megatron's gradient buffers: every parameter has one (zeros)
-            if t.grad is None:
-                t.grad = torch.zeros_like(t)
         if self.tp_replicated:  # Megatron's all-reduce of sequence-parallel (replicated) weights' gradients
-            self._all_reduce(step, OpKind.TP_COMM, self.tp_replicated, "tp", average=False)
-        self._all_reduce(step, OpKind.DP_SYNC_DENSE, self.dense, "dp")
-        self._all_reduce(step, OpKind.DP_SYNC_EXPERT, self.expert, "edp")
+            self._tp_all_reduce(step)
+        # the distributed optimizer reduce-scatters here and all-gathers after its step (in step())
+        self._timed(step, OpKind.DP_SYNC_DENSE, self.dense_buffer.reduce, self.dense_buffer.nbytes)
+        self._timed(step, OpKind.DP_SYNC_EXPERT, self.expert_buffer.reduce, self.expert_buffer.nbytes)
 
     def step(self, step: int) -> None:
         ready = self._prepare(step)
@@ -1006,9 +1036,10 @@ class Trainer:
         self.place(step)
         self.forward_backward(step, ready)
         self.sync_gradients(step)
-        t0 = self._now()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._timed(step, OpKind.OPTIMIZER, self.optimizer.step, 0.0)
         self.optimizer_steps += 1
-        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.OPTIMIZER, t0, self._now())
+        for buffer, op in ((self.dense_buffer, OpKind.DP_SYNC_DENSE), (self.expert_buffer, OpKind.DP_SYNC_EXPERT)):
+            if buffer.sharded:
+                self._timed(step, op, buffer.gather, buffer.nbytes)
+            buffer.zero()
         self._stop_clock()

@@ -22,7 +22,8 @@ TIMEOUT_S = 60
 
 
 def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall",
-          placement=None, steps: int = 1, capacity_factor: float | None = 1.0, etp: int = 1):
+          placement=None, steps: int = 1, capacity_factor: float | None = 1.0, etp: int = 1,
+          distributed: bool = False):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -39,7 +40,10 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
     dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
     scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp), comm=scaled.comm.replace(
                                 dispatcher=dispatcher),
-                            training=scaled.training.replace(global_batch_size=dp * scaled.num_micro_batches))
+                            training=scaled.training.replace(
+                                global_batch_size=dp * scaled.num_micro_batches,
+                                # the reference tests read every gradient after the reduction: all-reduced
+                                optimizer=scaled.training.optimizer.replace(distributed=distributed)))
     if placement is not None:
         scaled = scaled.replace(placement=placement)
     routing = []
@@ -240,3 +244,22 @@ def test_migrating_experts_train_as_the_static_placement(tmp_path, policy):
         for name, t in r["params"].items():  # every copy of an expert, on every rank holding it
             torch.testing.assert_close(t, static_params[name], rtol=1e-4, atol=1e-6,
                                        msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_distributed_optimizer_trains_as_the_replicated_one(tmp_path, world):
+    """Megatron's distributed optimizer (gradients reduce-scattered, each rank's Adam on its shard of the flat
+    parameters, shards all-gathered; dense over dp, experts over edp on 4 ranks) gives the losses and weights of
+    every rank updating everything after an all-reduce."""
+    plain, routing = _case(world, 2, False, steps=3)
+    sharded, _ = _case(world, 2, False, steps=3, distributed=True)
+    assert sharded.training.optimizer.distributed and not plain.training.optimizer.distributed
+    want = _train(tmp_path / "plain", plain, routing)
+    got = _train(tmp_path / "sharded", sharded, routing)
+    for rank, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g["losses"], w["losses"], rtol=1e-5)
+        for name, t in g["params"].items():
+            torch.testing.assert_close(t, w["params"][name], rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name, rank=rank: f"rank {rank} {name}: {m}")
+    ops = got[0]["ops"]
+    assert ops.count("dp_sync_dense") == 2 * 4  # reduce-scatter and all-gather in each of the 4 steps
