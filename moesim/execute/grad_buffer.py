@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 # torch's current names (the older ones warn that they are deprecated), falling back to the older ones
-_ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
-_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
 
 class GradBuffer:
@@ -59,7 +59,7 @@ class GradBuffer:
             return
         if self.sharded:
             out = self.grad.new_empty(self.padded // self.size)
-            _REDUCE_SCATTER(out, self.grad, group=self.group)
+            REDUCE_SCATTER(out, self.grad, group=self.group)
             self.shard.grad = out.div_(self.size)
         else:
             dist.all_reduce(self.grad, group=self.group)
@@ -68,7 +68,7 @@ class GradBuffer:
     def gather(self) -> None:
         """The distributed optimizer's all-gather of the updated shards into every member's parameters."""
         if self.sharded:
-            _ALL_GATHER(self.data, self.shard.detach().clone(), group=self.group)
+            ALL_GATHER(self.data, self.shard.detach().clone(), group=self.group)
 
     def zero(self) -> None:
         self.grad.zero_()

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from moesim.execute.grad_buffer import GradBuffer
+from moesim.execute.grad_buffer import ALL_GATHER, REDUCE_SCATTER, GradBuffer
 from moesim.execute.moe_layer import all_to_all, swiglu
 from moesim.execute.routing_plan import GroupSlots, RankRouting, flex_routing, group_slots, rank_routing
 from moesim.sim.engine import pipeline_schedule
@@ -268,9 +268,6 @@ def lm_head(x: torch.Tensor, targets: torch.Tensor, p: dict, m, scale: float) ->
     return F.cross_entropy((rms_norm(x, p["ln_f"]) @ head).float(), targets) * scale
 
 
-# torch's current names (the older ones warn that they are deprecated), falling back to the older ones
-_ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
-_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
 
 class _SequenceGather(torch.autograd.Function):
@@ -280,7 +277,7 @@ class _SequenceGather(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, group, size: int):
         ctx.group, ctx.size = group, size
         out = x.new_empty((x.shape[0] * size, *x.shape[1:]))
-        _ALL_GATHER(out, x.contiguous(), group=group)
+        ALL_GATHER(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
@@ -299,13 +296,13 @@ class _SequenceScatter(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out = grad.new_empty((grad.shape[0] * ctx.size, *grad.shape[1:]))
-        _ALL_GATHER(out, grad.contiguous(), group=ctx.group)
+        ALL_GATHER(out, grad.contiguous(), group=ctx.group)
         return out, None, None
 
 
 def _reduce_scatter(x: torch.Tensor, group, size: int) -> torch.Tensor:
     out = x.new_empty((x.shape[0] // size, *x.shape[1:]))
-    _REDUCE_SCATTER(out, x.contiguous(), group=group)
+    REDUCE_SCATTER(out, x.contiguous(), group=group)
     return out
 
 
@@ -830,9 +827,10 @@ class Trainer:
                           self.device, self.dtype)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        """Adam over what this rank updates (foreach: one multi-tensor pass, as Megatron's fused Adam)."""
+        """Adam over what this rank updates, fused (one pass over parameters, gradients and moments: Megatron's
+        FusedAdam, and the single pass the simulator's optimizer cost assumes)."""
         return torch.optim.Adam(self.dense_buffer.optimizer_params() + self.expert_buffer.optimizer_params(),
-                                lr=1e-4, foreach=True)
+                                lr=1e-4, fused=True)
 
     def _owned_all(self, step: int, layer: int) -> np.ndarray:
         """[ep, E] which EP rank owns which expert (persistently) in `step`."""

@@ -71,7 +71,7 @@ class AlphaBetaNetwork(CollectiveTimes):
             t = t + np.maximum(cost.sum(-1).max(-1), cost.sum(-2).max(-1))
         return t
 
-    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray, op: str | None = None) -> np.ndarray:
         """A ring over each group [G, n]: (n-1) latency hops per pass; NCCL runs one ring per NIC, so a group
         with m members per node has m NICs' worth of inter-node bandwidth, capped by NVLink."""
         ranks = np.asarray(ranks)
@@ -85,10 +85,4 @@ class AlphaBetaNetwork(CollectiveTimes):
         bw = np.where(spans_nodes, inter_bw, self.nvlink_bytes_per_s)
         alpha = np.where(spans_nodes, self.nic_latency_s, self.nvlink_latency_s)
         t = passes * (n - 1) * alpha + passes * (n - 1) / n * nbytes / bw
-        op = "all_reduce" if passes == 2 else "all_gather"
-        factor = passes * (n - 1) / n
-        for tier, rows in (("intra_node", ~spans_nodes), ("inter_node", spans_nodes)):
-            measured = self._measured_s(op, tier, np.full(len(ranks), factor * nbytes), n, factor)
-            if measured is not None:
-                t = np.where(rows, measured, t)
-        return t
+        return self._measured_ring_s(t, passes, nbytes, ranks, op)

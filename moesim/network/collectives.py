@@ -31,8 +31,32 @@ class CollectiveTimes(ABC):
         """matrices [..., G, n, n], ranks [G, n] -> [..., G] seconds; the G groups share the network."""
 
     @abstractmethod
-    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
-        """ranks [G, n] -> [G]: `passes` rounds of n-1 ring steps over a buffer of nbytes."""
+    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray, op: str | None = None) -> np.ndarray:
+        """ranks [G, n] -> [G]: `passes` rounds of n-1 ring steps over a buffer of nbytes. `op` names the collective
+        (all_reduce, all_gather, reduce_scatter) whose calibrated measurement, where the profile has one, times
+        it instead; None: the whole collective of that many passes (2: all-reduce, 1: all-gather)."""
+
+    calibration = None  # moesim.spec.calibration.Calibration of the profile, when it was measured
+
+    def _measured_ring_s(self, modelled_s: np.ndarray, passes: int, nbytes: float, ranks: np.ndarray,
+                         op: str | None) -> np.ndarray:
+        """modelled_s [G] with the groups that lie in one tier timed by the profile's measured table of `op`
+        (default: all_reduce for 2 passes, all_gather for 1) where it has one: the calibration measured that
+        collective on that tier, all groups at once, so it replaces the formula (as for the all-to-all)."""
+        op = op or ("all_reduce" if passes == 2 else "all_gather")
+        cal = self.calibration.collective(op, "intra_node") if self.calibration is not None else None
+        inter = self.calibration.collective(op, "inter_node") if self.calibration is not None else None
+        n = ranks.shape[-1]
+        if n < 2 or (cal is None and inter is None):
+            return modelled_s
+        nodes = np.asarray(ranks) // self.gpus_per_node
+        spans = (nodes != nodes[:, :1]).any(-1)
+        factor = passes * (n - 1) / n  # nccl-tests' bus factor: what crosses the tier per byte of the buffer
+        t = np.asarray(modelled_s, dtype=np.float64)
+        for fit, rows in ((cal, ~spans), (inter, spans)):
+            if fit is not None:
+                t = np.where(rows, fit.time_s(nbytes, factor), t)
+        return t
 
     def all_to_all_s(self, bytes_matrix: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         m = np.asarray(bytes_matrix, dtype=np.float64)
@@ -58,7 +82,7 @@ class CollectiveTimes(ABC):
             return np.full(lead, self._nvls_s(nbytes, n))
         split = None if algorithm is AllReduceAlgorithm.RING else hierarchical_groups(flat, self.gpus_per_node)
         if split is None:
-            return self._ring_s(2, nbytes, flat).reshape(lead)
+            return self._ring_s(2, nbytes, flat, "all_reduce").reshape(lead)
         intra, inter = split  # [G * nodes, m], [G * m, nodes]
         G, m = len(flat), intra.shape[1]
         nodes = inter.shape[1]
@@ -87,10 +111,16 @@ class CollectiveTimes(ABC):
         return 2.0 * self.nvlink_latency_s + nbytes * (1.0 + 1.0 / members) / self.nvlink_bytes_per_s
 
     def all_gather_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        return self._one_pass_s(nbytes, ranks, "all_gather")
+
+    def reduce_scatter_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        return self._one_pass_s(nbytes, ranks, "reduce_scatter")
+
+    def _one_pass_s(self, nbytes: float, ranks: np.ndarray, op: str) -> np.ndarray:
         flat, lead = groups_2d(ranks)
         if flat.shape[1] == 1 or nbytes <= 0:
             return np.zeros(lead)
-        return self._ring_s(1, nbytes, flat).reshape(lead)
+        return self._ring_s(1, nbytes, flat, op).reshape(lead)
 
     def p2p_s(self, nbytes: float, src: int, dst: int) -> float:
         if src == dst or nbytes <= 0:

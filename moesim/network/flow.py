@@ -38,7 +38,7 @@ class FlowNetwork(CollectiveTimes):
         self.nvlink_latency_s = self.topology.nvlink_latency_s
         self.nic_latency_s = self.topology.nic_latency_s
         # one ring step's latency: a calibrated all-reduce's alpha spread over its 2(n-1) steps, else the tier's
-        cal = cluster.profile.calibration
+        cal = self.calibration = cluster.profile.calibration
         self._ring_latency_s = {}
         for tier, default in (("intra_node", self.nvlink_latency_s), ("inter_node", self.nic_latency_s)):
             fit = cal.collective("all_reduce", tier) if cal is not None else None
@@ -293,11 +293,11 @@ class FlowNetwork(CollectiveTimes):
         np.maximum.at(out, g, done[inverse.ravel()])
         return out
 
-    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+    def _ring_s(self, passes: int, nbytes: float, ranks: np.ndarray, op: str | None = None) -> np.ndarray:
         ranks = np.asarray(ranks, dtype=np.int64)
         n = ranks.shape[-1]
         if n == 1 or nbytes <= 0:
             return np.zeros(len(ranks))
         step_s = self._direct_s(nbytes * ring_step_matrix(ranks, self.gpus_per_node), ranks, peer_overhead=False,
                                 ring_step=True)
-        return passes * (n - 1) * step_s
+        return self._measured_ring_s(passes * (n - 1) * step_s, passes, nbytes, ranks, op)

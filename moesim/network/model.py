@@ -22,7 +22,12 @@ class CollectiveModel(Protocol):
         ...
 
     def all_gather_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
-        """nbytes is the size of the gathered (output) buffer; reduce-scatter costs the same."""
+        """nbytes is the size of the gathered (output) buffer."""
+        ...
+
+    def reduce_scatter_s(self, nbytes: float, ranks: np.ndarray) -> np.ndarray:
+        """nbytes is the size of the reduced (input) buffer: a ring moves what all-gather moves, the other way;
+        a calibrated profile's own measurement of each may differ (gloo's reduce-scatter is not a ring)."""
         ...
 
     def p2p_s(self, nbytes: float, src: int, dst: int) -> float:

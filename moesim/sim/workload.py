@@ -357,30 +357,42 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
 
     params = np.array([stage_params(sc, s) for s in range(lay.pp)])  # [pp, 2] dense, expert
     grad_bytes = params * tr.grad_dtype.bytes
-    dp_dense = np.stack([np.repeat(net.all_reduce_s(grad_bytes[s, 0], lay.dp_groups()[s]), 1)
-                         for s in range(lay.pp)])  # [pp, tp]
-    dp_dense = np.tile(dp_dense, (1, lay.dp_cp))  # q = t + tp * (c + cp * d) -> tp rank is q % tp
-    dp_expert = np.stack([net.all_reduce_s(grad_bytes[s, 1], lay.edp_groups()[s]) for s in range(lay.pp)])
-    dp_expert = np.tile(dp_expert.reshape(lay.pp, lay.ep * lay.etp), (1, lay.edp))  # q = t + etp*(j + ep*d)
-
     opt = tr.optimizer
+
+    def sync_s(nbytes: float, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(whole sync, its parameter all-gather part): an all-reduce, or with the distributed optimizer a
+        reduce-scatter of the gradients and an all-gather of the updated parameters (each as the network times
+        it: a ring's halves of the all-reduce, or what a calibrated profile measured for each)."""
+        if not opt.distributed:
+            return net.all_reduce_s(nbytes, groups), np.zeros(groups.shape[:-1])
+        gather = net.all_gather_s(nbytes, groups)
+        return net.reduce_scatter_s(nbytes, groups) + gather, gather
+
+    # q = t + tp * (c + cp * d): the dense group of a rank is its tp rank's; q = t + etp * (j + ep * d) alike
+    dense = [sync_s(grad_bytes[s, 0], lay.dp_groups()[s]) for s in range(lay.pp)]  # each [tp]
+    expert = [sync_s(grad_bytes[s, 1], lay.edp_groups()[s]) for s in range(lay.pp)]  # each [ep, etp]
+    dp_dense, gather_dense = (np.tile(np.stack([d[i] for d in dense]), (1, lay.dp_cp)) for i in (0, 1))
+    dp_expert, gather_expert = (np.tile(np.stack([e[i] for e in expert]).reshape(lay.pp, lay.ep * lay.etp),
+                                        (1, lay.edp)) for i in (0, 1))
+
     # read + write per param: state, gradient, the weights (the fp8 recipe's fp8 copy is written by its weight
     # casts on the next step's first micro-batch: weight_casts_s)
     touched = 2 * opt.state_bytes_per_param + tr.grad_dtype.bytes + 2 * tr.dtype.weight_bytes
     shard = np.array([lay.dp_cp, lay.edp]) if opt.distributed else np.ones(2)
     optimizer_s = (params / shard).sum(-1) * touched / sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s
-    exposed, hidden = dp_overlap(sc, layers, np.stack([dp_dense, dp_expert]))
+    exposed, hidden = dp_overlap(sc, layers, np.stack([dp_dense, dp_expert]), np.stack([gather_dense, gather_expert]))
     return StaticWork(layers, tp_comm, cp_comm, cp_bytes, p2p, float(p2p_bytes), exposed[0], exposed[1], hidden,
                       optimizer_s, weight_casts_s(sc), grad_bytes)
 
 
-def dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray, gather_s: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(exposed, hidden) seconds of the gradient syncs sync_s [2, pp, q] under the overlap options. With the
-    distributed optimizer the all-reduce is a reduce-scatter and an all-gather of half its time each (without,
-    the whole all-reduce is the reduction). overlap_grad_reduce runs the reduction bucket by bucket during the
-    last micro-batch's backward: what one micro-batch's backward of the stage's layers (outside the routed experts)
-    cannot cover stays exposed, and at least the last layer's bucket. overlap_param_gather runs the all-gather
-    under the next step's first forward alike."""
+    distributed optimizer a sync is a reduce-scatter and the parameters' all-gather, gather_s [2, pp, q] of it
+    (default: half of it, a ring's; without, the whole all-reduce is the reduction). overlap_grad_reduce runs the
+    reduction bucket by bucket during the last micro-batch's backward: what one micro-batch's backward of the
+    stage's layers (outside the routed experts) cannot cover stays exposed, and at least the last layer's bucket.
+    overlap_param_gather runs the all-gather under the next step's first forward alike."""
     comm, lay = sc.comm, sc.layout
     if not (comm.overlap_grad_reduce or comm.overlap_param_gather):
         return sync_s, np.zeros_like(sync_s)
@@ -394,7 +406,10 @@ def dp_overlap(sc: Scenario, layers: LayerCosts, sync_s: np.ndarray) -> tuple[np
             + lc.memory_bound_fwd_s[moe]
         bwd[stage] += lc.attention_bwd_s + (lc.router_bwd_s if moe else lc.dense_ffn_bwd_s) \
             + lc.memory_bound_bwd_s[moe]
-    gather = sync_s / 2.0 if sc.training.optimizer.distributed else np.zeros_like(sync_s)
+    if not sc.training.optimizer.distributed:
+        gather = np.zeros_like(sync_s)
+    else:
+        gather = sync_s / 2.0 if gather_s is None else gather_s
     reduce = sync_s - gather
     exposed = sync_s.copy()
     if comm.overlap_grad_reduce:
