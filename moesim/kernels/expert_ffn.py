@@ -43,6 +43,7 @@ from moesim.kernels.grouped_gemm import (
     _grouped_gemm_slots,
     _interpreting,
     align_by_expert,
+    dot_meta,
 )
 
 
@@ -127,11 +128,7 @@ def _expert_wgrad(a: torch.Tensor, b: torch.Tensor, layout: tuple, num_experts: 
     interpreting = _interpreting()
     args = (a, b, out, sorted_rows, expert_block_start, num_rows, P, Q,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2))
-    meta = dict(
-        UPCAST_TO_FP32=interpreting and a.dtype == torch.bfloat16,
-        INPUT_PRECISION=input_precision if a.dtype == torch.float32 else "tf32",
-        BLOCK_M=block_m,
-    )
+    meta = dot_meta(a.dtype, interpreting, input_precision, block_m)
     if interpreting or block_n is not None or block_k is not None:
         bp = block_k if block_k is not None else _default_block(P, _INTERP_MAX_BLOCK_N)
         bq = block_n if block_n is not None else _default_block(Q, _INTERP_MAX_BLOCK_N)

@@ -224,13 +224,8 @@ def _grouped_gemm_slots(a: torch.Tensor, w: torch.Tensor, layout: tuple, slots_p
     args = (a, w, out, out if gate_flat is None else gate_flat, sorted_slot_ids, block_expert,
             num_slots, N, K, a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
             out.stride(0), out.stride(1))
-    meta = dict(
-        SLOTS_PER_ROW=slots_per_row, HAS_GATE=gate_flat is not None,
-        UPCAST_TO_FP32=interpreting and a.dtype == torch.bfloat16,
-        # Only fp32 operands read it; 16-bit dots keep the default.
-        INPUT_PRECISION=input_precision if a.dtype == torch.float32 else "tf32",
-        BLOCK_M=block_m,
-    )
+    meta = dict(SLOTS_PER_ROW=slots_per_row, HAS_GATE=gate_flat is not None,
+                **dot_meta(a.dtype, interpreting, input_precision, block_m))
     if interpreting or block_n is not None or block_k is not None:
         bn = block_n if block_n is not None else _default_block(N, _INTERP_MAX_BLOCK_N)
         bk = block_k if block_k is not None else _default_block(K, _INTERP_MAX_BLOCK_K)
@@ -240,6 +235,14 @@ def _grouped_gemm_slots(a: torch.Tensor, w: torch.Tensor, layout: tuple, slots_p
         grid = lambda cfg: (num_blocks, triton.cdiv(N, cfg["BLOCK_N"]))  # noqa: E731
         _get_autotuned_kernel()[grid](*args, **meta)
     return out
+
+
+def dot_meta(dtype: torch.dtype, interpreting: bool, input_precision: str, block_m: int) -> dict:
+    """The tl.dot options every moesim kernel takes: bf16 upcast in the interpreter (its bf16 dot is wrong,
+    triton#11584), the fp32 input precision, the row block."""
+    # Only fp32 operands read INPUT_PRECISION; 16-bit dots keep the default.
+    return dict(UPCAST_TO_FP32=interpreting and dtype == torch.bfloat16,
+                INPUT_PRECISION=input_precision if dtype == torch.float32 else "tf32", BLOCK_M=block_m)
 
 
 def _default_block(dim: int, cap: int) -> int:

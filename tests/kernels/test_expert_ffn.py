@@ -1,26 +1,14 @@
 """expert_ffn (Triton forward and backward) vs plain torch autograd of the same per-row SwiGLU.
 
-TRITON_INTERPRET=1 must be set before triton is imported. tests/conftest.py does it for the suite; the
-setdefault below covers running this file alone, and, being a setdefault, leaves TRITON_INTERPRET=0
-alone so that a CUDA machine runs the same checks compiled, plus the `gpu` test.
+Runs in the Triton interpreter by default, compiled on a CUDA machine with TRITON_INTERPRET=0 (plus the `gpu`
+test): tests/kernels/backends.py.
 """
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+from kernels.backends import DEVICE, needs_backend, needs_compiled_gpu, torch
 
-from moesim.kernels.expert_ffn import expert_ffn  # noqa: E402
-
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cpu" if INTERPRETING else "cuda"
-needs_backend = pytest.mark.skipif(not INTERPRETING and not CUDA, reason="needs TRITON_INTERPRET=1 or CUDA")
-needs_compiled_gpu = pytest.mark.skipif(not CUDA or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET unset")
+from moesim.kernels.expert_ffn import expert_ffn
 
 E = 4
 USED = torch.tensor([0, 2, 3])  # expert 1 never gets a row

@@ -5,21 +5,13 @@ the CPU interpreter (small shapes, large blocks: its cost is per program instanc
 TRITON_INTERPRET=0 on a CUDA machine to run the same checks compiled, plus the `gpu` tests.
 """
 
-import os
-
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+from kernels.backends import DEVICE, needs_backend, needs_compiled_gpu, torch
 
-from moesim.kernels.grouped_gemm import align_by_expert, grouped_gemm, swiglu_expert_mlp  # noqa: E402
-from moesim.kernels.reference import grouped_gemm_ref, swiglu_expert_mlp_ref  # noqa: E402
+from moesim.kernels.grouped_gemm import align_by_expert, grouped_gemm, swiglu_expert_mlp
+from moesim.kernels.reference import grouped_gemm_ref, swiglu_expert_mlp_ref
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cpu" if INTERPRETING else "cuda"
-needs_backend = pytest.mark.skipif(not INTERPRETING and not CUDA, reason="needs TRITON_INTERPRET=1 or CUDA")
-needs_compiled_gpu = pytest.mark.skipif(not CUDA or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET unset")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (rtol, atol): fp32 accumulation everywhere, so 16-bit errors are about one output rounding.
