@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 from execute.gloo_ranks import run_ranks  # noqa: E402
 
 WORKER = Path(__file__).with_name("trainer_gloo_worker.py")
-STEPS_WORKER = Path(__file__).with_name("trainer_steps_worker.py")
 TIMEOUT_S = 60
 
 
@@ -218,7 +217,7 @@ def _train(tmp_path: Path, sc, routing) -> list:
     tmp_path.mkdir(parents=True, exist_ok=True)
     case = tmp_path / "case.pkl"
     case.write_bytes(pickle.dumps((sc, routing)))
-    return run_ranks(STEPS_WORKER, sc.layout.world_size, [str(case)], tmp_path, TIMEOUT_S)
+    return run_ranks(WORKER, sc.layout.world_size, [str(case), "train"], tmp_path, TIMEOUT_S)
 
 
 @pytest.mark.parametrize("policy", ["smartmoe", "flexmoe", "eplb"])
