@@ -7,9 +7,10 @@ parallelism (1F1B), the alltoall, allgather and flex dispatchers (flex as DeepEP
 (the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement policy (replicas
 with token splitting, per-step shadows, migrations of weights and Adam state; its slots and redundant experts
 scaled with the experts), attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over
-dp and edp, and Adam. What is not executed yet is scaled to 1 and said: context parallelism, virtual
-pipeline stages. The model shrinks to what a rank of this machine runs in seconds: its widths, layers,
-experts, vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
+dp and edp, and Adam; virtual pipeline stages (Megatron's interleaved 1F1B, the model growing to pp x vpp layers
+where it must). What is not executed yet is scaled to 1 and said: context parallelism. The model shrinks to
+what a rank of this machine runs in seconds: its widths, layers, experts, vocabulary and batch (the defaults
+below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
 Pure: no torch. The scaled scenario is checked by the same validators as a scenario file.
 """
@@ -74,17 +75,27 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     lay, m, tr = sc.layout, sc.model, sc.training
     if sc.routing.trace is not None:
         experts = m.num_experts  # a replayed trace routes over its own experts
-        layers = min(m.num_layers, limits.num_layers, sc.routing.trace.num_layers)
+        most_layers = min(m.num_layers, sc.routing.trace.num_layers)
     else:
         experts = min(m.num_experts, limits.num_experts)
-        layers = min(m.num_layers, limits.num_layers)
-    first_dense = min(m.first_k_dense, 1) if layers > 1 else 0
+        most_layers = m.num_layers
+    layers = min(most_layers, limits.num_layers)
     hidden = min(m.hidden_size, limits.hidden_size)
     head_dim = min(limits.head_dim, hidden)
     heads = max(1, hidden // head_dim)
     kv_heads = _largest_divisor(heads, m.num_kv_heads if not m.is_mla else heads)
     ratio = hidden / m.hidden_size
     pp = _largest_divisor(nproc, min(lay.pp, layers), also_divides=layers)  # blocks of ranks, equal layers each
+    # interleaved stages: vpp chunks of one layer each per stage (up to the plan's vpp and layers, at most 2 chunks
+    # beyond the layer limit); Megatron needs the micro-batches to be a multiple of pp
+    micro_batches = min(sc.num_micro_batches, limits.num_micro_batches)
+    vpp = 1
+    if pp > 1 and micro_batches % pp == 0:
+        vpp = max((v for v in range(1, lay.vpp + 1) if pp * v <= min(most_layers, max(layers, 2 * pp))),
+                  default=1)
+    if vpp > 1:
+        layers = max(layers - layers % (pp * vpp), pp * vpp)
+    first_dense = min(m.first_k_dense, 1) if layers > 1 else 0
     # tensor parallel splits the heads, the key/value groups and the sequence: tp must divide all three
     tp = _largest_divisor(nproc // pp, lay.tp, also_divides=math.gcd(heads, kv_heads))
     dp = nproc // (pp * tp)
@@ -102,9 +113,10 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     note("layout.etp", lay.etp, etp, f"the largest divisor of a stage's {stage} ranks up to the plan's, leaving "
          "expert parallelism 2 of them" if alltoall else "expert tensor parallelism runs with the alltoall "
          "dispatcher only")
-    for key in ("cp", "vpp"):
-        note(f"layout.{key}", getattr(lay, key), 1, "not executed yet: moesim execute runs data, tensor, expert, "
-             "expert-tensor and pipeline parallelism")
+    note("layout.cp", lay.cp, 1, "not executed yet: moesim execute runs data, tensor, expert, expert-tensor and "
+         "pipeline parallelism")
+    note("layout.vpp", lay.vpp, vpp, f"the largest up to the plan's with {pp} stage(s) x vpp layers within "
+         f"{max(limits.num_layers, 2 * pp)} and the micro-batches a multiple of pp")
     note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
          f"({layers})")
     note("layout.tp", lay.tp, tp, f"the largest divisor of a stage's {nproc // pp} ranks and of the {heads} heads "
@@ -115,7 +127,7 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     for key in ("first_stage_layers", "last_stage_layers"):
         note(f"layout.{key}", getattr(lay, key), None, "the scaled layers split evenly over the stages")
     note("layout.order", lay.order.value, "tp-cp-ep-dp-pp", "stages are blocks of consecutive ranks")
-    layout = ParallelLayout(tp=tp, cp=1, pp=pp, dp=dp, ep=ep, etp=etp)
+    layout = ParallelLayout(tp=tp, cp=1, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp)
 
     changes.append(f"model: {m.name} -> a scaled copy ({layers} layers, hidden {hidden}, {heads} heads of "
                    f"{head_dim}, {experts} experts): one rank of this machine runs a step in seconds")
@@ -159,7 +171,6 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
                       tie_word_embeddings=tied)
 
     seq = min(tr.seq_len, limits.seq_len)
-    micro_batches = min(sc.num_micro_batches, limits.num_micro_batches)
     note("training.seq_len", tr.seq_len, seq, "sequence limit")
     note("training.micro_batch_size", tr.micro_batch_size, 1, "one sequence per micro-batch")
     gbs = dp * micro_batches

@@ -371,8 +371,9 @@ class Trainer:
         self.elem_bytes = torch.finfo(dtype).bits // 8
         self.row_bytes = m.hidden_size * self.elem_bytes  # one token's activations
         self.sends: list = []  # this step's pipeline sends in flight (tensor, work), waited before the all-reduces
-        self.stage_inputs: dict[int, torch.Tensor] = {}  # per micro-batch: the activation received from upstream
-        self.stage_outputs: dict[int, torch.Tensor] = {}  # per micro-batch: the leaf sent downstream
+        # per (micro-batch, model chunk): the activation received from upstream, the leaf sent downstream
+        self.stage_inputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.stage_outputs: dict[tuple[int, int], torch.Tensor] = {}
         # Megatron's gradient buffers (and distributed optimizer): experts stay unsharded when they migrate,
         # since their optimizer state then moves with them
         self.distributed = sc.training.optimizer.distributed
@@ -692,17 +693,34 @@ class Trainer:
         return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer,
                              lambda a, mine, *shared: a + mine + shared[0] if shared else a + mine, a, mine, *shared)
 
-    def _forward(self, tape: list, step: int, mb: int, ready: dict) -> None:
+    # ---- pipeline: virtual stage v = chunk * pp + stage (Megatron's interleaving; v = stage without it) ----
+    def _virtual(self, chunk: int) -> int:
+        return chunk * self.sc.layout.pp + self.stage
+
+    def _rank_of_virtual(self, virtual: int) -> int:
+        """This rank's peer (same place in its stage) on the stage holding virtual stage `virtual`."""
+        return self.rank + (virtual % self.sc.layout.pp - self.stage) * self.sc.layout.ranks_per_stage
+
+    def _tag(self, mb: int, virtual: int, phase: Phase) -> int:
+        """The message of micro-batch mb into virtual stage `virtual` (forward) or out of it (backward): its own
+        tag, so that a pair of ranks exchanging several chunks' messages matches each to its receive."""
+        lay = self.sc.layout
+        return 2 * (mb * lay.pp * lay.vpp + virtual) + (phase is Phase.BACKWARD)
+
+    def _forward(self, tape: list, step: int, mb: int, ready: dict, chunk: int = 0) -> None:
         m, row_bytes = self.sc.model, self.row_bytes
+        lay = self.sc.layout
+        virtual, last_virtual = self._virtual(chunk), lay.pp * lay.vpp - 1
         tokens = ready[mb]
         inputs, targets = tokens[:-1][self.shard], tokens[1:][self.shard]  # sequence parallel: my 1/tp of them
-        if self.first:  # its own segment: the layer's ops below may read x twice (sequence parallel residual)
+        if virtual == 0:  # its own segment: the layer's ops below may read x twice (sequence parallel residual)
             x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, -1, torch.index_select, self.params["embed"], 0,
                               inputs)
-        else:  # the previous stage's output, as the leaf this stage's backward ends at
-            x = self._receive(step, mb, Phase.FORWARD, self.rank - self.sc.layout.ranks_per_stage)
-            self.stage_inputs[mb] = x
-        for layer in self.layers:
+        else:  # the previous virtual stage's output, as the leaf this chunk's backward ends at
+            x = self._receive(step, mb, Phase.FORWARD, self._rank_of_virtual(virtual - 1),
+                              self._tag(mb, virtual, Phase.FORWARD))
+            self.stage_inputs[(mb, chunk)] = x
+        for layer in self.sc.chunk_layers(self.stage, chunk):
             if self.sc.layout.tp == 1:
                 a = self._segment(tape, step, mb, OpKind.ATTENTION, layer, self._attention, x, layer)
             else:
@@ -748,9 +766,9 @@ class Trainer:
                                      rows=int(received.shape[0]), collective=True)
             x = self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer, self._unpermute, a, returned, gate, slots,
                               real, *shared)
-        if not self.last:
-            self.stage_outputs[mb] = x
-            self._send(x.detach(), self.rank + self.sc.layout.ranks_per_stage)
+        if virtual < last_virtual:
+            self.stage_outputs[(mb, chunk)] = x
+            self._send(x.detach(), self._rank_of_virtual(virtual + 1), self._tag(mb, virtual + 1, Phase.FORWARD))
             return
         scale = 1.0 / (self.sc.num_micro_batches * self.sc.layout.tp)  # the TP ranks' shards: a mean of means
         self._segment(tape, step, mb, OpKind.LM_HEAD, -1, self._lm_head, x, targets, scale)
@@ -770,20 +788,20 @@ class Trainer:
     def _attention_core(self, n: torch.Tensor, layer: int) -> torch.Tensor:
         return attention_core(n, self.params, layer, self.sc.model, self.seq, self.sc.layout.tp)
 
-    def _receive(self, step: int, mb: int, phase: Phase, src: int) -> torch.Tensor:
+    def _receive(self, step: int, mb: int, phase: Phase, src: int, tag: int = 0) -> torch.Tensor:
         """A pipeline message: blocks until the peer stage's tensor is here, recorded as pp_wait (the simulator's
         op for a stage waiting on its neighbour: the wait and the transfer)."""
         rows = self.seq // self.sc.layout.tp  # a TP rank sends its sequence shard
         buf = torch.empty(rows, self.sc.model.hidden_size, device=self.device, dtype=self.dtype)
         t0 = self._now()
-        dist.recv(buf, src)
+        dist.recv(buf, src, tag=tag)
         self.timeline.add(step, mb, -1, phase, OpKind.PP_WAIT, t0, self._now())
         return buf.requires_grad_(phase is Phase.FORWARD)
 
-    def _send(self, t: torch.Tensor, dst: int) -> None:
+    def _send(self, t: torch.Tensor, dst: int, tag: int = 0) -> None:
         """Sends do not block (the simulator's too): the work is waited for at the end of the step."""
         t = t.contiguous()
-        self.sends.append((t, dist.isend(t, dst)))
+        self.sends.append((t, dist.isend(t, dst, tag=tag)))
 
     def _tp_all_reduce(self, step: int) -> None:
         """Megatron's all-reduce over tp of the gradients of the weights every TP rank holds whole (summed)."""
@@ -802,23 +820,26 @@ class Trainer:
     def forward_backward(self, step: int, ready: dict | None = None) -> None:
         """The step's passes in Megatron's order; gradients accumulate over the micro-batches."""
         ready = ready if ready is not None else self._prepare(step)
-        tapes: dict[int, list] = {}
-        schedule = pipeline_schedule(self.stage, self.sc.layout.pp, self.sc.num_micro_batches, 1)
-        for phase, mb, _chunk in schedule:
+        lay = self.sc.layout
+        tapes: dict[tuple[int, int], list] = {}
+        last_virtual = lay.pp * lay.vpp - 1
+        for phase, mb, chunk in pipeline_schedule(self.stage, lay.pp, self.sc.num_micro_batches, lay.vpp):
+            virtual = self._virtual(chunk)
             if phase is Phase.FORWARD:
-                tapes[mb] = []
-                self._forward(tapes[mb], step, mb, ready)
-                if self.last:
-                    self.losses.append(float(tapes[mb][-1].outputs[0].detach()))
-            else:
-                if not self.last:  # the next stage's gradient of this stage's output starts the backward
-                    grad = self._receive(step, mb, Phase.BACKWARD, self.rank + self.sc.layout.ranks_per_stage)
-                    self.stage_outputs.pop(mb).grad = grad
-                self._backward(tapes.pop(mb), step, mb)
-                if not self.first:
-                    x = self.stage_inputs.pop(mb)
-                    self._send(x.grad if x.grad is not None else torch.zeros_like(x),
-                               self.rank - self.sc.layout.ranks_per_stage)
+                tape = tapes[(mb, chunk)] = []
+                self._forward(tape, step, mb, ready, chunk)
+                if virtual == last_virtual:
+                    self.losses.append(float(tape[-1].outputs[0].detach()))
+                continue
+            if virtual < last_virtual:  # the next virtual stage's gradient of this chunk's output starts it
+                grad = self._receive(step, mb, Phase.BACKWARD, self._rank_of_virtual(virtual + 1),
+                                     self._tag(mb, virtual, Phase.BACKWARD))
+                self.stage_outputs.pop((mb, chunk)).grad = grad
+            self._backward(tapes.pop((mb, chunk)), step, mb)
+            if virtual > 0:
+                x = self.stage_inputs.pop((mb, chunk))
+                self._send(x.grad if x.grad is not None else torch.zeros_like(x), self._rank_of_virtual(virtual - 1),
+                           self._tag(mb, virtual - 1, Phase.BACKWARD))
 
     # ---- gradient buffers and the optimizer ----
     def _buffer(self, params: list[torch.Tensor], group: str, sharded: bool) -> GradBuffer:

@@ -192,3 +192,14 @@ def test_scale_plan_keeps_expert_tensor_parallelism_beside_expert_parallelism():
     flex = scale_plan(plan.replace(comm=plan.comm.replace(dispatcher="flex")), 4, CPU)  # flex runs, without etp
     assert flex.scenario.comm.dispatcher.value == "flex" and flex.scenario.layout.etp == 1
     assert any(c.startswith(said) for c in flex.changes) and not any("comm.dispatcher" in c for c in flex.changes)
+
+
+def test_scale_plan_keeps_interleaved_stages_growing_the_layers():
+    sc = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    plan = sc.replace(layout=ParallelLayout(tp=2, pp=2, dp=4, ep=8, vpp=4))
+    scaled = scale_plan(plan, 2, CPU)
+    lay, m = scaled.scenario.layout, scaled.scenario.model
+    assert (lay.pp, lay.vpp, m.num_layers) == (2, 2, 4)  # at most 2 chunks beyond the 2-layer limit
+    assert any(c.startswith("layout.vpp: 4 -> 2") for c in scaled.changes)
+    one_stage = scale_plan(plan, 1, CPU).scenario
+    assert (one_stage.layout.pp, one_stage.layout.vpp, one_stage.model.num_layers) == (1, 1, 2)

@@ -22,7 +22,7 @@ TIMEOUT_S = 60
 
 def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: str = "alltoall",
           placement=None, steps: int = 1, capacity_factor: float | None = 1.0, etp: int = 1,
-          distributed: bool = False):
+          distributed: bool = False, vpp: int = 1):
     from moesim.execute.scale import ScaleLimits, scale_plan
     from moesim.io.profile import load_profile, resolve_profile
     from moesim.loader import load_scenario
@@ -37,8 +37,8 @@ def _case(world: int, ep: int, pad: bool, pp: int = 1, tp: int = 1, dispatcher: 
                          vocab_size=64, seq_len=16)
     scaled = scale_plan(sc, world, load_profile(resolve_profile("cpu-gloo-2c")), steps=steps, limits=limits).scenario
     dp = world // (pp * tp)  # the layout under test, whatever scale_plan would pick
-    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp), comm=scaled.comm.replace(
-                                dispatcher=dispatcher),
+    scaled = scaled.replace(layout=ParallelLayout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp),
+                            comm=scaled.comm.replace(dispatcher=dispatcher),
                             training=scaled.training.replace(
                                 global_batch_size=dp * scaled.num_micro_batches,
                                 # the reference tests read every gradient after the reduction: all-reduced
@@ -106,6 +106,16 @@ def _fastermoe():
     from moesim.spec.placement_params import FasterMoeParams
 
     return PlacementSpec(policy="fastermoe", params=FasterMoeParams(shadowing=True))
+
+
+@pytest.mark.parametrize(("world", "ep", "tp"), [(2, 1, 1), (4, 2, 1), (4, 1, 2)])
+def test_interleaved_stages_match_the_reference(tmp_path, world, ep, tp):
+    """Megatron's interleaved 1F1B: 2 stages of 2 model chunks each (4 layers, one per chunk), in the simulator's
+    own schedule order; every message tagged with its micro-batch and virtual stage."""
+    sc, routing = _case(world, ep, False, pp=2, tp=tp, vpp=2)
+    assert (sc.layout.pp, sc.layout.vpp, sc.model.num_layers) == (2, 2, 4)
+    assert list(sc.chunk_layers(0, 1)) == [2]  # stage 0 holds layers 0 and 2
+    _check_against_reference(tmp_path, sc, routing)
 
 
 @pytest.mark.parametrize(("world", "ep", "placement", "dispatcher"), [
