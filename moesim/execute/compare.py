@@ -31,6 +31,7 @@ PHASES: tuple[tuple[str, tuple[Phase, ...], tuple[OpKind, ...]], ...] = (
     ("pipeline wait", (Phase.FORWARD, Phase.BACKWARD), (OpKind.PP_WAIT,)),
     ("gradient all-reduce", (Phase.STEP,), (OpKind.DP_SYNC_DENSE, OpKind.DP_SYNC_EXPERT, OpKind.TP_COMM)),
     ("optimizer", (Phase.STEP,), (OpKind.OPTIMIZER,)),
+    ("placement", (Phase.STEP,), (OpKind.MIGRATION, OpKind.SHADOW, OpKind.REPLICA_SYNC)),
 )
 
 

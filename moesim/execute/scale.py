@@ -2,15 +2,15 @@
 
 What is executed: data, tensor (Megatron's sequence parallel), expert (all-to-all with uneven splits),
 expert-tensor (the alltoall dispatcher's all-gather and reduce-scatter in the ETP group) and pipeline
-parallelism (1F1B), the alltoall, allgather and flex dispatchers (flex as DeepEP inside one node: one row per
-(token, destination rank), the gates beside it, padding computed at the expert), the plan's routing
-(the simulator's own draws, same seed), its gate (capacity, dropping, padding), its placement policy (replicas
-with token splitting, per-step shadows, migrations of weights and Adam state; its slots and redundant experts
-scaled with the experts), attention, shared experts, dense layers, the LM head and loss, gradient all-reduce over
-dp and edp, and Adam; virtual pipeline stages (Megatron's interleaved 1F1B, the model growing to pp x vpp layers
-where it must). What is not executed yet is scaled to 1 and said: context parallelism. The model shrinks to
-what a rank of this machine runs in seconds: its widths, layers, experts, vocabulary and batch (the defaults
-below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
+parallelism (1F1B, and interleaved with virtual stages: the model grows to pp x vpp layers where it must), the
+alltoall, allgather and flex dispatchers (flex as DeepEP inside one node: one row per (token, destination rank),
+the gates beside it, padding computed at the expert), the plan's routing (the simulator's own draws, same seed),
+its gate (capacity, dropping, padding), its placement policy (replicas with token splitting, per-step shadows,
+migrations of weights and Adam state; its slots and redundant experts scaled with the experts), attention, shared
+experts, dense layers, the LM head and loss, gradient all-reduce over dp and edp (reduce-scatter and all-gather
+with the distributed optimizer), fused Adam. What is not executed yet is scaled to 1 and said: context
+parallelism. The model shrinks to what a rank of this machine runs in seconds: its widths, layers, experts,
+vocabulary and batch (the defaults below), and runs fp32 on CPUs (bf16 on GPUs; fp8 is not executed).
 
 Pure: no torch. The scaled scenario is checked by the same validators as a scenario file.
 """
@@ -118,7 +118,7 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     note("layout.vpp", lay.vpp, vpp, f"the largest up to the plan's with {pp} stage(s) x vpp layers within "
          f"{max(limits.num_layers, 2 * pp)} and the micro-batches a multiple of pp")
     note("layout.pp", lay.pp, pp, f"the largest divisor of {nproc} ranks and of the layers up to the plan's "
-         f"({layers})")
+         f"({min(most_layers, limits.num_layers)})")
     note("layout.tp", lay.tp, tp, f"the largest divisor of a stage's {nproc // pp} ranks and of the {heads} heads "
          f"and {kv_heads} key/value groups up to the plan's")
     note("layout.ep", lay.ep, ep, f"the largest divisor of the {stage // etp} ranks per ETP shard of a stage and "
@@ -181,7 +181,9 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     state_bytes = 2 * (4 if dtype is Dtype.FP32 else 2)  # torch's Adam: two moments in the parameters' dtype
     note("training.optimizer.state_bytes_per_param", tr.optimizer.state_bytes_per_param, state_bytes,
          f"the executed Adam keeps two moments in {dtype.value}, no master copy")
-    training = tr.replace(seq_len=seq, micro_batch_size=1, global_batch_size=gbs, dtype=dtype, grad_dtype=Dtype.FP32,
+    note("training.grad_dtype", tr.grad_dtype.value, dtype.value, "the executed gradients are in the parameters' "
+         "dtype (no fp32 main grads)")
+    training = tr.replace(seq_len=seq, micro_batch_size=1, global_batch_size=gbs, dtype=dtype, grad_dtype=dtype,
                           recompute=Recompute.NONE,
                           recompute_modules=(RecomputeModule.CORE_ATTN,), fp8_recipe=Fp8Recipe.DELAYED,
                           fp8_dispatch=False,
@@ -197,7 +199,7 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     cluster = ClusterSpec(profile=profile.replace(node=node), nodes=1)
     sim = sc.simulation.replace(steps=steps if steps is not None else sc.simulation.steps,
                                 warmup_steps=max(1, sc.simulation.warmup_steps), records=RecordDetail.FULL)
-    placement = _scale_placement(sc.placement, m.num_experts // lay.ep, experts, ep, note)
+    placement = _scale_placement(sc.placement, m.num_experts // lay.ep, lay.ep, experts, ep, note)
     note("simulation.warmup_steps", sc.simulation.warmup_steps, sim.warmup_steps, "the first step runs untimed "
          "(allocations, gloo's first connections)")
     try:
@@ -209,7 +211,8 @@ def scale_plan(sc: Scenario, nproc: int, profile: ClusterProfile, dtype: Dtype =
     return ScaledPlan(scaled, tuple(changes))
 
 
-def _scale_placement(pl: PlacementSpec, per_rank: int, experts: int, ep: int, note) -> PlacementSpec:
+def _scale_placement(pl: PlacementSpec, per_rank: int, plan_ep: int, experts: int, ep: int, note
+                     ) -> PlacementSpec:
     """The plan's placement for `experts` over `ep` ranks: spare slots per rank in the plan's proportion to the
     experts a rank holds, EPLB's redundant experts in the plan's proportion to the experts (a multiple of ep that
     fits the slots), FasterMoE's shadow limit within the experts."""
@@ -223,10 +226,10 @@ def _scale_placement(pl: PlacementSpec, per_rank: int, experts: int, ep: int, no
     params = pl.params
     if isinstance(params, EplbParams):
         room = ep * (slots if slots is not None else scaled_per_rank) - experts
-        wanted = params.redundant_experts * experts / (per_rank * ep)
-        redundant = min(room, ep * round(wanted / ep))
+        wanted = params.redundant_experts * experts / (per_rank * plan_ep)  # the plan's share of its experts
+        redundant = min(room, ep * max(1, round(wanted / ep))) if wanted > 0 else 0
         note("placement.eplb.redundant_experts", params.redundant_experts, redundant, "the plan's proportion of the "
-             f"experts, a multiple of the {ep} EP ranks within the slots")
+             f"experts ({wanted:g}), rounded to a multiple of the {ep} EP ranks (at least {ep}) within the slots")
         params = params.replace(redundant_experts=redundant)
     if isinstance(params, FasterMoeParams) and params.max_shadows is not None:
         note("placement.fastermoe.max_shadows", params.max_shadows, min(params.max_shadows, experts),

@@ -4,10 +4,11 @@ The model (one stage: data + expert parallelism): embedding -> layers (attention
 an MoE block: router (+ shared expert) -> dispatch -> experts -> combine -> un-permute) -> LM head and loss.
 Each op is a *segment*: its inputs are detached leaves, so the backward runs segment by segment in reverse and
 every op is timed in both directions, as the simulator's records are: the same op kinds (moesim.sim.records),
-the same micro-batch order (moesim.sim.engine.pipeline_schedule), then the gradient all-reduces over dp and
-edp and the optimizer step. Timing is wall clock (perf_counter; on GPUs after a device synchronise); the clock is
-shared by the processes of one host, so a collective's wait for the group's last member comes out exactly
-(moesim.execute.records).
+the same micro-batch and model-chunk order (moesim.sim.engine.pipeline_schedule), then the gradient reductions
+over dp and edp (all-reduce, or reduce-scatter and all-gather around the distributed optimizer's step:
+moesim.execute.grad_buffer) and the optimizer step. Timing is the wall clock on CPUs and CUDA events on GPUs,
+both on the host's clock (Timeline.resolve), which the processes of one host share, so a collective's wait for
+the group's last member comes out exactly (moesim.execute.records).
 
 The router's choices and the gate's drops follow the simulator's routing of the same scenario and seed
 (moesim.execute.routing_plan), so the measured run moves the rows the simulated one does.
@@ -348,6 +349,9 @@ class Trainer:
         self.slots = {key: by_placement.setdefault(id(r.placement), group_slots(r.placement, m.num_experts, lay.ep))
                       for key, r in self.routing.items()}
         self.copy_groups = make_copy_groups(sc, routing, rank)
+        if device.type == "cuda":  # NCCL connects a group at its first collective: here, not in a measured step
+            for members in sorted(self.copy_groups):
+                dist.all_reduce(torch.zeros(1, device=device), group=self.copy_groups[members])
         self.seq = sc.training.seq_len * sc.training.micro_batch_size
         self.shard = slice(self.tp_rank * self.seq // lay.tp, (self.tp_rank + 1) * self.seq // lay.tp)  # my tokens
         # the experts whose weights, gradients and optimizer state live here (shadows come and go each step)
@@ -828,8 +832,8 @@ class Trainer:
             if phase is Phase.FORWARD:
                 tape = tapes[(mb, chunk)] = []
                 self._forward(tape, step, mb, ready, chunk)
-                if virtual == last_virtual:
-                    self.losses.append(float(tape[-1].outputs[0].detach()))
+                if virtual == last_virtual:  # a tensor until the passes end: no device synchronise per micro-batch
+                    self.losses.append(tape[-1].outputs[0].detach())
                 continue
             if virtual < last_virtual:  # the next virtual stage's gradient of this chunk's output starts it
                 grad = self._receive(step, mb, Phase.BACKWARD, self._rank_of_virtual(virtual + 1),
@@ -840,6 +844,7 @@ class Trainer:
                 x = self.stage_inputs.pop((mb, chunk))
                 self._send(x.grad if x.grad is not None else torch.zeros_like(x), self._rank_of_virtual(virtual - 1),
                            self._tag(mb, virtual - 1, Phase.BACKWARD))
+        self.losses = [float(loss) for loss in self.losses]  # the step's losses, read once the passes are done
 
     # ---- gradient buffers and the optimizer ----
     def _buffer(self, params: list[torch.Tensor], group: str, sharded: bool) -> GradBuffer:
@@ -943,7 +948,7 @@ class Trainer:
                 continue
             for g in range(self.sc.layout.ep):
                 before, after = self._owned(self.placed_step, layer, g), self._owned(step, layer, g)
-                changed |= before != after
+                changed |= set(before) != set(after)  # a new slot order alone moves nothing
                 moves += [(layer, e, members[old.owners(e)[0]], members[g]) for e in after if e not in before]
         if not changed:  # the same on every rank of the stage: the placements are the stage's
             return

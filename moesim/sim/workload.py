@@ -20,6 +20,7 @@ from moesim.placement.base import EMPTY, Placement, ReplicaSplit, contiguous
 from moesim.network.model import CollectiveModel
 from moesim.routing.capacity import apply_gate
 from moesim.spec.comm import TokenDispatcher
+from moesim.spec.network import AllReduceAlgorithm
 from moesim.spec.scenario import Scenario
 from moesim.spec.training import Recompute, RecomputeModule
 
@@ -361,10 +362,15 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
 
     def sync_s(nbytes: float, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(whole sync, its parameter all-gather part): an all-reduce, or with the distributed optimizer a
-        reduce-scatter of the gradients and an all-gather of the updated parameters (each as the network times
-        it: a ring's halves of the all-reduce, or what a calibrated profile measured for each)."""
+        reduce-scatter of the gradients and an all-gather of the updated parameters. With ring collectives each is
+        timed as the network times it (a ring's halves of the all-reduce, or what a calibrated profile measured
+        for each); with another all-reduce algorithm (NVLS, hierarchical) the all-reduce's time, half of it the
+        gather (NCCL's reduce-scatter and all-gather follow the same algorithms)."""
+        whole = net.all_reduce_s(nbytes, groups)
         if not opt.distributed:
-            return net.all_reduce_s(nbytes, groups), np.zeros(groups.shape[:-1])
+            return whole, np.zeros_like(whole)
+        if sc.network.all_reduce is not AllReduceAlgorithm.RING:
+            return whole, whole / 2.0
         gather = net.all_gather_s(nbytes, groups)
         return net.reduce_scatter_s(nbytes, groups) + gather, gather
 

@@ -203,3 +203,14 @@ def test_scale_plan_keeps_interleaved_stages_growing_the_layers():
     assert any(c.startswith("layout.vpp: 4 -> 2") for c in scaled.changes)
     one_stage = scale_plan(plan, 1, CPU).scenario
     assert (one_stage.layout.pp, one_stage.layout.vpp, one_stage.model.num_layers) == (1, 1, 2)
+
+
+def test_scale_plan_keeps_eplbs_share_of_redundant_experts():
+    from moesim.loader import load_scenarios
+
+    _, points = load_scenarios(ROOT / "scenarios" / "placement-compare.yaml")
+    plan = next(sc for _, sc in points if sc.placement.policy.value == "eplb")
+    scaled = scale_plan(plan, 8, CPU)  # 64 experts on ep 16 with 32 redundant: half a copy per expert
+    said = [c for c in scaled.changes if c.startswith("placement.eplb.redundant_experts")]
+    assert said == ["placement.eplb.redundant_experts: 32 -> 8 (the plan's proportion of the experts (4), rounded "
+                    "to a multiple of the 8 EP ranks (at least 8) within the slots)"]

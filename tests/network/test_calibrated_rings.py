@@ -59,3 +59,19 @@ def test_the_distributed_optimizer_syncs_by_reduce_scatter_and_all_gather():
     want = float(net.reduce_scatter_s(nbytes, GROUP)[0] + net.all_gather_s(nbytes, GROUP)[0])
     assert float(sharded.dp_expert_s[0, 0]) == pytest.approx(want)
     assert float(plain.dp_expert_s[0, 0]) == pytest.approx(float(net.all_reduce_s(nbytes, GROUP)[0]))
+
+
+def test_with_another_all_reduce_algorithm_the_distributed_sync_stays_its_all_reduce():
+    from pathlib import Path
+
+    from moesim.loader import load_scenario
+    from moesim.sim.workload import static_work
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml")
+    assert sc.training.optimizer.distributed
+    nvls = sc.replace(network=sc.network.replace(all_reduce="nvls_tree"))
+    net = build_network(nvls.cluster, nvls.network)
+    work = static_work(nvls, net)
+    groups = nvls.layout.edp_groups()[0]
+    want = net.all_reduce_s(work.grad_bytes[0, 1], groups).reshape(-1)
+    np.testing.assert_allclose(work.dp_expert_s[0, :want.size], want)
