@@ -58,8 +58,10 @@ class LayerCosts:
 class MoeLayerWork:
     """One MoE layer of one step, for all micro-batches. m = micro-batch, q = local rank in the stage."""
 
-    dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to
-    combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast)
+    dispatch_s: np.ndarray  # [M, q] time of the dispatch all-to-all of the EP group rank q belongs to (with
+    # etp > 1, then the all-gather of the received rows in its ETP group: etp_collectives_s)
+    combine_s: np.ndarray  # [M, q] the combine: the same bytes in the other direction (incast becomes outcast;
+    # with etp > 1 after the reduce-scatter of the partial outputs in the ETP group)
     expert_fwd_s: np.ndarray  # [M, q]
     expert_bwd_s: np.ndarray  # [M, q] input and weight gradients (a recomputed forward not included)
     computed_rows: np.ndarray  # [M, q] rows rank q computes, tile padding excluded (its activations run on these;
@@ -281,12 +283,17 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
     def per_micro_batch(x: np.ndarray) -> np.ndarray:  # [M, edp, etp] -> [M]
         return x.reshape(M, -1).sum(-1)
 
+    # [M, edp, ep] each; an EP group's members share one dispatch time (the engine's collectives): its slowest
+    # member's ETP group sets it
+    etp_gather, etp_scatter = (np.broadcast_to(x.max(-1, keepdims=True), x.shape)
+                               for x in etp_collectives_s(sc, net, recv.sum(axis=2), stage))
+
     gpu_rows = slot_rows.sum(-1)  # [M, edp, ep]
     expert_load = loads.sum(axis=1)  # [M, E]
     tokens = float(sc.tokens_routed_per_rank * lay.ranks_per_stage)
     return MoeLayerWork(
-        dispatch_s=per_rank_group(dispatch),
-        combine_s=per_rank_group(combine),
+        dispatch_s=per_rank_group(dispatch) + per_rank(etp_gather),
+        combine_s=per_rank_group(combine) + per_rank(etp_scatter),
         expert_fwd_s=per_rank(expert_fwd),
         expert_bwd_s=per_rank(expert_bwd),
         computed_rows=per_rank(gpu_rows),
@@ -307,6 +314,33 @@ def moe_layer_work(sc: Scenario, net: CollectiveModel, links: FlowNetwork, loads
         sent_per_expert=sent.reshape(M, -1, E),
         computed_per_expert=gate.computed.reshape(M, -1, E),
     )
+
+
+def etp_collectives_s(sc: Scenario, net: CollectiveModel, gathered_rows: np.ndarray, stage: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Expert tensor parallelism under Megatron's alltoall dispatcher: after the all-to-all each ETP group (the etp
+    ranks of one EP rank) all-gathers the rows its members received, so that every shard computes all of them,
+    and reduce-scatters the partial outputs before the combine. gathered_rows [M, edp, ep]: the rows of each ETP
+    group. Returns (all-gather, reduce-scatter) seconds [M, edp, ep], zeros when etp is 1 or another dispatcher
+    runs (its tokens reach every shard already). Each is the network's time for the group: two calls per layer (a
+    latency and the largest group's bytes), the bytes term scaled to each group's rows."""
+    lay, m, tr = sc.layout, sc.model, sc.training
+    zeros = np.zeros(gathered_rows.shape)
+    if lay.etp == 1 or sc.comm.dispatcher is not TokenDispatcher.ALLTOALL:
+        return zeros, zeros
+    groups = lay.etp_groups()[stage]  # [edp, ep, etp]
+    out = []
+    for row_bytes, collective in ((ops.dispatch_row_bytes(m, tr), net.all_gather_s),
+                                  (ops.combine_row_bytes(m, tr), net.reduce_scatter_s)):
+        nbytes = gathered_rows * row_bytes
+        largest = float(nbytes.max())
+        if largest <= 0:
+            out.append(zeros)
+            continue
+        latency = np.asarray(collective(1.0, groups))  # [edp, ep]
+        per_byte = (np.asarray(collective(largest, groups)) - latency) / largest
+        out.append(np.where(nbytes > 0, latency[None] + per_byte[None] * nbytes, 0.0))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
