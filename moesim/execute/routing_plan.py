@@ -182,31 +182,33 @@ class FlexRouting:
     expert_padding: tuple[int, ...]  # per local slot: zero rows computed beside its real rows
 
 
-def _kept_to(rr: RankRouting, dest: int) -> np.ndarray:
-    """Slot ids of a source's kept choices that go to EP rank `dest`, in the order it sends them."""
-    return rr.send_slots[(rr.send_dest == dest) & (rr.send_slots >= 0)]
+def kept_to(rr: RankRouting, dest: int, expert: int | None = None) -> np.ndarray:
+    """Slot ids of a source's kept choices that go to EP rank `dest` (to `expert` there, when given), in the order
+    it sends them."""
+    to = (rr.send_dest == dest) & (rr.send_slots >= 0)
+    return rr.send_slots[to if expert is None else to & (rr.send_expert == expert)]
 
 
 def flex_routing(sources: list[RankRouting], me: int, top_k: int) -> FlexRouting:
     """sources[j]: EP rank j's RankRouting of the same micro-batch and EP group (rank_routing with me = j);
     me: this rank's EP index. A choice goes to the copy its RankRouting sends it to (replicas, shadows)."""
     own, ep = sources[me], len(sources)
-    tokens = [np.unique(_kept_to(own, g) // top_k) for g in range(ep)]  # sorted: token order
+    tokens = [np.unique(kept_to(own, g) // top_k) for g in range(ep)]  # sorted: token order
     send_tokens = np.concatenate(tokens).astype(np.int64)
     choices = np.zeros((len(send_tokens), top_k), dtype=bool)
     start = 0
     for g, tok in enumerate(tokens):
-        kept = _kept_to(own, g)
+        kept = kept_to(own, g)
         choices[start + np.searchsorted(tok, kept // top_k), kept % top_k] = True
         start += len(tok)
-    arriving = [np.unique(_kept_to(rr, me) // top_k) for rr in sources]  # each source's tokens to me
+    arriving = [np.unique(kept_to(rr, me) // top_k) for rr in sources]  # each source's tokens to me
     recv_splits = [len(tok) for tok in arriving]
     offsets = np.concatenate([[0], np.cumsum(recv_splits)]).astype(np.int64)
     rows, gates, padding = [], [], []
     for j, e in enumerate(own.local_experts):
         idx, gidx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for s, rr in enumerate(sources):
-            kept = rr.send_slots[(rr.send_dest == me) & (rr.send_expert == e) & (rr.send_slots >= 0)]
+            kept = kept_to(rr, me, e)
             row = offsets[s] + np.searchsorted(arriving[s], kept // top_k)
             idx.append(row)
             gidx.append(row * top_k + kept % top_k)

@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from moesim.execute.grad_buffer import ALL_GATHER, REDUCE_SCATTER, GradBuffer
 from moesim.execute.moe_layer import all_to_all, swiglu
-from moesim.execute.routing_plan import GroupSlots, RankRouting, flex_routing, group_slots, rank_routing
+from moesim.execute.routing_plan import (
+    GroupSlots,
+    RankRouting,
+    flex_routing,
+    group_slots,
+    kept_to,
+    rank_routing,
+)
 from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
 from moesim.spec.comm import TokenDispatcher
@@ -56,30 +63,27 @@ def make_groups(sc: Scenario, rank: int) -> Groups:
     return Groups(handles, members)
 
 
-def copy_sets(sc: Scenario, routing: list) -> list[tuple[int, ...]]:
+def copy_sets(sc: Scenario, slots: dict[tuple[int, int], GroupSlots]) -> list[tuple[int, ...]]:
     """Every set of global ranks that exchanges an expert's copies in some step, sorted: the owners of a
     replicated expert (their gradients all-reduced) and an owner with its shadows (weights broadcast, gradients
-    reduced). Each EP group of a stage holds the stage's placement."""
+    reduced). slots: (step, layer) -> the placement every EP group of the layer's stage holds."""
     lay, E = sc.layout, sc.model.num_experts
     sets: set[tuple[int, ...]] = set()
-    seen: set[int] = set()
-    for r in routing:
-        if id(r.placement) in seen:
-            continue
-        seen.add(id(r.placement))
-        slots = group_slots(r.placement, E, lay.ep)
-        for members in lay.ep_groups()[sc.stage_of_layer(r.layer)].reshape(-1, lay.ep):
+    for group_slots_, stage in {(id(g), sc.stage_of_layer(layer)): (g, sc.stage_of_layer(layer))
+                                for (_, layer), g in slots.items()}.values():
+        for members in lay.ep_groups()[stage].reshape(-1, lay.ep):
             for e in range(E):
-                owners, shadows = slots.owners(e), slots.shadows(e)
+                owners, shadows = group_slots_.owners(e), group_slots_.shadows(e)
                 for ep_ranks in ([owners] if len(owners) > 1 else []) + ([owners[:1] + shadows] if shadows else []):
                     sets.add(tuple(sorted(int(members[g]) for g in ep_ranks)))
     return sorted(sets)
 
 
-def make_copy_groups(sc: Scenario, routing: list, rank: int) -> dict[tuple[int, ...], object]:
+def make_copy_groups(sc: Scenario, slots: dict[tuple[int, int], GroupSlots], rank: int
+                     ) -> dict[tuple[int, ...], object]:
     """A process group for each of copy_sets, created on every rank in the same order; this rank's handles."""
     handles = {}
-    for members in copy_sets(sc, routing):
+    for members in copy_sets(sc, slots):
         handle = dist.new_group(list(members))
         if rank in members:
             handles[members] = handle
@@ -346,9 +350,11 @@ class Trainer:
         self.expert_f = m.expert_ffn_size // lay.etp  # an expert's FFN columns held here (its ETP shard)
         # where each expert lives, step by step (one GroupSlots per distinct placement)
         by_placement: dict[int, GroupSlots] = {}
-        self.slots = {key: by_placement.setdefault(id(r.placement), group_slots(r.placement, m.num_experts, lay.ep))
-                      for key, r in self.routing.items()}
-        self.copy_groups = make_copy_groups(sc, routing, rank)
+        for r in self.routing.values():
+            if id(r.placement) not in by_placement:
+                by_placement[id(r.placement)] = group_slots(r.placement, m.num_experts, lay.ep)
+        self.slots = {key: by_placement[id(r.placement)] for key, r in self.routing.items()}
+        self.copy_groups = make_copy_groups(sc, self.slots, rank)
         if device.type == "cuda":  # NCCL connects a group at its first collective: here, not in a measured step
             for members in sorted(self.copy_groups):
                 dist.all_reduce(torch.zeros(1, device=device), group=self.copy_groups[members])
@@ -559,6 +565,12 @@ class Trainer:
             out = out.index_add(0, idx, y[:idx.shape[0]])
         return out
 
+    def _source_routings(self, r, mb: int, slots: GroupSlots, own: RankRouting) -> list[RankRouting]:
+        """Every EP source's routing of this micro-batch, as it routes it itself (mine is `own`)."""
+        return [own if j == self.ep_index else rank_routing(r.loads[mb], r.sent[mb], r.computed[mb, self.group_index],
+                                                            self.sources, j, self.sc.model.top_k, slots)
+                for j in range(len(self.sources))]
+
     def _gathered_rows(self, r, mb: int, slots: GroupSlots, own: RankRouting
                        ) -> list[tuple[int, torch.Tensor, torch.Tensor, int]]:
         """The allgather dispatcher: per local expert (slot order), the expert, the rows of the EP group's gathered
@@ -569,12 +581,9 @@ class Trainer:
         mine = own.local_experts
         rows: dict[int, list] = {e: [] for e in mine}
         gates: dict[int, list] = {e: [] for e in mine}
-        for j in range(len(self.sources)):  # every source's choices, as it routes them itself
-            rr = own if j == self.ep_index else rank_routing(
-                r.loads[mb], r.sent[mb], r.computed[mb, self.group_index], self.sources, j, m.top_k, slots)
-            to_me = (rr.send_dest == self.ep_index) & (rr.send_slots >= 0)  # the kept rows this copy computes
-            for e in mine:
-                kept = rr.send_slots[to_me & (rr.send_expert == e)]
+        for j, rr in enumerate(self._source_routings(r, mb, slots, own)):
+            for e in mine:  # the kept rows this copy computes
+                kept = kept_to(rr, self.ep_index, e)
                 rows[e].append(j * tokens + kept // m.top_k)
                 gates[e].append(j * tokens * m.top_k + kept)
         out = []
@@ -589,11 +598,7 @@ class Trainer:
         """The flex dispatcher's routing as tensors: (FlexRouting, the token of each row sent, its gates' mask
         [rows sent, k] in the model's dtype, per local slot (expert, received rows, their gates' indices, padding
         rows))."""
-        m = self.sc.model
-        sources = [own if j == self.ep_index else rank_routing(
-            r.loads[mb], r.sent[mb], r.computed[mb, self.group_index], self.sources, j, m.top_k, slots)
-            for j in range(len(self.sources))]
-        fr = flex_routing(sources, self.ep_index, m.top_k)
+        fr = flex_routing(self._source_routings(r, mb, slots, own), self.ep_index, self.sc.model.top_k)
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, device=self.device)
