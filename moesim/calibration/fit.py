@@ -12,6 +12,9 @@ by 1 / measured time, so small kernels count as much as big ones) with t0_s >= 0
 The achieved efficiency useful_flop / (time * peak) that this predicts collapses at small m (t0 dominates)
 and drops just past each tile multiple (padding), which is what `efficiency_table` shows.
 
+Expert FFNs (expert_ffn.csv, one shape at a time): the same model fitted twice, to the forward and to the
+backward (forward_backward's time minus forward's, twice the forward's FLOP per row).
+
 Collectives (per (op, tier)): an alpha-beta fit T = alpha_s + bytes / bandwidth (relative error again), plus
 the measured busbw by size, interpolated linearly in log(bytes) and clamped at the ends (the SimAI ratio
 tables, keyed on bytes instead of a ratio to an analytic bandwidth).
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS, KERNEL_COLUMNS
+from moesim.calibration.samples import BUSBW_FACTOR, COLLECTIVE_COLUMNS, EXPERT_FFN_COLUMNS, KERNEL_COLUMNS
 from moesim.spec.errors import SpecError
 
 SHAPE_COLUMNS = ("impl", "dtype", "hidden", "ffn")  # one expert-kernel fit per distinct value of these
@@ -132,6 +135,37 @@ class ExpertKernelFit:
             raise SpecError("rows_grid", list(rows_grid), "a non-empty list of row counts >= 1")
         eff = rows * self.flop_per_row / (self.expert_time_s(rows) * self.peak_flop_per_s)
         return [(int(m), float(e)) for m, e in zip(rows, eff)]
+
+
+@dataclass(frozen=True)
+class ExpertFfnFit:
+    """One shape's expert FFN: the forward and the backward, each an ExpertKernelFit (its flop_per_row: the
+    pass's FLOP per row, the backward's twice the forward's)."""
+
+    forward: ExpertKernelFit
+    backward: ExpertKernelFit
+
+
+def fit_expert_ffn(samples: pd.DataFrame, peak_flop_per_s: float, tile_rows: int) -> ExpertFfnFit:
+    """Fit the forward and the backward of ONE (impl, dtype, hidden, ffn) shape's EXPERT_FFN_COLUMNS rows. The
+    backward of a size is its forward_backward time minus its forward time; a size measured in one pass only is
+    left out of the backward."""
+    _require_columns(samples, EXPERT_FFN_COLUMNS, "expert_ffn.csv")
+    key = [*SHAPE_COLUMNS, "num_experts", "tokens_per_expert"]
+    forward = samples[samples["pass"] == "forward"]
+    both = forward.merge(samples[samples["pass"] == "forward_backward"], on=key, suffixes=("", "_fb"))
+    backward_s = (both["time_median_s_fb"] - both["time_median_s"]).to_numpy(dtype=np.float64)
+    if len(both) == 0 or not np.all(backward_s > 0):
+        raise SpecError("expert_ffn.csv", backward_s.tolist(),
+                        "forward and forward_backward rows of the same sizes, forward_backward the slower")
+    backward = both[key].assign(flop=both["flop_fb"] - both["flop"], time_median_s=backward_s)
+
+    def as_kernel(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.assign(distribution="even", time_p10_s=np.nan, time_p90_s=np.nan, repeats=0)[
+            list(KERNEL_COLUMNS)]
+
+    return ExpertFfnFit(fit_expert_kernel(as_kernel(forward), peak_flop_per_s, tile_rows),
+                        fit_expert_kernel(as_kernel(backward), peak_flop_per_s, tile_rows))
 
 
 def measured_efficiency(samples: pd.DataFrame, peak_flop_per_s: float) -> pd.Series:

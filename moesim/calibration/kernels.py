@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moesim.calibration.samples import KERNEL_COLUMNS
+from moesim.calibration.samples import EXPERT_FFN_COLUMNS, KERNEL_COLUMNS
 
 QUICK_TOKENS = (1, 8, 64, 256, 1024)
 FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -29,6 +29,12 @@ class KernelShape:
 
 
 QUICK_SHAPES = (KernelShape(256, 512, 8),)
+# The expert FFN on a CPU rank: the shapes `moesim execute` runs there (its default scale limits and the two shapes
+# of `moesim accuracy --execute`, tests/calibration/test_expert_ffn.py holds them equal) and one wider shape
+CPU_FFN_SHAPES = (KernelShape(128, 256, 8), KernelShape(256, 512, 8), KernelShape(256, 768, 8),
+                  KernelShape(1024, 1024, 8))
+CPU_FFN_TOKENS = (1, 4, 16, 64, 256, 1024)
+CPU_FFN_MAX_FORWARD_FLOP = 2.5e9  # ~30 ms a forward on one core: larger samples add minutes, not information
 
 
 def preset_shapes(max_hidden: int | None = None) -> tuple[KernelShape, ...]:
@@ -51,12 +57,18 @@ def token_counts(num_experts: int, mean_tokens: int, distribution: str) -> np.nd
     return counts
 
 
-def timer(device: str):
-    """fn -> seconds of one fn() call: CUDA events on a GPU (synchronised), the wall clock on a CPU."""
+def timer(device: str, flush_bytes: int = 0):
+    """fn -> seconds of one fn() call: CUDA events on a GPU (synchronised), the wall clock on a CPU. With
+    `flush_bytes`, a buffer that large is written before each call, untimed, so that the call starts with the
+    caches holding other data, as an op inside a training step does (Triton's do_bench flushes the L2 the same
+    way): a loop of the same op on the same operands would otherwise time them cache-hot."""
     import torch  # noqa: PLC0415
 
+    flush = torch.empty(flush_bytes // 4, dtype=torch.float32, device=device) if flush_bytes else None
     if device.startswith("cuda"):
         def timed(fn) -> float:
+            if flush is not None:
+                flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -65,6 +77,8 @@ def timer(device: str):
             return start.elapsed_time(end) / 1e3
     else:
         def timed(fn) -> float:
+            if flush is not None:
+                flush.zero_()
             t0 = time.perf_counter()
             fn()
             return time.perf_counter() - t0
@@ -124,6 +138,67 @@ def _kernel(impl: str, x, w, counts: np.ndarray):
                                       torch.as_tensor(counts, device=x.device))[:, None]
         return lambda: grouped_gemm(x, w, ids)
     raise ValueError(f"unknown kernel implementation {impl!r}")
+
+
+def measure_expert_ffn(shapes, tokens, dtype_name: str, device: str, repeats: int, warmup: int,
+                       max_forward_flop: float = float("inf"), flush_bytes: int = 0, seed: int = 0,
+                       progress=None) -> pd.DataFrame:
+    """EXPERT_FFN_COLUMNS rows: E experts' SwiGLU FFN of tokens_per_expert rows each, forward and forward +
+    backward, for every shape x tokens (samples above max_forward_flop skipped), each timing after a cache flush
+    of flush_bytes (timer). On a CPU the torch loop a CPU rank of `moesim execute` runs, on a GPU the Triton
+    expert_ffn its ranks run."""
+    import torch  # noqa: PLC0415
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    impl = "triton" if device.startswith("cuda") else "torch_loop"
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    timed = timer(device, flush_bytes)
+    rows = []
+    for shape in shapes:
+        h, f, E = shape.hidden, shape.ffn, shape.num_experts
+
+        def weight(rows_: int, cols: int) -> torch.Tensor:
+            w = torch.randn(rows_, cols, generator=gen) / rows_ ** 0.5
+            return w.to(device=device, dtype=dtype).requires_grad_()
+
+        weights = [[weight(h, f), weight(h, f), weight(f, h)] for _ in range(E)]
+        for m in tokens:
+            flop = 2.0 * E * m * h * f * 3
+            if flop > max_forward_flop:
+                continue
+            x = (torch.randn(E * m, h, generator=gen) / 4).to(device=device, dtype=dtype).requires_grad_()
+            forward = _ffn(impl, x, weights, m)
+            grads = [torch.ones_like(y) for y in forward()]
+            passes = {"forward": forward,
+                      "forward_backward": lambda fwd=forward, g=grads: torch.autograd.backward(fwd(), g)}
+            for name, fn in passes.items():
+                for _ in range(warmup):
+                    fn()
+                times = np.array([timed(fn) for _ in range(repeats)])
+                rows.append((impl, dtype_name, h, f, E, m, name, flop * (3.0 if name == "forward_backward" else 1.0),
+                             float(np.median(times)), float(np.percentile(times, 10)),
+                             float(np.percentile(times, 90)), repeats))
+            if progress is not None:
+                progress(f"expert FFN {h}x{f}, {m} tokens per expert")
+    return pd.DataFrame(rows, columns=list(EXPERT_FFN_COLUMNS))
+
+
+def _ffn(impl: str, x, weights: list, rows_per_expert: int):
+    """() -> the experts' outputs (a list), as the trainer computes them."""
+    import torch  # noqa: PLC0415
+
+    if impl == "torch_loop":
+        from moesim.kernels.reference import swiglu_ffn  # noqa: PLC0415
+
+        def run():
+            return [swiglu_ffn(x[e * rows_per_expert:(e + 1) * rows_per_expert], *w) for e, w in enumerate(weights)]
+        return run
+    from moesim.kernels.expert_ffn import expert_ffn  # noqa: PLC0415 - triton only where it runs
+
+    ids = torch.arange(len(weights), device=x.device).repeat_interleave(rows_per_expert)
+    w_gate, w_up, w_down = ([w[i] for w in weights] for i in range(3))
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    return lambda: [expert_ffn(x, ids, w_gate, w_up, w_down, input_precision=precision)]
 
 
 def measure_memory_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 5) -> float:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from moesim.calibration.compute_fit import (CPU_TILE_CANDIDATES, AttentionFit, ComputeSamples, fit_attention,
                                             fit_gemm, fit_hbm_efficiency, fit_launch)
-from moesim.calibration.fit import collective_tables, fit_expert_kernel
+from moesim.calibration.fit import collective_tables, fit_expert_ffn, fit_expert_kernel
 from moesim.spec.bounds import MIN_EFFICIENCY
 from moesim.spec.errors import SpecError
 
@@ -33,14 +33,15 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                   samples_dir: str, *, dtype: str, ranks_per_node: int, memory_bytes: float,
                   memory_bandwidth_bytes_per_s: float, device: str, base: dict | None = None,
                   compute: ComputeSamples | None = None,
-                  tile_candidates=CPU_TILE_CANDIDATES, tiles_source: str | None = None) -> dict:
+                  tile_candidates=CPU_TILE_CANDIDATES, tiles_source: str | None = None,
+                  expert_ffn: pd.DataFrame | None = None) -> dict:
     """A profile document. Without `base` (a datasheet profile's document) every hardware number comes from
     the samples: the peak is the fastest measured dense matmul, the node tier the intra-node all-to-all, the
     compute keys are fitted to `compute` (required then, attention.csv included: the attention table) with the
     tiles chosen among `tile_candidates` (one candidate and `tiles_source`: kept as given). With `base`, its
     datasheet peaks, fabric and GEMM tiles stay, and only the measured parts are replaced; without `compute` its
     compute keys stay, marked not measured (its attention table too, also where `compute` has no attention
-    samples)."""
+    samples). `expert_ffn` (expert_ffn.csv, optional): the expert FFN's forward and backward fits."""
     when = f"moesim calibrate, {provenance.get('date', '?')}, {device}"
     if kernels.empty and base is None:
         raise SpecError("kernels.csv", "no kernel samples", "kernel samples, or a datasheet base profile (--base)")
@@ -77,7 +78,7 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
             "t0_us": round(fit.t0_s * 1e6, 4), "eff_max": round(min(fit.eff_max * scale, 1.0), 6),
             "tile_rows": tile_rows, "fit_rel_error": round(fit.rel_error, 4),
             "table_rows": [[m, round(min(e * scale, 1.0), 6)] for m, e in fit.efficiency_table(ROWS_GRID)]})
-
+    ffn_entries = _expert_ffn_entries(expert_ffn, peak, scale) if expert_ffn is not None and peak else []
 
     doc: dict = copy.deepcopy(base) if base else {}
     doc.update({"schema_version": 1, "name": name, "status": f"calibrated: {when}",
@@ -122,8 +123,26 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                      base=base, tile_candidates=tile_candidates, tiles_source=tiles_source)
     doc["calibration"] = {
         "provenance": provenance, "samples": samples_dir, "expert_kernels": kernel_entries,
+        "expert_ffns": ffn_entries,
         "collectives": _collectives_doc(fits)}
     return doc
+
+
+def _expert_ffn_entries(samples: pd.DataFrame, peak: float, scale: float) -> list[dict]:
+    """calibration.expert_ffns: one entry per measured (impl, dtype, hidden, ffn), its efficiencies against the
+    profile's peak (`scale`: measured peak / profile peak)."""
+    entries = []
+    for (impl, kdtype, hidden, ffn), rows in samples.groupby(["impl", "dtype", "hidden", "ffn"], sort=True):
+        tile_rows = 64 if impl == "triton" else 1  # as the expert kernels: Triton pads each expert to BLOCK_M
+        fit = fit_expert_ffn(rows, peak, tile_rows)
+        entries.append({
+            "impl": str(impl), "dtype": str(kdtype), "hidden": int(hidden), "ffn": int(ffn), "tile_rows": tile_rows,
+            "forward_t0_us": round(fit.forward.t0_s * 1e6, 4),
+            "forward_eff_max": round(min(fit.forward.eff_max * scale, 1.0), 6),
+            "backward_t0_us": round(fit.backward.t0_s * 1e6, 4),
+            "backward_eff_max": round(min(fit.backward.eff_max * scale, 1.0), 6),
+            "fit_rel_error": round((fit.forward.rel_error + fit.backward.rel_error) / 2, 4)})
+    return entries
 
 
 COMPUTE_KEYS = ("gemm_efficiency", "hbm_efficiency", "kernel_launch_us")  # what the compute samples measure

@@ -27,12 +27,13 @@ from pathlib import Path
 import pandas as pd
 
 from moesim.calibration.compute_fit import ComputeSamples
-from moesim.calibration.kernels import (FULL_TOKENS, QUICK_SHAPES, QUICK_TOKENS, KernelShape, measure_kernels,
+from moesim.calibration.kernels import (CPU_FFN_MAX_FORWARD_FLOP, CPU_FFN_SHAPES, CPU_FFN_TOKENS, FULL_TOKENS,
+                                        QUICK_SHAPES, QUICK_TOKENS, KernelShape, measure_expert_ffn, measure_kernels,
                                         measure_memory_bandwidth, preset_shapes)
 from moesim.calibration.profile_writer import build_profile, to_yaml_ready
 from moesim.calibration.samples import (ATTENTION_COLUMNS, ATTENTION_FILE, COLLECTIVE_COLUMNS, COMPUTE_FILES,
-                                        ELEMENTWISE_COLUMNS, ELEMENTWISE_FILE, GEMM_COLUMNS, GEMM_FILE, KERNEL_COLUMNS,
-                                        LAUNCH_COLUMNS, LAUNCH_FILE)
+                                        ELEMENTWISE_COLUMNS, ELEMENTWISE_FILE, EXPERT_FFN_COLUMNS, EXPERT_FFN_FILE,
+                                        GEMM_COLUMNS, GEMM_FILE, KERNEL_COLUMNS, LAUNCH_COLUMNS, LAUNCH_FILE)
 from moesim.io.profile import PROFILE_DIR
 from moesim.io.results import write_text_atomic
 from moesim.io.safe_yaml import dump_yaml
@@ -200,6 +201,19 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
     _write_csv(kernels, samples / "kernels.csv")
     bandwidth = measure_memory_bandwidth(device)
     log(f"kernels: {len(kernels)} samples in {time.perf_counter() - t0:.1f} s")
+    t1 = time.perf_counter()
+    if device == "cpu":
+        ffn_shapes, ffn_tokens, ffn_max = ((QUICK_SHAPES, (1, 16, 64), CPU_FFN_MAX_FORWARD_FLOP) if quick else
+                                           (CPU_FFN_SHAPES, CPU_FFN_TOKENS, CPU_FFN_MAX_FORWARD_FLOP))
+    else:
+        ffn_shapes, ffn_tokens, ffn_max = shapes, tokens, float("inf")
+    from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
+
+    ffn = measure_expert_ffn(ffn_shapes, ffn_tokens, dtype, device, repeats=5 if quick else 10,
+                             warmup=2 if quick else 3, max_forward_flop=ffn_max,
+                             flush_bytes=cm.compute_plan(device, quick, cm.l2_cache_bytes(device)).cache_bytes)
+    _write_csv(ffn, samples / EXPERT_FFN_FILE)
+    log(f"expert FFN: {len(ffn)} samples in {time.perf_counter() - t1:.1f} s")
     compute_meta = measure_compute_into(samples, quick=quick, device=device, dtype=dtype, description=description,
                                         log=log)
 
@@ -259,9 +273,10 @@ def _profile_from_host(host: dict, samples: Path, out: Path, name: str | None, k
                        collectives: pd.DataFrame, base: Path | None, log=print) -> dict:
     """The profile of a `moesim calibrate` samples directory (its host.json), on a datasheet base or not."""
     compute = read_compute_samples(samples, host=host, required=base is None, log=log)
-    extra = {}
+    ffn_path = samples / EXPERT_FFN_FILE
+    extra: dict = {"expert_ffn": _read_csv(ffn_path, EXPERT_FFN_COLUMNS) if ffn_path.is_file() else None}
     if base is None and str((host.get("compute") or {}).get("device_kind", "cpu")) != "cpu":
-        extra = dict(zip(("tile_candidates", "tiles_source"), _gpu_tiles_fallback(host["device"])))
+        extra.update(zip(("tile_candidates", "tiles_source"), _gpu_tiles_fallback(host["device"])))
     return build_profile(name or out.stem, kernels, collectives, host["provenance"],
                          os.path.relpath(samples, out.parent), dtype=host["dtype"],
                          ranks_per_node=host["ranks_per_node"], memory_bytes=host["memory_bytes"],

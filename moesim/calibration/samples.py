@@ -12,6 +12,17 @@ from moesim.network.bandwidth import BUSBW_FACTOR as BUSBW_FACTOR
 KERNEL_COLUMNS = ("impl", "dtype", "hidden", "ffn", "num_experts", "distribution", "tokens_per_expert",
                   "flop", "time_median_s", "time_p10_s", "time_p90_s", "repeats")
 
+# Expert FFN samples (expert_ffn.csv): the routed experts' SwiGLU FFN as `moesim execute` trains it, E experts
+# of tokens_per_expert rows each, inputs and weights requiring gradients. impl "torch_loop": one
+# moesim.kernels.reference.swiglu_ffn per expert (what a CPU rank runs); "triton": moesim.kernels.expert_ffn (a
+# GPU's). pass "forward": the call; "forward_backward": the call and the backward of its outputs (weight
+# gradients accumulating, as in a step); the backward is their difference (the fit takes it). flop: the timed
+# call's useful FLOP, forward 2 x rows x hidden x ffn x 3 GEMMs, forward_backward 3x that.
+EXPERT_FFN_FILE = "expert_ffn.csv"
+EXPERT_FFN_COLUMNS = ("impl", "dtype", "hidden", "ffn", "num_experts", "tokens_per_expert", "pass", "flop",
+                      "time_median_s", "time_p10_s", "time_p90_s", "repeats")
+EXPERT_FFN_PASSES = ("forward", "forward_backward")
+
 # Collective samples, nccl-tests conventions: `bytes` is the per-rank buffer size nccl-tests calls "size"
 # (all-reduce: the buffer; all-gather / reduce-scatter: the gathered output; all-to-all: what one rank sends in
 # total, its own share included); algbw = bytes / time; busbw = algbw x factor (all-reduce 2(n-1)/n,

@@ -131,13 +131,29 @@ def gemms_time_s(gemms: tuple[Gemm, ...], rates: gg.GemmRates) -> tuple[float, f
     return float(gg.gemm_time_s(m, n, k, rates).sum()), float(gg.dense_backward_s(m, n, k, rates).sum())
 
 
+def expert_ffn_calibration(model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype, etp: int):
+    """The profile's calibrated expert FFN nearest this model's expert shape (per ETP shard), or None."""
+    if profile.calibration is None:
+        return None
+    return profile.calibration.expert_ffn(dtype, model.hidden_size, model.expert_ffn_size // etp)
+
+
 def expert_time_s(rows_per_expert: np.ndarray, model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype,
                   etp: int, grad_dtype: Dtype = Dtype.FP32) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of the routed experts on each rank. rows_per_expert [..., local_experts] holds
     the rows each local expert computes, padded up to the row tile; fc1 and fc2 are one grouped GEMM each, and so
     are their input and weight gradients. Returns two [...] arrays. A calibrated profile's expert-kernel fit
     (nearest measured shape) replaces the shape model: each of the expert's GEMMs (ffn_matrices of them) pays the
-    measured launch cost t0, and the backward is twice the forward."""
+    measured launch cost t0, and the backward is twice the forward. A calibrated expert FFN (the whole SwiGLU
+    block as `moesim execute` runs it, activation and autograd included) is preferred to both, with its measured
+    backward: its activation is then not a memory-bound op of its own (ops.memory_bound_bytes)."""
+    ffn_fit = expert_ffn_calibration(model, profile, dtype, etp)
+    if ffn_fit is not None:
+        rows = padded_rows(rows_per_expert, ffn_fit.tile_rows)
+        work_s = ffn_flop(model, rows, model.expert_ffn_size, etp) / profile.gpu.peak(dtype)
+        forward = np.where(rows > 0, ffn_fit.forward_t0_s + work_s / ffn_fit.forward_eff_max, 0.0)
+        backward = np.where(rows > 0, ffn_fit.backward_t0_s + 2.0 * work_s / ffn_fit.backward_eff_max, 0.0)
+        return forward.sum(axis=-1), backward.sum(axis=-1)
     fit = profile.calibration.expert_kernel(dtype, model.hidden_size, model.expert_ffn_size // etp) \
         if profile.calibration is not None else None
     if fit is not None:  # measured: a per-expert launch cost plus tile-quantised work at the saturated efficiency

@@ -171,7 +171,9 @@ def memory_bound_bytes(sc: Scenario, fp8_gemms: bool | None = None) -> MemoryBou
     router = _ROUTER_PASSES * t_seq * m.num_experts * _FP32
     # permute: read the tokens, write their rows; unpermute the other way (as the dispatch and combine send them)
     permute = (t_seq + routed) * (dispatch_row_bytes(m, tr) + combine_row_bytes(m, tr))
-    expert_act = act_width * m.expert_ffn_size / lay.etp * act
+    # a calibrated expert FFN's time holds its activation (cc.expert_time_s)
+    expert_act = 0.0 if cc.expert_ffn_calibration(m, sc.cluster.profile, tr.dtype, lay.etp) is not None else \
+        act_width * m.expert_ffn_size / lay.etp * act
     base = dict(attention=norm + rope + residual, dense=norm + residual + t_all * act_width * dense_width * act,
                 moe=norm + residual + router + permute + t_all * act_width * shared_width * act, row=expert_act)
     fp8_fwd, fp8_bwd = fp8_overhead_bytes(sc) if fp8 else (_NO_FP8, _NO_FP8)

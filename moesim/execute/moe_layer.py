@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from moesim.kernels.reference import swiglu_expert_mlp_ref
+from moesim.kernels.reference import swiglu_expert_mlp_ref, swiglu_ffn
 
 
 class AllToAllSingle(torch.autograd.Function):
@@ -76,11 +75,6 @@ def route(x: torch.Tensor, w_router: torch.Tensor, top_k: int,
     return expert_ids, probs.gather(1, expert_ids)
 
 
-def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """``(silu(x @ w_gate) * (x @ w_up)) @ w_down`` for one expert."""
-    return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
-
-
 @dataclass(frozen=True)
 class DispatchInfo:
     """What one rank's dispatch sent and received; ``recv_counts[s, j]``: rows from rank ``s`` for local expert j."""
@@ -124,7 +118,7 @@ def moe_layer_ep(x: torch.Tensor, w_router: torch.Tensor, w_gate: torch.Tensor, 
     expert_out = received.new_zeros(received.shape[0], w_down.shape[2])
     for j in range(e_local):  # no skip of empty experts: the graph must reach the dispatch on every rank, or
         rows = (local_ids == j).nonzero(as_tuple=True)[0]  # its backward exchange is missing there and ranks hang
-        expert_out = expert_out.index_add(0, rows, swiglu(received[rows], w_gate[j], w_up[j], w_down[j]))
+        expert_out = expert_out.index_add(0, rows, swiglu_ffn(received[rows], w_gate[j], w_up[j], w_down[j]))
 
     # combine: reverse exchange, un-sort, gate-weighted sum over the k choices
     returned = all_to_all(expert_out, send_splits, recv_splits, group)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from moesim.execute.grad_buffer import ALL_GATHER, REDUCE_SCATTER, GradBuffer
-from moesim.execute.moe_layer import all_to_all, swiglu
+from moesim.execute.moe_layer import all_to_all
 from moesim.execute.routing_plan import (
     GroupSlots,
     RankRouting,
@@ -35,6 +35,7 @@ from moesim.execute.routing_plan import (
     kept_to,
     rank_routing,
 )
+from moesim.kernels.reference import swiglu_ffn
 from moesim.sim.engine import pipeline_schedule
 from moesim.sim.records import OpKind, Phase
 from moesim.spec.comm import TokenDispatcher
@@ -241,7 +242,7 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def ffn(x: torch.Tensor, p: dict, prefix: str) -> torch.Tensor:
     """The SwiGLU FFN whose weights are p[prefix + ".w_gate" / ".w_up" / ".w_down"]."""
-    return swiglu(x, p[f"{prefix}.w_gate"], p[f"{prefix}.w_up"], p[f"{prefix}.w_down"])
+    return swiglu_ffn(x, p[f"{prefix}.w_gate"], p[f"{prefix}.w_up"], p[f"{prefix}.w_down"])
 
 
 def attention_core(n: torch.Tensor, p: dict, layer: int, m, seq: int, tp: int = 1) -> torch.Tensor:

@@ -7,6 +7,16 @@ reference carries no rounding of intermediate results.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """One expert's SwiGLU FFN ``(silu(x @ w_gate) * (x @ w_up)) @ w_down`` in x's dtype: what a CPU rank of
+    ``moesim execute`` runs per expert, and what ``moesim calibrate`` times there.
+
+    x: [R, H]; w_gate, w_up: [H, F]; w_down: [F, H]. Returns [R, H].
+    """
+    return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
 def grouped_gemm_ref(x: torch.Tensor, w: torch.Tensor, expert_ids: torch.Tensor,

@@ -51,6 +51,26 @@ class ExpertKernelCalibration(SpecModel):
         return _increasing_within(table, INT32_MAX, 0.0, 1.0)
 
 
+class ExpertFfnCalibration(SpecModel):
+    """The routed experts' whole SwiGLU FFN as `moesim execute` runs it (GEMMs, activation, autograd), one pass at a
+    time: time(rows of one expert) = t0_s + ceil(rows / tile_rows) * tile_rows * flop_per_row / (peak * eff_max),
+    with the backward's flop twice the forward's."""
+
+    impl: NonEmptyStr = spec_field(help="the measured implementation: triton, torch_loop")
+    dtype: Dtype = spec_field(help="the measured dtype")
+    hidden: Count = spec_field(help="hidden size of the measured shape", ge=1, le=MAX_HIDDEN)
+    ffn: Count = spec_field(help="expert FFN size of the measured shape", ge=1, le=MAX_FFN)
+    tile_rows: Count = spec_field(help="row tile each expert is padded to", ge=1, le=MAX_TILE_ROWS)
+    forward_t0_s: float = spec_field(help="fixed cost per expert, forward", yaml="forward_t0_us", unit="us",
+                                     scale=units.US, **LATENCY)
+    forward_eff_max: float = spec_field(help="asymptotic fraction of peak, forward", unit="(fraction)", **FRACTION)
+    backward_t0_s: float = spec_field(help="fixed cost per expert, backward", yaml="backward_t0_us", unit="us",
+                                      scale=units.US, **LATENCY)
+    backward_eff_max: float = spec_field(help="asymptotic fraction of peak, backward", unit="(fraction)",
+                                         **FRACTION)
+    fit_rel_error: float = spec_field(0.0, help="mean relative error of the two fits (a report, not used)", ge=0)
+
+
 class CollectiveCalibration(SpecModel):
     """One collective on one tier: alpha-beta fit plus the measured busbw per size (nccl-tests conventions)."""
 
@@ -91,6 +111,9 @@ class Calibration(SpecModel):
     samples: str = spec_field("", help="the raw samples' directory, relative to the profile")
     expert_kernels: Annotated[tuple[ExpertKernelCalibration, ...], LISTS_AS_TUPLES] = spec_field(
         (), help="fitted expert GEMM shapes", expected="a list of fitted expert GEMM shapes")
+    expert_ffns: Annotated[tuple[ExpertFfnCalibration, ...], LISTS_AS_TUPLES] = spec_field(
+        (), help="fitted expert FFN shapes, forward and backward",
+        expected="a list of fitted expert FFN shapes")
     collectives: dict[Tier, dict[CollectiveOp, CollectiveCalibration]] = spec_field(
         default_factory=dict, help="fitted collectives per tier and operation")
 
@@ -99,8 +122,16 @@ class Calibration(SpecModel):
         return self.collectives.get(tier, {}).get(op)
 
     def expert_kernel(self, dtype: Dtype, hidden: int, ffn: int) -> ExpertKernelCalibration | None:
-        """The measured shape of this dtype nearest in log(hidden x ffn), or None."""
-        found = [k for k in self.expert_kernels if k.dtype is dtype]
-        if not found:
-            return None
-        return min(found, key=lambda k: abs(np.log(k.hidden * k.ffn) - np.log(hidden * ffn)))
+        """The measured GEMM shape of this dtype nearest in log(hidden x ffn), or None."""
+        return _nearest_shape(self.expert_kernels, dtype, hidden, ffn)
+
+    def expert_ffn(self, dtype: Dtype, hidden: int, ffn: int) -> ExpertFfnCalibration | None:
+        """The measured FFN shape of this dtype nearest in log(hidden x ffn), or None."""
+        return _nearest_shape(self.expert_ffns, dtype, hidden, ffn)
+
+
+def _nearest_shape(fits: tuple, dtype: Dtype, hidden: int, ffn: int):
+    found = [k for k in fits if k.dtype is dtype]
+    if not found:
+        return None
+    return min(found, key=lambda k: abs(np.log(k.hidden * k.ffn) - np.log(hidden * ffn)))
