@@ -19,6 +19,8 @@ from moesim.sim.records import OpKind, Phase
 from moesim.spec.errors import SpecError
 from moesim.spec.layout import ParallelLayout
 
+from helpers import scenario
+
 ROOT = Path(__file__).resolve().parents[2]
 CPU = load_profile(resolve_profile("cpu-gloo-2c"))
 
@@ -214,3 +216,33 @@ def test_scale_plan_keeps_eplbs_share_of_redundant_experts():
     said = [c for c in scaled.changes if c.startswith("placement.eplb.redundant_experts")]
     assert said == ["placement.eplb.redundant_experts: 32 -> 8 (the plan's proportion of the experts (4), rounded "
                     "to a multiple of the 8 EP ranks (at least 8) within the slots)"]
+
+
+@pytest.mark.parametrize("user_value", [None, "glibc.malloc.arena_max=2"])
+def test_spawned_cpu_ranks_keep_freed_memory_mapped_and_the_parent_env_is_put_back(monkeypatch, user_value):
+    """The ranks start with CPU_RANK_MALLOC (or the user's own GLIBC_TUNABLES); this process's env is unchanged."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    from moesim.execute import run as run_mod
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_start(*args, **kwargs):
+        seen["tunables"] = os.environ.get("GLIBC_TUNABLES")
+        raise Started
+
+    if user_value is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", user_value)
+    monkeypatch.setattr(mp, "start_processes", fake_start)
+    sc = scenario(nodes=1, gpus_per_node=2, layout=ParallelLayout(tp=1, pp=1, dp=2, ep=2))
+    with pytest.raises(Started):
+        run_mod._spawn(sc, [], "gloo", 1, 10.0, None, "unused")
+    assert seen["tunables"] == (user_value or run_mod.CPU_RANK_MALLOC)
+    assert os.environ.get("GLIBC_TUNABLES") == user_value
