@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     acc.add_argument("--profile", help="with --execute: the profile calibrated on this machine (default: "
                                        "cpu-gloo-2c-2r for 2 ranks, cpu-gloo-2c for 4)")
     acc.add_argument("--nproc", type=yaml_int, help="with --execute: gloo ranks (default: the cores, at most 4)")
-    acc.add_argument("--steps", type=yaml_int, default=3, help="with --execute: measured steps per case (default 3)")
+    acc.add_argument("--steps", type=yaml_int, help="with --execute: measured steps per case (default 3)")
+    acc.add_argument("--passes", type=yaml_int,
+                     help="with --execute: times each case runs, the matrix in alternating order, to show the "
+                          "measurement's repeatability (default 2)")
     acc.add_argument("--base", type=Path, default=Path("scenarios") / "quickstart.yaml",
                      help="with --execute: the plan the matrix scales (default scenarios/quickstart.yaml)")
     pln = sub.add_parser("plan", help="search layouts x dispatcher x placement x capacity for a scenario's cluster, "
@@ -530,6 +533,10 @@ def _accuracy(args) -> int:
 
     if args.execute:
         return _accuracy_execute(args)
+    for flag in ("profile", "nproc", "steps", "passes"):
+        if getattr(args, flag) is not None:
+            raise SpecError(f"--{flag}", getattr(args, flag), "nothing without --execute (it sets up the executed "
+                                                              "matrix): add --execute, or drop it")
     args.out = args.out if args.out is not None else Path("docs") / "accuracy.md"
 
     from moesim import __version__  # noqa: PLC0415
@@ -566,6 +573,36 @@ def _accuracy(args) -> int:
     return 0
 
 
+def _speed_check(profile_path: Path, profile, matrix):
+    """This machine's speed now against the profile's own expert FFN samples (moesim.calibration.drift), or the
+    reason it cannot be checked."""
+    from moesim.calibration import compute as cm  # noqa: PLC0415 - torch only for this command
+    from moesim.calibration import drift  # noqa: PLC0415
+
+    if profile.calibration is None or not profile.calibration.expert_ffns:
+        return "the profile has no expert FFN samples"
+    print(f"timing the expert FFN against {profile.name}'s samples (a few seconds)", file=sys.stderr)
+    try:
+        samples = drift.profile_samples(profile_path, profile.calibration.samples)
+        shapes = [(s.hidden_size, s.ffn_size) for s in matrix.SHAPES.values()]
+        return drift.speed_against(samples, shapes, cm.compute_plan("cpu", quick=False).cache_bytes)
+    except SpecError as err:
+        return str(err)
+
+
+def _speed_text(before, after) -> str:
+    from moesim.calibration.drift import SpeedCheck  # noqa: PLC0415
+
+    if not (isinstance(before, SpeedCheck) and isinstance(after, SpeedCheck)):
+        why = before if not isinstance(before, SpeedCheck) else after
+        return f"This machine's speed against the profile's was not checked: {why}."
+    return (f"This machine's speed against the profile's own samples (its expert FFN at the matrix's shapes, "
+            f"{before.samples} samples re-timed the same way; time now / time at calibration, median): "
+            f"**{before.ratio:.2f} before the runs, {after.ratio:.2f} after** (one rank alone: above 1 the machine "
+            f"computes slower than when it was calibrated, and that part of the errors is the profile's age, not the "
+            f"model's).")
+
+
 def _accuracy_execute(args) -> int:
     import platform  # noqa: PLC0415
 
@@ -582,24 +619,34 @@ def _accuracy_execute(args) -> int:
     data = out.with_suffix(".json")
     for path in (out, data):
         _refuse_overwrite(path, args.force)  # before minutes of runs, not after
+    args.steps = 3 if args.steps is None else args.steps
+    args.passes = 2 if args.passes is None else args.passes
     if args.steps < 1:
         raise SpecError("--steps", args.steps, "an integer >= 1")
+    if args.passes < 1:
+        raise SpecError("--passes", args.passes, "an integer >= 1")
     nproc = args.nproc if args.nproc is not None else matrix.default_nproc()
     if nproc < 1:
         raise SpecError("--nproc", nproc, "an integer >= 1")
     profile = load_profile(resolve_profile(args.profile if args.profile is not None
                                            else default_cpu_profile(nproc)))
     base = load_scenario(args.base)
+    profile_path = resolve_profile(args.profile if args.profile is not None else default_cpu_profile(nproc))
     t0 = time.perf_counter()
+    speed_before = _speed_check(profile_path, profile, matrix)
     try:
-        cases = matrix.run_matrix(base, nproc, profile, args.steps, 1, 600.0, Progress("accuracy --execute", "cases"))
+        cases = matrix.run_matrix(base, nproc, profile, args.steps, 1, 600.0, Progress("accuracy --execute", "runs"),
+                                  passes=args.passes)
     except ExecuteError as err:
         print(f"moesim: execute failed: {err}", file=sys.stderr)
         return EXIT_FAILED
-    header = (f"Generated by `moesim accuracy --execute --nproc {nproc} --steps {args.steps}` (moesim {__version__}) "
+    header = (f"Generated by `moesim accuracy --execute --nproc {nproc} --steps {args.steps} --passes {args.passes}` "
+              f"(moesim {__version__}) "
               f"on {time.strftime('%Y-%m-%d')}: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}, gloo, one thread per rank; {len(cases)} cases in "
               f"{time.perf_counter() - t0:.0f} s; base plan {args.base}.")
+    speed = _speed_text(speed_before, _speed_check(profile_path, profile, matrix))
+    header = f"{header}\n\n{speed}"
     text = matrix.markdown(cases, header, profile.name)
     print(text)
     write_text_atomic(out, text)

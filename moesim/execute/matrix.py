@@ -4,7 +4,9 @@ Expert-parallel degree x routing imbalance (balanced, aux-loss, collapse) x two 
 quickstart's Mixtral-like model by default), each scaled to this machine as one pipeline stage of data and expert
 parallelism, executed for real and simulated on a
 profile calibrated on the same machine (cpu-gloo-2c on this project's CI machine class). Every case runs the
-routing the simulator drew for it (same seed), so the two sides differ only by the cost model and the profile.
+routing the simulator drew for it (same seed), so the two sides differ only by the cost model and the profile -
+and by the machine's own noise, which the passes (every case executed again, the matrix in alternating order)
+show as each case's spread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from moesim.execute.command import comparison_of
+from moesim.execute.compare import error_pct
 from moesim.execute.run import execute
 from moesim.execute.scale import ScaleLimits, scale_plan
 from moesim.sim.simulate import simulate
@@ -43,10 +46,17 @@ class Case:
     shape: str
     ranks: int
     predicted_s: float  # median step time over the measured steps
-    measured_s: float
+    measured_s: float  # the median over the passes of each pass's median step time
     error_pct: float
     expert_max_over_mean: float  # the routing's imbalance as the simulator drew it
-    phases: dict  # phase -> (predicted_s, measured_s)
+    phases: dict  # phase -> (predicted_s, measured_s: mean over the passes)
+    measured_passes_s: tuple[float, ...] = ()  # each pass's median step time, in the order they ran
+
+    @property
+    def spread_pct(self) -> float:
+        """How far apart the passes' measurements of this same case lie: (max - min) / median, in %."""
+        runs = self.measured_passes_s or (self.measured_s,)
+        return 100.0 * (max(runs) - min(runs)) / self.measured_s
 
 
 def ep_degrees(nproc: int, num_experts: int) -> list[int]:
@@ -55,10 +65,13 @@ def ep_degrees(nproc: int, num_experts: int) -> list[int]:
 
 
 def run_matrix(base: Scenario, nproc: int, profile: ClusterProfile, steps: int, threads: int, timeout_s: float,
-               progress: Callable[[int, int], None] | None = None) -> list[Case]:
-    cases = [(ep, r, s) for s in SHAPES for r in ROUTINGS for ep in ep_degrees(nproc, SHAPES[s].num_experts)]
-    out = []
-    for i, (ep, routing, shape) in enumerate(cases):
+               progress: Callable[[int, int], None] | None = None, passes: int = 1) -> list[Case]:
+    """Every case simulated once and executed `passes` times, the passes running the matrix in alternating order
+    (so that a machine drifting over the minutes of a run shows as spread, not as a trend along the table)."""
+    keys = [(ep, r, s) for s in SHAPES for r in ROUTINGS for ep in ep_degrees(nproc, SHAPES[s].num_experts)]
+    prepared = {}
+    for key in keys:
+        ep, routing, shape = key
         preset = ROUTINGS[routing]
         sc = base.replace(routing=RoutingSpec(**ROUTING_PRESETS[preset], preset=preset))
         scaled = scale_plan(sc, nproc, profile, Dtype.FP32, steps, SHAPES[shape]).scenario
@@ -66,17 +79,31 @@ def run_matrix(base: Scenario, nproc: int, profile: ClusterProfile, steps: int, 
         scaled = scaled.replace(layout=ParallelLayout(dp=nproc, ep=ep), training=scaled.training.replace(
             global_batch_size=nproc * SHAPES[shape].num_micro_batches))
         log: list = []
-        predicted = simulate(scaled, routing_log=log)
-        run = execute(scaled, log, "gloo", threads, timeout_s)
-        c = comparison_of(run, predicted)
-        stats = predicted.layer_stats
-        imbalance = float(stats[stats["step"].isin(predicted.measured_steps)]["expert_max_over_mean"].mean())
-        out.append(Case(ep, routing, shape, nproc, c.step_predicted_s, c.step_measured_s, c.step_error_pct,
-                        imbalance, {row.phase.strip(): (row.predicted_s, row.measured_s)
-                                    for row in c.table.itertuples()}))
-        if progress is not None:
-            progress(i + 1, len(cases))
-    return out
+        prepared[key] = (scaled, simulate(scaled, routing_log=log), log)
+    runs: dict = {key: [] for key in keys}
+    done = 0
+    for p in range(passes):
+        for key in (keys if p % 2 == 0 else keys[::-1]):
+            scaled, predicted, log = prepared[key]
+            runs[key].append(comparison_of(execute(scaled, log, "gloo", threads, timeout_s), predicted))
+            done += 1
+            if progress is not None:
+                progress(done, len(keys) * passes)
+    return [_case(key, nproc, prepared[key][1], runs[key]) for key in keys]
+
+
+def _case(key: tuple, nproc: int, predicted, comparisons: list) -> Case:
+    ep, routing, shape = key
+    stats = predicted.layer_stats
+    imbalance = float(stats[stats["step"].isin(predicted.measured_steps)]["expert_max_over_mean"].mean())
+    measured = float(np.median([c.step_measured_s for c in comparisons]))
+    predicted_s = comparisons[0].step_predicted_s
+    phases = {}
+    for row_index, row in enumerate(comparisons[0].table.itertuples()):
+        phases[row.phase.strip()] = (row.predicted_s,
+                                     float(np.mean([c.table.iloc[row_index]["measured_s"] for c in comparisons])))
+    return Case(ep, routing, shape, nproc, predicted_s, measured, error_pct(predicted_s, measured), imbalance, phases,
+                tuple(c.step_measured_s for c in comparisons))
 
 
 def mape(cases: list[Case]) -> float:
@@ -84,6 +111,8 @@ def mape(cases: list[Case]) -> float:
 
 
 def markdown(cases: list[Case], header: str, profile: str) -> str:
+    spreads = [c.spread_pct for c in cases]
+    passes = max(len(c.measured_passes_s) for c in cases)
     lines = [
         "# Executed vs simulated: `moesim accuracy --execute`", "", header, "",
         f"Each row is one plan executed for real (`moesim execute`: gloo ranks, the simulator's routing replayed with "
@@ -91,16 +120,20 @@ def markdown(cases: list[Case], header: str, profile: str) -> str:
         "steps; error = (predicted - measured) / measured. Expert max/mean is the routing's imbalance as drawn.", "",
         f"**Mean absolute percentage error of the step time: {mape(cases):.1f} %** over {len(cases)} cases "
         f"(goal on this machine class: <= 10 %).", "",
-        "| shape | routing | ep | expert max/mean | predicted ms | measured ms | error | all-to-all pred / meas ms "
-        "| compute pred / meas ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"The measurement's own repeatability: each case ran {passes} time(s), the passes in alternating order; "
+        f"spread = (slowest - fastest) / median of a case's passes: median {np.median(spreads):.1f} %, "
+        f"largest {max(spreads):.1f} %. An error smaller than the spread is not resolved.", "",
+        "| shape | routing | ep | expert max/mean | predicted ms | measured ms | spread | error "
+        "| all-to-all pred / meas ms | compute pred / meas ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cases:
         a2a = [sum(c.phases[f"{d} {k}"][i] for d in ("forward", "backward") for k in ("dispatch", "combine"))
                for i in (0, 1)]
         comp = [sum(c.phases[f"{d} compute"][i] for d in ("forward", "backward")) for i in (0, 1)]
         lines.append(f"| {c.shape} | {c.routing} | {c.ep} | {c.expert_max_over_mean:.2f} | {c.predicted_s * 1e3:.1f} "
-                     f"| {c.measured_s * 1e3:.1f} | {c.error_pct:+.1f} % | {a2a[0] * 1e3:.1f} / {a2a[1] * 1e3:.1f} "
+                     f"| {c.measured_s * 1e3:.1f} | {c.spread_pct:.1f} % | {c.error_pct:+.1f} % "
+                     f"| {a2a[0] * 1e3:.1f} / {a2a[1] * 1e3:.1f} "
                      f"| {comp[0] * 1e3:.1f} / {comp[1] * 1e3:.1f} |")
     lines += ["", "Shapes (hidden-ffn-sequence): " + "; ".join(
         f"{name}: {s.num_layers} layers, {s.num_experts} experts, head_dim {s.head_dim}, vocabulary {s.vocab_size}, "

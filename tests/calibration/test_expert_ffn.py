@@ -113,3 +113,17 @@ def test_profile_loads_expert_ffns_and_names_a_bad_field(tmp_path):
     doc["calibration"]["expert_ffns"][0]["backward_eff_max"] = 7
     with pytest.raises(SpecError, match=r"calibration\.expert_ffns\[0\]\.backward_eff_max"):
         parse_profile(doc)
+
+
+def test_speed_check_retimes_the_profiles_own_samples_and_names_a_missing_file():
+    from moesim.calibration import drift
+
+    path = resolve_profile("cpu-gloo-2c-2r")
+    samples = drift.profile_samples(path, load_profile(path).calibration.samples)
+    check = drift.speed_against(samples, [(128, 256)], flush_bytes=1 << 20, repeats=2, warmup=1)
+    assert check.samples == 4 and 0.1 < check.ratio < 10  # 2 sizes x 2 passes, on whatever this machine is doing
+    with pytest.raises(SpecError, match="expert_ffn.csv"):
+        drift.profile_samples(resolve_profile("cpu-gloo-2c"), load_profile(resolve_profile("cpu-gloo-2c"))
+                              .calibration.samples)
+    with pytest.raises(SpecError, match="fp32 torch_loop samples"):
+        drift.speed_against(samples, [(64, 64)], flush_bytes=0)

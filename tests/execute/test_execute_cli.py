@@ -122,12 +122,22 @@ def test_accuracy_execute_table_and_mape():
     from moesim.execute.matrix import Case, as_json, mape, markdown
 
     phases = {f"{d} {k}": (0.01, 0.02) for d in ("forward", "backward") for k in ("compute", "dispatch", "combine")}
-    cases = [Case(2, "balanced", "h128-f256-s128", 2, 0.09, 0.1, -10.0, 1.1, phases),
-             Case(1, "collapse", "h128-f256-s128", 2, 0.12, 0.1, 20.0, 3.4, phases)]
+    cases = [Case(2, "balanced", "h128-f256-s128", 2, 0.09, 0.1, -10.0, 1.1, phases, (0.1, 0.1)),
+             Case(1, "collapse", "h128-f256-s128", 2, 0.12, 0.1, 20.0, 3.4, phases, (0.095, 0.105))]
     assert mape(cases) == pytest.approx(15.0)
+    assert cases[1].spread_pct == pytest.approx(10.0)
     text = markdown(cases, "header", "cpu-gloo-2c")
-    assert "15.0 %" in text and "| h128-f256-s128 | collapse | 1 | 3.40 | 120.0 | 100.0 | +20.0 % |" in text
+    assert "15.0 %" in text and "| h128-f256-s128 | collapse | 1 | 3.40 | 120.0 | 100.0 | 10.0 % | +20.0 % |" in text
+    assert "each case ran 2 time(s)" in text and "median 5.0 %, largest 10.0 %" in text
     assert json.loads(as_json(cases, "header", "cpu-gloo-2c"))["mape_pct"] == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize("flag", [["--steps", "2"], ["--passes", "2"], ["--nproc", "2"],
+                                  ["--profile", "cpu-gloo-2c-2r"]])
+def test_accuracy_refuses_execute_flags_without_execute(flag, capsys):
+    assert main(["accuracy", *flag]) == 2
+    err = capsys.readouterr().err
+    assert flag[0] in err and "--execute" in err and "Traceback" not in err
 
 
 @pytest.mark.gpu
@@ -161,3 +171,45 @@ def test_execute_under_torchrun_writes_from_rank_0(tmp_path):
     assert done.stdout.count("measured on CPU") == 1  # rank 0 reports, once
     summary = json.loads((out / "execute.json").read_text())
     assert summary["ranks"] == 2 and summary["layout"]["pp"] == 2
+
+
+def test_accuracy_matrix_runs_each_case_per_pass_in_alternating_order(monkeypatch):
+    """Two cases, three passes: executed A B, B A, A B; each case keeps its passes' step times and their median."""
+    import pandas as pd
+
+    from moesim.execute import matrix
+    from moesim.execute.compare import Comparison
+    from moesim.io.profile import load_profile, resolve_profile
+    from moesim.loader import load_scenario
+
+    monkeypatch.setattr(matrix, "ROUTINGS", {"balanced": "balanced"})
+    monkeypatch.setattr(matrix, "SHAPES", {"h128-f256-s128": matrix.SHAPES["h128-f256-s128"]})
+    order, times = [], iter([0.30, 0.10, 0.20, 0.40, 0.50, 0.60])
+
+    def fake_execute(scaled, log, backend, threads, timeout_s):
+        order.append(scaled.layout.ep)
+        return scaled
+
+    def fake_compare(run, predicted):
+        table = pd.DataFrame([{"phase": "forward compute", "predicted_s": 0.1, "measured_s": 0.2, "error_pct": 0.0}])
+        return Comparison(table, 0.25, next(times))
+
+    monkeypatch.setattr(matrix, "execute", fake_execute)
+    monkeypatch.setattr(matrix, "comparison_of", fake_compare)
+    cases = matrix.run_matrix(load_scenario(QUICKSTART), 2, load_profile(resolve_profile("cpu-gloo-2c-2r")), 1, 1,
+                              60.0, passes=3)
+    assert order == [1, 2, 2, 1, 1, 2]
+    ep1, ep2 = cases
+    assert ep1.measured_passes_s == (0.30, 0.40, 0.50) and ep1.measured_s == pytest.approx(0.40)
+    assert ep2.measured_passes_s == (0.10, 0.20, 0.60) and ep2.measured_s == pytest.approx(0.20)
+    assert ep2.spread_pct == pytest.approx(250.0) and ep1.error_pct == pytest.approx(-37.5)
+
+
+def test_accuracy_execute_says_the_machines_speed_against_the_profile_or_why_not():
+    from moesim.calibration.drift import SpeedCheck
+    from moesim.cli import _speed_text
+
+    said = _speed_text(SpeedCheck(1.04, 8), SpeedCheck(1.11, 8))
+    assert "8 samples" in said and "1.04 before the runs, 1.11 after" in said
+    assert _speed_text("the profile has no expert FFN samples", SpeedCheck(1.0, 8)) == (
+        "This machine's speed against the profile's was not checked: the profile has no expert FFN samples.")
