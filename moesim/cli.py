@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     acc.add_argument("--passes", type=yaml_int,
                      help="with --execute: times each case runs, the matrix in alternating order, to show the "
                           "measurement's repeatability (default 2)")
-    acc.add_argument("--base", type=Path, default=Path("scenarios") / "quickstart.yaml",
+    acc.add_argument("--base", type=Path,
                      help="with --execute: the plan the matrix scales (default scenarios/quickstart.yaml)")
     pln = sub.add_parser("plan", help="search layouts x dispatcher x placement x capacity for a scenario's cluster, "
                                       "model and batch (its plan: section), rank them under routing conditions")
@@ -533,7 +533,7 @@ def _accuracy(args) -> int:
 
     if args.execute:
         return _accuracy_execute(args)
-    for flag in ("profile", "nproc", "steps", "passes"):
+    for flag in ("profile", "nproc", "steps", "passes", "base"):
         if getattr(args, flag) is not None:
             raise SpecError(f"--{flag}", getattr(args, flag), "nothing without --execute (it sets up the executed "
                                                               "matrix): add --execute, or drop it")
@@ -628,10 +628,10 @@ def _accuracy_execute(args) -> int:
     nproc = args.nproc if args.nproc is not None else matrix.default_nproc()
     if nproc < 1:
         raise SpecError("--nproc", nproc, "an integer >= 1")
-    profile = load_profile(resolve_profile(args.profile if args.profile is not None
-                                           else default_cpu_profile(nproc)))
-    base = load_scenario(args.base)
     profile_path = resolve_profile(args.profile if args.profile is not None else default_cpu_profile(nproc))
+    profile = load_profile(profile_path)
+    args.base = args.base if args.base is not None else Path("scenarios") / "quickstart.yaml"
+    base = load_scenario(args.base)
     t0 = time.perf_counter()
     speed_before = _speed_check(profile_path, profile, matrix)
     try:

@@ -155,8 +155,9 @@ def fit_expert_ffn(samples: pd.DataFrame, peak_flop_per_s: float, tile_rows: int
     forward = samples[samples["pass"] == "forward"]
     both = forward.merge(samples[samples["pass"] == "forward_backward"], on=key, suffixes=("", "_fb"))
     backward_s = (both["time_median_s_fb"] - both["time_median_s"]).to_numpy(dtype=np.float64)
+    shape = " ".join(str(samples[c].iloc[0]) for c in SHAPE_COLUMNS) if len(samples) else "no rows"
     if len(both) == 0 or not np.all(backward_s > 0):
-        raise SpecError("expert_ffn.csv", backward_s.tolist(),
+        raise SpecError(f"expert_ffn.csv ({shape})", backward_s.tolist(),
                         "forward and forward_backward rows of the same sizes, forward_backward the slower")
     backward = both[key].assign(flop=both["flop_fb"] - both["flop"], time_median_s=backward_s)
 

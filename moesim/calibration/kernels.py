@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moesim.calibration.samples import EXPERT_FFN_COLUMNS, KERNEL_COLUMNS
+from moesim.calibration.samples import EXPERT_FFN_COLUMNS, EXPERT_FFN_PASSES, KERNEL_COLUMNS
 
 QUICK_TOKENS = (1, 8, 64, 256, 1024)
 FULL_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -34,7 +34,9 @@ QUICK_SHAPES = (KernelShape(256, 512, 8),)
 CPU_FFN_SHAPES = (KernelShape(128, 256, 8), KernelShape(256, 512, 8), KernelShape(256, 768, 8),
                   KernelShape(1024, 1024, 8))
 CPU_FFN_TOKENS = (1, 4, 16, 64, 256, 1024)
-CPU_FFN_MAX_FORWARD_FLOP = 2.5e9  # ~30 ms a forward on one core: larger samples add minutes, not information
+# ~40 ms a forward on one core: larger samples add minutes, not information; 1024 x 1024 still reaches 64 rows
+CPU_FFN_MAX_FORWARD_FLOP = 4e9
+SWIGLU_MATRICES = 3  # gate, up, down: what the expert FFN samples time (moesim.spec.model.Activation.SWIGLU)
 
 
 def preset_shapes(max_hidden: int | None = None) -> tuple[KernelShape, ...]:
@@ -141,16 +143,17 @@ def _kernel(impl: str, x, w, counts: np.ndarray):
 
 
 def measure_expert_ffn(shapes, tokens, dtype_name: str, device: str, repeats: int, warmup: int,
-                       max_forward_flop: float = float("inf"), flush_bytes: int = 0, seed: int = 0,
-                       progress=None) -> pd.DataFrame:
+                       max_forward_flop: float = float("inf"), max_bytes: float = float("inf"),
+                       flush_bytes: int = 0, impl: str | None = None, seed: int = 0, log=None) -> pd.DataFrame:
     """EXPERT_FFN_COLUMNS rows: E experts' SwiGLU FFN of tokens_per_expert rows each, forward and forward +
-    backward, for every shape x tokens (samples above max_forward_flop skipped), each timing after a cache flush
-    of flush_bytes (timer). On a CPU the torch loop a CPU rank of `moesim execute` runs, on a GPU the Triton
-    expert_ffn its ranks run."""
+    backward, for every shape x tokens, each timing after a cache flush of flush_bytes (timer). Samples above
+    max_forward_flop or, by ffn_bytes' estimate, max_bytes are skipped (and one out of memory all the same, said
+    through `log`). impl (default by device): "torch_loop", the torch loop a CPU rank of `moesim execute` runs, or
+    "triton", the Triton expert_ffn its GPU ranks run (the weights stacked on every call, as they run it)."""
     import torch  # noqa: PLC0415
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    impl = "triton" if device.startswith("cuda") else "torch_loop"
+    impl = impl or ("triton" if device.startswith("cuda") else "torch_loop")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     timed = timer(device, flush_bytes)
     rows = []
@@ -161,26 +164,48 @@ def measure_expert_ffn(shapes, tokens, dtype_name: str, device: str, repeats: in
             w = torch.randn(rows_, cols, generator=gen) / rows_ ** 0.5
             return w.to(device=device, dtype=dtype).requires_grad_()
 
+        sizes = [m for m in tokens if 2.0 * E * m * h * f * SWIGLU_MATRICES <= max_forward_flop
+                 and ffn_bytes(shape, m, dtype.itemsize) <= max_bytes]
+        if not sizes:
+            continue
         weights = [[weight(h, f), weight(h, f), weight(f, h)] for _ in range(E)]
-        for m in tokens:
-            flop = 2.0 * E * m * h * f * 3
-            if flop > max_forward_flop:
-                continue
-            x = (torch.randn(E * m, h, generator=gen) / 4).to(device=device, dtype=dtype).requires_grad_()
-            forward = _ffn(impl, x, weights, m)
-            grads = [torch.ones_like(y) for y in forward()]
-            passes = {"forward": forward,
-                      "forward_backward": lambda fwd=forward, g=grads: torch.autograd.backward(fwd(), g)}
-            for name, fn in passes.items():
-                for _ in range(warmup):
-                    fn()
-                times = np.array([timed(fn) for _ in range(repeats)])
-                rows.append((impl, dtype_name, h, f, E, m, name, flop * (3.0 if name == "forward_backward" else 1.0),
-                             float(np.median(times)), float(np.percentile(times, 10)),
-                             float(np.percentile(times, 90)), repeats))
-            if progress is not None:
-                progress(f"expert FFN {h}x{f}, {m} tokens per expert")
+        for m in sizes:
+            try:
+                rows += _time_ffn(impl, dtype_name, shape, m, 2.0 * E * m * h * f * SWIGLU_MATRICES, gen, dtype,
+                                  device, weights, timed, repeats, warmup)
+            except torch.OutOfMemoryError:
+                if log is not None:
+                    log(f"expert FFN {h}x{f}, {m} tokens per expert: out of device memory, skipped")
     return pd.DataFrame(rows, columns=list(EXPERT_FFN_COLUMNS))
+
+
+def ffn_bytes(shape: KernelShape, tokens_per_expert: int, elem_bytes: int) -> float:
+    """An upper estimate of the memory one expert FFN sample holds at once: the weights, their gradients and the
+    stacked copies the Triton path makes (3 x 3 E·h·f elements), and per row the input, output and their gradients
+    (4 h) and the fp32 pre-activations with the backward's temporaries (about 10 f, 4 bytes each)."""
+    rows = shape.num_experts * tokens_per_expert
+    weights = 3.0 * shape.num_experts * shape.hidden * shape.ffn
+    return 3.0 * weights * elem_bytes + rows * (4.0 * shape.hidden * elem_bytes + 10.0 * shape.ffn * 4)
+
+
+def _time_ffn(impl: str, dtype_name: str, shape: KernelShape, m: int, flop: float, gen, dtype, device: str,
+              weights: list, timed, repeats: int, warmup: int) -> list[tuple]:
+    """The two passes' rows of one size (EXPERT_FFN_PASSES)."""
+    import torch  # noqa: PLC0415
+
+    x = (torch.randn(shape.num_experts * m, shape.hidden, generator=gen) / 4).to(device=device, dtype=dtype)
+    forward = _ffn(impl, x.requires_grad_(), weights, m)
+    grads = [torch.ones_like(y) for y in forward()]
+    passes = dict(zip(EXPERT_FFN_PASSES, (forward, lambda: torch.autograd.backward(forward(), grads))))
+    rows = []
+    for name, fn in passes.items():
+        for _ in range(warmup):
+            fn()
+        times = np.array([timed(fn) for _ in range(repeats)])
+        rows.append((impl, dtype_name, shape.hidden, shape.ffn, shape.num_experts, m, name,
+                     flop * (3.0 if name == "forward_backward" else 1.0), float(np.median(times)),
+                     float(np.percentile(times, 10)), float(np.percentile(times, 90)), repeats))
+    return rows
 
 
 def _ffn(impl: str, x, weights: list, rows_per_expert: int):
@@ -193,12 +218,11 @@ def _ffn(impl: str, x, weights: list, rows_per_expert: int):
         def run():
             return [swiglu_ffn(x[e * rows_per_expert:(e + 1) * rows_per_expert], *w) for e, w in enumerate(weights)]
         return run
-    from moesim.kernels.expert_ffn import expert_ffn  # noqa: PLC0415 - triton only where it runs
+    from moesim.kernels.expert_ffn import expert_ffn, launch_options  # noqa: PLC0415 - triton only where it runs
 
     ids = torch.arange(len(weights), device=x.device).repeat_interleave(rows_per_expert)
     w_gate, w_up, w_down = ([w[i] for w in weights] for i in range(3))
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    return lambda: [expert_ffn(x, ids, w_gate, w_up, w_down, input_precision=precision)]
+    return lambda: [expert_ffn(x, ids, w_gate, w_up, w_down, **launch_options(x))]
 
 
 def measure_memory_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 5) -> float:

@@ -202,16 +202,19 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
     bandwidth = measure_memory_bandwidth(device)
     log(f"kernels: {len(kernels)} samples in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
+    ffn_bytes = float("inf")
     if device == "cpu":
-        ffn_shapes, ffn_tokens, ffn_max = ((QUICK_SHAPES, (1, 16, 64), CPU_FFN_MAX_FORWARD_FLOP) if quick else
-                                           (CPU_FFN_SHAPES, CPU_FFN_TOKENS, CPU_FFN_MAX_FORWARD_FLOP))
+        ffn_shapes, ffn_tokens = (QUICK_SHAPES, (1, 16, 64)) if quick else (CPU_FFN_SHAPES, CPU_FFN_TOKENS)
+        ffn_flop = CPU_FFN_MAX_FORWARD_FLOP
     else:
-        ffn_shapes, ffn_tokens, ffn_max = shapes, tokens, float("inf")
+        ffn_shapes, ffn_tokens, ffn_flop = shapes, tokens, float("inf")
+        ffn_bytes = 0.5 * torch.cuda.mem_get_info()[0]  # the presets' shapes up to what half the free memory holds
     from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
 
     ffn = measure_expert_ffn(ffn_shapes, ffn_tokens, dtype, device, repeats=5 if quick else 10,
-                             warmup=2 if quick else 3, max_forward_flop=ffn_max,
-                             flush_bytes=cm.compute_plan(device, quick, cm.l2_cache_bytes(device)).cache_bytes)
+                             warmup=2 if quick else 3, max_forward_flop=ffn_flop, max_bytes=ffn_bytes,
+                             flush_bytes=cm.compute_plan(device, quick, cm.l2_cache_bytes(device)).cache_bytes,
+                             log=log)
     _write_csv(ffn, samples / EXPERT_FFN_FILE)
     log(f"expert FFN: {len(ffn)} samples in {time.perf_counter() - t1:.1f} s")
     compute_meta = measure_compute_into(samples, quick=quick, device=device, dtype=dtype, description=description,

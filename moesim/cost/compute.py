@@ -14,7 +14,7 @@ import numpy as np
 from moesim.cost import attention as ca
 from moesim.cost import gemm as gg
 from moesim.spec.hardware import ClusterProfile, Dtype
-from moesim.spec.model import MoeModelSpec
+from moesim.spec.model import Activation, MoeModelSpec
 from moesim.spec.training import Recompute
 
 CAUSAL_FRACTION = 0.5  # causal attention computes half of the score matrix (flash-attention skips masked tiles)
@@ -132,8 +132,9 @@ def gemms_time_s(gemms: tuple[Gemm, ...], rates: gg.GemmRates) -> tuple[float, f
 
 
 def expert_ffn_calibration(model: MoeModelSpec, profile: ClusterProfile, dtype: Dtype, etp: int):
-    """The profile's calibrated expert FFN nearest this model's expert shape (per ETP shard), or None."""
-    if profile.calibration is None:
+    """The profile's calibrated expert FFN nearest this model's expert shape (per ETP shard), or None: also for a
+    model whose experts are not SwiGLU, which is what the calibration times."""
+    if profile.calibration is None or model.activation is not Activation.SWIGLU:
         return None
     return profile.calibration.expert_ffn(dtype, model.hidden_size, model.expert_ffn_size // etp)
 

@@ -47,6 +47,7 @@ _CE_PASSES = 3  # max, exp-sum, gradient
 ATTENTION_KERNELS = 6
 DENSE_MLP_KERNELS = 5
 MOE_KERNELS = 10
+EXPERT_FFN_KERNELS = 3  # of those: grouped fc1, activation, grouped fc2
 SHARED_EXPERT_KERNELS = 3
 LM_HEAD_KERNELS = 3  # final norm, LM-head GEMM, cross-entropy
 
@@ -152,6 +153,9 @@ class MemoryBoundBytes:
     dense_mlp_bwd_bytes: float
     moe_bwd_bytes: float
     expert_row_bwd_bytes: float  # per row: BACKWARD_BYTES_FACTOR x its activation + fc1's, fc2's output-gradient casts
+    # per row: the activation's bytes where a calibrated expert FFN's time holds them (then not in expert_row_bytes):
+    # what recomputing the activation alone still costs
+    expert_act_measured_bytes: float = 0.0
 
 
 def memory_bound_bytes(sc: Scenario, fp8_gemms: bool | None = None) -> MemoryBoundBytes:
@@ -171,9 +175,9 @@ def memory_bound_bytes(sc: Scenario, fp8_gemms: bool | None = None) -> MemoryBou
     router = _ROUTER_PASSES * t_seq * m.num_experts * _FP32
     # permute: read the tokens, write their rows; unpermute the other way (as the dispatch and combine send them)
     permute = (t_seq + routed) * (dispatch_row_bytes(m, tr) + combine_row_bytes(m, tr))
-    # a calibrated expert FFN's time holds its activation (cc.expert_time_s)
-    expert_act = 0.0 if cc.expert_ffn_calibration(m, sc.cluster.profile, tr.dtype, lay.etp) is not None else \
-        act_width * m.expert_ffn_size / lay.etp * act
+    expert_act = act_width * m.expert_ffn_size / lay.etp * act
+    measured_act = expert_act if expert_ffn_measured(sc) else 0.0  # in the calibrated FFN's time (cc.expert_time_s)
+    expert_act -= measured_act
     base = dict(attention=norm + rope + residual, dense=norm + residual + t_all * act_width * dense_width * act,
                 moe=norm + residual + router + permute + t_all * act_width * shared_width * act, row=expert_act)
     fp8_fwd, fp8_bwd = fp8_overhead_bytes(sc) if fp8 else (_NO_FP8, _NO_FP8)
@@ -181,7 +185,14 @@ def memory_bound_bytes(sc: Scenario, fp8_gemms: bool | None = None) -> MemoryBou
     bwd = {k: BACKWARD_BYTES_FACTOR * v + fp8_bwd[k] for k, v in base.items()}
     lm_head = norm + _CE_PASSES * t_all * m.vocab_size / tp * _FP32
     return MemoryBoundBytes(fwd["attention"], fwd["dense"], fwd["moe"], fwd["row"], lm_head, norm,
-                            bwd["attention"], bwd["dense"], bwd["moe"], bwd["row"])
+                            bwd["attention"], bwd["dense"], bwd["moe"], bwd["row"], measured_act)
+
+
+def expert_ffn_measured(sc: Scenario) -> bool:
+    """Whether the profile's calibrated expert FFN prices the routed experts (cc.expert_time_s): its time then
+    holds the experts' activation and their grouped fc1, activation and fc2 launches."""
+    m, lay, tr = sc.model, sc.layout, sc.training
+    return cc.expert_ffn_calibration(m, sc.cluster.profile, tr.dtype, lay.etp) is not None
 
 
 _NO_FP8 = dict(attention=0.0, dense=0.0, moe=0.0, row=0.0)
@@ -297,8 +308,9 @@ def kernel_counts(sc: Scenario, fp8_gemms: bool | None = None) -> KernelCounts:
     n_moe = (2 if m.num_shared_experts else 0) + 2 + (1 if fp8 and tr.fp8_dispatch else 0)  # + grouped fc1, fc2
     # MLA: its down and up projections beyond QKV + out, and the RMSNorms of its latents (query and key/value)
     mla = (n_attention - 2) + ((2 if m.q_lora_rank else 1) if m.is_mla else 0)
+    measured = EXPERT_FFN_KERNELS if expert_ffn_measured(sc) else 0  # launched inside the calibrated FFN's time
     fwd = dict(attention=ATTENTION_KERNELS + mla + q * n_attention, dense_mlp=DENSE_MLP_KERNELS + 2 * q,
-               moe=MOE_KERNELS + shared + q * n_moe, lm_head=LM_HEAD_KERNELS)
+               moe=MOE_KERNELS - measured + shared + q * n_moe, lm_head=LM_HEAD_KERNELS)
     extra = dict(attention=q * n_attention, dense_mlp=2 * q, moe=q * n_moe, lm_head=0)
     bwd = {f"{k}_bwd": 2 * (v - extra[k]) + extra[k] for k, v in fwd.items()}
     return KernelCounts(**fwd, **bwd, amax_update=1 if fp8 and tr.fp8_recipe is Fp8Recipe.DELAYED else 0)

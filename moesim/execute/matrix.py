@@ -49,7 +49,7 @@ class Case:
     measured_s: float  # the median over the passes of each pass's median step time
     error_pct: float
     expert_max_over_mean: float  # the routing's imbalance as the simulator drew it
-    phases: dict  # phase -> (predicted_s, measured_s: mean over the passes)
+    phases: dict  # phase -> (predicted_s, measured_s: median over the passes)
     measured_passes_s: tuple[float, ...] = ()  # each pass's median step time, in the order they ran
 
     @property
@@ -101,7 +101,7 @@ def _case(key: tuple, nproc: int, predicted, comparisons: list) -> Case:
     phases = {}
     for row_index, row in enumerate(comparisons[0].table.itertuples()):
         phases[row.phase.strip()] = (row.predicted_s,
-                                     float(np.mean([c.table.iloc[row_index]["measured_s"] for c in comparisons])))
+                                     float(np.median([c.table.iloc[row_index]["measured_s"] for c in comparisons])))
     return Case(ep, routing, shape, nproc, predicted_s, measured, error_pct(predicted_s, measured), imbalance, phases,
                 tuple(c.step_measured_s for c in comparisons))
 
@@ -143,7 +143,7 @@ def markdown(cases: list[Case], header: str, profile: str) -> str:
 
 def as_json(cases: list[Case], header: str, profile: str) -> str:
     return json.dumps({"header": header, "profile": profile, "mape_pct": mape(cases),
-                       "cases": [asdict(c) for c in cases]}, indent=2) + "\n"
+                       "cases": [{**asdict(c), "spread_pct": c.spread_pct} for c in cases]}, indent=2) + "\n"
 
 
 def default_nproc() -> int:

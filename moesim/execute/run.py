@@ -32,7 +32,23 @@ BACKENDS = ("gloo", "nccl")
 # freed memory to the kernel: each step's activations then cost page faults that a GPU's caching allocator does
 # not, nor the simulator (the accuracy matrix's larger shape, 2 ranks, 6 steps: 525-565 thousand minor faults, 406-440
 # thousand with this setting). Started by torchrun, export it yourself. A GLIBC_TUNABLES the user set is kept.
+# glibc 2.36 (these machines') takes a 4 GiB threshold; an older one may refuse it and keep the trim threshold alone,
+# which fixes the mmap threshold at 128 KiB: the opposite. So it is set from 2.36 on only.
 CPU_RANK_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+CPU_RANK_MALLOC_GLIBC = (2, 36)
+
+
+def rank_env(backend: str) -> dict[str, str]:
+    """What the spawned ranks get in their environment beyond this process's: CPU_RANK_MALLOC for gloo ranks on a
+    glibc that takes it, unless GLIBC_TUNABLES is set already."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        glibc = tuple(int(v) for v in version.split(".")[:2])
+    except (ValueError, OSError, AttributeError):  # not glibc, or no such configuration name
+        return {}
+    if backend != "gloo" or name != "glibc" or glibc < CPU_RANK_MALLOC_GLIBC or "GLIBC_TUNABLES" in os.environ:
+        return {}
+    return {"GLIBC_TUNABLES": CPU_RANK_MALLOC}
 
 
 @dataclass(frozen=True)
@@ -139,8 +155,7 @@ def _spawn(sc: Scenario, routing: list, backend: str, threads: int, timeout_s: f
     world = sc.layout.world_size
     ctx = mp.get_context("spawn")
     progress_q = ctx.Queue()
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                  "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", CPU_RANK_MALLOC)}
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), **rank_env(backend)}
     saved = {k: os.environ.get(k) for k in rendezvous}
     os.environ.update(rendezvous)  # the children inherit it at their start; this process's is put back below
     try:

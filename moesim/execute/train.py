@@ -472,14 +472,13 @@ class Trainer:
         torch FFN per expert."""
         if not self.triton_experts:
             return [ffn(x, self.params, f"{layer}.expert{e}") for e, x in inputs]
-        from moesim.kernels.expert_ffn import expert_ffn  # noqa: PLC0415 - triton only where it runs
+        from moesim.kernels.expert_ffn import expert_ffn, launch_options  # noqa: PLC0415 - triton where it runs
 
         x = torch.cat([x for _, x in inputs])
         ids = torch.cat([torch.full((x.shape[0],), j, dtype=torch.int64, device=x.device)
                          for j, (_, x) in enumerate(inputs)])
         weights = [[self.params[f"{layer}.expert{e}.{name}"] for e, _ in inputs] for name in EXPERT_WEIGHTS]
-        y = expert_ffn(x, ids, *weights, block_m=16 if self.device.type == "cpu" else 64,
-                       input_precision="ieee" if self.dtype == torch.float32 else "tf32")
+        y = expert_ffn(x, ids, *weights, **launch_options(x))
         return list(y.split([x.shape[0] for _, x in inputs]))
 
     def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):

@@ -242,3 +242,11 @@ def expert_ffn(x: torch.Tensor, expert_of_row: torch.Tensor, w_gate: Sequence[to
     w_gu = torch.cat([torch.stack(list(w_gate)), torch.stack(list(w_up))], dim=2)  # [E, H, 2F]
     w_dn = torch.stack(list(w_down))  # [E, F, H]
     return _ExpertFFN.apply(x, expert_of_row, w_gu, w_dn, block_m, block_n, block_k, input_precision)
+
+
+def launch_options(x: torch.Tensor) -> dict:
+    """``block_m`` and ``input_precision`` as ``moesim execute`` calls ``expert_ffn`` on x's device and dtype, and
+    as ``moesim calibrate`` times it: 16-row groups in the CPU interpreter (each program is Python there), 64 on a
+    GPU; exact fp32 products for fp32 inputs, TF32 otherwise (ignored by 16-bit inputs' tensor-core dots)."""
+    return {"block_m": 16 if x.device.type == "cpu" else 64,
+            "input_precision": "ieee" if x.dtype == torch.float32 else "tf32"}

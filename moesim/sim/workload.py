@@ -145,7 +145,11 @@ def layer_costs(sc: Scenario) -> LayerCosts:
     head_extra_bwd = (ops.BACKWARD_BYTES_FACTOR * head_extra[0], launch * kernels.lm_head_bwd)
     experts_again = full or again(RecomputeModule.MOE)
     row_fwd = hbm_s(mb.expert_row_bytes)
-    row_bwd = hbm_s(mb.expert_row_bwd_bytes) + (row_fwd if experts_again or again(RecomputeModule.MOE_ACT) else 0.0)
+    # rerun experts (expert_rerun_fwd) bring their measured activation with them; the activation recomputed alone
+    # is charged here, also where a calibrated expert FFN's time held its first run
+    row_again = row_fwd if experts_again else \
+        hbm_s(mb.expert_row_bytes + mb.expert_act_measured_bytes) if again(RecomputeModule.MOE_ACT) else 0.0
+    row_bwd = hbm_s(mb.expert_row_bwd_bytes) + row_again
     budget = ((projections[0] + dense[0], projections[1] + dense[1]),
               (projections[0] + shared[0], projections[1] + shared[1]))
     return LayerCosts(attn_fwd, attn_bwd, dense[0], dense_bwd, router_fwd, router_bwd, head_fwd, head_bwd, core,

@@ -31,8 +31,8 @@ def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
     cal = prof.calibration
     assert cal.provenance["ranks"] == [2] and cal.provenance["torch"] and cal.provenance["date"]
     assert cal.expert_kernels and cal.collective("all_to_all", "intra_node").ranks == 2
-    ffn = cal.expert_ffn(Dtype.FP32, 256, 512)  # the quick shape, forward and backward
-    assert ffn is not None and ffn.impl == "torch_loop" and ffn.forward_eff_max > 0 and ffn.backward_t0_s >= 0
+    ffn = cal.expert_ffns[0]  # the quick shape, forward and backward
+    assert len(cal.expert_ffns) == 1 and (ffn.impl, ffn.hidden, ffn.ffn) == ("torch_loop", 256, 512)
     assert (calibrated.with_name("cpu-ci.samples") / "expert_ffn.csv").is_file()
     samples = calibrated.with_name("cpu-ci.samples")
     assert (samples / "kernels.csv").is_file() and (samples / "collectives.csv").is_file()

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from moesim.calibration.fit import fit_expert_ffn
-from moesim.calibration.kernels import CPU_FFN_SHAPES, KernelShape, measure_expert_ffn
+from moesim.calibration.kernels import CPU_FFN_SHAPES, KernelShape, ffn_bytes, measure_expert_ffn
 from moesim.calibration.samples import EXPERT_FFN_COLUMNS
 from moesim.cost import compute as cc
 from moesim.cost import ops
@@ -16,6 +16,7 @@ from moesim.io.profile import load_profile, resolve_profile
 from moesim.spec import ClusterSpec, ParallelLayout
 from moesim.spec.calibration import ExpertFfnCalibration
 from moesim.spec.dtype import Dtype
+from moesim.spec.model import Activation
 from moesim.spec.errors import SpecError
 
 from helpers import scenario, tiny_model
@@ -30,9 +31,6 @@ def test_cpu_calibration_times_every_shape_execute_runs():
 
 
 def test_measure_expert_ffn_rows_passes_and_budget():
-    import torch
-
-    torch.set_num_threads(1)
     rows = measure_expert_ffn((KernelShape(32, 64, 2),), (1, 8, 64), "fp32", "cpu", repeats=2, warmup=1,
                               max_forward_flop=2.0 * 2 * 8 * 32 * 64 * 3, flush_bytes=1 << 20)
     assert list(rows.columns) == list(EXPERT_FFN_COLUMNS)
@@ -41,6 +39,20 @@ def test_measure_expert_ffn_rows_passes_and_budget():
     by = rows.set_index(["tokens_per_expert", "pass"])
     assert by.loc[(8, "forward"), "flop"] == 2.0 * 2 * 8 * 32 * 64 * 3
     assert by.loc[(8, "forward_backward"), "flop"] == 3 * by.loc[(8, "forward"), "flop"]
+    assert (rows["time_median_s"] > 0).all()
+    # a memory budget skips sizes (and whole shapes) before allocating them
+    small = ffn_bytes(KernelShape(32, 64, 2), 1, 4)
+    assert ffn_bytes(KernelShape(32, 64, 2), 8, 4) > small
+    only_one = measure_expert_ffn((KernelShape(32, 64, 2),), (1, 8), "fp32", "cpu", repeats=1, warmup=0,
+                                  max_bytes=small)
+    assert sorted(set(only_one["tokens_per_expert"])) == [1]
+    assert measure_expert_ffn((KernelShape(32, 64, 2),), (1,), "fp32", "cpu", 1, 0, max_bytes=small / 2).empty
+
+
+def test_the_triton_expert_ffn_is_timed_as_execute_runs_it():
+    """The GPU path, here in the Triton interpreter (TRITON_INTERPRET=1 is set by conftest): same rows, impl triton."""
+    rows = measure_expert_ffn((KernelShape(16, 32, 2),), (4,), "fp32", "cpu", repeats=1, warmup=0, impl="triton")
+    assert set(rows["impl"]) == {"triton"} and set(rows["pass"]) == {"forward", "forward_backward"}
     assert (rows["time_median_s"] > 0).all()
 
 
@@ -100,7 +112,42 @@ def test_cost_model_charges_the_measured_passes_and_no_separate_activation():
     fwd0, bwd0 = cc.expert_time_s(rows, m, base.cluster.profile, Dtype.FP32, 1)
     assert bwd0[0] == pytest.approx(2 * fwd0[0])
     assert ops.memory_bound_bytes(sc).expert_row_bytes == 0.0
-    assert ops.memory_bound_bytes(base).expert_row_bytes > 0.0
+    assert ops.memory_bound_bytes(sc).expert_act_measured_bytes == ops.memory_bound_bytes(base).expert_row_bytes > 0
+    # the FFN's grouped fc1, activation and fc2 launches are in its measured time, not launches of their own
+    assert ops.kernel_counts(base).moe - ops.kernel_counts(sc).moe == ops.EXPERT_FFN_KERNELS
+    assert ops.kernel_counts(base).moe_bwd - ops.kernel_counts(sc).moe_bwd == 2 * ops.EXPERT_FFN_KERNELS
+    # experts that are not SwiGLU keep the GEMM-only pricing: the fit times SwiGLU
+    gelu = sc.replace(model=tiny_model(activation=Activation.GELU))
+    assert cc.expert_ffn_calibration(gelu.model, prof, Dtype.FP32, 1) is None and not ops.expert_ffn_measured(gelu)
+
+
+def test_a_recomputed_activation_is_charged_also_when_the_fit_holds_its_first_run():
+    from moesim.sim.workload import layer_costs
+    from moesim.spec.training import Recompute, RecomputeModule
+
+    m = tiny_model()
+    fit = ExpertFfnCalibration(impl="torch_loop", dtype=Dtype.FP32, hidden=m.hidden_size, ffn=m.expert_ffn_size,
+                               tile_rows=1, forward_t0_s=50e-6, forward_eff_max=0.5, backward_t0_s=300e-6,
+                               backward_eff_max=0.25)
+    sc = _calibrated_scenario((fit,))
+    plain = layer_costs(sc)
+    again = layer_costs(sc.replace(training=sc.training.replace(
+        recompute=Recompute.SELECTIVE, recompute_modules=(RecomputeModule.MOE_ACT,))))
+    act_s = ops.memory_bound_bytes(sc).expert_act_measured_bytes / (
+        sc.cluster.profile.gpu.hbm_bandwidth_bytes_per_s * sc.cluster.profile.efficiency.hbm)
+    assert act_s > 0
+    assert again.expert_row_memory_bound_bwd_s - plain.expert_row_memory_bound_bwd_s == pytest.approx(act_s)
+
+
+def test_datasheet_profiles_price_experts_as_before():
+    """No calibration: the activation stays a memory-bound op and the FFN's three launches stay counted."""
+    sc = scenario()
+    m = sc.model
+    assert not ops.expert_ffn_measured(sc)
+    mb = ops.memory_bound_bytes(sc)
+    assert mb.expert_act_measured_bytes == 0.0
+    assert mb.expert_row_bytes == 3 * m.expert_ffn_size / sc.layout.etp * Dtype.BF16.bytes
+    assert ops.kernel_counts(sc).moe == ops.MOE_KERNELS + (ops.SHARED_EXPERT_KERNELS if m.num_shared_experts else 0)
 
 
 def test_profile_loads_expert_ffns_and_names_a_bad_field(tmp_path):

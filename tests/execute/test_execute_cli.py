@@ -132,7 +132,7 @@ def test_accuracy_execute_table_and_mape():
     assert json.loads(as_json(cases, "header", "cpu-gloo-2c"))["mape_pct"] == pytest.approx(15.0)
 
 
-@pytest.mark.parametrize("flag", [["--steps", "2"], ["--passes", "2"], ["--nproc", "2"],
+@pytest.mark.parametrize("flag", [["--steps", "2"], ["--passes", "2"], ["--nproc", "2"], ["--base", "x.yaml"],
                                   ["--profile", "cpu-gloo-2c-2r"]])
 def test_accuracy_refuses_execute_flags_without_execute(flag, capsys):
     assert main(["accuracy", *flag]) == 2
@@ -213,3 +213,16 @@ def test_accuracy_execute_says_the_machines_speed_against_the_profile_or_why_not
     assert "8 samples" in said and "1.04 before the runs, 1.11 after" in said
     assert _speed_text("the profile has no expert FFN samples", SpeedCheck(1.0, 8)) == (
         "This machine's speed against the profile's was not checked: the profile has no expert FFN samples.")
+
+
+def test_speed_check_against_the_committed_profile_or_why_not():
+    from moesim.calibration.drift import SpeedCheck
+    from moesim.cli import _speed_check
+    from moesim.execute import matrix
+    from moesim.io.profile import load_profile, resolve_profile
+
+    path = resolve_profile("cpu-gloo-2c-2r")
+    check = _speed_check(path, load_profile(path), matrix)
+    assert isinstance(check, SpeedCheck) and check.samples == 8  # 2 shapes x 2 sizes x 2 passes
+    old = resolve_profile("cpu-gloo-2c")
+    assert _speed_check(old, load_profile(old), matrix) == "the profile has no expert FFN samples"

@@ -220,7 +220,7 @@ def test_scale_plan_keeps_eplbs_share_of_redundant_experts():
 
 @pytest.mark.parametrize("user_value", [None, "glibc.malloc.arena_max=2"])
 def test_spawned_cpu_ranks_keep_freed_memory_mapped_and_the_parent_env_is_put_back(monkeypatch, user_value):
-    """The ranks start with CPU_RANK_MALLOC (or the user's own GLIBC_TUNABLES); this process's env is unchanged."""
+    """gloo ranks start with CPU_RANK_MALLOC (or the user's own GLIBC_TUNABLES); this process's env is unchanged."""
     import os
 
     import torch.multiprocessing as mp
@@ -241,8 +241,28 @@ def test_spawned_cpu_ranks_keep_freed_memory_mapped_and_the_parent_env_is_put_ba
     else:
         monkeypatch.setenv("GLIBC_TUNABLES", user_value)
     monkeypatch.setattr(mp, "start_processes", fake_start)
+    monkeypatch.setattr(os, "confstr", lambda name: "glibc 2.36")
     sc = scenario(nodes=1, gpus_per_node=2, layout=ParallelLayout(tp=1, pp=1, dp=2, ep=2))
     with pytest.raises(Started):
         run_mod._spawn(sc, [], "gloo", 1, 10.0, None, "unused")
     assert seen["tunables"] == (user_value or run_mod.CPU_RANK_MALLOC)
     assert os.environ.get("GLIBC_TUNABLES") == user_value
+
+
+def test_rank_env_sets_the_allocator_for_gloo_ranks_on_a_glibc_that_takes_it(monkeypatch):
+    import os
+
+    from moesim.execute.run import CPU_RANK_MALLOC, rank_env
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for version, backend, expected in (("glibc 2.36", "gloo", {"GLIBC_TUNABLES": CPU_RANK_MALLOC}),
+                                       ("glibc 2.40", "gloo", {"GLIBC_TUNABLES": CPU_RANK_MALLOC}),
+                                       ("glibc 2.35", "gloo", {}), ("glibc 2.36", "nccl", {})):
+        monkeypatch.setattr(os, "confstr", lambda name, v=version: v)
+        assert rank_env(backend) == expected, (version, backend)
+
+    def no_glibc(name):
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(os, "confstr", no_glibc)
+    assert rank_env("gloo") == {}
