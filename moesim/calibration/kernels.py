@@ -164,19 +164,23 @@ def measure_expert_ffn(shapes, tokens, dtype_name: str, device: str, repeats: in
             w = torch.randn(rows_, cols, generator=gen) / rows_ ** 0.5
             return w.to(device=device, dtype=dtype).requires_grad_()
 
-        sizes = [m for m in tokens if 2.0 * E * m * h * f * SWIGLU_MATRICES <= max_forward_flop
+        sizes = [m for m in tokens if ffn_forward_flop(shape, m) <= max_forward_flop
                  and ffn_bytes(shape, m, dtype.itemsize) <= max_bytes]
         if not sizes:
             continue
         weights = [[weight(h, f), weight(h, f), weight(f, h)] for _ in range(E)]
         for m in sizes:
             try:
-                rows += _time_ffn(impl, dtype_name, shape, m, 2.0 * E * m * h * f * SWIGLU_MATRICES, gen, dtype,
-                                  device, weights, timed, repeats, warmup)
+                rows += _time_ffn(impl, dtype_name, shape, m, gen, dtype, device, weights, timed, repeats, warmup)
             except torch.OutOfMemoryError:
                 if log is not None:
                     log(f"expert FFN {h}x{f}, {m} tokens per expert: out of device memory, skipped")
     return pd.DataFrame(rows, columns=list(EXPERT_FFN_COLUMNS))
+
+
+def ffn_forward_flop(shape: KernelShape, tokens_per_expert: int) -> float:
+    """Useful FLOP of one forward of E experts' SwiGLU FFN, tokens_per_expert rows each."""
+    return 2.0 * shape.num_experts * tokens_per_expert * shape.hidden * shape.ffn * SWIGLU_MATRICES
 
 
 def ffn_bytes(shape: KernelShape, tokens_per_expert: int, elem_bytes: int) -> float:
@@ -188,8 +192,8 @@ def ffn_bytes(shape: KernelShape, tokens_per_expert: int, elem_bytes: int) -> fl
     return 3.0 * weights * elem_bytes + rows * (4.0 * shape.hidden * elem_bytes + 10.0 * shape.ffn * 4)
 
 
-def _time_ffn(impl: str, dtype_name: str, shape: KernelShape, m: int, flop: float, gen, dtype, device: str,
-              weights: list, timed, repeats: int, warmup: int) -> list[tuple]:
+def _time_ffn(impl: str, dtype_name: str, shape: KernelShape, m: int, gen, dtype, device: str, weights: list,
+              timed, repeats: int, warmup: int) -> list[tuple]:
     """The two passes' rows of one size (EXPERT_FFN_PASSES)."""
     import torch  # noqa: PLC0415
 
@@ -203,7 +207,8 @@ def _time_ffn(impl: str, dtype_name: str, shape: KernelShape, m: int, flop: floa
             fn()
         times = np.array([timed(fn) for _ in range(repeats)])
         rows.append((impl, dtype_name, shape.hidden, shape.ffn, shape.num_experts, m, name,
-                     flop * (3.0 if name == "forward_backward" else 1.0), float(np.median(times)),
+                     ffn_forward_flop(shape, m) * (3.0 if name == "forward_backward" else 1.0),
+                     float(np.median(times)),
                      float(np.percentile(times, 10)), float(np.percentile(times, 90)), repeats))
     return rows
 

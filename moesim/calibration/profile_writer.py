@@ -70,7 +70,7 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
                                              if not measured.empty else []):
         if (kernels["impl"] == "triton").any() and impl != "triton":
             continue  # on a GPU the simulator models the Triton kernel; the torch loop is only the reference
-        tile_rows = 64 if impl == "triton" else 1  # Triton pads each expert to BLOCK_M; the torch loop does not
+        tile_rows = _tile_rows(impl)
         fit = fit_expert_kernel(rows, peak, tile_rows)
         tile = tile_rows
         kernel_entries.append({
@@ -128,12 +128,18 @@ def build_profile(name: str, kernels: pd.DataFrame, collectives: pd.DataFrame, p
     return doc
 
 
+def _tile_rows(impl: str) -> int:
+    """Rows each expert is padded to: Triton's BLOCK_M on a GPU (64, moesim.kernels' launch options); the torch
+    loop pads nothing."""
+    return 64 if impl == "triton" else 1
+
+
 def _expert_ffn_entries(samples: pd.DataFrame, peak: float, scale: float) -> list[dict]:
     """calibration.expert_ffns: one entry per measured (impl, dtype, hidden, ffn), its efficiencies against the
     profile's peak (`scale`: measured peak / profile peak)."""
     entries = []
     for (impl, kdtype, hidden, ffn), rows in samples.groupby(["impl", "dtype", "hidden", "ffn"], sort=True):
-        tile_rows = 64 if impl == "triton" else 1  # as the expert kernels: Triton pads each expert to BLOCK_M
+        tile_rows = _tile_rows(impl)
         fit = fit_expert_ffn(rows, peak, tile_rows)
         entries.append({
             "impl": str(impl), "dtype": str(kdtype), "hidden": int(hidden), "ffn": int(ffn), "tile_rows": tile_rows,

@@ -23,6 +23,7 @@ exchanged at run time and measured and simulated runs move the same rows:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,13 +47,22 @@ class GroupSlots:
 
     def owners(self, expert: int) -> list[int]:
         """EP ranks holding a persistent copy of `expert` (weights, gradients and optimizer state), in order."""
-        return [g for g, (ex, sh) in enumerate(zip(self.experts, self.shadow)) if expert in ex
-                and not sh[ex.index(expert)]]
+        return list(self._holders[0].get(expert, ()))
 
     def shadows(self, expert: int) -> list[int]:
         """EP ranks holding a per-step copy of `expert` (its weights broadcast by its first owner)."""
-        return [g for g, (ex, sh) in enumerate(zip(self.experts, self.shadow)) if expert in ex
-                and sh[ex.index(expert)]]
+        return list(self._holders[1].get(expert, ()))
+
+    @cached_property
+    def _holders(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """(owners, shadows): expert -> EP ranks in order, by the kind of the expert's first slot on each rank;
+        worked out once per placement (a trainer asks per step, layer and expert)."""
+        owners: dict[int, list[int]] = {}
+        shadows: dict[int, list[int]] = {}
+        for g, (ex, sh) in enumerate(zip(self.experts, self.shadow)):
+            for e in dict.fromkeys(ex):  # each expert once per rank, its first slot deciding
+                (shadows if sh[ex.index(e)] else owners).setdefault(e, []).append(g)
+        return owners, shadows
 
 
 def group_slots(placement: Placement | None, num_experts: int, ep: int) -> GroupSlots:
@@ -193,12 +203,12 @@ def flex_routing(sources: list[RankRouting], me: int, top_k: int) -> FlexRouting
     """sources[j]: EP rank j's RankRouting of the same micro-batch and EP group (rank_routing with me = j);
     me: this rank's EP index. A choice goes to the copy its RankRouting sends it to (replicas, shadows)."""
     own, ep = sources[me], len(sources)
-    tokens = [np.unique(kept_to(own, g) // top_k) for g in range(ep)]  # sorted: token order
+    kept_by_rank = [kept_to(own, g) for g in range(ep)]
+    tokens = [np.unique(kept // top_k) for kept in kept_by_rank]  # sorted: token order
     send_tokens = np.concatenate(tokens).astype(np.int64)
     choices = np.zeros((len(send_tokens), top_k), dtype=bool)
     start = 0
-    for g, tok in enumerate(tokens):
-        kept = kept_to(own, g)
+    for kept, tok in zip(kept_by_rank, tokens):
         choices[start + np.searchsorted(tok, kept // top_k), kept % top_k] = True
         start += len(tok)
     arriving = [np.unique(kept_to(rr, me) // top_k) for rr in sources]  # each source's tokens to me

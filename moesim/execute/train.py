@@ -456,16 +456,18 @@ class Trainer:
     def _dense_ffn(self, a: torch.Tensor, layer: int) -> torch.Tensor:
         return dense_ffn(a, self.params, layer)
 
-    def _router(self, a: torch.Tensor, layer: int, rr: RankRouting, ids: torch.Tensor, send_tokens: torch.Tensor):
-        p, m = self.params, self.sc.model
+    def _gates(self, a: torch.Tensor, layer: int, ids: torch.Tensor) -> tuple:
+        """What every dispatcher's router does first: (the pre-MLP norm of a, the gates of the routed choices
+        ids [T, k], and the shared experts' output as a 1-tuple, or an empty one)."""
+        p = self.params
         n = rms_norm(a, p[f"{layer}.ln2"])
-        probs = torch.softmax(n @ p[f"{layer}.router"], dim=-1)
-        gate = probs.gather(1, ids)
+        gate = torch.softmax(n @ p[f"{layer}.router"], dim=-1).gather(1, ids)
+        return n, gate, (ffn(n, p, f"{layer}.shared"),) if self.sc.model.num_shared_experts else ()
+
+    def _router(self, a: torch.Tensor, layer: int, rr: RankRouting, ids: torch.Tensor, send_tokens: torch.Tensor):
+        n, gate, shared = self._gates(a, layer, ids)
         padded = torch.cat([n, n.new_zeros(1, n.shape[1])])  # row T: a padding row
-        sent = padded[send_tokens]
-        if m.num_shared_experts:
-            return sent, gate, ffn(n, p, f"{layer}.shared")
-        return sent, gate
+        return padded[send_tokens], gate, *shared
 
     def _run_experts(self, layer: int, inputs: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """Each (expert, its rows) through the expert's SwiGLU: one grouped Triton call for all of them, or a
@@ -481,17 +483,25 @@ class Trainer:
         y = expert_ffn(x, ids, *weights, **launch_options(x))
         return list(y.split([x.shape[0] for _, x in inputs]))
 
-    def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):
+    def _expert_outputs(self, src: torch.Tensor, layer: int, per_slot: list, gates: torch.Tensor | None = None):
+        """The local experts on their rows of src: per_slot holds, per local slot, (expert, its rows of src, the
+        index of each row's gate in gates flattened or None, the padding rows it computes at the expert). Every
+        local expert runs, rows or not (a rank without rows must still reach the dispatch's backward); each
+        output row, weighted by its gate where gates are given, is added into its row of a zero [rows, h]."""
         inputs = []
-        for j, e in enumerate(rr.local_experts):  # every local expert runs, rows or not: a rank without rows
-            x = received[rows[j]]  # must still reach the dispatch's backward
-            if rr.expert_padding[j]:
-                x = torch.cat([x, x.new_zeros(rr.expert_padding[j], x.shape[1])])
-            inputs.append((e, x))
-        out = received.new_zeros(received.shape[0], received.shape[1])
-        for idx, y in zip(rows, self._run_experts(layer, inputs)):
-            out = out.index_add(0, idx, y[:idx.shape[0]])
+        for e, idx, _, pad in per_slot:
+            x = src[idx]
+            inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
+        out = src.new_zeros(src.shape)
+        flat = gates.reshape(-1) if gates is not None else None
+        for (_, idx, gidx, _), y in zip(per_slot, self._run_experts(layer, inputs)):
+            y = y[:idx.shape[0]]
+            out = out.index_add(0, idx, y if flat is None else y * flat[gidx].unsqueeze(1))
         return out
+
+    def _experts(self, received: torch.Tensor, layer: int, rr: RankRouting, rows: list[torch.Tensor]):
+        return self._expert_outputs(received, layer, [(e, idx, None, pad) for e, idx, pad in
+                                                      zip(rr.local_experts, rows, rr.expert_padding)])
 
     def _unpermute(self, a: torch.Tensor, returned: torch.Tensor, gate: torch.Tensor, slots: torch.Tensor,
                    real: torch.Tensor, *shared: torch.Tensor) -> torch.Tensor:
@@ -542,9 +552,9 @@ class Trainer:
             peers.append(rr)
         rmax = max(sum(rr.recv_splits) for rr in peers)
         out = []
-        for j in range(len(own.local_experts)):
+        for j, e in enumerate(own.local_experts):
             idx = np.concatenate([t * rmax + rr.expert_rows[j] for t, rr in enumerate(peers)])
-            out.append((torch.as_tensor(idx, device=self.device), sum(rr.expert_padding[j] for rr in peers)))
+            out.append((e, torch.as_tensor(idx, device=self.device), None, sum(rr.expert_padding[j] for rr in peers)))
         return rmax, out
 
     def _etp_gather(self, received: torch.Tensor, rmax: int) -> torch.Tensor:
@@ -553,17 +563,6 @@ class Trainer:
 
     def _etp_scatter(self, partial: torch.Tensor, rows: int) -> torch.Tensor:
         return _SequenceScatter.apply(partial, self.groups.handles["etp"], self.sc.layout.etp)[:rows]
-
-    def _etp_experts(self, gathered: torch.Tensor, layer: int, rr: RankRouting, per_slot: list) -> torch.Tensor:
-        """Each local expert's shard on the ETP group's rows: partial outputs, summed by the reduce-scatter."""
-        inputs = []
-        for e, (idx, pad) in zip(rr.local_experts, per_slot):
-            x = gathered[idx]
-            inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
-        out = gathered.new_zeros(gathered.shape)
-        for (idx, _), y in zip(per_slot, self._run_experts(layer, inputs)):
-            out = out.index_add(0, idx, y[:idx.shape[0]])
-        return out
 
     def _source_routings(self, r, mb: int, slots: GroupSlots, own: RankRouting) -> list[RankRouting]:
         """Every EP source's routing of this micro-batch, as it routes it itself (mine is `own`)."""
@@ -612,31 +611,19 @@ class Trainer:
         its kept choices, with its gates; that rank expands it into one row per local expert it chose, computes
         them (with the padding rows at the expert) and sums their outputs weighted by the gates; the sums come back
         one row per (token, rank) and are added into the tokens."""
-        p, m, ep = self.params, self.sc.model, self.sc.layout.ep
+        m, ep = self.sc.model, self.sc.layout.ep
         _, ids, *_ = ready[(layer, mb)]
         fr, send_tokens, mask, per_slot = ready[("flex", layer, mb)]
         group = self.groups.handles["ep"]
         exchange = all_to_all if ep > 1 else _local
 
         def route(a: torch.Tensor):
-            n = rms_norm(a, p[f"{layer}.ln2"])
-            gate = torch.softmax(n @ p[f"{layer}.router"], dim=-1).gather(1, ids)
-            sent = (n[send_tokens], gate[send_tokens] * mask)  # a dropped or elsewhere-bound choice's gate is 0
-            return (*sent, ffn(n, p, f"{layer}.shared")) if m.num_shared_experts else sent
+            n, gate, shared = self._gates(a, layer, ids)
+            return n[send_tokens], gate[send_tokens] * mask, *shared  # a dropped or elsewhere-bound choice's gate: 0
 
         def dispatch(sent: torch.Tensor, gates: torch.Tensor):  # DeepEP sends the gates with the tokens
             return (exchange(sent, fr.recv_splits, fr.send_splits, group),
                     exchange(gates, fr.recv_splits, fr.send_splits, group))
-
-        def experts(received: torch.Tensor, gates: torch.Tensor):
-            inputs = []
-            for e, idx, _, pad in per_slot:  # every local expert runs, rows or not (the dispatch's backward)
-                x = received[idx]
-                inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
-            out, flat = received.new_zeros(received.shape), gates.reshape(-1)
-            for (_, idx, gidx, _), y in zip(per_slot, self._run_experts(layer, inputs)):
-                out = out.index_add(0, idx, y[:idx.shape[0]] * flat[gidx].unsqueeze(1))
-            return out
 
         def unpermute(a: torch.Tensor, returned: torch.Tensor, *shared: torch.Tensor):
             y = a.index_add(0, send_tokens, returned)
@@ -652,7 +639,8 @@ class Trainer:
             nbytes=float(sent_remote * (self.row_bytes + gate_bytes)), rows=int(send_tokens.shape[0]),
             collective=True)
         computed = sum(int(idx.shape[0]) + pad for _, idx, _, pad in per_slot)
-        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, received, received_gates, rows=computed)
+        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._expert_outputs, received, layer, per_slot,
+                            received_gates, rows=computed)
         returned = self._segment(tape, step, mb, OpKind.COMBINE, layer, exchange, out, fr.send_splits,
                                  fr.recv_splits, group, nbytes=float(recv_remote * self.row_bytes),
                                  rows=int(received.shape[0]), collective=True)
@@ -661,31 +649,18 @@ class Trainer:
     def _allgather_block(self, tape: list, step: int, mb: int, layer: int, a: torch.Tensor, ready: dict):
         """Megatron's allgather dispatcher: the EP group's tokens (normed) and gates gathered on every member, each
         computing its experts' rows of them, the outputs reduce-scattered back to their ranks."""
-        p, m = self.params, self.sc.model
         ep, group = self.sc.layout.ep, self.groups.handles["ep"]
         _, ids, *_ = ready[(layer, mb)]
         per_expert = ready[("allgather", layer, mb)]
 
         def route(a: torch.Tensor):
-            n = rms_norm(a, p[f"{layer}.ln2"])
-            gate = torch.softmax(n @ p[f"{layer}.router"], dim=-1).gather(1, ids)
-            return (n, gate, ffn(n, p, f"{layer}.shared")) if m.num_shared_experts else (n, gate)
+            n, gate, shared = self._gates(a, layer, ids)
+            return n, gate, *shared
 
         def gather(n: torch.Tensor, gate: torch.Tensor):
             if ep == 1:
                 return n.view_as(n), gate.view_as(gate)
             return _SequenceGather.apply(n, group, ep), _SequenceGather.apply(gate, group, ep)
-
-        def experts(n_all: torch.Tensor, gate_all: torch.Tensor):
-            out = n_all.new_zeros(n_all.shape)
-            flat = gate_all.reshape(-1)
-            inputs = []
-            for e, idx, _, pad in per_expert:  # every local expert runs
-                x = n_all[idx]
-                inputs.append((e, torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x))
-            for (_, idx, gidx, _), y in zip(per_expert, self._run_experts(layer, inputs)):
-                out = out.index_add(0, idx, y[:idx.shape[0]] * flat[gidx].unsqueeze(1))
-            return out
 
         def scatter(out: torch.Tensor):
             return _SequenceScatter.apply(out, group, ep) if ep > 1 else out.view_as(out)
@@ -696,7 +671,8 @@ class Trainer:
                                         nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep,
                                         collective=True)
         computed = sum(idx.shape[0] + pad for _, idx, _, pad in per_expert)
-        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, experts, n_all, gate_all, rows=computed)
+        out = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._expert_outputs, n_all, layer, per_expert,
+                            gate_all, rows=computed)
         mine = self._segment(tape, step, mb, OpKind.COMBINE, layer, scatter, out,
                              nbytes=float(tokens * (ep - 1) * self.row_bytes), rows=tokens * ep, collective=True)
         return self._segment(tape, step, mb, OpKind.MEMORY_BOUND, layer,
@@ -764,8 +740,9 @@ class Trainer:
                 etp, etp_bytes = self.sc.layout.etp, float((self.sc.layout.etp - 1) * rmax * row_bytes)
                 gathered = self._segment(tape, step, mb, OpKind.DISPATCH, layer, self._etp_gather, received, rmax,
                                          nbytes=etp_bytes, rows=etp * rmax, collective=True, group="etp")
-                partial = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._etp_experts, gathered, layer, rr,
-                                        per_slot, rows=sum(int(idx.shape[0]) + pad for idx, pad in per_slot))
+                # each local expert's shard on the ETP group's rows: partial outputs, summed by the reduce-scatter
+                partial = self._segment(tape, step, mb, OpKind.EXPERT, layer, self._expert_outputs, gathered, layer,
+                                        per_slot, rows=sum(int(idx.shape[0]) + pad for _, idx, _, pad in per_slot))
                 computed = self._segment(tape, step, mb, OpKind.COMBINE, layer, self._etp_scatter, partial,
                                          int(received.shape[0]), nbytes=etp_bytes, rows=etp * rmax, collective=True,
                                          group="etp")
@@ -903,13 +880,15 @@ class Trainer:
             self._migrate(step)
         self.placed_step = step
         self.shadowed.clear()
-        stage_has_shadows = False
+        if not any(self.slots[(step, layer)].shadow_any for layer in self.moe_layers):
+            return
         t0 = self._now()
         for layer in self.moe_layers:
             slots = self.slots[(step, layer)]
+            if not slots.shadow_any:
+                continue
             for e in range(self.sc.model.num_experts):  # the same order on every rank: a total order of broadcasts
                 shadows = slots.shadows(e)
-                stage_has_shadows |= bool(shadows)
                 members = self._global(slots.owners(e)[:1] + shadows)
                 if not shadows or self.rank not in members:
                     continue
@@ -922,9 +901,9 @@ class Trainer:
                 if self.rank != owner:
                     self._unflatten_expert(layer, e, flat)
                 self.shadowed[(layer, e)] = owner
-        if stage_has_shadows:  # every rank of the stage records it (the records' ops are the same on each)
-            self.timeline.add(step, -1, -1, Phase.STEP, OpKind.SHADOW, t0, self._now(),
-                              float(len(self.shadowed) * self._expert_numel() * self.elem_bytes))
+        # every rank of the stage records it (the records' ops are the same on each)
+        self.timeline.add(step, -1, -1, Phase.STEP, OpKind.SHADOW, t0, self._now(),
+                          float(len(self.shadowed) * self._expert_numel() * self.elem_bytes))
 
     def _expert_numel(self) -> int:
         return 3 * self.sc.model.hidden_size * self.expert_f

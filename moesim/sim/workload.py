@@ -404,11 +404,9 @@ def static_work(sc: Scenario, net: CollectiveModel) -> StaticWork:
         timed as the network times it (a ring's halves of the all-reduce, or what a calibrated profile measured
         for each); with another all-reduce algorithm (NVLS, hierarchical) the all-reduce's time, half of it the
         gather (NCCL's reduce-scatter and all-gather follow the same algorithms)."""
-        whole = net.all_reduce_s(nbytes, groups)
-        if not opt.distributed:
-            return whole, np.zeros_like(whole)
-        if sc.network.all_reduce is not AllReduceAlgorithm.RING:
-            return whole, whole / 2.0
+        if not opt.distributed or sc.network.all_reduce is not AllReduceAlgorithm.RING:
+            whole = net.all_reduce_s(nbytes, groups)
+            return whole, (whole / 2.0 if opt.distributed else np.zeros_like(whole))
         gather = net.all_gather_s(nbytes, groups)
         return net.reduce_scatter_s(nbytes, groups) + gather, gather
 
