@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="instead of the validation set: execute a matrix of small plans on this machine (expert-"
                           "parallel degree x routing imbalance x two shapes) and compare with their simulation on "
                           "--profile (writes docs/accuracy-executed.md)")
-    acc.add_argument("--profile", help="with --execute: the profile calibrated on this machine (default: "
-                                       "cpu-gloo-2c-2r for 2 ranks, cpu-gloo-2c for 4)")
+    acc.add_argument("--profile", help="with --execute: the profile calibrated on this machine (default: the "
+                                       "committed one of this CPU model with as many ranks: cpu-gloo-2c-2r (AMD "
+                                       "EPYC) or cpu-gloo-2c-2r-xeon for 2 ranks, cpu-gloo-2c for 4)")
     acc.add_argument("--nproc", type=yaml_int, help="with --execute: gloo ranks (default: the cores, at most 4)")
     acc.add_argument("--steps", type=yaml_int, help="with --execute: measured steps per case (default 3)")
     acc.add_argument("--passes", type=yaml_int,

@@ -13,8 +13,13 @@ Conventions (moesim.calibration.samples):
   not depend on the dtype, and all-reduce / reduce-scatter reduce in float32 as mixed-precision gradient
   reductions often do.
 - time = the slowest rank's time of each repeat (an all-reduce MAX over ranks, as `nccl-tests -a 3`), then the
-  median / p10 / p90 over repeats. GPU: CUDA events around the call; CPU: perf_counter around the call.
+  mean (nccl-tests' time: one timer around its iterations, divided by their number; algbw and busbw come from it)
+  and the median / p10 / p90 over repeats. GPU: CUDA events around the call; CPU: perf_counter around the call.
   Every repeat starts after a barrier over all ranks, so all groups of a tier run at once.
+- Collectives are timed as a training step calls them: each repeat's call follows the same matmul work on every
+  rank (COMPUTE_GAPS_S, cycled over the repeats), not the previous call. On this project's 2-vCPU VMs a gloo
+  all-to-all of 64 KiB takes 0.3 ms on average back to back but 0.8-1.4 ms after 1-10 ms of compute (occasional
+  stalls of 2-4 ms); a step's sum of calls follows that mean. The p2p matrix (tier discovery) stays back to back.
 - Tiers: "intra_node" = one group per host (all its ranks), "inter_node" = one group per local rank with that
   rank of every host (nccl-tests' NCCL_TESTS_SPLIT "DIV g" and "MOD g"). A tier whose groups would have one
   rank is skipped (one host: no inter_node; one rank per host: no intra_node).
@@ -67,6 +72,10 @@ RANKS_PER_NODE_ENV = "MOESIM_RANKS_PER_NODE"
 ERROR_FILE_ENV = "MOESIM_CALIBRATION_ERROR_FILE"
 STEP_FILE_ENV = "MOESIM_CALIBRATION_STEP_FILE"  # where a rank says which operation, size and repeat it is in
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the watchdog ended a stuck collective
+# matmul work before each timed collective, cycled over the repeats: the compute a training step runs between
+# two collectives (one expert FFN, one attention block: 0.5-4 ms on a CPU rank of the executed shapes)
+COMPUTE_GAPS_S = (0.5e-3, 1e-3, 2e-3, 4e-3)
+GAP_MATMUL_SIZE = 128  # square fp32 operands: ~50 us a call on one CPU core, ~us on a GPU
 
 
 # ------------------------------------------------------------------------------------------------ error lines
@@ -193,11 +202,13 @@ def samples_frame(rows: Sequence[dict]) -> pd.DataFrame:
 
 def sample_row(op: str, tier: str, ranks: int, nbytes: int, times_s: np.ndarray, src: int = -1,
                dst: int = -1) -> dict:
-    """One COLLECTIVE_COLUMNS row from [repeats] slowest-rank times in seconds. GB/s = 1e9 bytes/s."""
+    """One COLLECTIVE_COLUMNS row from [repeats] slowest-rank times in seconds. GB/s = 1e9 bytes/s; algbw from
+    the mean time, as nccl-tests (its timer spans all iterations: a slow call counts)."""
     median_s, p10_s, p90_s = (float(v) for v in np.quantile(times_s, [0.5, 0.1, 0.9]))
-    algbw_GBps = nbytes / max(median_s, 1e-9) / 1e9  # floor: a zero median would mean a broken timer
-    return {"op": op, "tier": tier, "ranks": int(ranks), "bytes": int(nbytes), "time_median_s": median_s,
-            "time_p10_s": p10_s, "time_p90_s": p90_s, "algbw_GBps": algbw_GBps,
+    mean_s = float(np.mean(times_s))
+    algbw_GBps = nbytes / max(mean_s, 1e-9) / 1e9  # floor: a zero mean would mean a broken timer
+    return {"op": op, "tier": tier, "ranks": int(ranks), "bytes": int(nbytes), "time_mean_s": mean_s,
+            "time_median_s": median_s, "time_p10_s": p10_s, "time_p90_s": p90_s, "algbw_GBps": algbw_GBps,
             "busbw_GBps": algbw_GBps * BUSBW_FACTOR[op](ranks), "repeats": int(len(times_s)),
             "src": int(src), "dst": int(dst)}
 
@@ -325,26 +336,63 @@ def _make_timer(device) -> Callable[[Callable[[], object]], float]:
 
 
 def _time_case(steps: _Steps, label: str, run: Callable[[], object] | None, repeats: int, warmup: int,
-               device) -> np.ndarray:
-    """[repeats] seconds: per repeat, the max over all ranks (ranks with run=None take part with 0 s)."""
+               device, before: Callable[[int], object] | None = None) -> np.ndarray:
+    """[repeats] seconds: per repeat, the max over all ranks (ranks with run=None take part with 0 s).
+    before(i): untimed work every rank runs after the barrier and before warm-up or repeat i's call."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
     timed = _make_timer(device)
-    for i in range(warmup):
-        with steps.step(f"{label}, warm-up {i}"):
-            _barrier(device)
-            if run is not None:
-                timed(run)
     times_s = []
-    for i in range(repeats):
-        with steps.step(f"{label}, repeat {i}"):
+    for i in range(warmup + repeats):
+        with steps.step(f"{label}, warm-up {i}" if i < warmup else f"{label}, repeat {i - warmup}"):
             _barrier(device)
-            times_s.append(timed(run) if run is not None else 0.0)
+            if before is not None:
+                before(i)
+            elapsed_s = timed(run) if run is not None else 0.0
+            if i >= warmup:
+                times_s.append(elapsed_s)
     with steps.step(f"{label}, max over ranks"):
         slowest = torch.tensor(times_s, dtype=torch.float64, device=device)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         return slowest.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class GapWork:
+    """The untimed compute before each timed collective (_time_case's `before`): counts[i % len] matmuls of the
+    operands in `args` before call i, the same counts on every rank."""
+
+    counts: tuple[int, ...]
+    args: tuple
+
+    def __call__(self, i: int) -> None:
+        import torch  # noqa: PLC0415
+
+        a, out = self.args
+        for _ in range(self.counts[i % len(self.counts)]):
+            torch.mm(a, a, out=out)
+
+
+def compute_gaps(device, gaps_s: Sequence[float] = COMPUTE_GAPS_S) -> GapWork:
+    """About gaps_s[i % len(gaps_s)] seconds of matmuls before call i: the number of matmuls is set by the slowest
+    rank's time per matmul, timed here. Call on every rank: it runs an all-reduce."""
+    import torch  # noqa: PLC0415
+    import torch.distributed as dist  # noqa: PLC0415
+
+    a = torch.ones(GAP_MATMUL_SIZE, GAP_MATMUL_SIZE, dtype=torch.float32, device=device)
+    probe = GapWork((5, 50), (a, torch.empty_like(a)))
+    probe(0)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    probe(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    per_call = torch.tensor([(time.perf_counter() - t0) / probe.counts[1]], dtype=torch.float64, device=device)
+    dist.all_reduce(per_call, op=dist.ReduceOp.MAX)
+    per_call_s = max(float(per_call.item()), 1e-9)
+    return GapWork(tuple(max(1, round(g / per_call_s)) for g in gaps_s), probe.args)
 
 
 def group_elements(nbytes: int, group_size: int) -> int:
@@ -454,6 +502,8 @@ def measure_collectives(sizes_bytes: Sequence[int], repeats: int, warmup: int, *
     with _Steps(rank, timeout_s) as steps:
         with steps.step("host discovery"):
             layout = discover_layout(ranks_per_node)
+        with steps.step("timing the compute between calls"):
+            before = compute_gaps(device)
         for tier in TIERS:
             groups = layout.tier_groups(tier)
             if not groups:
@@ -467,7 +517,7 @@ def measure_collectives(sizes_bytes: Sequence[int], repeats: int, warmup: int, *
                     label = f"{op} {tier} {nelem * ELEMENT_BYTES} B"
                     with steps.step(f"{label}, allocating"):
                         run = _collective_fn(op, int(nelem), group, size, skew, device) if group_ranks else None
-                    times_s = _time_case(steps, label, run, repeats, warmup, device)
+                    times_s = _time_case(steps, label, run, repeats, warmup, device, before)
                     del run  # frees the buffers before the next (larger) size
                     if rank == 0:
                         sink.add(sample_row(op, tier, size, nelem * ELEMENT_BYTES, times_s))

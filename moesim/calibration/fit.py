@@ -320,7 +320,7 @@ def collective_tables(samples: pd.DataFrame) -> dict[tuple[str, str], Collective
         ranks = int(group["ranks"].max())
         group = group[group["ranks"] == ranks]
         try:
-            ab = fit_alpha_beta(group["bytes"].to_numpy(), group["time_median_s"].to_numpy())
+            ab = fit_alpha_beta(group["bytes"].to_numpy(), group["time_mean_s"].to_numpy())
         except SpecError as err:
             raise SpecError(f"{key}.{err.key}", err.value, err.expected) from None
         sized = group[group["bytes"] > 0]

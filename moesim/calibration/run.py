@@ -37,6 +37,7 @@ from moesim.calibration.samples import (ATTENTION_COLUMNS, ATTENTION_FILE, COLLE
 from moesim.io.profile import PROFILE_DIR
 from moesim.io.results import write_text_atomic
 from moesim.io.safe_yaml import dump_yaml
+from moesim.io.host import cpu_rank_description
 from moesim.io.strict import read_yaml_mapping
 from moesim.spec.errors import SpecError, Verbatim
 
@@ -50,15 +51,7 @@ def _device() -> tuple[str, str, str]:
 
     if torch.cuda.is_available():
         return "cuda", "bf16", torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return "cpu", "fp32", f"CPU rank: {cpu}, 1 thread"
+    return "cpu", "fp32", cpu_rank_description()
 
 
 def _versions() -> dict:
@@ -298,6 +291,17 @@ def _read_csv(path: Path, columns) -> pd.DataFrame:
     return frame
 
 
+def _read_collectives(path: Path, log=print) -> pd.DataFrame:
+    """collectives.csv; one written before the mean time was recorded (time_mean_s) is fitted to its medians,
+    which one line says (those collectives were also timed back to back, not after compute)."""
+    frame = _read_csv(path, [c for c in COLLECTIVE_COLUMNS if c != "time_mean_s"])
+    if "time_mean_s" in frame.columns:
+        return frame
+    log(f"{path}: no time_mean_s column (samples from before collectives were timed after compute): "
+        "fitted to time_median_s; recalibrate for the mean a training step sees")
+    return frame.assign(time_mean_s=frame["time_median_s"])[list(COLLECTIVE_COLUMNS)]
+
+
 def read_compute_samples(samples: Path, *, host: dict | None, required: bool, base_sm_count: int | None = None,
                          log=print) -> ComputeSamples | None:
     """The compute CSVs of a samples directory, or None when gemm.csv, elementwise.csv or launch.csv is missing
@@ -341,7 +345,7 @@ def profile_from_samples(samples: Path, out: Path, *, force: bool, base: Path | 
     _refuse_overwrite(out, force)
     if not (samples / "collectives.csv").is_file():
         raise SpecError("--from-samples", str(samples), "a directory with collectives.csv (from calibrate/run.py)")
-    collectives = _read_csv(samples / "collectives.csv", COLLECTIVE_COLUMNS)
+    collectives = _read_collectives(samples / "collectives.csv", log)
     kernels = _read_csv(samples / "kernels.csv", KERNEL_COLUMNS) if (samples / "kernels.csv").is_file() else \
         pd.DataFrame(columns=list(KERNEL_COLUMNS))
     meta = json.loads((samples / "meta.json").read_text()) if (samples / "meta.json").is_file() else {}

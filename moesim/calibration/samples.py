@@ -29,8 +29,10 @@ EXPERT_FFN_PASSES = ("forward", "forward_backward")
 # all-gather / reduce-scatter / all-to-all (n-1)/n, p2p 1). op: all_reduce, all_gather, reduce_scatter,
 # all_to_all, all_to_all_skewed (one rank receives `skew` times the others' share), p2p.
 # tier: "intra_node" (all ranks on one host), "inter_node" (one rank per host, same local rank), "pair" (p2p).
-COLLECTIVE_COLUMNS = ("op", "tier", "ranks", "bytes", "time_median_s", "time_p10_s", "time_p90_s", "algbw_GBps",
-                      "busbw_GBps", "repeats", "src", "dst")
+# time_mean_s: the mean over repeats of the slowest rank's time (nccl-tests' time; algbw = bytes / time_mean_s),
+# time_median_s / _p10_s / _p90_s: its quantiles (moesim.calibration.collectives says how each call is timed).
+COLLECTIVE_COLUMNS = ("op", "tier", "ranks", "bytes", "time_mean_s", "time_median_s", "time_p10_s", "time_p90_s",
+                      "algbw_GBps", "busbw_GBps", "repeats", "src", "dst")
 
 # ------------------------------------------------------------------------------------------- compute model
 # The compute model's samples (`moesim calibrate` writes them beside kernels.csv; moesim/calibration/compute.py

@@ -13,6 +13,7 @@ import numpy as np
 from moesim.execute.compare import Comparison, compare, format_comparison
 from moesim.execute.run import BACKENDS, ExecutedRun, execute, torchrun_world
 from moesim.execute.scale import ScaledPlan, scale_plan
+from moesim.io.host import cpu_rank_description
 from moesim.io.profile import load_profile, resolve_profile
 from moesim.io.staged_dir import check_out_dir, default_run_dir
 from moesim.loader import load_scenario
@@ -22,13 +23,17 @@ from moesim.spec.errors import SpecError
 from moesim.spec.scenario import Scenario
 
 # The committed profiles calibrated on this project's CI machine class (2 cores, gloo, one thread per rank), by
-# the ranks their collectives were measured with: 4 ranks on 2 cores share the cores, which 2 ranks do not.
-CPU_PROFILES = {2: "cpu-gloo-2c-2r", 4: "cpu-gloo-2c"}
+# the ranks their collectives were measured with (4 ranks on 2 cores share the cores, which 2 ranks do not); the
+# class comes with either CPU, so each rank count lists its profiles, the default first.
+CPU_PROFILES = {2: ("cpu-gloo-2c-2r", "cpu-gloo-2c-2r-xeon"), 4: ("cpu-gloo-2c",)}
 
 
-def default_cpu_profile(nproc: int) -> str:
-    """The committed CPU profile measured with `nproc` ranks (or the nearest above it)."""
-    return CPU_PROFILES[min((n for n in CPU_PROFILES if n >= nproc), default=max(CPU_PROFILES))]
+def default_cpu_profile(nproc: int, cpu: str | None = None) -> str:
+    """The committed CPU profile measured with `nproc` ranks (or the nearest above it) on this machine's CPU model
+    (`cpu`, default: /proc/cpuinfo's) where one was, else that rank count's default."""
+    names = CPU_PROFILES[min((n for n in CPU_PROFILES if n >= nproc), default=max(CPU_PROFILES))]
+    here = cpu_rank_description(cpu)
+    return next((n for n in names if load_profile(resolve_profile(n)).gpu.name == here), names[0])
 
 
 def default_nproc(backend: str) -> int:

@@ -98,10 +98,14 @@ def _case(key: tuple, nproc: int, predicted, comparisons: list) -> Case:
     imbalance = float(stats[stats["step"].isin(predicted.measured_steps)]["expert_max_over_mean"].mean())
     measured = float(np.median([c.step_measured_s for c in comparisons]))
     predicted_s = comparisons[0].step_predicted_s
-    phases = {}
+    phases, last_pass = {}, ""
     for row_index, row in enumerate(comparisons[0].table.itertuples()):
-        phases[row.phase.strip()] = (row.predicted_s,
-                                     float(np.median([c.table.iloc[row_index]["measured_s"] for c in comparisons])))
+        name = row.phase.strip()
+        if name.startswith("of which"):  # "  of which experts" under each pass's compute: name its pass
+            name = f"{last_pass} {name.removeprefix('of which ')}"
+        last_pass = name.split()[0]
+        phases[name] = (row.predicted_s,
+                        float(np.median([c.table.iloc[row_index]["measured_s"] for c in comparisons])))
     return Case(ep, routing, shape, nproc, predicted_s, measured, error_pct(predicted_s, measured), imbalance, phases,
                 tuple(c.step_measured_s for c in comparisons))
 

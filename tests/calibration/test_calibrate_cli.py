@@ -100,3 +100,21 @@ def test_a_samples_directory_without_the_compute_csvs_is_one_line(calibrated, tm
     assert err.count("\n") == 1 and err.startswith(f"moesim: error: {old}: {', '.join(removed)}: got no such file;")
     assert "--base" in err
     assert not (tmp_path / "old.yaml").exists()
+
+
+def test_collective_samples_from_before_the_mean_are_fitted_to_their_medians(calibrated, tmp_path, capsys):
+    import pandas as pd
+
+    old = tmp_path / "old.samples"
+    shutil.copytree(calibrated.with_name("cpu-ci.samples"), old)
+    frame = pd.read_csv(old / "collectives.csv")
+    medians = frame.drop(columns="time_mean_s")
+    medians.to_csv(old / "collectives.csv", index=False)
+    assert main(["calibrate", "--from-samples", str(old), "--out", str(tmp_path / "old.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "no time_mean_s column" in out and "time_median_s" in out
+    fit = load_profile(tmp_path / "old.yaml").calibration.collective("all_to_all", "intra_node")
+    same = medians.assign(time_mean_s=medians["time_median_s"])[list(frame.columns)]
+    same.to_csv(old / "collectives.csv", index=False)  # the same rows with the medians as means: the same fit
+    assert main(["calibrate", "--from-samples", str(old), "--out", str(tmp_path / "same.yaml")]) == 0
+    assert load_profile(tmp_path / "same.yaml").calibration.collective("all_to_all", "intra_node") == fit

@@ -69,6 +69,19 @@ def _stuck_in_a_step(rank: int, world_size: int, label: str) -> None:
         time.sleep(3600)
 
 
+def _gaps_and_their_order(rank: int, world_size: int, out: str) -> None:
+    import torch
+
+    from moesim.calibration.collectives import _time_case, compute_gaps
+
+    gaps = compute_gaps(torch.device("cpu"), (1e-3, 4e-3))
+    calls: list[int] = []
+    with _Steps(rank, timeout_s=30) as steps:
+        times = _time_case(steps, "probe", lambda: None, repeats=3, warmup=2, device=torch.device("cpu"),
+                           before=calls.append)
+    Path(out).write_text(json.dumps({"counts": gaps.counts, "calls": calls, "times": len(times)}))
+
+
 # ------------------------------------------------------------------------------------------------ real runs
 
 def _check_rows(frame: pd.DataFrame, tier: str, ranks: int) -> None:
@@ -79,10 +92,10 @@ def _check_rows(frame: pd.DataFrame, tier: str, ranks: int) -> None:
     assert (frame["ranks"] == ranks).all() and (frame["repeats"] == 3).all()
     assert ((frame["src"] == -1) & (frame["dst"] == -1)).all()
     assert (frame["bytes"] % (ranks * 4) == 0).all() and set(frame["bytes"]) == set(SIZES_BYTES)
-    assert (frame["time_median_s"] > 0).all()
+    assert (frame["time_median_s"] > 0).all() and (frame["time_mean_s"] > 0).all()
     assert (frame["time_p10_s"] <= frame["time_median_s"]).all()
     assert (frame["time_median_s"] <= frame["time_p90_s"]).all()
-    assert np.allclose(frame["algbw_GBps"], frame["bytes"] / frame["time_median_s"] / 1e9)
+    assert np.allclose(frame["algbw_GBps"], frame["bytes"] / frame["time_mean_s"] / 1e9)
     for op, rows in frame.groupby("op"):
         assert np.allclose(rows["busbw_GBps"] / rows["algbw_GBps"], BUSBW_FACTOR[op](ranks)), op
 
@@ -107,6 +120,15 @@ def test_two_pretended_nodes_measure_inter_node_and_the_pair_matrix(tmp_path):
     progress = pd.read_csv(plan.progress)
     assert len(progress) == len(collectives) + len(p2p)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_each_timed_call_follows_the_same_compute_on_every_rank(tmp_path, workers_importable):
+    out = tmp_path / "gaps.json"
+    run_local(1, _gaps_and_their_order, (str(out),), timeout_s=45)
+    got = json.loads(out.read_text())
+    assert got["calls"] == [0, 1, 2, 3, 4] and got["times"] == 3  # before every warm-up and repeat, in order
+    small, large = got["counts"]
+    assert small >= 1 and abs(large - 4 * small) <= 2  # matmul counts in the gaps' ratio (rounding apart)
 
 
 def test_one_node_of_two_ranks_measures_intra_node_only(tmp_path):
@@ -238,8 +260,9 @@ def test_skewed_splits_keep_the_total_and_the_ratio():
 
 
 def test_sample_row_follows_nccl_tests():
-    row = sample_row("all_reduce", "intra_node", 4, 1 << 20, np.array([2e-3, 1e-3, 3e-3]))
+    # one slow call of three: nccl-tests' time (one timer over its iterations) is the mean, and so is algbw's
+    row = sample_row("all_reduce", "intra_node", 4, 1 << 20, np.array([1e-3, 4e-3, 1e-3]))
     assert tuple(row) == COLLECTIVE_COLUMNS
-    assert row["time_median_s"] == pytest.approx(2e-3)
+    assert row["time_median_s"] == pytest.approx(1e-3) and row["time_mean_s"] == pytest.approx(2e-3)
     assert row["algbw_GBps"] == pytest.approx((1 << 20) / 2e-3 / 1e9)
     assert row["busbw_GBps"] == pytest.approx(row["algbw_GBps"] * 1.5)

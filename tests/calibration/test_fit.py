@@ -180,7 +180,7 @@ def collective_samples(rng: np.random.Generator) -> pd.DataFrame:
             for _ in range(3):  # repeats of one size: the table keeps their median
                 t = (alpha + nbytes / bw) * rng.normal(1.0, NOISE)
                 algbw = nbytes / t / 1e9
-                rows.append(dict(op=op, tier=tier, ranks=ranks, bytes=int(nbytes), time_median_s=t,
+                rows.append(dict(op=op, tier=tier, ranks=ranks, bytes=int(nbytes), time_mean_s=t, time_median_s=t,
                                  time_p10_s=t, time_p90_s=t, algbw_GBps=algbw,
                                  busbw_GBps=algbw * BUSBW_FACTOR[op](ranks), repeats=20, src=-1, dst=-1))
     return pd.DataFrame(rows, columns=list(COLLECTIVE_COLUMNS))

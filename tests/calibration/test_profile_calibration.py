@@ -37,7 +37,7 @@ def collective_samples(alpha=30e-6, algbw=2e9) -> pd.DataFrame:
     for op in ("all_to_all", "all_reduce", "all_gather"):
         for size in (4096, 65536, 1 << 20, 16 << 20):
             t = alpha + size / algbw
-            rows.append((op, "intra_node", 4, size, t, t, t, size / t / 1e9, size / t / 1e9 * BUSBW_FACTOR[op](4),
+            rows.append((op, "intra_node", 4, size, t, t, t, t, size / t / 1e9, size / t / 1e9 * BUSBW_FACTOR[op](4),
                          3, -1, -1))
     return pd.DataFrame(rows, columns=list(COLLECTIVE_COLUMNS))
 

@@ -191,7 +191,9 @@ def test_accuracy_matrix_runs_each_case_per_pass_in_alternating_order(monkeypatc
         return scaled
 
     def fake_compare(run, predicted):
-        table = pd.DataFrame([{"phase": "forward compute", "predicted_s": 0.1, "measured_s": 0.2, "error_pct": 0.0}])
+        rows = [("forward compute", 0.1, 0.2), ("  of which experts", 0.05, 0.08), ("backward compute", 0.3, 0.4),
+                ("  of which experts", 0.15, 0.16)]
+        table = pd.DataFrame([{"phase": p, "predicted_s": a, "measured_s": b, "error_pct": 0.0} for p, a, b in rows])
         return Comparison(table, 0.25, next(times))
 
     monkeypatch.setattr(matrix, "execute", fake_execute)
@@ -203,6 +205,9 @@ def test_accuracy_matrix_runs_each_case_per_pass_in_alternating_order(monkeypatc
     assert ep1.measured_passes_s == (0.30, 0.40, 0.50) and ep1.measured_s == pytest.approx(0.40)
     assert ep2.measured_passes_s == (0.10, 0.20, 0.60) and ep2.measured_s == pytest.approx(0.20)
     assert ep2.spread_pct == pytest.approx(250.0) and ep1.error_pct == pytest.approx(-37.5)
+    # each pass's experts keep their own entry (the table names both "of which experts")
+    assert ep1.phases["forward experts"] == (0.05, 0.08) and ep1.phases["backward experts"] == (0.15, 0.16)
+    assert list(ep1.phases) == ["forward compute", "forward experts", "backward compute", "backward experts"]
 
 
 def test_accuracy_execute_says_the_machines_speed_against_the_profile_or_why_not():
