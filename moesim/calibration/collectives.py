@@ -16,10 +16,11 @@ Conventions (moesim.calibration.samples):
   mean (nccl-tests' time: one timer around its iterations, divided by their number; algbw and busbw come from it)
   and the median / p10 / p90 over repeats. GPU: CUDA events around the call; CPU: perf_counter around the call.
   Every repeat starts after a barrier over all ranks, so all groups of a tier run at once.
-- Collectives are timed as a training step calls them: each repeat's call follows the same matmul work on every
-  rank (COMPUTE_GAPS_S, cycled over the repeats), not the previous call. On this project's 2-vCPU VMs a gloo
-  all-to-all of 64 KiB takes 0.3 ms on average back to back but 0.8-1.4 ms after 1-10 ms of compute (occasional
-  stalls of 2-4 ms); a step's sum of calls follows that mean. The p2p matrix (tier discovery) stays back to back.
+- On CPU ranks collectives are timed as a training step calls them: each repeat's call follows the same matmul
+  work on every rank (COMPUTE_GAPS_S, cycled over the repeats), not the previous call (on GPUs: back to back).
+  On this project's 2-vCPU VMs a gloo all-to-all of 64 KiB takes 0.3 ms on average back to back but 0.8-1.4 ms
+  after 1-10 ms of compute (occasional stalls of 2-4 ms); a step's sum of calls follows that mean. The p2p
+  matrix (tier discovery) stays back to back.
 - Tiers: "intra_node" = one group per host (all its ranks), "inter_node" = one group per local rank with that
   rank of every host (nccl-tests' NCCL_TESTS_SPLIT "DIV g" and "MOD g"). A tier whose groups would have one
   rank is skipped (one host: no inter_node; one rank per host: no intra_node).
@@ -502,8 +503,10 @@ def measure_collectives(sizes_bytes: Sequence[int], repeats: int, warmup: int, *
     with _Steps(rank, timeout_s) as steps:
         with steps.step("host discovery"):
             layout = discover_layout(ranks_per_node)
+        # CPU ranks only: the stalls after compute are a gloo-on-VM effect; on GPUs small NCCL calls are ~10 us, and
+        # ranks leaving launch-bound matmuls a little apart would add that skew to them (not measured on a GPU yet)
         with steps.step("timing the compute between calls"):
-            before = compute_gaps(device)
+            before = compute_gaps(device) if device.type == "cpu" else None
         for tier in TIERS:
             groups = layout.tier_groups(tier)
             if not groups:
