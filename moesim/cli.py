@@ -577,8 +577,7 @@ def _accuracy(args) -> int:
 def _speed_check(profile_path: Path, profile, matrix):
     """This machine's speed now against the profile's own expert FFN samples (moesim.calibration.drift), or the
     reason it cannot be checked."""
-    from moesim.calibration import compute as cm  # noqa: PLC0415 - torch only for this command
-    from moesim.calibration import drift  # noqa: PLC0415
+    from moesim.calibration import drift  # noqa: PLC0415 - torch only for this command
 
     if profile.calibration is None or not profile.calibration.expert_ffns:
         return "the profile has no expert FFN samples"
@@ -586,7 +585,8 @@ def _speed_check(profile_path: Path, profile, matrix):
     try:
         samples = drift.profile_samples(profile_path, profile.calibration.samples)
         shapes = [(s.hidden_size, s.ffn_size) for s in matrix.SHAPES.values()]
-        return drift.speed_against(samples, shapes, cm.compute_plan("cpu", quick=False).cache_bytes)
+        flush_bytes = drift.calibrated_cache_bytes(profile_path, profile.calibration.samples)
+        return drift.speed_against(samples, shapes, flush_bytes)
     except SpecError as err:
         return str(err)
 

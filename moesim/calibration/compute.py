@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from moesim.calibration.samples import ATTENTION_COLUMNS, ELEMENTWISE_COLUMNS, G
 from moesim.cost.attention import BACKWARD_FLOP_RATIO
 
 MiB = 1 << 20
+CPU_MIN_CACHE_BYTES = 64 * MiB  # what CPU operands rotate through at least (twice a 32 MiB L3)
 MAX_COPIES = 512  # operand copies rotated through at most (tiny shapes stay cached on a CPU; that is fine)
 MAX_CALLS = 10_000
 
@@ -45,21 +47,31 @@ def _grid(ms, ns, ks) -> tuple[tuple[int, int, int], ...]:
     return tuple(itertools.product(ms, ns, ks))
 
 
-def compute_plan(device: str, quick: bool, l2_bytes: int | None = None) -> ComputePlan:
+def _cpu_cache(quick: bool, cache_bytes: int | None) -> int:
+    """What CPU operands rotate through: twice the last-level cache (an AMD EPYC VM reports 32 MiB, an Intel Xeon
+    one 480 MiB, whose 64 MiB flush left the FFN timings 13-15 % faster than after 1 GiB), at least 64 MiB; quick
+    keeps 64 MiB (its allocations would dominate its seconds)."""
+    if quick or not cache_bytes:
+        return CPU_MIN_CACHE_BYTES
+    return max(CPU_MIN_CACHE_BYTES, 2 * cache_bytes)
+
+
+def compute_plan(device: str, quick: bool, cache_bytes: int | None = None) -> ComputePlan:
     """The sweep for a GPU (bf16 at hundreds of TFLOP/s) or one CPU thread (fp32 at ~0.1 TFLOP/s). Both cover
     skinny m (1 to 16 rows: operand-bound), small k (32 to 512: output-write bound) and large square-ish shapes;
-    quick keeps a handful (seconds on a CPU)."""
+    quick keeps a handful (seconds on a CPU). cache_bytes: the device's largest cache (device_cache_bytes)."""
     if device.startswith("cuda"):
-        cache = 2 * (l2_bytes or 50 * MiB)  # H100/H200: 50 MiB of L2
+        cache = 2 * (cache_bytes or 50 * MiB)  # H100/H200: 50 MiB of L2
         if quick:
             return ComputePlan(_grid((16, 2048), (4096,), (512, 4096)), (64 * MiB, 256 * MiB), 5, 2, 2e-3, 200,
                                cache)
         return ComputePlan(_grid((1, 16, 128, 512, 2048, 8192), (1024, 4096, 16384), (256, 1024, 4096, 16384)),
                            tuple(s * MiB for s in (1, 4, 16, 64, 256, 1024)), 20, 5, 5e-3, 1000, cache)
+    cache = _cpu_cache(quick, cache_bytes)
     if quick:
-        return ComputePlan(_grid((1, 64, 512), (256,), (32, 512)), (1 * MiB, 16 * MiB), 3, 1, 1e-3, 200, 64 * MiB)
+        return ComputePlan(_grid((1, 64, 512), (256,), (32, 512)), (1 * MiB, 16 * MiB), 3, 1, 1e-3, 200, cache)
     return ComputePlan(_grid((1, 4, 16, 64, 256, 1024), (128, 512, 2048), (32, 128, 512, 2048)),
-                       tuple(s * MiB for s in (1, 4, 16, 64, 256)), 10, 2, 5e-3, 1000, 64 * MiB)
+                       tuple(s * MiB for s in (1, 4, 16, 64, 256)), 10, 2, 5e-3, 1000, cache)
 
 
 @dataclass(frozen=True)
@@ -78,19 +90,20 @@ class AttentionPlan:
     cache_bytes: int
 
 
-def attention_plan(device: str, quick: bool, l2_bytes: int | None = None) -> AttentionPlan:
+def attention_plan(device: str, quick: bool, cache_bytes: int | None = None) -> AttentionPlan:
     """A GPU: seq 512 to 16k at head dims 64, 128 and 256 on 16k tokens of hidden 2048 (FlashAttention-3's
     published grid, so the table compares with the datasheet profiles'); about ten seconds on an H100. One CPU
     thread (fp32 at ~0.1 TFLOP/s): seq 128 to 1024 at head dims 32 to 128 on 1024 tokens of hidden 256, a few
     seconds. quick keeps a 2 x 2 (GPU) or 3 x 2 (CPU) grid, under a second or two."""
     if device.startswith("cuda"):
-        cache = 2 * (l2_bytes or 50 * MiB)
+        cache = 2 * (cache_bytes or 50 * MiB)
         if quick:
             return AttentionPlan((1024, 4096), (64, 128), 16384, 2048, 5, 2, 2e-3, cache)
         return AttentionPlan((512, 1024, 2048, 4096, 8192, 16384), (64, 128, 256), 16384, 2048, 20, 5, 5e-3, cache)
+    cache = _cpu_cache(quick, cache_bytes)
     if quick:
-        return AttentionPlan((64, 128, 256), (32, 64), 256, 128, 3, 1, 1e-3, 64 * MiB)
-    return AttentionPlan((128, 256, 512, 1024), (32, 64, 128), 1024, 256, 10, 2, 5e-3, 64 * MiB)
+        return AttentionPlan((64, 128, 256), (32, 64), 256, 128, 3, 1, 1e-3, cache)
+    return AttentionPlan((128, 256, 512, 1024), (32, 64, 128), 1024, 256, 10, 2, 5e-3, cache)
 
 
 def _torch_dtype(name: str):
@@ -246,9 +259,18 @@ def sm_count(device: str, threads: int | None) -> int:
     return int(threads or 1)
 
 
-def l2_cache_bytes(device: str) -> int | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch  # noqa: PLC0415
+def device_cache_bytes(device: str, sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The device's largest cache in bytes: a GPU's L2, a CPU's last level (sysfs `size` of cpu0's caches, e.g.
+    "491520K"); None where neither can be read."""
+    if device.startswith("cuda"):
+        import torch  # noqa: PLC0415
 
-    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)) or None
+        return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)) or None
+    sizes = []
+    for entry in sysfs.glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=0) or None

@@ -9,12 +9,14 @@ beside its errors.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from moesim.calibration.compute import CPU_MIN_CACHE_BYTES
 from moesim.calibration.kernels import KernelShape, measure_expert_ffn
 from moesim.calibration.samples import EXPERT_FFN_COLUMNS, EXPERT_FFN_FILE
 from moesim.spec.errors import SpecError
@@ -39,6 +41,17 @@ def profile_samples(profile_path: Path, samples_dir: str) -> pd.DataFrame:
     if missing:
         raise SpecError(str(path), missing, f"columns {', '.join(EXPERT_FFN_COLUMNS)}")
     return frame
+
+
+def calibrated_cache_bytes(profile_path: Path, samples_dir: str) -> int:
+    """What the calibration's operands rotated through and its FFN timings flushed (host.json's compute
+    "cache_bytes"), so that the re-timing flushes the same; 64 MiB for calibrations that did not record it."""
+    path = profile_path.parent / samples_dir / "host.json"
+    try:
+        value = json.loads(path.read_text()).get("compute", {}).get("cache_bytes")
+    except (OSError, ValueError, AttributeError):
+        value = None
+    return int(value) if isinstance(value, int) and value > 0 else CPU_MIN_CACHE_BYTES
 
 
 def speed_against(samples: pd.DataFrame, shapes: list[tuple[int, int]], flush_bytes: int,

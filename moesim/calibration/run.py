@@ -126,7 +126,7 @@ def measure_compute_into(samples: Path, *, quick: bool, device: str | None = Non
     samples.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with _threads(device, threads):
-        plan = cm.compute_plan(device, quick, cm.l2_cache_bytes(device))
+        plan = cm.compute_plan(device, quick, cm.device_cache_bytes(device))
         gemm = cm.measure_gemms(plan, dtype, device)
         elementwise = cm.measure_elementwise(plan, dtype, device)
         launch = cm.measure_launch(plan, dtype, device)
@@ -140,7 +140,7 @@ def measure_compute_into(samples: Path, *, quick: bool, device: str | None = Non
     return {"date": date.today().isoformat(), "device": description, "device_kind": device,
             "sm_count": cm.sm_count(device, threads), "threads_per_rank": threads if device == "cpu" else None,
             "mode": "quick" if quick else "full", "seconds": round(seconds + attention["seconds"], 1),
-            "attention": attention}
+            "cache_bytes": plan.cache_bytes, "attention": attention}
 
 
 def measure_attention_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
@@ -156,7 +156,7 @@ def measure_attention_into(samples: Path, *, quick: bool, device: str | None = N
     samples.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with _threads(device, threads):
-        plan = cm.attention_plan(device, quick, cm.l2_cache_bytes(device))
+        plan = cm.attention_plan(device, quick, cm.device_cache_bytes(device))
         attention = cm.measure_attention(plan, dtype, device)
     _write_csv(attention, samples / ATTENTION_FILE)
     seconds = time.perf_counter() - t0
@@ -206,7 +206,7 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
 
     ffn = measure_expert_ffn(ffn_shapes, ffn_tokens, dtype, device, repeats=5 if quick else 10,
                              warmup=2 if quick else 3, max_forward_flop=ffn_flop, max_bytes=ffn_bytes,
-                             flush_bytes=cm.compute_plan(device, quick, cm.l2_cache_bytes(device)).cache_bytes,
+                             flush_bytes=cm.compute_plan(device, quick, cm.device_cache_bytes(device)).cache_bytes,
                              log=log)
     _write_csv(ffn, samples / EXPERT_FFN_FILE)
     log(f"expert FFN: {len(ffn)} samples in {time.perf_counter() - t1:.1f} s")

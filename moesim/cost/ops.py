@@ -162,7 +162,7 @@ def memory_bound_bytes(sc: Scenario, fp8_gemms: bool | None = None) -> MemoryBou
     """`fp8_gemms`: the linear layers run in fp8 under sc.training.fp8_recipe (default: whether dtype is fp8)."""
     m, lay, tr = sc.model, sc.layout, sc.training
     fp8 = tr.dtype is Dtype.FP8 if fp8_gemms is None else fp8_gemms
-    act = _BF16  # activations stay bf16/fp16 outside the GEMMs, also under an fp8 recipe
+    act = tr.dtype.activation_bytes  # bf16/fp16 between kernels, also under an fp8 recipe; fp32 in fp32 training
     h, tp = m.hidden_size, lay.tp
     t_seq = sc.tokens_routed_per_rank  # sequence-parallel: norms and residuals see tokens / tp
     t_all = sc.tokens_per_micro_batch  # gathered inside attention and the MLP, 1/tp of heads or width each

@@ -233,7 +233,7 @@ needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), rea
 def test_gpu_quick_attention_against_its_datasheet():
     import torch
 
-    plan = cm.attention_plan("cuda", quick=True, l2_bytes=cm.l2_cache_bytes("cuda"))
+    plan = cm.attention_plan("cuda", quick=True, cache_bytes=cm.device_cache_bytes("cuda"))
     t0 = time.perf_counter()
     frame = cm.measure_attention(plan, "bf16", "cuda")
     assert time.perf_counter() - t0 < 60

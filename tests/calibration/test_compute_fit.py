@@ -223,7 +223,7 @@ needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), rea
 def test_gpu_quick_measurement_and_fit_against_its_datasheet():
     import torch
 
-    plan = cm.compute_plan("cuda", quick=True, l2_bytes=cm.l2_cache_bytes("cuda"))
+    plan = cm.compute_plan("cuda", quick=True, cache_bytes=cm.device_cache_bytes("cuda"))
     gemm = cm.measure_gemms(plan, "bf16", "cuda")
     elementwise = cm.measure_elementwise(plan, "bf16", "cuda")
     launch = cm.measure_launch(plan, "bf16", "cuda")

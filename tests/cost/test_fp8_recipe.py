@@ -156,3 +156,20 @@ def test_memory_counts_scales_of_saved_inputs_and_fp8_dispatch_keeps_the_bf16_co
         == pytest.approx(extra)
     dispatch = fp8(scenario(), Fp8Recipe.BLOCKWISE, fp8_dispatch=True)
     assert a2a_buffer_bytes(dispatch, rows) == a2a_buffer_bytes(scenario(), rows) == (T * 2 + rows) * H * 2
+
+
+def test_memory_bound_bytes_follow_the_training_dtypes_activations():
+    """fp32 training keeps fp32 activations between kernels: twice bf16's bytes in every activation-sized term (the
+    router's logits and the cross-entropy are fp32 in both); fp8 and fp16 keep 2-byte activations like bf16."""
+    bf16 = scenario()
+    prof = bf16.cluster.profile
+    gpu = prof.gpu.replace(peak_flop_per_s={**prof.gpu.peak_flop_per_s, Dtype.FP32: 67e12})  # H100 SXM fp32
+    fp32 = bf16.replace(cluster=bf16.cluster.replace(profile=prof.replace(gpu=gpu)),
+                        training=bf16.training.replace(dtype=Dtype.FP32))
+    fp16 = bf16.replace(training=bf16.training.replace(dtype=Dtype.FP16))
+    b, f = ops.memory_bound_bytes(bf16), ops.memory_bound_bytes(fp32)
+    assert f.norm_bytes == 2 * b.norm_bytes == 2 * (2 * T * H * 2)  # read + write, 4 bytes an element
+    assert f.attention_bytes == 2 * b.attention_bytes and f.expert_row_bytes == 2 * b.expert_row_bytes
+    assert f.moe_bytes > b.moe_bytes and f.lm_head_bytes - b.lm_head_bytes == b.norm_bytes
+    assert ops.memory_bound_bytes(fp16) == b
+    assert ops.memory_bound_bytes(fp8(bf16), fp8_gemms=False) == b
