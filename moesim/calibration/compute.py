@@ -26,6 +26,7 @@ from moesim.cost.attention import BACKWARD_FLOP_RATIO
 
 MiB = 1 << 20
 CPU_MIN_CACHE_BYTES = 64 * MiB  # what CPU operands rotate through at least (twice a 32 MiB L3)
+CPU_MAX_CACHE_BYTES = 2048 * MiB  # and at most: a flush buffer plus operand copies of this size per rank
 MAX_COPIES = 512  # operand copies rotated through at most (tiny shapes stay cached on a CPU; that is fine)
 MAX_CALLS = 10_000
 
@@ -49,11 +50,12 @@ def _grid(ms, ns, ks) -> tuple[tuple[int, int, int], ...]:
 
 def _cpu_cache(quick: bool, cache_bytes: int | None) -> int:
     """What CPU operands rotate through: twice the last-level cache (an AMD EPYC VM reports 32 MiB, an Intel Xeon
-    one 480 MiB, whose 64 MiB flush left the FFN timings 13-15 % faster than after 1 GiB), at least 64 MiB; quick
-    keeps 64 MiB (its allocations would dominate its seconds)."""
+    one 480 MiB, whose 64 MiB flush left the FFN timings 12-16 % faster than after 1 GiB), at least 64 MiB; quick
+    keeps 64 MiB (its allocations would dominate its seconds); at most CPU_MAX_CACHE_BYTES (a VM reporting a
+    bogus size must not allocate it)."""
     if quick or not cache_bytes:
         return CPU_MIN_CACHE_BYTES
-    return max(CPU_MIN_CACHE_BYTES, 2 * cache_bytes)
+    return min(CPU_MAX_CACHE_BYTES, max(CPU_MIN_CACHE_BYTES, 2 * cache_bytes))
 
 
 def compute_plan(device: str, quick: bool, cache_bytes: int | None = None) -> ComputePlan:
@@ -268,7 +270,10 @@ def device_cache_bytes(device: str, sysfs: Path = Path("/sys/devices/system/cpu/
         return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)) or None
     sizes = []
     for entry in sysfs.glob("index*/size"):
-        text = entry.read_text().strip().upper()
+        try:
+            text = entry.read_text().strip().upper()
+        except (OSError, UnicodeDecodeError):  # an unreadable entry says nothing about the cache
+            continue
         unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         digits = text[:-1] if text[-1:] in "KMG" else text
         if digits.isdigit():

@@ -115,10 +115,13 @@ def datasheet_base(device_name: str) -> Path | None:
 
 
 def measure_compute_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
-                         description: str | None = None, threads: int = 1, log=print) -> dict:
+                         description: str | None = None, threads: int = 1, cache_bytes: int | None = None,
+                         log=print) -> dict:
     """Measure the compute model's samples on this process's device (a CPU: `threads` threads) and write
-    gemm.csv, elementwise.csv, launch.csv and attention.csv into `samples`. Returns what host.json records under
-    "compute" (the attention measurement's own seconds and SDPA backend under "attention")."""
+    gemm.csv, elementwise.csv, launch.csv and attention.csv into `samples`. cache_bytes: the device's largest
+    cache (default: compute.device_cache_bytes). Returns what host.json records under "compute" (the attention
+    measurement's own seconds and SDPA backend under "attention", what operands rotated through as
+    "cache_bytes")."""
     from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
 
     if device is None:
@@ -126,7 +129,8 @@ def measure_compute_into(samples: Path, *, quick: bool, device: str | None = Non
     samples.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with _threads(device, threads):
-        plan = cm.compute_plan(device, quick, cm.device_cache_bytes(device))
+        cache_bytes = cache_bytes if cache_bytes is not None else cm.device_cache_bytes(device)
+        plan = cm.compute_plan(device, quick, cache_bytes)
         gemm = cm.measure_gemms(plan, dtype, device)
         elementwise = cm.measure_elementwise(plan, dtype, device)
         launch = cm.measure_launch(plan, dtype, device)
@@ -136,7 +140,7 @@ def measure_compute_into(samples: Path, *, quick: bool, device: str | None = Non
     log(f"compute: {len(gemm)} GEMM shapes, {len(elementwise)} element-wise and {len(launch)} launch samples in "
         f"{seconds:.1f} s")
     attention = measure_attention_into(samples, quick=quick, device=device, dtype=dtype, description=description,
-                                       threads=threads, log=log)
+                                       threads=threads, cache_bytes=cache_bytes, log=log)
     return {"date": date.today().isoformat(), "device": description, "device_kind": device,
             "sm_count": cm.sm_count(device, threads), "threads_per_rank": threads if device == "cpu" else None,
             "mode": "quick" if quick else "full", "seconds": round(seconds + attention["seconds"], 1),
@@ -144,7 +148,8 @@ def measure_compute_into(samples: Path, *, quick: bool, device: str | None = Non
 
 
 def measure_attention_into(samples: Path, *, quick: bool, device: str | None = None, dtype: str | None = None,
-                           description: str | None = None, threads: int = 1, log=print) -> dict:
+                           description: str | None = None, threads: int = 1, cache_bytes: int | None = None,
+                           log=print) -> dict:
     """Measure the attention core (causal SDPA, forward and forward+backward over the plan's seq_len x head_dim
     grid) on this process's device (a CPU: `threads` threads) and write attention.csv into `samples`. Returns what
     host.json records under "compute" -> "attention": date, device, mode, seconds, the SDPA backend(s) and the
@@ -156,7 +161,8 @@ def measure_attention_into(samples: Path, *, quick: bool, device: str | None = N
     samples.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with _threads(device, threads):
-        plan = cm.attention_plan(device, quick, cm.device_cache_bytes(device))
+        plan = cm.attention_plan(device, quick, cache_bytes if cache_bytes is not None else
+                                 cm.device_cache_bytes(device))
         attention = cm.measure_attention(plan, dtype, device)
     _write_csv(attention, samples / ATTENTION_FILE)
     seconds = time.perf_counter() - t0
@@ -204,14 +210,14 @@ def calibrate_local(out: Path, *, quick: bool, ranks: tuple[int, ...], force: bo
         ffn_bytes = 0.5 * torch.cuda.mem_get_info()[0]  # the presets' shapes up to what half the free memory holds
     from moesim.calibration import compute as cm  # noqa: PLC0415 - torch: loaded only to calibrate
 
+    cache = cm.device_cache_bytes(device)  # read once: the FFN flushes what the compute sweep rotates through
     ffn = measure_expert_ffn(ffn_shapes, ffn_tokens, dtype, device, repeats=5 if quick else 10,
                              warmup=2 if quick else 3, max_forward_flop=ffn_flop, max_bytes=ffn_bytes,
-                             flush_bytes=cm.compute_plan(device, quick, cm.device_cache_bytes(device)).cache_bytes,
-                             log=log)
+                             flush_bytes=cm.compute_plan(device, quick, cache).cache_bytes, log=log)
     _write_csv(ffn, samples / EXPERT_FFN_FILE)
     log(f"expert FFN: {len(ffn)} samples in {time.perf_counter() - t1:.1f} s")
     compute_meta = measure_compute_into(samples, quick=quick, device=device, dtype=dtype, description=description,
-                                        log=log)
+                                        cache_bytes=cache, log=log)
 
     frames, metas = [], []
     for n in ranks:

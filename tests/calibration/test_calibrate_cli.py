@@ -41,6 +41,7 @@ def test_quick_calibration_writes_a_loadable_profile_with_samples(calibrated):
         assert (samples / name).is_file(), name
     compute = json.loads((samples / "host.json").read_text())["compute"]
     assert compute["mode"] == "quick" and compute["sm_count"] == 1 and compute["device_kind"] == "cpu"
+    assert compute["cache_bytes"] == 64 << 20  # what a quick calibration's operands rotate through and it flushes
     assert compute["attention"]["mode"] == "quick" and compute["attention"]["seconds"] <= compute["seconds"]
     table = prof.efficiency.attention
     assert table.seq_lens == tuple(compute["attention"]["seq_lens"]) and len(table.head_dims) == 2

@@ -231,3 +231,17 @@ def test_speed_check_against_the_committed_profile_or_why_not():
     assert isinstance(check, SpeedCheck) and check.samples == 8  # 2 shapes x 2 sizes x 2 passes
     old = resolve_profile("cpu-gloo-2c")
     assert _speed_check(old, load_profile(old), matrix) == "the profile has no expert FFN samples"
+
+
+def test_the_speed_check_flushes_what_its_profile_was_calibrated_with(monkeypatch):
+    from moesim.calibration import drift
+    from moesim.cli import _speed_check
+    from moesim.execute import matrix
+    from moesim.io.profile import load_profile, resolve_profile
+
+    flushes = []
+    monkeypatch.setattr(drift, "speed_against", lambda samples, shapes, flush_bytes: flushes.append(flush_bytes))
+    for name in ("cpu-gloo-2c-2r-xeon", "cpu-gloo-2c-2r"):
+        path = resolve_profile(name)
+        _speed_check(path, load_profile(path), matrix)
+    assert flushes == [960 << 20, 64 << 20]  # twice the Xeon's 480 MiB L3 (host.json); 64 MiB before it was recorded
