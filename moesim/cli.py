@@ -703,13 +703,15 @@ def _list(args) -> int:
     from moesim.io.profile import PROFILE_DIR, available_profiles, load_profile  # noqa: PLC0415
     from moesim.spec.presets import MODEL_PRESETS  # noqa: PLC0415
 
+    profiles = available_profiles()
+    width = 2 + max(len(n) for n in [*profiles, *MODEL_PRESETS])  # names in one column, however long
     print("hardware profiles (hw_profiles/):")
-    for name in available_profiles():
+    for name in profiles:
         prof = load_profile(PROFILE_DIR / f"{name}.yaml")
-        print(f"  {name:<18}{prof.node.gpus_per_node} x {prof.gpu.name}  [{prof.status}]")
+        print(f"  {name:<{width}}{prof.node.gpus_per_node} x {prof.gpu.name}  [{prof.status}]")
     print("model presets:")
     for name, m in MODEL_PRESETS.items():
-        print(f"  {name:<18}{m.total_params / 1e9:7.1f} B params, {m.active_params / 1e9:5.1f} B active, "
+        print(f"  {name:<{width}}{m.total_params / 1e9:7.1f} B params, {m.active_params / 1e9:5.1f} B active, "
               f"{m.num_experts} experts top-{m.top_k}")
     return 0
 

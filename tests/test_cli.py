@@ -64,6 +64,7 @@ def test_validate_and_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "dgx-h100" in out and "deepseek-v3" in out
+    assert "  cpu-gloo-2c-2r-xeon  2 x CPU rank:" in out  # the longest name keeps its column apart
 
 
 def _quickstart_named(tmp_path: Path, name: str) -> Path:
