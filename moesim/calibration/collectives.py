@@ -18,8 +18,8 @@ Conventions (moesim.calibration.samples):
   Every repeat starts after a barrier over all ranks, so all groups of a tier run at once.
 - On CPU ranks collectives are timed as a training step calls them: each repeat's call follows the same matmul
   work on every rank (COMPUTE_GAPS_S, cycled over the repeats), not the previous call (on GPUs: back to back).
-  On this project's 2-vCPU VMs a gloo all-to-all of 64 KiB takes 0.3 ms on average back to back but 0.8-1.4 ms
-  after 1-10 ms of compute (occasional stalls of 2-4 ms); a step's sum of calls follows that mean. The p2p
+  On this project's 2-vCPU VMs a gloo all-to-all of 64 KiB takes 0.2-0.3 ms on average back to back but 0.8-1.5
+  ms after 1-10 ms of compute (occasional stalls of 2-4 ms); a step's sum of calls follows that mean. The p2p
   matrix (tier discovery) stays back to back.
 - Tiers: "intra_node" = one group per host (all its ranks), "inter_node" = one group per local rank with that
   rank of every host (nccl-tests' NCCL_TESTS_SPLIT "DIV g" and "MOD g"). A tier whose groups would have one
@@ -76,7 +76,7 @@ STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the watchdog ended a stuck collective
 # matmul work before each timed collective, cycled over the repeats: the compute a training step runs between
 # two collectives (one expert FFN, one attention block: 0.5-4 ms on a CPU rank of the executed shapes)
 COMPUTE_GAPS_S = (0.5e-3, 1e-3, 2e-3, 4e-3)
-GAP_MATMUL_SIZE = 128  # square fp32 operands: ~50 us a call on one CPU core, ~us on a GPU
+GAP_MATMUL_SIZE = 128  # square fp32 operands: ~50 us a call on one CPU core
 
 
 # ------------------------------------------------------------------------------------------------ error lines
@@ -376,20 +376,17 @@ class GapWork:
 
 
 def compute_gaps(device, gaps_s: Sequence[float] = COMPUTE_GAPS_S) -> GapWork:
-    """About gaps_s[i % len(gaps_s)] seconds of matmuls before call i: the number of matmuls is set by the slowest
-    rank's time per matmul, timed here. Call on every rank: it runs an all-reduce."""
+    """About gaps_s[i % len(gaps_s)] seconds of matmuls before call i, on a CPU rank (GPU ranks are timed back to
+    back): the number of matmuls is set by the slowest rank's time per matmul, timed here. Call on every rank: it
+    runs an all-reduce."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
     a = torch.ones(GAP_MATMUL_SIZE, GAP_MATMUL_SIZE, dtype=torch.float32, device=device)
     probe = GapWork((5, 50), (a, torch.empty_like(a)))
     probe(0)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     probe(1)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     per_call = torch.tensor([(time.perf_counter() - t0) / probe.counts[1]], dtype=torch.float64, device=device)
     dist.all_reduce(per_call, op=dist.ReduceOp.MAX)
     per_call_s = max(float(per_call.item()), 1e-9)

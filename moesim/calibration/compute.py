@@ -50,7 +50,7 @@ def _grid(ms, ns, ks) -> tuple[tuple[int, int, int], ...]:
 
 def _cpu_cache(quick: bool, cache_bytes: int | None) -> int:
     """What CPU operands rotate through: twice the last-level cache (an AMD EPYC VM reports 32 MiB, an Intel Xeon
-    one 480 MiB, whose 64 MiB flush left the FFN timings 12-16 % faster than after 1 GiB), at least 64 MiB; quick
+    one 480 MiB, whose 64 MiB flush left the FFN timings 13-17 % faster than after 1 GiB), at least 64 MiB; quick
     keeps 64 MiB (its allocations would dominate its seconds); at most CPU_MAX_CACHE_BYTES (a VM reporting a
     bogus size must not allocate it)."""
     if quick or not cache_bytes:
